@@ -1,0 +1,280 @@
+// N-API binding (node-addon-api) of the CPU kernels, plus a loader for the optional CUDA library.
+// All kernels run synchronously on the caller's buffers (zero copy); bounds are checked here, once per call,
+// so the kernels themselves never see an out-of-range index.
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#ifndef NAPI_DISABLE_CPP_EXCEPTIONS
+#define NAPI_DISABLE_CPP_EXCEPTIONS
+#endif
+#include <napi.h>
+
+#include <dlfcn.h>
+#include <string.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ckpt_convert.h"
+#include "kernels.h"
+
+namespace {
+
+struct Bytes {
+  uint8_t* p = nullptr;
+  size_t len = 0;
+};
+
+bool fail(Napi::Env env, const std::string& msg, bool range = true) {
+  if (range) Napi::RangeError::New(env, "ckpt_native: " + msg).ThrowAsJavaScriptException();
+  else Napi::TypeError::New(env, "ckpt_native: " + msg).ThrowAsJavaScriptException();
+  return false;
+}
+
+bool getBytes(const Napi::CallbackInfo& info, size_t i, const char* what, Bytes& out) {
+  if (info.Length() <= i || !info[i].IsTypedArray()) return fail(info.Env(), std::string(what) + " must be a typed array", false);
+  Napi::TypedArray ta = info[i].As<Napi::TypedArray>();
+  Napi::ArrayBuffer ab = ta.ArrayBuffer();
+  out.p = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
+  out.len = ta.ByteLength();
+  return true;
+}
+
+bool getSize(const Napi::CallbackInfo& info, size_t i, const char* what, size_t& out) {
+  if (info.Length() <= i || !info[i].IsNumber()) return fail(info.Env(), std::string(what) + " must be a number", false);
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0) || v > 9007199254740991.0 || v != (double)(uint64_t)v)
+    return fail(info.Env(), std::string(what) + " must be a non-negative integer");
+  out = (size_t)v;
+  return true;
+}
+
+bool getDtype(const Napi::CallbackInfo& info, size_t i, const char* what, int& out) {
+  size_t v;
+  if (!getSize(info, i, what, v)) return false;
+  if (v > 4) return fail(info.Env(), std::string(what) + ": unknown dtype code");
+  out = (int)v;
+  return true;
+}
+
+// Overflow-safe a * b <= limit.
+bool fits(size_t a, size_t b, size_t limit) { return b == 0 || a <= limit / b; }
+
+// ---- CPU kernels ----
+
+Napi::Value Cast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes src, dst;
+  int s = 0, d = 0;
+  size_t n = 0;
+  if (!getBytes(info, 0, "src", src) || !getDtype(info, 1, "srcDtype", s) || !getBytes(info, 2, "dst", dst) ||
+      !getDtype(info, 3, "dstDtype", d) || !getSize(info, 4, "n", n))
+    return env.Undefined();
+  if (!fits(n, (size_t)ckpt_dtype_size(s), src.len)) return fail(env, "src too small for n elements"), env.Undefined();
+  if (!fits(n, (size_t)ckpt_dtype_size(d), dst.len)) return fail(env, "dst too small for n elements"), env.Undefined();
+  ckpt::cast(src.p, s, dst.p, d, n);
+  return env.Undefined();
+}
+
+Napi::Value GatherRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes src, dst;
+  int s = 0, d = 0;
+  size_t rowElems, colStart, cols;
+  if (!getBytes(info, 0, "src", src) || !getDtype(info, 1, "srcDtype", s) || !getSize(info, 2, "srcRowElems", rowElems))
+    return env.Undefined();
+  if (info.Length() < 4 || !info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    return fail(env, "rowIndex must be an Int32Array", false), env.Undefined();
+  Napi::Int32Array idx = info[3].As<Napi::Int32Array>();
+  if (!getSize(info, 4, "colStart", colStart) || !getSize(info, 5, "cols", cols) || !getBytes(info, 6, "dst", dst) ||
+      !getDtype(info, 7, "dstDtype", d))
+    return env.Undefined();
+  if (colStart > rowElems || cols > rowElems - colStart) return fail(env, "column window outside the source rows"), env.Undefined();
+  const size_t ss = (size_t)ckpt_dtype_size(s), ds = (size_t)ckpt_dtype_size(d);
+  const size_t nRows = idx.ElementLength();
+  const size_t srcRows = rowElems == 0 ? 0 : src.len / ss / rowElems;
+  if (!fits(nRows, cols * ds, dst.len)) return fail(env, "dst too small for the gathered rows"), env.Undefined();
+  const int32_t* ri = idx.Data();
+  if (cols > 0) {
+    for (size_t i = 0; i < nRows; i++)
+      if (ri[i] < 0 || (size_t)ri[i] >= srcRows)
+        return fail(env, "row index " + std::to_string(ri[i]) + " outside source of " + std::to_string(srcRows) + " rows"),
+               env.Undefined();
+  }
+  ckpt::gather_rows(src.p, s, rowElems, ri, nRows, colStart, cols, dst.p, d);
+  return env.Undefined();
+}
+
+struct DequantArgs {
+  Bytes w, scale, dst;
+  int wd = 0, d = 0;
+  size_t rows = 0, cols = 0, rowStart = 0, colStart = 0, scaleCols = 0, block = 0;
+  std::vector<float> scaleCopy;
+  const float* scaleF = nullptr;
+};
+
+bool getDequantArgs(const Napi::CallbackInfo& info, DequantArgs& a) {
+  Napi::Env env = info.Env();
+  if (!getBytes(info, 0, "w", a.w) || !getDtype(info, 1, "wDtype", a.wd) || !getSize(info, 2, "rows", a.rows) ||
+      !getSize(info, 3, "cols", a.cols) || !getSize(info, 4, "rowStart", a.rowStart) ||
+      !getSize(info, 5, "colStart", a.colStart) || !getBytes(info, 6, "scaleInv", a.scale) ||
+      !getSize(info, 7, "scaleCols", a.scaleCols) || !getSize(info, 8, "block", a.block) ||
+      !getBytes(info, 9, "dst", a.dst) || !getDtype(info, 10, "dstDtype", a.d))
+    return false;
+  if (a.wd != CKPT_F8_E4M3 && a.wd != CKPT_F8_E5M2) return fail(env, "wDtype must be F8_E4M3 or F8_E5M2");
+  if (a.block == 0) return fail(env, "block must be positive");
+  if (!fits(a.rows, a.cols, a.w.len)) return fail(env, "w too small for rows x cols");
+  if (!fits(a.rows, a.cols, (size_t)-1) || !fits(a.rows * a.cols, (size_t)ckpt_dtype_size(a.d), a.dst.len))
+    return fail(env, "dst too small for rows x cols");
+  if (a.rows > 0 && a.cols > 0) {
+    size_t lastR = (a.rowStart + a.rows - 1) / a.block, lastC = (a.colStart + a.cols - 1) / a.block;
+    if (lastC >= a.scaleCols) return fail(env, "scale_inv has too few columns for this block");
+    if ((lastR * a.scaleCols + lastC + 1) * 4 > a.scale.len) return fail(env, "scale_inv too small for this block");
+  }
+  if (((uintptr_t)a.scale.p & 3u) == 0) {
+    a.scaleF = reinterpret_cast<const float*>(a.scale.p);
+  } else {
+    a.scaleCopy.resize(a.scale.len / 4);
+    memcpy(a.scaleCopy.data(), a.scale.p, a.scaleCopy.size() * 4);
+    a.scaleF = a.scaleCopy.data();
+  }
+  return true;
+}
+
+Napi::Value DequantBlock(const Napi::CallbackInfo& info) {
+  DequantArgs a;
+  if (!getDequantArgs(info, a)) return info.Env().Undefined();
+  ckpt::dequant_block(a.w.p, a.wd, a.rows, a.cols, a.rowStart, a.colStart, a.scaleF, a.scaleCols, a.block, a.dst.p, a.d);
+  return info.Env().Undefined();
+}
+
+Napi::Value StatsFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes src;
+  int d = 0;
+  size_t n = 0;
+  if (!getBytes(info, 0, "src", src) || !getDtype(info, 1, "dtype", d) || !getSize(info, 2, "n", n)) return env.Undefined();
+  if (!fits(n, (size_t)ckpt_dtype_size(d), src.len)) return fail(env, "src too small for n elements"), env.Undefined();
+  ckpt::Stats st = ckpt::stats(src.p, d, n);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("count", st.count);
+  o.Set("min", st.min);
+  o.Set("max", st.max);
+  o.Set("sum", st.sum);
+  o.Set("sumSq", st.sumSq);
+  o.Set("nan", st.nan);
+  o.Set("inf", st.inf);
+  o.Set("f16Overflow", st.f16Overflow);
+  o.Set("f16Underflow", st.f16Underflow);
+  o.Set("zeros", st.zeros);
+  return o;
+}
+
+Napi::Value IsaFn(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), ckpt::isa_name(ckpt::current_isa()));
+}
+
+Napi::Value BestIsa(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), ckpt::isa_name(ckpt::detect_isa()));
+}
+
+// setIsa("scalar" | "avx2" | "avx512" | "auto"): for tests and benchmarks; clamps to what the CPU supports.
+Napi::Value SetIsa(const Napi::CallbackInfo& info) {
+  std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "auto";
+  int want = name == "scalar" ? ckpt::ISA_SCALAR : name == "avx2" ? ckpt::ISA_AVX2 : name == "avx512" ? ckpt::ISA_AVX512 : -1;
+  return Napi::String::New(info.Env(), ckpt::isa_name(ckpt::set_isa(want)));
+}
+
+// ---- CUDA (optional shared library built by nvcc, loaded on demand) ----
+
+typedef int (*CudaCountFn)(void);
+typedef const char* (*CudaErrFn)(void);
+typedef int (*CudaCastFn)(const void*, int, void*, int, size_t);
+typedef int (*CudaDequantFn)(const void*, int, size_t, size_t, size_t, size_t, const float*, size_t, size_t, size_t, void*, int);
+
+struct Cuda {
+  std::mutex mu;
+  void* handle = nullptr;
+  CudaCountFn count = nullptr;
+  CudaErrFn err = nullptr;
+  CudaCastFn cast = nullptr;
+  CudaDequantFn dequant = nullptr;
+} g_cuda;
+
+// cudaLoad(path): "" when loaded (or already loaded), else the reason.
+Napi::Value CudaLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) return fail(env, "path must be a string", false), env.Undefined();
+  std::lock_guard<std::mutex> lock(g_cuda.mu);
+  if (g_cuda.handle) return Napi::String::New(env, "");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) return Napi::String::New(env, std::string("dlopen failed: ") + dlerror());
+  g_cuda.count = (CudaCountFn)dlsym(h, "ckpt_cuda_device_count");
+  g_cuda.err = (CudaErrFn)dlsym(h, "ckpt_cuda_last_error");
+  g_cuda.cast = (CudaCastFn)dlsym(h, "ckpt_cuda_cast");
+  g_cuda.dequant = (CudaDequantFn)dlsym(h, "ckpt_cuda_dequant");
+  if (!g_cuda.count || !g_cuda.err || !g_cuda.cast || !g_cuda.dequant) {
+    dlclose(h);
+    return Napi::String::New(env, "missing symbols in " + path);
+  }
+  g_cuda.handle = h;
+  return Napi::String::New(env, "");
+}
+
+Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
+  if (!g_cuda.handle) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), g_cuda.count());
+}
+
+Napi::Value CudaLastError(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), g_cuda.handle ? g_cuda.err() : "CUDA library not loaded");
+}
+
+Napi::Value CudaCastJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_cuda.handle) return fail(env, "CUDA library not loaded", false), env.Undefined();
+  Bytes src, dst;
+  int s = 0, d = 0;
+  size_t n = 0;
+  if (!getBytes(info, 0, "src", src) || !getDtype(info, 1, "srcDtype", s) || !getBytes(info, 2, "dst", dst) ||
+      !getDtype(info, 3, "dstDtype", d) || !getSize(info, 4, "n", n))
+    return env.Undefined();
+  if (!fits(n, (size_t)ckpt_dtype_size(s), src.len) || !fits(n, (size_t)ckpt_dtype_size(d), dst.len))
+    return fail(env, "buffers too small for n elements"), env.Undefined();
+  if (g_cuda.cast(src.p, s, dst.p, d, n) != 0)
+    return Napi::Error::New(env, std::string("ckpt_native: CUDA cast failed: ") + g_cuda.err()).ThrowAsJavaScriptException(), env.Undefined();
+  return env.Undefined();
+}
+
+Napi::Value CudaDequantJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_cuda.handle) return fail(env, "CUDA library not loaded", false), env.Undefined();
+  DequantArgs a;
+  if (!getDequantArgs(info, a)) return env.Undefined();
+  size_t scaleRows = a.scaleCols ? a.scale.len / 4 / a.scaleCols : 0;
+  if (g_cuda.dequant(a.w.p, a.wd, a.rows, a.cols, a.rowStart, a.colStart, a.scaleF, scaleRows, a.scaleCols, a.block, a.dst.p, a.d) != 0)
+    return Napi::Error::New(env, std::string("ckpt_native: CUDA dequant failed: ") + g_cuda.err()).ThrowAsJavaScriptException(), env.Undefined();
+  return env.Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
+  exports.Set("gatherRows", Napi::Function::New(env, GatherRows, "gatherRows"));
+  exports.Set("dequantBlock", Napi::Function::New(env, DequantBlock, "dequantBlock"));
+  exports.Set("stats", Napi::Function::New(env, StatsFn, "stats"));
+  exports.Set("isa", Napi::Function::New(env, IsaFn, "isa"));
+  exports.Set("bestIsa", Napi::Function::New(env, BestIsa, "bestIsa"));
+  exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
+  exports.Set("cudaLoad", Napi::Function::New(env, CudaLoad, "cudaLoad"));
+  exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount, "cudaDeviceCount"));
+  exports.Set("cudaLastError", Napi::Function::New(env, CudaLastError, "cudaLastError"));
+  exports.Set("cudaCast", Napi::Function::New(env, CudaCastJs, "cudaCast"));
+  exports.Set("cudaDequant", Napi::Function::New(env, CudaDequantJs, "cudaDequant"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ckpt_native, Init)

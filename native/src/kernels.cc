@@ -1,0 +1,482 @@
+// CPU kernels. Three tiers, chosen at run time:
+//   scalar  the header functions of ckpt_convert.h, element by element (portable; the bit-exactness anchor)
+//   avx2    AVX2 + F16C + FMA loops (x86-64), compiled with __attribute__((target)) so plain g++ flags suffice
+//   avx512  AVX-512F/BW for bf16 -> f32, avx2 for the rest (an AVX-512 f32 -> bf16 narrowing measured slower
+//           than AVX2 on Zen 4: the word permutes cost more than they save)
+// Every tier is bit-exact with the header (test/kernels.test.ts runs the vectors and random data through each).
+// AVX512-BF16 VCVTNEPS2BF16 is deliberately not used: it flushes subnormals (numerics.md §1).
+
+#include "kernels.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own `__Y = __Y` idiom.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <string.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "ckpt_convert.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CKPT_X86 1
+#include <immintrin.h>
+#endif
+
+namespace ckpt {
+
+static inline size_t dsize(int d) { return (size_t)ckpt_dtype_size(d); }
+
+// ---------------------------------------------------------------------------------------------------------
+// scalar tier
+// ---------------------------------------------------------------------------------------------------------
+
+template <int S, int D>
+static void cast_scalar(const uint8_t* src, uint8_t* dst, size_t n) {
+  const size_t ss = (size_t)ckpt_dtype_size(S), ds = (size_t)ckpt_dtype_size(D);
+  for (size_t i = 0; i < n; i++) ckpt_store_from_f32(S, D, ckpt_load_f32(S, src + i * ss), dst + i * ds);
+}
+
+static void copy_bytes(const uint8_t* src, uint8_t* dst, size_t n) { memcpy(dst, src, n); }
+static void copy_2(const uint8_t* src, uint8_t* dst, size_t n) { memcpy(dst, src, n * 2); }
+static void copy_4(const uint8_t* src, uint8_t* dst, size_t n) { memcpy(dst, src, n * 4); }
+
+#define CKPT_ROW(S)                                                                                          \
+  { (S) == CKPT_F32 ? copy_4 : cast_scalar<S, CKPT_F32>, (S) == CKPT_BF16 ? copy_2 : cast_scalar<S, CKPT_BF16>, \
+    (S) == CKPT_F16 ? copy_2 : cast_scalar<S, CKPT_F16>, (S) == CKPT_F8_E4M3 ? copy_bytes : cast_scalar<S, CKPT_F8_E4M3>, \
+    (S) == CKPT_F8_E5M2 ? copy_bytes : cast_scalar<S, CKPT_F8_E5M2> }
+
+static const CastFn kScalar[5][5] = {CKPT_ROW(CKPT_F32), CKPT_ROW(CKPT_BF16), CKPT_ROW(CKPT_F16),
+                                     CKPT_ROW(CKPT_F8_E4M3), CKPT_ROW(CKPT_F8_E5M2)};
+
+// Lookup tables for fp8 sources: every destination encoding of each of the 256 inputs, computed by the header
+// functions (so exact by construction). Built once, thread-safe (C++11 static init).
+struct Fp8Tables {
+  uint32_t t[2][5][256];  // [src e4m3/e5m2][dst dtype][byte]
+  Fp8Tables() {
+    for (int s = 0; s < 2; s++)
+      for (int d = 0; d < 5; d++)
+        for (int b = 0; b < 256; b++) {
+          uint8_t in[4] = {(uint8_t)b, 0, 0, 0}, out[4] = {0, 0, 0, 0};
+          ckpt_convert_one(CKPT_F8_E4M3 + s, in, d, out);
+          t[s][d][b] = (uint32_t)out[0] | ((uint32_t)out[1] << 8) | ((uint32_t)out[2] << 16) | ((uint32_t)out[3] << 24);
+        }
+  }
+};
+static const Fp8Tables& fp8_tables() {
+  static const Fp8Tables t;
+  return t;
+}
+
+template <int S, int D>
+static void cast_fp8_lut(const uint8_t* src, uint8_t* dst, size_t n) {
+  const uint32_t* t = fp8_tables().t[S - CKPT_F8_E4M3][D];
+  if (D == CKPT_F32) {
+    for (size_t i = 0; i < n; i++) { uint32_t v = t[src[i]]; memcpy(dst + 4 * i, &v, 4); }
+  } else if (D == CKPT_BF16 || D == CKPT_F16) {
+    for (size_t i = 0; i < n; i++) { uint16_t v = (uint16_t)t[src[i]]; memcpy(dst + 2 * i, &v, 2); }
+  } else {
+    for (size_t i = 0; i < n; i++) dst[i] = (uint8_t)t[src[i]];
+  }
+}
+
+static const CastFn kFp8Lut[2][5] = {
+    {cast_fp8_lut<CKPT_F8_E4M3, CKPT_F32>, cast_fp8_lut<CKPT_F8_E4M3, CKPT_BF16>, cast_fp8_lut<CKPT_F8_E4M3, CKPT_F16>,
+     copy_bytes, cast_fp8_lut<CKPT_F8_E4M3, CKPT_F8_E5M2>},
+    {cast_fp8_lut<CKPT_F8_E5M2, CKPT_F32>, cast_fp8_lut<CKPT_F8_E5M2, CKPT_BF16>, cast_fp8_lut<CKPT_F8_E5M2, CKPT_F16>,
+     cast_fp8_lut<CKPT_F8_E5M2, CKPT_F8_E4M3>, copy_bytes},
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// AVX2 tier
+// ---------------------------------------------------------------------------------------------------------
+#ifdef CKPT_X86
+#define TGT2 __attribute__((target("avx2,f16c,fma")))
+#define TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c,fma")))
+
+TGT2 static inline __m256i set1(uint32_t v) { return _mm256_set1_epi32((int)v); }
+
+// Eight f32 bit patterns -> eight bf16 in the low 16 bits of each lane; NaN -> nanval.
+TGT2 static inline __m256i bf16_narrow8(__m256i u, __m256i nanval) {
+  __m256i a = _mm256_and_si256(u, set1(0x7FFFFFFFu));
+  __m256i isnan = _mm256_cmpgt_epi32(a, set1(0x7F800000u));
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), set1(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, set1(0x7FFFu)), lsb), 16);
+  return _mm256_blendv_epi8(r, nanval, isnan);
+}
+
+// Two vectors of eight values <= 0xFFFF -> sixteen u16 in order.
+TGT2 static inline __m256i pack16(__m256i lo, __m256i hi) {
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+}
+
+// Four vectors of eight values <= 0xFF -> thirty-two bytes in order.
+TGT2 static inline __m256i pack8(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+  __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(v0, v1), _mm256_packus_epi32(v2, v3));
+  return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// f32 -> e4m3fn (c10 fp8e4m3fn_from_fp32_value, vectorised). The subnormal branch adds 2^14 in f32 so the
+// hardware rounds to a multiple of 2^-9 (RNE); the result does not depend on DAZ/FTZ.
+TGT2 static inline __m256i e4m3_narrow8(__m256i u) {
+  __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), set1(0x80));
+  __m256i a = _mm256_and_si256(u, set1(0x7FFFFFFFu));
+  __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), set1(1));
+  __m256i norm = _mm256_srli_epi32(_mm256_add_epi32(_mm256_sub_epi32(a, set1(0x3C000000u - 0x7FFFFu)), odd), 20);
+  __m256i mask = set1(141u << 23);
+  __m256i sub = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(mask))), mask);
+  __m256i r = _mm256_blendv_epi8(sub, norm, _mm256_cmpgt_epi32(a, set1(0x3C800000u - 1)));
+  r = _mm256_blendv_epi8(r, set1(0x7F), _mm256_cmpgt_epi32(a, set1(0x43E80000u)));
+  return _mm256_or_si256(r, sign);
+}
+
+TGT2 static inline __m256i e5m2_narrow8(__m256i u) {
+  __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), set1(0x80));
+  __m256i a = _mm256_and_si256(u, set1(0x7FFFFFFFu));
+  __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 21), set1(1));
+  __m256i norm = _mm256_srli_epi32(_mm256_add_epi32(_mm256_sub_epi32(a, set1(0x38000000u - 0xFFFFFu)), odd), 21);
+  __m256i mask = set1(134u << 23);
+  __m256i sub = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(mask))), mask);
+  __m256i r = _mm256_blendv_epi8(sub, norm, _mm256_cmpgt_epi32(a, set1(0x38800000u - 1)));
+  r = _mm256_blendv_epi8(r, set1(0x7C), _mm256_cmpgt_epi32(a, set1(0x476FFFFFu)));
+  r = _mm256_blendv_epi8(r, set1(0x7F), _mm256_cmpgt_epi32(a, set1(0x7F800000u)));
+  return _mm256_or_si256(r, sign);
+}
+
+// Eight fp8 bytes widened to f32 bits. e5m2 is the high byte of an f16 (F16C keeps the §3 NaN rule). e4m3fn
+// with its sign cleared, shifted left by 7, is an f16 whose value is 2^-8 times the e4m3 value (normals and
+// subnormals alike), so F16C plus an exact multiply by 256 decodes it; 0x7F/0xFF become 0x7FF00000/0xFFF00000.
+TGT2 static inline __m256i e5m2_widen8(__m128i b8) {
+  return _mm256_castps_si256(_mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(b8), 8)));
+}
+TGT2 static inline __m256i e4m3_widen8(__m128i b8) {
+  __m128i h = _mm_cvtepu8_epi16(b8);
+  __m128i mag = _mm_and_si128(h, _mm_set1_epi16(0x7F));
+  __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(mag, 7)), _mm256_set1_ps(256.0f));
+  __m256i mag32 = _mm256_cvtepu16_epi32(mag);
+  __m256i sign = _mm256_slli_epi32(_mm256_and_si256(_mm256_cvtepu16_epi32(h), set1(0x80)), 24);
+  __m256i r = _mm256_blendv_epi8(_mm256_castps_si256(v), set1(0x7FF00000u), _mm256_cmpeq_epi32(mag32, set1(0x7F)));
+  return _mm256_or_si256(r, sign);
+}
+
+// Eight source elements widened to f32 bits.
+template <int S>
+TGT2 static inline __m256i widen8(const uint8_t* p) {
+  if (S == CKPT_F32) return _mm256_loadu_si256((const __m256i*)p);
+  if (S == CKPT_BF16) return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
+  if (S == CKPT_F16) return _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)));
+  if (S == CKPT_F8_E4M3) return e4m3_widen8(_mm_loadl_epi64((const __m128i*)p));
+  return e5m2_widen8(_mm_loadl_epi64((const __m128i*)p));
+}
+
+// Eight f32 bit patterns narrowed to D (lanes hold the result in their low bits), NaN rule by source dtype.
+template <int S, int D>
+TGT2 static inline __m256i narrow8(__m256i u) {
+  if (D == CKPT_BF16) return bf16_narrow8(u, set1(S == CKPT_F32 ? 0xFFFFu : 0x7FC0u));
+  if (D == CKPT_F8_E4M3) return e4m3_narrow8(u);
+  return e5m2_narrow8(u);
+}
+
+// Generic AVX2 loop for sources F32/BF16/F16 (SIMD widening) into any other destination.
+template <int S, int D>
+TGT2 static void cast_avx2(const uint8_t* src, uint8_t* dst, size_t n) {
+  const size_t ss = dsize(S), ds = dsize(D);
+  size_t i = 0;
+  if (D == CKPT_F32) {
+    for (; i + 16 <= n; i += 16) {
+      __m256i a = widen8<S>(src + i * ss), b = widen8<S>(src + (i + 8) * ss);
+      _mm256_storeu_si256((__m256i*)(dst + i * 4), a);
+      _mm256_storeu_si256((__m256i*)(dst + i * 4 + 32), b);
+    }
+  } else if (D == CKPT_F16) {
+    for (; i + 16 <= n; i += 16) {
+      __m256 a = _mm256_castsi256_ps(widen8<S>(src + i * ss)), b = _mm256_castsi256_ps(widen8<S>(src + (i + 8) * ss));
+      _mm_storeu_si128((__m128i*)(dst + i * 2), _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm_storeu_si128((__m128i*)(dst + i * 2 + 16), _mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  } else if (D == CKPT_BF16) {
+    for (; i + 16 <= n; i += 16) {
+      __m256i a = narrow8<S, D>(widen8<S>(src + i * ss)), b = narrow8<S, D>(widen8<S>(src + (i + 8) * ss));
+      _mm256_storeu_si256((__m256i*)(dst + i * 2), pack16(a, b));
+    }
+  } else {
+    for (; i + 32 <= n; i += 32) {
+      __m256i v0 = narrow8<S, D>(widen8<S>(src + i * ss)), v1 = narrow8<S, D>(widen8<S>(src + (i + 8) * ss));
+      __m256i v2 = narrow8<S, D>(widen8<S>(src + (i + 16) * ss)), v3 = narrow8<S, D>(widen8<S>(src + (i + 24) * ss));
+      _mm256_storeu_si256((__m256i*)(dst + i), pack8(v0, v1, v2, v3));
+    }
+  }
+  for (; i < n; i++) ckpt_store_from_f32(S, D, ckpt_load_f32(S, src + i * ss), dst + i * ds);
+}
+
+// ---- AVX-512 for the bf16 <-> f32 hot paths ----
+
+TGT512 static void bf16_to_f32_avx512(const uint8_t* src, uint8_t* dst, size_t n) {
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512i a = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i * 2))), 16);
+    __m512i b = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i * 2 + 32))), 16);
+    _mm512_storeu_si512((void*)(dst + i * 4), a);
+    _mm512_storeu_si512((void*)(dst + i * 4 + 64), b);
+  }
+  for (; i < n; i++) ckpt_store_from_f32(CKPT_BF16, CKPT_F32, ckpt_load_f32(CKPT_BF16, src + i * 2), dst + i * 4);
+}
+
+static const CastFn kAvx2[5][5] = {
+    {copy_4, cast_avx2<CKPT_F32, CKPT_BF16>, cast_avx2<CKPT_F32, CKPT_F16>, cast_avx2<CKPT_F32, CKPT_F8_E4M3>,
+     cast_avx2<CKPT_F32, CKPT_F8_E5M2>},
+    {cast_avx2<CKPT_BF16, CKPT_F32>, copy_2, cast_avx2<CKPT_BF16, CKPT_F16>, cast_avx2<CKPT_BF16, CKPT_F8_E4M3>,
+     cast_avx2<CKPT_BF16, CKPT_F8_E5M2>},
+    {cast_avx2<CKPT_F16, CKPT_F32>, cast_avx2<CKPT_F16, CKPT_BF16>, copy_2, cast_avx2<CKPT_F16, CKPT_F8_E4M3>,
+     cast_avx2<CKPT_F16, CKPT_F8_E5M2>},
+    {cast_avx2<CKPT_F8_E4M3, CKPT_F32>, cast_avx2<CKPT_F8_E4M3, CKPT_BF16>, cast_avx2<CKPT_F8_E4M3, CKPT_F16>,
+     copy_bytes, cast_avx2<CKPT_F8_E4M3, CKPT_F8_E5M2>},
+    {cast_avx2<CKPT_F8_E5M2, CKPT_F32>, cast_avx2<CKPT_F8_E5M2, CKPT_BF16>, cast_avx2<CKPT_F8_E5M2, CKPT_F16>,
+     cast_avx2<CKPT_F8_E5M2, CKPT_F8_E4M3>, copy_bytes},
+};
+#endif  // CKPT_X86
+
+// ---------------------------------------------------------------------------------------------------------
+// dispatch
+// ---------------------------------------------------------------------------------------------------------
+
+int detect_isa() {
+#ifdef CKPT_X86
+  __builtin_cpu_init();
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+  if (!avx2) return ISA_SCALAR;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return ISA_AVX512;
+  return ISA_AVX2;
+#else
+  return ISA_SCALAR;
+#endif
+}
+
+static std::atomic<int> g_isa{-1};
+
+int current_isa() {
+  int v = g_isa.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = detect_isa();
+    g_isa.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+int set_isa(int isa) {
+  int best = detect_isa();
+  if (isa < 0 || isa > best) isa = best;
+  g_isa.store(isa, std::memory_order_relaxed);
+  return isa;
+}
+
+const char* isa_name(int isa) { return isa == ISA_AVX512 ? "avx512" : isa == ISA_AVX2 ? "avx2" : "scalar"; }
+
+CastFn cast_fn(int s, int d) {
+#ifdef CKPT_X86
+  int isa = current_isa();
+  if (isa == ISA_AVX512) {
+    if (s == CKPT_BF16 && d == CKPT_F32) return bf16_to_f32_avx512;
+  }
+  if (isa >= ISA_AVX2) return kAvx2[s][d];
+#endif
+  if (s >= CKPT_F8_E4M3) return kFp8Lut[s - CKPT_F8_E4M3][d];  // tables built from the header functions
+  return kScalar[s][d];
+}
+
+void cast(const uint8_t* src, int s, uint8_t* dst, int d, size_t n) { cast_fn(s, d)(src, dst, n); }
+
+void gather_rows(const uint8_t* src, int s, size_t srcRowElems, const int32_t* rowIndex, size_t nRows, size_t colStart,
+                 size_t cols, uint8_t* dst, int d) {
+  const size_t ss = dsize(s), ds = dsize(d);
+  if (s == d) {
+    const size_t rowBytes = cols * ss;
+    for (size_t i = 0; i < nRows; i++)
+      memcpy(dst + i * rowBytes, src + ((size_t)rowIndex[i] * srcRowElems + colStart) * ss, rowBytes);
+    return;
+  }
+  CastFn f = cast_fn(s, d);
+  for (size_t i = 0; i < nRows; i++) f(src + ((size_t)rowIndex[i] * srcRowElems + colStart) * ss, dst + i * cols * ds, cols);
+}
+
+// ---- dequant ----
+
+static const size_t kChunk = 2048;
+
+#ifdef CKPT_X86
+template <int W>
+TGT2 static void scale_fp8_avx2(const uint8_t* w, size_t n, const float* lut, float s, float* out) {
+  size_t k = 0;
+  __m256 vs = _mm256_set1_ps(s);
+  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_castsi256_ps(widen8<W>(w + k)), vs));
+  for (; k < n; k++) out[k] = lut[w[k]] * s;
+}
+#endif
+
+static void scale_fp8_scalar(const uint8_t* w, size_t n, const float* lut, float s, float* out) {
+  for (size_t k = 0; k < n; k++) out[k] = lut[w[k]] * s;  // one IEEE f32 multiply, RNE
+}
+
+void dequant_block(const uint8_t* w, int wd, size_t rows, size_t cols, size_t rowStart, size_t colStart,
+                   const float* scaleInv, size_t scaleCols, size_t block, uint8_t* dst, int d) {
+  float lut[256];
+  for (int b = 0; b < 256; b++) {
+    uint32_t u = wd == CKPT_F8_E4M3 ? ckpt_e4m3_to_f32((uint8_t)b) : ckpt_e5m2_to_f32((uint8_t)b);
+    memcpy(&lut[b], &u, 4);
+  }
+  void (*scale)(const uint8_t*, size_t, const float*, float, float*) = scale_fp8_scalar;
+#ifdef CKPT_X86
+  if (current_isa() >= ISA_AVX2) scale = wd == CKPT_F8_E4M3 ? scale_fp8_avx2<CKPT_F8_E4M3> : scale_fp8_avx2<CKPT_F8_E5M2>;
+#endif
+  CastFn narrow = cast_fn(CKPT_F32, d);
+  const size_t ds = dsize(d);
+  alignas(64) float tmp[kChunk];
+  for (size_t r = 0; r < rows; r++) {
+    const float* srow = scaleInv + ((rowStart + r) / block) * scaleCols;
+    const uint8_t* wrow = w + r * cols;
+    uint8_t* orow = dst + r * cols * ds;
+    size_t c = 0;
+    while (c < cols) {
+      size_t gc = colStart + c;
+      size_t segEnd = (gc / block + 1) * block - colStart;
+      if (segEnd > cols) segEnd = cols;
+      if (segEnd - c > kChunk) segEnd = c + kChunk;
+      float s = srow[gc / block];
+      if (d == CKPT_F32) {
+        scale(wrow + c, segEnd - c, lut, s, (float*)tmp);
+        memcpy(orow + c * 4, tmp, (segEnd - c) * 4);
+      } else {
+        scale(wrow + c, segEnd - c, lut, s, tmp);
+        narrow((const uint8_t*)tmp, orow + c * ds, segEnd - c);
+      }
+      c = segEnd;
+    }
+  }
+}
+
+// ---- stats ----
+
+struct Acc {
+  double sum = 0, sumSq = 0;
+  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
+  uint64_t nan = 0, inf = 0, ovf = 0, unf = 0, zeros = 0;
+};
+
+static void stats_f32_scalar(const uint32_t* u, size_t n, Acc& acc) {
+  for (size_t i = 0; i < n; i++) {
+    uint32_t a = u[i] & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) {
+      if (a == 0x7F800000u) acc.inf++; else acc.nan++;
+      continue;
+    }
+    if (a == 0) acc.zeros++;
+    else if (a >= 0x477FF000u) acc.ovf++;
+    else if (a <= 0x33000000u) acc.unf++;
+    float x;
+    memcpy(&x, &u[i], 4);
+    if (x < acc.mn) acc.mn = x;
+    if (x > acc.mx) acc.mx = x;
+    acc.sum += (double)x;
+    acc.sumSq += (double)x * (double)x;
+  }
+}
+
+#ifdef CKPT_X86
+TGT2 static inline uint64_t hsum_epi32(__m256i v) {
+  alignas(32) int32_t t[8];
+  _mm256_store_si256((__m256i*)t, v);
+  uint64_t s = 0;
+  for (int k = 0; k < 8; k++) s += (uint32_t)(-t[k]);  // counters hold negated counts
+  return s;
+}
+
+TGT2 static void stats_f32_avx2(const uint32_t* u, size_t n, Acc& acc) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
+  __m256 mn = _mm256_set1_ps(acc.mn), mx = _mm256_set1_ps(acc.mx);
+  const __m256 pinf = _mm256_set1_ps(std::numeric_limits<float>::infinity()), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256i cNan = _mm256_setzero_si256(), cInf = cNan, cOvf = cNan, cUnf = cNan, cZero = cNan;
+  const __m256i absm = set1(0x7FFFFFFFu), infb = set1(0x7F800000u), maxf = set1(0x7F7FFFFFu);
+  const __m256i ovfb = set1(0x477FEFFFu), unfb = set1(0x33000001u), zero = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i x = _mm256_loadu_si256((const __m256i*)(u + i));
+    __m256i a = _mm256_and_si256(x, absm);
+    __m256i nonfinite = _mm256_cmpgt_epi32(a, maxf);
+    cNan = _mm256_add_epi32(cNan, _mm256_cmpgt_epi32(a, infb));
+    cInf = _mm256_add_epi32(cInf, _mm256_cmpeq_epi32(a, infb));
+    cZero = _mm256_add_epi32(cZero, _mm256_cmpeq_epi32(a, zero));
+    cOvf = _mm256_add_epi32(cOvf, _mm256_andnot_si256(nonfinite, _mm256_cmpgt_epi32(a, ovfb)));
+    cUnf = _mm256_add_epi32(cUnf, _mm256_and_si256(_mm256_cmpgt_epi32(a, zero), _mm256_cmpgt_epi32(unfb, a)));
+    __m256 xf = _mm256_castsi256_ps(_mm256_andnot_si256(nonfinite, x));
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(xf)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1));
+    s0 = _mm256_add_pd(s0, lo);
+    s1 = _mm256_add_pd(s1, hi);
+    q0 = _mm256_fmadd_pd(lo, lo, q0);
+    q1 = _mm256_fmadd_pd(hi, hi, q1);
+    __m256 nf = _mm256_castsi256_ps(nonfinite);
+    mn = _mm256_min_ps(mn, _mm256_blendv_ps(xf, pinf, nf));
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(xf, ninf, nf));
+  }
+  alignas(32) double t[4];
+  _mm256_store_pd(t, _mm256_add_pd(s0, s1));
+  acc.sum += (t[0] + t[1]) + (t[2] + t[3]);
+  _mm256_store_pd(t, _mm256_add_pd(q0, q1));
+  acc.sumSq += (t[0] + t[1]) + (t[2] + t[3]);
+  alignas(32) float f[8];
+  _mm256_store_ps(f, mn);
+  for (int k = 0; k < 8; k++) if (f[k] < acc.mn) acc.mn = f[k];
+  _mm256_store_ps(f, mx);
+  for (int k = 0; k < 8; k++) if (f[k] > acc.mx) acc.mx = f[k];
+  acc.nan += hsum_epi32(cNan);
+  acc.inf += hsum_epi32(cInf);
+  acc.zeros += hsum_epi32(cZero);
+  acc.ovf += hsum_epi32(cOvf);
+  acc.unf += hsum_epi32(cUnf);
+  stats_f32_scalar(u + i, n - i, acc);
+}
+#endif
+
+Stats stats(const uint8_t* src, int d, size_t n) {
+  Acc acc;
+  void (*run)(const uint32_t*, size_t, Acc&) = stats_f32_scalar;
+#ifdef CKPT_X86
+  if (current_isa() >= ISA_AVX2) run = stats_f32_avx2;
+#endif
+  const size_t ss = dsize(d);
+  if (d == CKPT_F32 && ((uintptr_t)src & 3u) == 0) {
+    // Counters are 32-bit lanes: feed at most 2^30 elements per call.
+    for (size_t i = 0; i < n; i += ((size_t)1 << 30)) {
+      size_t m = n - i < ((size_t)1 << 30) ? n - i : ((size_t)1 << 30);
+      run((const uint32_t*)src + i, m, acc);
+    }
+  } else {
+    CastFn widen = cast_fn(d, CKPT_F32);
+    alignas(64) uint32_t tmp[kChunk];
+    for (size_t i = 0; i < n; i += kChunk) {
+      size_t m = n - i < kChunk ? n - i : kChunk;
+      widen(src + i * ss, (uint8_t*)tmp, m);
+      run(tmp, m, acc);
+    }
+  }
+  Stats st;
+  st.count = (double)n;
+  uint64_t finite = (uint64_t)n - acc.nan - acc.inf;
+  st.min = finite ? (double)acc.mn : std::nan("");
+  st.max = finite ? (double)acc.mx : std::nan("");
+  st.sum = acc.sum;
+  st.sumSq = acc.sumSq;
+  st.nan = (double)acc.nan;
+  st.inf = (double)acc.inf;
+  st.f16Overflow = (double)acc.ovf;
+  st.f16Underflow = (double)acc.unf;
+  st.zeros = (double)acc.zeros;
+  return st;
+}
+
+}  // namespace ckpt

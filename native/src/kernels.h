@@ -1,0 +1,42 @@
+// CPU kernels of the addon: cast, row gather, FP8 block dequant, stats. Every path (scalar, AVX2, AVX-512) is
+// bit-exact with native/include/ckpt_convert.h; the dispatcher picks the best one the CPU supports.
+#ifndef CKPT_KERNELS_H
+#define CKPT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+namespace ckpt {
+
+enum Isa { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+typedef void (*CastFn)(const uint8_t* src, uint8_t* dst, size_t n);
+
+struct Stats {
+  double count, min, max, sum, sumSq, nan, inf, f16Overflow, f16Underflow, zeros;
+};
+
+// Best ISA this CPU supports.
+int detect_isa();
+// Currently used ISA (defaults to detect_isa()); set_isa clamps to what the CPU supports and returns the result.
+int current_isa();
+int set_isa(int isa);
+const char* isa_name(int isa);
+
+// The cast loop for (src, dst) dtypes under the current ISA; identity is memcpy.
+CastFn cast_fn(int srcDtype, int dstDtype);
+
+void cast(const uint8_t* src, int srcDtype, uint8_t* dst, int dstDtype, size_t n);
+
+// Caller has validated bounds.
+void gather_rows(const uint8_t* src, int srcDtype, size_t srcRowElems, const int32_t* rowIndex, size_t nRows,
+                 size_t colStart, size_t cols, uint8_t* dst, int dstDtype);
+
+void dequant_block(const uint8_t* w, int wDtype, size_t rows, size_t cols, size_t rowStart, size_t colStart,
+                   const float* scaleInv, size_t scaleCols, size_t block, uint8_t* dst, int dstDtype);
+
+Stats stats(const uint8_t* src, int dtype, size_t n);
+
+}  // namespace ckpt
+
+#endif

@@ -1,0 +1,184 @@
+// The `ckpt` command line: yargs commands over the programmatic API. Errors print one line (stack with --debug).
+import yargs, { type Argv } from "yargs";
+import { hideBin } from "yargs/helpers";
+import { CkptError, isCkptError, redactSecrets } from "../errors.js";
+import { runInspect, type InspectResult } from "../ops/inspect.js";
+import { runConvert, type ConvertOptions, type ConvertResult } from "../ops/convert.js";
+import { fmtBytes, fmtNum, table } from "./format.js";
+import { makeReporter } from "./progress.js";
+import { runDemo } from "./demo.js";
+import { benchKernels, formatBenchTable } from "../kernels/bench.js";
+import { VERSION } from "../version.js";
+
+interface GlobalArgs { json?: boolean; debug?: boolean; quiet?: boolean }
+
+function out(s: string): void {
+  process.stdout.write(s.endsWith("\n") ? s : s + "\n");
+}
+
+function printInspect(r: InspectResult, stats: boolean): void {
+  out(`${r.source}${r.revision ? ` @ ${r.revision}` : ""}  (${r.format}, ${r.tensors.length} tensors, ${fmtBytes(r.totalBytes)}, ${r.totalParams.toLocaleString("en-US")} params)`);
+  if (r.config) {
+    const c = r.config;
+    out(`config: ${c.architecture ?? c.modelType ?? "?"}  layers=${c.layers ?? "?"} hidden=${c.hidden ?? "?"} heads=${c.heads ?? "?"} kv_heads=${c.kvHeads ?? "?"} head_dim=${c.headDim ?? "?"} vocab=${c.vocab ?? "?"} tied_embeddings=${c.tiedEmbeddings ?? "?"}${c.torchDtype ? ` torch_dtype=${c.torchDtype}` : ""}`);
+  }
+  out("");
+  const head = ["name", "dtype", "shape", "size", "file"];
+  const statHead = ["min", "max", "mean", "std", "nan", "inf", ">f16"];
+  const rows = r.tensors.map((t) => {
+    const base = [t.name, t.dtype, `[${t.shape.join(", ")}]`, fmtBytes(t.bytes), t.file];
+    if (!stats) return base;
+    const s = t.stats;
+    return [...base, fmtNum(s?.min), fmtNum(s?.max), fmtNum(s?.mean), fmtNum(s?.std), String(s?.nan ?? "-"), String(s?.inf ?? "-"), String(s?.f16Overflow ?? "-")];
+  });
+  out(table(stats ? [...head, ...statHead] : head, rows, stats ? [3, 5, 6, 7, 8, 9, 10, 11] : [3]));
+  out("");
+  out(table(["dtype", "tensors", "params", "size"], r.totals.map((t) => [t.dtype, String(t.tensors), t.params.toLocaleString("en-US"), fmtBytes(t.bytes)]), [1, 2, 3]));
+}
+
+function printPlan(r: ConvertResult): void {
+  const p = r.plan;
+  out(`plan: ${p.direction === "hf_to_tt" ? "HF → TorchTitan" : "TorchTitan → HF"} (${p.mapping}, ${p.target}), format ${p.format}, mesh fsdp=${p.mesh.fsdp} tp=${p.mesh.tp}`);
+  out(table(["output tensor", "dtype", "shape", "size", "from"], p.tensors.map((t) => [t.name, t.dtype, `[${t.shape.join(", ")}]`, fmtBytes(t.bytes), t.recipe]), [3]));
+  if (p.skipped.length) out(`\nskipped ${p.skipped.length}: ${p.skipped.slice(0, 6).map((s) => `${s.name} (${s.why})`).join("; ")}${p.skipped.length > 6 ? "; …" : ""}`);
+  if (p.perRank) printRankTable(r);
+  out(`\nfiles: ${p.files.length}, ${fmtBytes(p.files.reduce((s, f) => s + f.size, 0))}`);
+}
+
+export function printRankTable(r: ConvertResult): void {
+  const ranks = r.plan.perRank ?? [];
+  if (!ranks.length) return;
+  const max = Math.max(...ranks.map((x) => x.bytes));
+  const mean = ranks.reduce((s, x) => s + x.bytes, 0) / ranks.length;
+  out("");
+  out(table(["rank", "chunks", "bytes", "share"], ranks.map((x) => [String(x.rank), String(x.chunks), fmtBytes(x.bytes), `${((x.bytes / Math.max(1, ranks.reduce((s, y) => s + y.bytes, 0))) * 100).toFixed(1)}%`]), [0, 1, 2, 3]));
+  out(`imbalance (max/mean): ${(max / Math.max(1, mean)).toFixed(3)}`);
+}
+
+function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "source" | "out"> {
+  return {
+    to: a.to as "torchtitan" | "hf" | undefined,
+    target: a.target as string | undefined,
+    format: a.format as "dcp" | "safetensors" | undefined,
+    dtype: a.dtype as string | undefined,
+    config: a.config as string | undefined,
+    dryRun: a["dry-run"] as boolean | undefined,
+    allowUnmapped: a["allow-unmapped"] as boolean | undefined,
+    allowOverflow: a["allow-overflow"] as boolean | undefined,
+    force: a.force as boolean | undefined,
+    threads: a.threads as number | undefined,
+    maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
+    omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
+  };
+}
+
+export function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
+  if (!m) throw new CkptError("USAGE", `size '${s}': expected e.g. 512M, 2G`);
+  const mult = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+  return Math.round(Number(m[1]) * mult);
+}
+
+async function doConvert(a: Record<string, unknown> & GlobalArgs, extra: Partial<ConvertOptions>): Promise<void> {
+  const controller = new AbortController();
+  const onSig = () => controller.abort();
+  process.once("SIGINT", onSig);
+  process.once("SIGTERM", onSig);
+  const rep = makeReporter(extra.worldSize ? "shard" : "convert", a);
+  try {
+    const r = await runConvert({
+      source: String(a.src), out: String(a.out), ...convertOptionsFrom(a), ...extra,
+      signal: controller.signal,
+      onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal, { tensors: `${e.tensorsDone}/${e.tensorsTotal} tensors` }),
+      onWarning: (w) => process.stderr.write(a.json ? JSON.stringify({ event: "warning", message: w }) + "\n" : `ckpt: warning: ${w}\n`),
+    });
+    rep.stop();
+    if (a.json) { out(JSON.stringify({ event: "result", ...r })); return; }
+    if (r.dryRun) { printPlan(r); return; }
+    out(`wrote ${r.out} (${r.plan.files.length} file(s), ${fmtBytes(r.bytesWritten)}, ${r.plan.tensors.length} tensors) in ${r.seconds.toFixed(2)} s`);
+    if (r.plan.perRank) printRankTable(r);
+    if (r.torchtitanConfig) out(`\nTorchTitan config to load it:\n${r.torchtitanConfig}`);
+  } finally {
+    rep.stop();
+    process.off("SIGINT", onSig);
+    process.off("SIGTERM", onSig);
+  }
+}
+
+function commonConvertOptions<T>(y: Argv<T>) {
+  return y
+    .option("target", { type: "string", describe: "TorchTitan layout version: torchtitan@main (default) or torchtitan@0.2" })
+    .option("format", { choices: ["dcp", "safetensors"] as const, describe: "output format (default dcp)" })
+    .option("dtype", { type: "string", default: "keep", describe: "keep | bf16 | f16 | f32 (round-to-nearest-even, bit-exact with PyTorch)" })
+    .option("config", { type: "string", describe: "HF folder or repo id providing config.json (and tokenizer files)" })
+    .option("dry-run", { type: "boolean", describe: "print the plan, write nothing" })
+    .option("allow-unmapped", { type: "boolean", describe: "skip source tensors the mapping does not know (with a warning)" })
+    .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
+    .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
+    .option("force", { type: "boolean", describe: "replace an existing output" })
+    .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
+    .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" });
+}
+
+export async function main(argv = hideBin(process.argv)): Promise<number> {
+  let debug = argv.includes("--debug");
+  const parser = yargs(argv)
+    .scriptName("ckpt")
+    .usage("$0 <command> [options]\n\nHuggingFace ⇄ TorchTitan checkpoints: convert, shard for FSDP2/TP, inspect, verify.")
+    .option("json", { type: "boolean", describe: "machine-readable output (line-delimited JSON events on stderr, result on stdout)" })
+    .option("debug", { type: "boolean", describe: "show stack traces" })
+    .option("quiet", { type: "boolean", describe: "no progress bars" })
+    .command("inspect <src>", "list tensors, dtypes, shapes, sizes and the model config", (y) => y
+      .positional("src", { type: "string", demandOption: true, describe: "folder, .safetensors file, HF cache folder, or org/name[@rev]" })
+      .option("stats", { type: "boolean", describe: "min, max, mean, std, NaN/Inf and fp16-overflow counts per tensor" }),
+    async (a) => {
+      const rep = makeReporter("stats", a);
+      const r = await runInspect(String(a.src), { stats: a.stats, onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal) });
+      rep.stop();
+      if (a.json) out(JSON.stringify(r, null, 1));
+      else printInspect(r, !!a.stats);
+    })
+    .command("convert <src> <out>", "HF → TorchTitan (DCP or safetensors), or TorchTitan → HF with --to hf", (y) => commonConvertOptions(y
+      .positional("src", { type: "string", demandOption: true })
+      .positional("out", { type: "string", demandOption: true })
+      .option("to", { choices: ["torchtitan", "hf"] as const, default: "torchtitan" as const, describe: "direction" })),
+    (a) => doConvert(a as Record<string, unknown>, {}))
+    .command("shard <src> <out>", "write per-rank FSDP2 (× TP) shards that PyTorch DCP loads without resharding", (y) => commonConvertOptions(y
+      .positional("src", { type: "string", demandOption: true, describe: "HF checkpoint, or a TorchTitan/DCP checkpoint to reshard" })
+      .positional("out", { type: "string", demandOption: true })
+      .option("world-size", { type: "number", demandOption: true, describe: "total ranks (FSDP × TP)" })
+      .option("tp", { type: "number", default: 1, describe: "tensor-parallel degree (innermost mesh dim)" })
+      .option("ranks", { type: "string", describe: "write only these ranks' files, e.g. 0-3 (multi-machine); then run --finalize" })
+      .option("finalize", { type: "boolean", describe: "after all --ranks runs: check the rank files and write .metadata + manifest" })),
+    (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined }))
+    .command("demo", "run the whole pipeline on a bundled tiny Llama 3 (no network)", (y) => y
+      .option("out", { type: "string", describe: "folder for the demo files (default: a temp folder)" })
+      .option("keep", { type: "boolean", describe: "keep the demo files" }),
+    async (a) => { await runDemo({ out: a.out, keep: a.keep, log: out }); })
+    .command("bench <what>", "benchmarks: `ckpt bench kernels` (GB/s vs memcpy)", (y) => y
+      .positional("what", { choices: ["kernels"] as const, demandOption: true }),
+    async (a) => {
+      const rows = await benchKernels();
+      if (a.json) out(JSON.stringify(rows, null, 1));
+      else out(formatBenchTable(rows));
+    })
+    .demandCommand(1, "give a command: inspect, convert, shard, demo, bench")
+    .strict()
+    .version(VERSION)
+    .help()
+    .fail((msg, err) => {
+      if (err) throw err;
+      throw new CkptError("USAGE", msg);
+    });
+  try {
+    await parser.parseAsync();
+    return 0;
+  } catch (e) {
+    debug ||= process.env.CKPT_DEBUG === "1";
+    const err = isCkptError(e) ? e : new CkptError("INTERNAL", (e as Error)?.message ?? String(e), { cause: e });
+    process.stderr.write(redactSecrets(err.oneLine()) + "\n");
+    if (err.code === "USAGE") process.stderr.write("ckpt: run `ckpt --help` for usage\n");
+    if (debug) process.stderr.write(redactSecrets(String((e as Error)?.stack ?? e)) + "\n");
+    return err.code === "INTERRUPTED" ? 130 : 1;
+  }
+}

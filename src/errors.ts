@@ -1,0 +1,63 @@
+// One closed set of error codes. Every failure the user can cause ends up as a CkptError: the CLI prints its
+// message on one line and exits non-zero (stack only with --debug).
+
+export const ERROR_CODES = {
+  USAGE: "invalid command-line usage",
+  NOT_FOUND: "file or folder not found",
+  OUTPUT_EXISTS: "output already exists",
+  IO: "I/O error",
+  SAFETENSORS_HEADER: "malformed safetensors header",
+  SAFETENSORS_DATA: "malformed safetensors data",
+  INDEX: "malformed model.safetensors.index.json",
+  CONFIG: "invalid or inconsistent config.json",
+  PICKLE: "unsupported or malformed pickle",
+  ZIP: "malformed torch.save archive",
+  DCP: "malformed DCP checkpoint",
+  MAPPING: "mapping error",
+  UNMAPPED: "tensors without a mapping",
+  MISSING_TENSOR: "expected tensor missing",
+  SHAPE: "tensor shape mismatch",
+  DTYPE: "unsupported dtype conversion",
+  OVERFLOW: "values out of range for the target dtype",
+  HUB: "Hugging Face Hub error",
+  OFFLINE: "offline mode: file not in cache",
+  VERIFY: "verification failed",
+  HEALTH: "health check found problems",
+  NATIVE: "native addon error",
+  INTERRUPTED: "interrupted",
+  SOURCE_CHANGED: "source changed during the run",
+  INTERNAL: "internal error",
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class CkptError extends Error {
+  readonly code: ErrorCode;
+  readonly file?: string;
+  readonly tensor?: string;
+  readonly hint?: string;
+  constructor(code: ErrorCode, message: string, opts: { file?: string; tensor?: string; hint?: string; cause?: unknown } = {}) {
+    super(message, opts.cause !== undefined ? { cause: opts.cause } : undefined);
+    this.name = "CkptError";
+    this.code = code;
+    this.file = opts.file;
+    this.tensor = opts.tensor;
+    this.hint = opts.hint;
+  }
+
+  /** The single line the CLI prints: code, where, what, and what to do. */
+  oneLine(): string {
+    const where = [this.file, this.tensor ? `tensor '${this.tensor}'` : undefined].filter(Boolean).join(": ");
+    const hint = this.hint ? ` (${this.hint})` : "";
+    return `ckpt: ${this.code}: ${where ? where + ": " : ""}${this.message}${hint}`;
+  }
+}
+
+export function isCkptError(e: unknown): e is CkptError {
+  return e instanceof CkptError;
+}
+
+/** Removes things that look like Hugging Face tokens from any text about to be printed or stored. */
+export function redactSecrets(text: string): string {
+  return text.replace(/hf_[A-Za-z0-9]{6,}/g, "hf_***");
+}

@@ -1,0 +1,228 @@
+// Runs an output layout: preallocates files, writes known-up-front bytes, farms pieces out to a piscina pool
+// with bounded bytes in flight, then writes what depends on the data (blob CRCs) and the small extras.
+import { closeSync, ftruncateSync, openSync, writeSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { availableParallelism } from "node:os";
+import { Piscina } from "piscina";
+import { elementSize, numelOf } from "../dtypes.js";
+import { CkptError } from "../errors.js";
+import { crc32Combine } from "../formats/torchsave/index.js";
+import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
+import type { OutputLayout } from "../plan/output-layout.js";
+import { piecesOf } from "../plan/output-layout.js";
+import { runsForBox } from "../plan/runs.js";
+import type { Source } from "../sources/types.js";
+import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
+
+export interface ProgressEvent {
+  phase: "write";
+  bytesDone: number;
+  bytesTotal: number;
+  tensorsDone: number;
+  tensorsTotal: number;
+}
+
+export interface ExecOptions {
+  /** Folder the files go into (the `.partial` folder, or the final one for --ranks runs). */
+  dir: string;
+  /** Only these files are written (per-rank runs); default all. */
+  onlyFiles?: Set<string>;
+  threads?: number;
+  /** Bound on bytes held by pieces in flight (default 512 MiB). */
+  maxMemory?: number;
+  /** Output bytes per piece (default 16 MiB). */
+  pieceBytes?: number;
+  hash?: boolean;
+  allowOverflow?: boolean;
+  onProgress?: (e: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface ChunkDigest {
+  tensor: string;
+  file: string;
+  offsets: number[];
+  sizes: number[];
+  bytes: number;
+  crc32: number;
+  /** SHA-256 of each piece in order (pieces are fixed by the plan, so this is deterministic). */
+  pieceSha256: string[];
+}
+
+export interface ExecResult {
+  bytesWritten: number;
+  files: { name: string; size: number }[];
+  chunks: ChunkDigest[];
+  f16Overflow: number;
+  threads: number;
+}
+
+const MiB = 1024 * 1024;
+
+export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, source: Source, opts: ExecOptions): Promise<ExecResult> {
+  const tensorByName = new Map<string, TensorPlan>(plan.tensors.map((t) => [t.name, t]));
+  const files = layout.files.filter((f) => !opts.onlyFiles || opts.onlyFiles.has(f.name));
+  const fileSet = new Set(files.map((f) => f.name));
+  const chunkIdx = layout.chunks.map((c, i) => ({ c, i })).filter(({ c }) => fileSet.has(c.file));
+
+  // 1. preallocate, and write bytes known before the data
+  for (const f of files) {
+    const fd = openSync(join(opts.dir, f.name), "w");
+    try {
+      ftruncateSync(fd, f.size);
+      if (f.prefix) writeSync(fd, f.prefix, 0, f.prefix.length, 0);
+      for (const { c } of chunkIdx) if (c.file === f.name && c.blob) writeSync(fd, c.blob.layout.head, 0, c.blob.layout.head.length, c.blob.offset);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  // 2. pieces → worker tasks
+  const pieceBytes = opts.pieceBytes ?? 16 * MiB;
+  const chunks = chunkIdx.map(({ c }) => c);
+  const pieces = piecesOf(chunks, pieceBytes);
+  const paths: Record<string, string> = {};
+  const scales: WorkerTask["scales"] = {};
+  for (const [name, leaf] of Object.entries(plan.leaves)) {
+    for (const p of leaf.pieces) {
+      const lp = source.localPath(p.file);
+      if (!lp) throw new CkptError("IO", "source file is not on local disk", { file: p.file, hint: "download it first (Hub sources are fetched into the HF cache)" });
+      paths[p.file] = lp;
+    }
+    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
+      const p = leaf.pieces[0]!;
+      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
+    }
+  }
+  const hash = opts.hash ?? true;
+  const bytesTotal = pieces.reduce((s, p) => s + p.byteLength, 0);
+  const tensorsTotal = new Set(chunks.map((c) => c.tensor)).size;
+  const piecesLeftByTensor = new Map<string, number>();
+  for (const p of pieces) piecesLeftByTensor.set(chunks[p.chunk]!.tensor, (piecesLeftByTensor.get(chunks[p.chunk]!.tensor) ?? 0) + 1);
+  let tensorsDone = tensorsTotal - piecesLeftByTensor.size;
+
+  const taskFor = (batch: typeof pieces): WorkerTask => ({
+    paths,
+    scales,
+    pieces: batch.map((p): PieceTask => {
+      const c = chunks[p.chunk]!;
+      const t = tensorByName.get(c.tensor)!;
+      return {
+        outPath: join(opts.dir, c.file),
+        outOffset: p.outOffset,
+        outDtype: c.dtype,
+        elems: numelOf(p.box.sizes),
+        runs: runsForBox(t.recipe, t.shape, p.box, plan.leaves),
+        countF16Overflow: c.dtype === "F16",
+        hash,
+      };
+    }),
+  });
+
+  // small pieces are batched so each message carries at least ~4 MiB of work
+  const batches: (typeof pieces)[] = [];
+  let cur: typeof pieces = [];
+  let curBytes = 0;
+  for (const p of pieces) {
+    cur.push(p);
+    curBytes += p.byteLength;
+    if (curBytes >= 4 * MiB || cur.length >= 256) { batches.push(cur); cur = []; curBytes = 0; }
+  }
+  if (cur.length) batches.push(cur);
+
+  const results = new Array<PieceResult | undefined>(pieces.length);
+  const pieceIndex = new Map(pieces.map((p, i) => [p, i]));
+  let bytesDone = 0;
+  const threads = opts.threads ?? (bytesTotal < 8 * MiB ? 0 : Math.max(1, availableParallelism()));
+  const onBatchDone = (batch: typeof pieces, res: PieceResult[]) => {
+    batch.forEach((p, j) => {
+      results[pieceIndex.get(p)!] = res[j];
+      bytesDone += p.byteLength;
+      const t = chunks[p.chunk]!.tensor;
+      const left = piecesLeftByTensor.get(t)! - 1;
+      piecesLeftByTensor.set(t, left);
+      if (left === 0) tensorsDone++;
+    });
+    opts.onProgress?.({ phase: "write", bytesDone, bytesTotal, tensorsDone, tensorsTotal });
+  };
+
+  const aborted = () => {
+    if (opts.signal?.aborted) throw new CkptError("INTERRUPTED", "interrupted; partial output removed");
+  };
+  if (threads === 0) {
+    for (const b of batches) {
+      aborted();
+      onBatchDone(b, runTask(taskFor(b)));
+    }
+  } else {
+    const pool = new Piscina({ filename: new URL("./worker.js", import.meta.url).href, minThreads: threads, maxThreads: threads, idleTimeout: 1000 });
+    const maxMemory = opts.maxMemory ?? 512 * MiB;
+    let inFlight = 0;
+    const running = new Set<Promise<void>>();
+    let failure: unknown;
+    try {
+      for (const b of batches) {
+        aborted();
+        // Staging (source bytes, up to 2x for f32 sources) + output buffer per piece.
+        const cost = b.reduce((s, p) => s + p.byteLength * 3, 0);
+        while (running.size > 0 && inFlight + cost > maxMemory) await Promise.race(running);
+        if (failure) throw failure;
+        inFlight += cost;
+        const pr: Promise<void> = (pool.run(taskFor(b), { signal: opts.signal }) as Promise<PieceResult[]>)
+          .then((res) => onBatchDone(b, res))
+          .catch((e) => { failure ??= e; })
+          .finally(() => { inFlight -= cost; running.delete(pr); });
+        running.add(pr);
+      }
+      await Promise.all(running);
+      if (failure) throw failure;
+      aborted();
+    } finally {
+      await pool.destroy();
+    }
+  }
+
+  // 3. per-chunk CRC (combined from pieces in order) → blob tails
+  const digests: ChunkDigest[] = [];
+  const perChunk = new Map<number, { crc: number; shas: string[]; bytes: number }>();
+  let overflow = 0;
+  pieces.forEach((p, i) => {
+    const r = results[i]!;
+    overflow += r.f16Overflow;
+    const acc = perChunk.get(p.chunk) ?? { crc: 0, shas: [], bytes: 0 };
+    acc.crc = acc.bytes === 0 ? r.crc : crc32Combine(acc.crc, r.crc, r.bytes);
+    acc.bytes += r.bytes;
+    if (r.sha256) acc.shas.push(r.sha256);
+    perChunk.set(p.chunk, acc);
+  });
+  const fds = new Map<string, number>();
+  try {
+    chunks.forEach((c, ci) => {
+      const acc = perChunk.get(ci) ?? { crc: 0, shas: [], bytes: 0 };
+      digests.push({ tensor: c.tensor, file: c.file, offsets: c.box.offsets, sizes: c.box.sizes, bytes: c.byteLength, crc32: acc.crc >>> 0, pieceSha256: acc.shas });
+      if (c.blob) {
+        let fd = fds.get(c.file);
+        if (fd === undefined) fds.set(c.file, (fd = openSync(join(opts.dir, c.file), "r+")));
+        const tail = c.blob.layout.tail(acc.crc >>> 0);
+        writeSync(fd, tail, 0, tail.length, c.blob.offset + c.blob.layout.tailOffset);
+      }
+    });
+  } finally {
+    for (const fd of fds.values()) closeSync(fd);
+  }
+  return {
+    bytesWritten: files.reduce((s, f) => s + f.size, 0),
+    files: files.map((f) => ({ name: f.name, size: f.size })),
+    chunks: digests,
+    f16Overflow: overflow,
+    threads,
+  };
+}
+
+export function writeExtras(layout: OutputLayout, dir: string): void {
+  for (const [name, bytes] of layout.extras) writeFileSync(join(dir, name), bytes);
+}
+
+export function elementBytesOf(t: TensorPlan): number {
+  return numelOf(t.shape) * elementSize(t.dtype);
+}

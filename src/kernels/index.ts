@@ -1,0 +1,138 @@
+// The kernel interface every tensor transform goes through: cast, row gather (q/k permutation, Shard(1)
+// column slices), FP8 block dequant, statistics. Two implementations, bit-identical on every output byte:
+// the native addon (C++ SIMD; CUDA for cast/dequant on request) and the pure-TypeScript reference.
+
+import { isMainThread } from "node:worker_threads";
+import type { CastableDType } from "../dtypes.js";
+import { CkptError } from "../errors.js";
+import { cudaAvailable, cudaKernels, cudaUnavailableReason } from "./cuda.js";
+import { loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
+import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, statsRef } from "./reference.js";
+
+export interface Stats {
+  count: number;
+  /** Smallest / largest finite value (NaN when there is none). */
+  min: number;
+  max: number;
+  /** Sum and sum of squares of the finite values, accumulated in f64 (summation order is implementation-defined). */
+  sum: number;
+  sumSq: number;
+  nan: number;
+  inf: number;
+  /** Finite values that become ±inf in f16 (|x| >= 65520). */
+  f16Overflow: number;
+  /** Nonzero finite values that become ±0 in f16 (|x| <= 2^-25). */
+  f16Underflow: number;
+  /** ±0 elements. */
+  zeros: number;
+}
+
+export interface Kernels {
+  readonly name: "native" | "typescript";
+  /** n elements from src (srcDtype) into dst (dstDtype); buffers are caller-provided views (use byteOffset). */
+  cast(src: Uint8Array, srcDtype: CastableDType, dst: Uint8Array, dstDtype: CastableDType, n: number): void;
+  /** General row gather + column window + cast: for i in [0,rowIndex.length): dst row i = src row rowIndex[i], columns [colStart, colStart+cols), where src rows have srcRowElems elements. dst rows are dense (cols elements). Covers q/k permutation, Shard(1) column slicing and plain cast. */
+  gatherRows(src: Uint8Array, srcDtype: CastableDType, srcRowElems: number, rowIndex: Int32Array, colStart: number, cols: number, dst: Uint8Array, dstDtype: CastableDType): void;
+  /** FP8 block dequant: w is a dense box of rows x cols of an fp8 weight whose top-left global element is (rowStart, colStart); scaleInv is the full F32 scale matrix [ceil(R/block), scaleCols]; out = f32(f32(w)*scale[(rowStart+r)/block][(colStart+c)/block]) then cast to dstDtype (RNE). */
+  dequantBlock(w: Uint8Array, wDtype: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: CastableDType): void;
+  stats(src: Uint8Array, dtype: CastableDType, n: number): Stats;
+}
+
+export const referenceKernels: Kernels = Object.freeze({
+  name: "typescript" as const,
+  cast: castRef,
+  gatherRows: gatherRowsRef,
+  dequantBlock: dequantBlockRef,
+  stats: statsRef,
+});
+
+let cpuKernels: Kernels | undefined;
+let warned = false;
+
+export interface KernelOptions {
+  /** "cpu" (default): native SIMD or the TS fallback. "cuda": cast and dequant on the GPU; throws without one. */
+  device?: "cpu" | "cuda";
+}
+
+/**
+ * The kernels to use: native when the addon loaded, else the TypeScript reference with one warning on stderr
+ * per process. CKPT_NATIVE=0 selects the TypeScript kernels silently.
+ */
+export function getKernels(opts: KernelOptions = {}): Kernels {
+  if (opts.device === "cuda") {
+    if (!cudaAvailable()) {
+      throw new CkptError("NATIVE", `--device cuda: no usable CUDA device (${cudaUnavailableReason() ?? "unknown reason"})`, {
+        hint: "run without --device cuda to use the CPU kernels",
+      });
+    }
+    return cudaKernels();
+  }
+  if (cpuKernels) return cpuKernels;
+  if (process.env.CKPT_NATIVE === "0") return (cpuKernels = referenceKernels);
+  const addon = loadNative();
+  if (addon) return (cpuKernels = nativeKernelsFrom(addon));
+  // One warning per process: the main thread warns and marks the environment that later workers inherit.
+  if (!warned && process.env.CKPT_KERNELS_WARNED !== "1") {
+    console.warn(`ckpt: native kernels unavailable (${nativeLoadError()}); using the TypeScript kernels (slower). ` +
+      "Build them with `npm run build:native`, or set CKPT_NATIVE=0 to silence this.");
+    if (isMainThread) process.env.CKPT_KERNELS_WARNED = "1";
+  }
+  warned = true;
+  return (cpuKernels = referenceKernels);
+}
+
+/** Which CPU implementation getKernels() picks and why (for `ckpt bench`, `--debug`). */
+export function kernelsInfo(): { name: "native" | "typescript"; isa?: string; reason?: string } {
+  if (process.env.CKPT_NATIVE === "0") return { name: "typescript", reason: "CKPT_NATIVE=0" };
+  const addon = loadNative();
+  return addon ? { name: "native", isa: addon.isa() } : { name: "typescript", reason: nativeLoadError() };
+}
+
+/** Forget the cached choice (tests toggle CKPT_NATIVE). */
+export function resetKernelsForTests(): void {
+  cpuKernels = undefined;
+}
+
+/**
+ * Row order of the q/k RoPE permutation (torchtitan-layout.md §3.2) as a gather index: dst row i takes src row
+ * index[i]. HF -> TT: tt[h*hd + 2j + c] = hf[h*hd + c*hd/2 + j]; TT -> HF is the inverse.
+ */
+export function ropeRowIndex(heads: number, headDim: number, direction: "hf_to_tt" | "tt_to_hf"): Int32Array {
+  if (!Number.isInteger(heads) || heads <= 0) throw new RangeError(`invalid head count ${heads}`);
+  if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 2 !== 0) throw new RangeError(`head_dim ${headDim} must be a positive even integer`);
+  const half = headDim / 2;
+  const idx = new Int32Array(heads * headDim);
+  for (let h = 0; h < heads; h++) {
+    const base = h * headDim;
+    for (let j = 0; j < half; j++) {
+      for (let c = 0; c < 2; c++) {
+        const tt = base + 2 * j + c, hf = base + c * half + j;
+        if (direction === "hf_to_tt") idx[tt] = hf;
+        else idx[hf] = tt;
+      }
+    }
+  }
+  return idx;
+}
+
+/** Whole-row permutation (and optional cast) of a [rowIndex.length, rowElems] matrix. */
+export function permuteRows(k: Kernels, src: Uint8Array, srcDtype: CastableDType, rowElems: number, rowIndex: Int32Array,
+  dst: Uint8Array, dstDtype: CastableDType = srcDtype): void {
+  k.gatherRows(src, srcDtype, rowElems, rowIndex, 0, rowElems, dst, dstDtype);
+}
+
+/** Dense box [rowStart, rowStart+rowCount) x [colStart, colStart+colCount) of a row-major matrix with `cols` columns. */
+export function slice2d(k: Kernels, src: Uint8Array, srcDtype: CastableDType, cols: number, rowStart: number, rowCount: number,
+  colStart: number, colCount: number, dst: Uint8Array, dstDtype: CastableDType = srcDtype): void {
+  const idx = new Int32Array(rowCount);
+  for (let i = 0; i < rowCount; i++) idx[i] = rowStart + i;
+  k.gatherRows(src, srcDtype, cols, idx, colStart, colCount, dst, dstDtype);
+}
+
+/** Bytes for n elements of a castable dtype. */
+export function castBytes(d: CastableDType, n: number): number {
+  return CAST_SIZE[d] * n;
+}
+
+export { cudaAvailable } from "./cuda.js";
+export { nativeKernelsFrom } from "./native.js";

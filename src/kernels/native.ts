@@ -1,0 +1,98 @@
+// Loader for the native addon (native/build/Release/ckpt_native.node, built by scripts/build-native.js).
+// The addon is optional: when it is missing or fails to load, callers fall back to the TypeScript kernels.
+
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { CastableDType } from "../dtypes.js";
+import type { Kernels, Stats } from "./index.js";
+
+/** Dtype codes of native/include/ckpt_convert.h (enum ckpt_dtype). */
+export const DTYPE_CODE: Record<CastableDType, number> = { F32: 0, BF16: 1, F16: 2, F8_E4M3: 3, F8_E5M2: 4 };
+
+export interface NativeStats {
+  count: number; min: number; max: number; sum: number; sumSq: number; nan: number; inf: number;
+  f16Overflow: number; f16Underflow: number; zeros: number;
+}
+
+/** The raw addon surface (dtype arguments are DTYPE_CODE numbers). */
+export interface NativeAddon {
+  cast(src: Uint8Array, srcDtype: number, dst: Uint8Array, dstDtype: number, n: number): void;
+  gatherRows(src: Uint8Array, srcDtype: number, srcRowElems: number, rowIndex: Int32Array, colStart: number, cols: number,
+    dst: Uint8Array, dstDtype: number): void;
+  dequantBlock(w: Uint8Array, wDtype: number, rows: number, cols: number, rowStart: number, colStart: number,
+    scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: number): void;
+  stats(src: Uint8Array, dtype: number, n: number): NativeStats;
+  /** ISA in use: "scalar" | "avx2" | "avx512". */
+  isa(): string;
+  /** Best ISA this CPU supports. */
+  bestIsa(): string;
+  /** Switch ISA (tests/benchmarks); "auto" = best. Returns the ISA now in use. */
+  setIsa(name: string): string;
+  /** Load the nvcc-built CUDA library; "" on success, else the reason. */
+  cudaLoad(path: string): string;
+  cudaDeviceCount(): number;
+  cudaLastError(): string;
+  cudaCast(src: Uint8Array, srcDtype: number, dst: Uint8Array, dstDtype: number, n: number): void;
+  cudaDequant(w: Uint8Array, wDtype: number, rows: number, cols: number, rowStart: number, colStart: number,
+    scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: number): void;
+}
+
+let root: string | undefined;
+
+/** The package root: the nearest folder above this module holding package.json (works from src/ and dist/src/). */
+export function packageRoot(): string {
+  if (root) return root;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, "package.json"))) return (root = dir);
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`ckpt: no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
+export function nativeAddonPath(): string {
+  return join(packageRoot(), "native", "build", "Release", "ckpt_native.node");
+}
+
+let loaded: { addon?: NativeAddon; error?: string } | undefined;
+
+/** The addon, or undefined (see nativeLoadError()). Loaded once per thread. Ignores CKPT_NATIVE. */
+export function loadNative(): NativeAddon | undefined {
+  if (!loaded) {
+    const path = nativeAddonPath();
+    if (!existsSync(path)) {
+      loaded = { error: `${path} not built` };
+    } else {
+      try {
+        const require = createRequire(import.meta.url);
+        loaded = { addon: require(path) as NativeAddon };
+      } catch (e) {
+        loaded = { error: `failed to load ${path}: ${(e as Error).message}` };
+      }
+    }
+  }
+  return loaded.addon;
+}
+
+export function nativeLoadError(): string | undefined {
+  loadNative();
+  return loaded?.error;
+}
+
+/** Kernels over a loaded addon (exported for tests and benchmarks; normal code calls getKernels()). */
+export function nativeKernelsFrom(addon: NativeAddon): Kernels {
+  const C = DTYPE_CODE;
+  return Object.freeze({
+    name: "native" as const,
+    cast: (src: Uint8Array, s: CastableDType, dst: Uint8Array, d: CastableDType, n: number) => addon.cast(src, C[s], dst, C[d], n),
+    gatherRows: (src: Uint8Array, s: CastableDType, srcRowElems: number, rowIndex: Int32Array, colStart: number, cols: number, dst: Uint8Array, d: CastableDType) =>
+      addon.gatherRows(src, C[s], srcRowElems, rowIndex, colStart, cols, dst, C[d]),
+    dequantBlock: (w: Uint8Array, wd: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, d: CastableDType) =>
+      addon.dequantBlock(w, C[wd], rows, cols, rowStart, colStart, scaleInv, scaleCols, block, dst, C[d]),
+    stats: (src: Uint8Array, d: CastableDType, n: number): Stats => addon.stats(src, C[d], n),
+  });
+}
+

@@ -1,0 +1,98 @@
+// Loads mappings/*.json, picks the one matching a config.json, and evaluates its named dimensions.
+import { readFileSync, readdirSync, existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { CkptError } from "../errors.js";
+import { validateMapping, type Mapping } from "./schema.js";
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "package.json"))) {
+    const up = dirname(dir);
+    if (up === dir) throw new CkptError("INTERNAL", "cannot find the ckpt package root");
+    dir = up;
+  }
+  return dir;
+}
+
+export function mappingsDir(): string {
+  return process.env.CKPT_MAPPINGS_DIR ?? join(packageRoot(), "mappings");
+}
+
+let cache: Mapping[] | undefined;
+
+export function loadMappings(): Mapping[] {
+  if (cache) return cache;
+  const dir = mappingsDir();
+  const files = readdirSync(dir).filter((f) => f.endsWith(".json") && !f.endsWith(".schema.json")).sort();
+  cache = files.map((f) => {
+    const path = join(dir, f);
+    let raw: unknown;
+    try {
+      raw = JSON.parse(readFileSync(path, "utf8"));
+    } catch (e) {
+      throw new CkptError("MAPPING", `invalid JSON: ${(e as Error).message}`, { file: path });
+    }
+    return validateMapping(raw, path);
+  });
+  return cache;
+}
+
+export function mappingByName(name: string): Mapping {
+  const m = loadMappings().find((x) => x.architecture === name);
+  if (!m) throw new CkptError("MAPPING", `no mapping named '${name}' (have: ${loadMappings().map((x) => x.architecture).join(", ")})`);
+  return m;
+}
+
+/** The mapping whose `match` fits config.json's `architectures` (first) or `model_type`. */
+export function selectMapping(config: Record<string, unknown> | undefined, file = "config.json"): Mapping {
+  if (!config) throw new CkptError("CONFIG", "no config.json: cannot tell the architecture", { file, hint: "pass --config <hf-folder> or --arch" });
+  const archs = Array.isArray(config.architectures) ? (config.architectures as unknown[]).map(String) : [];
+  const modelType = typeof config.model_type === "string" ? config.model_type : undefined;
+  const all = loadMappings();
+  const hit = all.find((m) => archs.some((a) => m.match.architectures?.includes(a))) ?? all.find((m) => modelType !== undefined && m.match.model_type?.includes(modelType));
+  if (!hit) {
+    throw new CkptError("CONFIG", `unsupported architecture ${JSON.stringify(archs)} / model_type ${JSON.stringify(modelType)}`, {
+      file,
+      hint: `supported: ${all.map((m) => m.architecture).join(", ")}; add a mappings/*.json file`,
+    });
+  }
+  return hit;
+}
+
+function configNumber(config: Record<string, unknown>, key: string): number | undefined {
+  const v = config[key];
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+}
+
+/** Evaluates `dims`: each alternative is `field` or `a / b`; the first whose fields exist wins. */
+export function resolveDims(mapping: Mapping, config: Record<string, unknown>, file = "config.json"): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, alts] of Object.entries(mapping.dims)) {
+    for (const alt of alts) {
+      const parts = alt.split("/").map((s) => s.trim());
+      const vals = parts.map((p) => configNumber(config, p));
+      if (vals.some((v) => v === undefined || v === null)) continue;
+      let v = vals[0]!;
+      if (parts.length === 2) {
+        if (vals[1] === 0 || v % vals[1]! !== 0) throw new CkptError("CONFIG", `${alt} is not a whole number (${v} / ${vals[1]})`, { file });
+        v = v / vals[1]!;
+      }
+      if (!Number.isInteger(v) || v < 0) throw new CkptError("CONFIG", `${parts[0]} must be a non-negative integer, got ${v}`, { file });
+      out[name] = v;
+      break;
+    }
+  }
+  return out;
+}
+
+/** Evaluates a shape expression: a dims name, an integer, or a product `a * b`. */
+export function evalDimExpr(expr: string, dims: Record<string, number>): number | undefined {
+  let v = 1;
+  for (const part of expr.split("*").map((s) => s.trim())) {
+    if (/^\d+$/.test(part)) v *= Number(part);
+    else if (part in dims) v *= dims[part]!;
+    else return undefined;
+  }
+  return v;
+}

@@ -1,0 +1,110 @@
+// The shape of mappings/*.json, and a validator with errors that name the file and the field.
+// mappings/mapping.schema.json documents the same structure for editors; this validator is what runs.
+import { CkptError } from "../errors.js";
+import { isDType, type DType } from "../dtypes.js";
+
+export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
+export type Target = (typeof TARGETS)[number];
+export const DEFAULT_TARGET: Target = "torchtitan@main";
+
+/** TP placement of the parameter (sharding.md §3): colwise/embedding Shard(0), rowwise Shard(1), norms Replicate. */
+export type TpPlacement = "shard0" | "shard1" | "replicate";
+
+export interface TensorRule {
+  /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
+  hf?: string;
+  /** TorchTitan name pattern, the same for every target or one per target. A target absent from the object means the tensor does not exist there. */
+  tt?: string | Partial<Record<Target, string>>;
+  /** Expected shape as expressions over `dims` (the HF per-tensor shape; stacked outputs prepend the expert count). */
+  shape?: string[];
+  /** q/k RoPE row permutation with this many heads (a dims name); head size is dims.head_dim. */
+  rope?: { heads: string; head_dim?: string };
+  tp?: TpPlacement;
+  /** Targets whose checkpoints store this tensor as one full chunk whatever the mesh (sharding.md §3 fused-QKV caveat). */
+  full_chunk?: Target[];
+  /** Source tensor to ignore (never read). */
+  drop?: boolean;
+  /** Present only in some layers (e.g. MoE vs dense): absence is not an error. */
+  optional?: boolean;
+  /** A TorchTitan tensor with no HF source, synthesised as zeros of this shape/dtype whenever `with` exists in the output. */
+  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: string };
+  /** Stacked expert tensors: which dims name holds the expert count. */
+  experts?: string;
+}
+
+export interface Mapping {
+  architecture: string;
+  description?: string;
+  match: { architectures?: string[]; model_type?: string[] };
+  /** Named dimensions: each is a list of alternatives, each a config field or `a / b` of two fields. */
+  dims: Record<string, string[]>;
+  tied?: { flag: string; hf: string; from: string };
+  /** FP8 block quantization: a weight `X` is dequantized when `X` + suffix exists (torchtitan-layout.md §7.1). */
+  dequant?: { scale_suffix: string; block: number };
+  targets: Target[];
+  tensors: TensorRule[];
+  /** HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). */
+  extra_layers?: { from: string; skip_for?: Target[]; note?: string };
+}
+
+function fail(file: string, path: string, what: string): never {
+  throw new CkptError("MAPPING", `${path}: ${what}`, { file });
+}
+
+const isStr = (v: unknown): v is string => typeof v === "string" && v.length > 0;
+const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
+
+export function validateMapping(raw: unknown, file: string): Mapping {
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
+  const m = raw as Record<string, unknown>;
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers"]);
+  for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
+  if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
+  const match = m.match as Record<string, unknown> | undefined;
+  if (!match || typeof match !== "object") fail(file, "$.match", "must be an object");
+  for (const k of ["architectures", "model_type"]) if (match[k] !== undefined && !isStrArr(match[k])) fail(file, `$.match.${k}`, "must be a list of strings");
+  const dims = m.dims as Record<string, unknown> | undefined;
+  if (!dims || typeof dims !== "object") fail(file, "$.dims", "must be an object");
+  for (const [k, v] of Object.entries(dims)) if (!isStrArr(v) || v.length === 0) fail(file, `$.dims.${k}`, "must be a non-empty list of strings");
+  if (!Array.isArray(m.targets) || !m.targets.every((t) => (TARGETS as readonly string[]).includes(t))) fail(file, "$.targets", `must list targets among ${TARGETS.join(", ")}`);
+  if (m.tied !== undefined) {
+    const t = m.tied as Record<string, unknown>;
+    if (!isStr(t.flag) || !isStr(t.hf) || !isStr(t.from)) fail(file, "$.tied", "needs flag, hf and from strings");
+  }
+  if (m.dequant !== undefined) {
+    const d = m.dequant as Record<string, unknown>;
+    if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
+  }
+  if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts"]);
+  m.tensors.forEach((r: unknown, i: number) => {
+    const p = `$.tensors[${i}]`;
+    if (!r || typeof r !== "object") fail(file, p, "must be an object");
+    const rule = r as Record<string, unknown>;
+    for (const k of Object.keys(rule)) if (!ruleKeys.has(k)) fail(file, `${p}.${k}`, "unknown field");
+    if (rule.hf !== undefined && !isStr(rule.hf)) fail(file, `${p}.hf`, "must be a string");
+    if (rule.drop === true) {
+      if (!isStr(rule.hf)) fail(file, p, "a dropped rule needs hf");
+      return;
+    }
+    if (rule.hf === undefined && rule.synth === undefined) fail(file, p, "needs hf (or synth)");
+    if (isStr(rule.tt)) { /* ok */ } else if (rule.tt && typeof rule.tt === "object") {
+      for (const [t, v] of Object.entries(rule.tt)) {
+        if (!(TARGETS as readonly string[]).includes(t)) fail(file, `${p}.tt.${t}`, "unknown target");
+        if (!isStr(v)) fail(file, `${p}.tt.${t}`, "must be a string");
+      }
+    } else fail(file, `${p}.tt`, "must be a string or an object keyed by target");
+    if (rule.shape !== undefined && !isStrArr(rule.shape)) fail(file, `${p}.shape`, "must be a list of expressions");
+    if (rule.tp !== undefined && !["shard0", "shard1", "replicate"].includes(rule.tp as string)) fail(file, `${p}.tp`, "must be shard0, shard1 or replicate");
+    if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
+    if (rule.synth !== undefined) {
+      const s = rule.synth as Record<string, unknown>;
+      if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
+    }
+    for (const f of ["rope", "shape"] as const) {
+      const names = f === "rope" ? [(rule.rope as { heads?: string } | undefined)?.heads] : [];
+      for (const n of names) if (n && !(n in dims)) fail(file, `${p}.${f}`, `unknown dims name '${n}'`);
+    }
+  });
+  return m as unknown as Mapping;
+}

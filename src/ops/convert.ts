@@ -1,0 +1,328 @@
+// convert / shard: Source → Catalog → Plan → Execute → Finalize. The CLI is a thin layer over this.
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { createHash } from "node:crypto";
+import { buildCatalog } from "../catalog.js";
+import type { Catalog } from "../catalog-types.js";
+import { CkptError } from "../errors.js";
+import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
+import type { Source } from "../sources/types.js";
+import { selectMapping } from "../mapping/load.js";
+import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
+import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
+import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
+import { parseRanks, shardTensor, worldSize, type Mesh } from "../plan/sharding.js";
+import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
+import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
+import { elementSize, numelOf } from "../dtypes.js";
+import { VERSION } from "../version.js";
+
+export interface ConvertOptions extends OpenSourceOptions {
+  source: string | Source;
+  out: string;
+  to?: "torchtitan" | "hf";
+  target?: Target | string;
+  format?: "dcp" | "safetensors";
+  dtype?: string;
+  /** HF folder or repo id giving config.json (required for --to hf unless the checkpoint carries hf_assets/). */
+  config?: string;
+  dryRun?: boolean;
+  allowUnmapped?: boolean;
+  allowOverflow?: boolean;
+  force?: boolean;
+  threads?: number;
+  maxMemory?: number;
+  maxShardBytes?: number;
+  omit?: string[];
+  hash?: boolean;
+  /** Sharding (shard command): FSDP × TP mesh. */
+  worldSize?: number;
+  tp?: number;
+  ranks?: string;
+  /** Write the checkpoint-level files (`.metadata`, manifest) after per-rank runs. */
+  finalize?: boolean;
+  onProgress?: (e: ProgressEvent) => void;
+  onWarning?: (msg: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface PlanSummary {
+  direction: Direction;
+  mapping: string;
+  target: Target;
+  mesh: Mesh;
+  format: "dcp" | "safetensors";
+  tensors: { name: string; dtype: string; shape: number[]; recipe: string; bytes: number }[];
+  files: { name: string; size: number; rank?: number }[];
+  skipped: { name: string; why: string }[];
+  warnings: string[];
+  perRank?: { rank: number; bytes: number; chunks: number }[];
+}
+
+export interface ConvertResult {
+  out: string;
+  dryRun: boolean;
+  plan: PlanSummary;
+  bytesWritten: number;
+  seconds: number;
+  f16Overflow: number;
+  /** TorchTitan config lines that load this output. */
+  torchtitanConfig?: string;
+}
+
+const HF_ASSET_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja"];
+const MANIFEST = "ckpt-manifest.json";
+
+async function openConfigSource(spec: string, opts: OpenSourceOptions): Promise<{ config: Record<string, unknown>; source: Source; file: string }> {
+  const s = await openSource(spec, opts);
+  const text = await s.readText("config.json");
+  if (text === undefined) throw new CkptError("CONFIG", "no config.json there", { file: s.id });
+  try {
+    return { config: JSON.parse(text) as Record<string, unknown>, source: s, file: `${s.id}/config.json` };
+  } catch (e) {
+    throw new CkptError("CONFIG", `invalid config.json: ${(e as Error).message}`, { file: `${s.id}/config.json` });
+  }
+}
+
+function describe(r: ConversionPlan["tensors"][number]["recipe"]): string {
+  switch (r.op) {
+    case "source": return r.tensor;
+    case "dequant": return `dequant(${r.tensor})`;
+    case "zeros": return "zeros";
+    case "rope": return `rope_${r.direction}(${describe(r.input)}; heads=${r.heads}, hd=${r.headDim})`;
+    case "stack": return `stack(${r.inputs.length}: ${describe(r.inputs[0]!)} …)`;
+    case "select": return `${describe(r.input)}[${r.index}]`;
+  }
+}
+
+function summarize(plan: ConversionPlan, layout: OutputLayout): PlanSummary {
+  const perRank = new Map<number, { bytes: number; chunks: number }>();
+  for (const f of layout.files) if (f.rank !== undefined) perRank.set(f.rank, { bytes: 0, chunks: 0 });
+  for (const c of layout.chunks) {
+    for (const r of c.ranks) {
+      const e = perRank.get(r);
+      if (e) { e.bytes += c.byteLength; e.chunks++; }
+    }
+  }
+  return {
+    direction: plan.direction,
+    mapping: plan.mapping,
+    target: plan.target,
+    mesh: layout.mesh,
+    format: layout.format,
+    tensors: plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, recipe: describe(t.recipe), bytes: numelOf(t.shape) * elementSize(t.dtype) })),
+    files: layout.files.map((f) => ({ name: f.name, size: f.size, rank: f.rank })),
+    skipped: plan.skipped,
+    warnings: plan.warnings,
+    perRank: worldSize(layout.mesh) > 1 ? [...perRank.entries()].map(([rank, v]) => ({ rank, ...v })) : undefined,
+  };
+}
+
+function parseTarget(t: string | undefined): Target | undefined {
+  if (t === undefined) return undefined;
+  const full = t.startsWith("torchtitan@") ? t : `torchtitan@${t}`;
+  if (!(TARGETS as readonly string[]).includes(full)) throw new CkptError("USAGE", `--target ${t}: expected one of ${TARGETS.join(", ")}`);
+  return full as Target;
+}
+
+/** Source header hashes identify exactly which checkpoint was converted (tensor bytes are hashed on output). */
+async function sourceIdentity(catalog: Catalog): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const files = [...new Set([...catalog.tensors.values()].flatMap((t) => t.pieces.map((p) => p.file)))].sort();
+  for (const f of files) {
+    const size = await catalog.source.size(f);
+    const first = [...catalog.tensors.values()].flatMap((t) => t.pieces).filter((p) => p.file === f).reduce((m, p) => Math.min(m, p.byteOffset), size);
+    const head = await catalog.source.read(f, 0, Math.min(first, 1 << 24));
+    out[f] = `size=${size} header-sha256=${createHash("sha256").update(head).digest("hex")}`;
+  }
+  return out;
+}
+
+function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout, exec: ExecResult, sourceIds: Record<string, string>, options: Record<string, unknown>): Buffer {
+  const tensors: Record<string, unknown> = {};
+  for (const t of plan.tensors) tensors[t.name] = { dtype: t.dtype, shape: t.shape, chunks: [] as unknown[] };
+  for (const c of exec.chunks) {
+    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, sha256: createHash("sha256").update(c.pieceSha256.join("")).digest("hex") });
+  }
+  const manifest = {
+    tool: "ckpt",
+    version: VERSION,
+    source: { id: catalog.source.id, revision: catalog.source.revision ?? null, format: catalog.format, files: sourceIds },
+    options,
+    mapping: plan.mapping,
+    target: plan.target,
+    direction: plan.direction,
+    mesh: layout.mesh,
+    chunk_hash: "sha256 over the concatenated hex SHA-256 of the chunk's pieces, each ≤ piece_bytes of output",
+    piece_bytes: options.pieceBytes,
+    tensors,
+  };
+  return Buffer.from(JSON.stringify(manifest, null, 1) + "\n");
+}
+
+function copyAssets(from: Source, dir: string): string[] {
+  const copied: string[] = [];
+  for (const f of HF_ASSET_FILES) {
+    if (!from.files().includes(f)) continue;
+    const p = from.localPath(f);
+    if (p && existsSync(p)) {
+      mkdirSync(dir, { recursive: true });
+      copyFileSync(p, join(dir, f));
+      copied.push(f);
+    }
+  }
+  return copied;
+}
+
+export function torchtitanConfigLines(out: string, target: Target, hfAssets: boolean): string {
+  const lines = [
+    "[checkpoint]",
+    "enable = true",
+    `initial_load_path = "${out}"`,
+    "initial_load_model_only = true",
+    "initial_load_in_hf = false",
+  ];
+  if (hfAssets) lines.push("", "[model]", `hf_assets_path = "${join(out, "hf_assets")}"`);
+  lines.push("", `# layout: ${target}; CLI: --checkpoint.enable --checkpoint.initial_load_path ${out}`);
+  return lines.join("\n");
+}
+
+export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
+  const started = performance.now();
+  let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
+  const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
+  try {
+    const catalog = await buildCatalog(source);
+    // config.json: --config, else the source's own, else our own hf_assets/ beside TorchTitan weights
+    let config = catalog.config;
+    let configFile = `${source.id}/config.json`;
+    let assetSource: Source | undefined = config ? source : undefined;
+    if (opts.config) {
+      const c = await openConfigSource(opts.config, opts);
+      config = c.config; configFile = c.file; assetSource = c.source;
+    } else if (!config && source.files().includes("hf_assets/config.json")) {
+      config = JSON.parse((await source.readText("hf_assets/config.json"))!) as Record<string, unknown>;
+      configFile = `${source.id}/hf_assets/config.json`;
+      const assets = source.localPath("hf_assets/config.json");
+      if (assets) assetSource = await openSource(dirname(assets));
+    }
+    if (!config) throw new CkptError("CONFIG", "no config.json found", { file: source.id, hint: direction === "tt_to_hf" ? "pass --config <hf-folder-or-repo>" : "the source needs an HF config.json (or pass --config)" });
+    const mapping = selectMapping(config, configFile);
+    let target = parseTarget(opts.target);
+    // A TorchTitan source asked to become TorchTitan again is an offline reshard.
+    if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";
+    if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
+    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile });
+    for (const w of plan.warnings) opts.onWarning?.(w);
+
+    const world = opts.worldSize ?? 1;
+    const tp = opts.tp ?? 1;
+    if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
+    if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
+    const mesh: Mesh = { fsdp: world / tp, tp };
+    if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
+    const format = direction === "tt_to_hf" ? "safetensors" : opts.format ?? "dcp";
+    const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh)
+      : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
+      : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3 });
+    const summary = summarize(plan, layout);
+    const outAbs = resolve(opts.out);
+    if (opts.dryRun) {
+      return { out: outAbs, dryRun: true, plan: summary, bytesWritten: 0, seconds: (performance.now() - started) / 1000, f16Overflow: 0 };
+    }
+
+    const ranks = opts.ranks !== undefined ? parseRanks(opts.ranks, world) : undefined;
+    const pieceBytes = 16 * 1024 * 1024;
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes };
+    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, hash: opts.hash, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
+
+    if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
+
+    const dir = prepareOutputDir(outAbs, { force: opts.force });
+    try {
+      const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial });
+      if (exec.f16Overflow > 0 && !opts.allowOverflow) {
+        throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
+      }
+      if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
+      writeExtras(layout, dir.partial);
+      writeFileSync(join(dir.partial, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord));
+      let hfAssets = false;
+      if (assetSource) {
+        const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
+        hfAssets = direction !== "tt_to_hf" && assets.length > 0;
+      }
+      commitOutputDir(dir, { force: opts.force });
+      return {
+        out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
+        torchtitanConfig: direction !== "tt_to_hf" && format === "dcp" ? torchtitanConfigLines(outAbs, plan.target, hfAssets) : undefined,
+      };
+    } catch (e) {
+      discardOutputDir(dir);
+      throw e;
+    }
+  } finally {
+    if (typeof opts.source === "string") await source.close();
+  }
+}
+
+interface PartialCtx extends ConvertOptions {
+  outAbs: string;
+  rankList?: number[];
+  execOpts: Record<string, unknown>;
+  optionsRecord: Record<string, unknown>;
+  assetSource?: Source;
+  started: number;
+}
+
+/**
+ * Multi-machine sharding: `--ranks a-b` writes only those ranks' files straight into <out> (each through a
+ * private temp folder, then renamed), plus a digest of what it wrote; `--finalize` checks every rank file is
+ * there and writes `.metadata`, the manifest and hf_assets. The result is byte-identical to one run.
+ */
+async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout, summary: PlanSummary, ctx: PartialCtx): Promise<ConvertResult> {
+  const out = ctx.outAbs;
+  mkdirSync(out, { recursive: true });
+  let bytesWritten = 0;
+  let overflow = 0;
+  if (ctx.rankList) {
+    const rl = ctx.rankList;
+    const wanted = new Set(layout.files.filter((f) => f.rank !== undefined && rl.includes(f.rank)).map((f) => f.name));
+    for (const f of wanted) if (existsSync(join(out, f)) && !ctx.force) throw new CkptError("OUTPUT_EXISTS", "rank file already exists", { file: join(out, f), hint: "pass --force to rewrite it" });
+    const tmp = join(out, `.ckpt-ranks-${rl[0]}-${rl[rl.length - 1]}.partial`);
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(tmp);
+    try {
+      const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted });
+      overflow = exec.f16Overflow;
+      if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
+      for (const f of wanted) renameSync(join(tmp, f), join(out, f));
+      writeFileSync(join(out, `.ckpt-digest-${rl[0]}-${rl[rl.length - 1]}.json`), JSON.stringify(exec.chunks));
+      bytesWritten = exec.bytesWritten;
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }
+  if (ctx.finalize) {
+    for (const f of layout.files) {
+      const p = join(out, f.name);
+      if (!existsSync(p) || statSync(p).size !== f.size) throw new CkptError("MISSING_TENSOR", `rank file ${f.name} is missing or has the wrong size; run the remaining --ranks first`, { file: p });
+    }
+    const digests = readdirSync(out).filter((f) => f.startsWith(".ckpt-digest-")).flatMap((f) => JSON.parse(readFileSync(join(out, f), "utf8")) as ExecResult["chunks"]);
+    const order = new Map(layout.chunks.map((c, i) => [`${c.tensor}|${c.box.offsets.join(",")}|${c.file}`, i]));
+    digests.sort((a, b) => order.get(`${a.tensor}|${a.offsets.join(",")}|${a.file}`)! - order.get(`${b.tensor}|${b.offsets.join(",")}|${b.file}`)!);
+    const unique = digests.filter((d, i) => i === 0 || `${d.tensor}|${d.offsets}|${d.file}` !== `${digests[i - 1]!.tensor}|${digests[i - 1]!.offsets}|${digests[i - 1]!.file}`);
+    if (unique.length !== layout.chunks.length) throw new CkptError("MISSING_TENSOR", `digests cover ${unique.length} of ${layout.chunks.length} chunks; run every rank range first`, { file: out });
+    writeExtras(layout, out);
+    const exec: ExecResult = { bytesWritten: 0, files: [], chunks: unique, f16Overflow: 0, threads: 0 };
+    writeFileSync(join(out, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), ctx.optionsRecord));
+    if (ctx.assetSource) copyAssets(ctx.assetSource, join(out, "hf_assets"));
+    for (const f of readdirSync(out).filter((f) => f.startsWith(".ckpt-digest-"))) rmSync(join(out, f));
+  }
+  return {
+    out, dryRun: false, plan: summary, bytesWritten, seconds: (performance.now() - ctx.started) / 1000, f16Overflow: overflow,
+    torchtitanConfig: ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource) : undefined,
+  };
+}
+
+export { shardTensor };

@@ -1,0 +1,410 @@
+// The conversion plan: a pure function of (catalog, mapping, target layout, direction, dtype) giving every
+// output tensor with its name, dtype, shape, recipe and TP placement. Nothing here reads tensor bytes.
+import { CkptError } from "../errors.js";
+import { isCastable, type CastableDType, type DType, DTYPE_ALIASES } from "../dtypes.js";
+import type { CatalogTensor } from "../catalog-types.js";
+import { evalDimExpr, resolveDims } from "../mapping/load.js";
+import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
+import type { Mapping, Target, TensorRule } from "../mapping/schema.js";
+import { TARGETS } from "../mapping/schema.js";
+import type { LeafInfo, Recipe } from "./recipe.js";
+import { recipeLeaves } from "./recipe.js";
+import type { ShardPolicy } from "./sharding.js";
+
+export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
+export type DTypeChoice = "keep" | CastableDType;
+
+export interface TensorPlan {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  recipe: Recipe;
+  policy: ShardPolicy;
+}
+
+export interface ConversionPlan {
+  direction: Direction;
+  mapping: string;
+  target: Target;
+  tensors: TensorPlan[];
+  leaves: Record<string, LeafInfo>;
+  /** Source tensors no rule maps (only when allowUnmapped). */
+  unmapped: string[];
+  /** Source tensors deliberately not converted (dropped keys, non-model keys, consumed scales, synthesised targets). */
+  skipped: { name: string; why: string }[];
+  warnings: string[];
+  dims: Record<string, number>;
+}
+
+export interface PlanOptions {
+  mapping: Mapping;
+  config: Record<string, unknown>;
+  direction: Direction;
+  target?: Target;
+  dtype?: DTypeChoice;
+  allowUnmapped?: boolean;
+  /** Names of synth rules' omit_option flags the user set (e.g. "no-expert-bias"). */
+  omit?: string[];
+  configFile?: string;
+}
+
+export interface CatalogLike {
+  tensors: Map<string, CatalogTensor>;
+}
+
+export function parseDTypeChoice(s: string | undefined): DTypeChoice {
+  if (s === undefined || s === "keep") return "keep";
+  const d = DTYPE_ALIASES[s.toLowerCase()] ?? (isCastable(s as DType) ? (s as CastableDType) : undefined);
+  if (!d) throw new CkptError("USAGE", `--dtype ${s}: expected keep, bf16, f16 or f32`);
+  return d;
+}
+
+/** Numbers inside names compare numerically: layers.2 before layers.10. */
+export function naturalCompare(a: string, b: string): number {
+  const ra = a.split(/(\d+)/);
+  const rb = b.split(/(\d+)/);
+  for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
+    if (ra[i] === rb[i]) continue;
+    if (i % 2 === 1) return Number(ra[i]) - Number(rb[i]);
+    return ra[i]! < rb[i]! ? -1 : 1;
+  }
+  return ra.length - rb.length;
+}
+
+function ttPattern(rule: TensorRule, target: Target): string | undefined {
+  if (typeof rule.tt === "string") return rule.tt;
+  return rule.tt?.[target];
+}
+
+function policyOf(rule: TensorRule, target: Target): ShardPolicy {
+  return { tp: rule.tp ?? "replicate", fullChunk: rule.full_chunk?.includes(target) ?? false, experts: rule.experts !== undefined };
+}
+
+const FLOAT_KEEP_DEFAULT: CastableDType = "BF16";
+
+function outputDType(choice: DTypeChoice, sourceDType: DType, dequantized: boolean, config: Record<string, unknown>): DType {
+  if (!isCastable(sourceDType) && !dequantized) return sourceDType; // integers and bools are never cast
+  if (choice !== "keep") return choice;
+  if (dequantized) {
+    const td = typeof config.torch_dtype === "string" ? DTYPE_ALIASES[config.torch_dtype] : undefined;
+    return td ?? FLOAT_KEEP_DEFAULT;
+  }
+  return sourceDType;
+}
+
+function checkRope(rule: TensorRule, name: string, shape: number[], dims: Record<string, number>, file: string): { heads: number; headDim: number } {
+  const heads = dims[rule.rope!.heads];
+  const hd = dims[rule.rope!.head_dim ?? "head_dim"];
+  if (heads === undefined || hd === undefined) throw new CkptError("CONFIG", `cannot permute q/k rows of ${name}: config lacks ${rule.rope!.heads} or head_dim`, { file, tensor: name });
+  if (hd % 2 !== 0) throw new CkptError("CONFIG", `head_dim ${hd} is odd; the RoPE row permutation needs an even head size`, { file, tensor: name });
+  if (shape[0] !== heads * hd) {
+    throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: ${shape[0]} rows, but ${rule.rope!.heads}=${heads} × head_dim=${hd} = ${heads * hd}`, {
+      file, tensor: name, hint: "check num_attention_heads / num_key_value_heads / head_dim",
+    });
+  }
+  return { heads, headDim: hd };
+}
+
+function checkShape(rule: TensorRule, name: string, shape: number[], dims: Record<string, number>, file: string): void {
+  if (!rule.shape) return;
+  const expect = rule.shape.map((e) => evalDimExpr(e, dims));
+  if (expect.some((v) => v === undefined)) return; // a dim the config does not define: nothing to check
+  if (expect.length !== shape.length || expect.some((v, i) => v !== shape[i])) {
+    throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: shape [${shape}] but config implies [${expect}] (${rule.shape.join(", ")})`, { file, tensor: name });
+  }
+}
+
+interface CompiledRule {
+  rule: TensorRule;
+  hf?: CompiledPattern;
+  tt?: CompiledPattern;
+}
+
+function compileRules(mapping: Mapping, target: Target): CompiledRule[] {
+  return mapping.tensors.map((rule) => {
+    const tt = ttPattern(rule, target);
+    return { rule, hf: rule.hf ? compilePattern(rule.hf) : undefined, tt: tt ? compilePattern(tt) : undefined };
+  });
+}
+
+function leafInfo(t: CatalogTensor): LeafInfo {
+  return { dtype: t.dtype, shape: t.shape, pieces: t.pieces };
+}
+
+function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): ConversionPlan {
+  plan.tensors.sort((a, b) => naturalCompare(a.name, b.name));
+  const leaves: Record<string, LeafInfo> = {};
+  for (const t of plan.tensors) for (const l of recipeLeaves(t.recipe)) leaves[l] = leafInfo(catalog.tensors.get(l)!);
+  const seen = new Set<string>();
+  for (const t of plan.tensors) {
+    if (seen.has(t.name)) throw new CkptError("MAPPING", `two source tensors map to the same output '${t.name}'`, { tensor: t.name });
+    seen.add(t.name);
+  }
+  return { ...plan, leaves };
+}
+
+export function planConversion(catalog: CatalogLike, opts: PlanOptions): ConversionPlan {
+  const target = opts.target ?? "torchtitan@main";
+  if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
+  if (opts.direction === "tt_to_tt") return planReshard(catalog, { ...opts, target });
+  return opts.direction === "hf_to_tt" ? planHfToTt(catalog, { ...opts, target }) : planTtToHf(catalog, { ...opts, target });
+}
+
+/** Counts source names matching the HF side vs the TorchTitan side of a mapping (which way to convert). */
+export function sideOf(mapping: Mapping, names: string[], target: Target): "hf" | "tt" {
+  const rules = compileRules(mapping, target);
+  const hf = names.filter((n) => rules.some((r) => r.hf && matchPattern(r.hf, n))).length;
+  const tt = names.filter((n) => { const m = normalizeTtName(n).name; return m !== undefined && rules.some((r) => r.tt && matchPattern(r.tt, m)); }).length;
+  return tt > hf ? "tt" : "hf";
+}
+
+/** TorchTitan → TorchTitan (offline resharding): same names and bytes, new chunking; placements from the mapping. */
+function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
+  const rules = compileRules(opts.mapping, opts.target);
+  const dims = resolveDims(opts.mapping, opts.config, opts.configFile ?? "config.json");
+  const tensors: TensorPlan[] = [];
+  const unmapped: string[] = [];
+  const skipped: { name: string; why: string }[] = [];
+  for (const stored of [...catalog.tensors.keys()].sort(naturalCompare)) {
+    const norm = normalizeTtName(stored);
+    if (!norm.name) { skipped.push({ name: stored, why: norm.why! }); continue; }
+    const r = rules.find((x) => x.tt && !x.rule.drop && matchPattern(x.tt, norm.name!));
+    if (!r) { unmapped.push(stored); continue; }
+    const src = catalog.tensors.get(stored)!;
+    tensors.push({ name: norm.name, dtype: outputDType(opts.dtype ?? "keep", src.dtype, false, opts.config), shape: [...src.shape], recipe: { op: "source", tensor: stored }, policy: policyOf(r.rule, opts.target) });
+  }
+  if (unmapped.length && !opts.allowUnmapped) {
+    throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${opts.mapping.architecture} ${opts.target} name: ${unmapped.slice(0, 8).join(", ")}`, { hint: "check --target, or pass --allow-unmapped" });
+  }
+  return finish({ direction: "tt_to_tt", mapping: opts.mapping.architecture, target: opts.target, tensors, unmapped, skipped, warnings: [], dims }, catalog);
+}
+
+function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
+  const { mapping, config, target } = opts;
+  const file = opts.configFile ?? "config.json";
+  const dims = resolveDims(mapping, config, file);
+  const rules = compileRules(mapping, target);
+  const dtypeChoice = opts.dtype ?? "keep";
+  const scaleSuffix = mapping.dequant?.scale_suffix;
+  const tensors: TensorPlan[] = [];
+  const unmapped: string[] = [];
+  const skipped: { name: string; why: string }[] = [];
+  const warnings: string[] = [];
+  const stacks = new Map<string, { rule: TensorRule; members: Map<number, string> }>();
+  const produced = new Set<string>();
+
+  const leafRecipe = (name: string): { recipe: Recipe; dequantized: boolean } => {
+    if (scaleSuffix && catalog.tensors.has(name + scaleSuffix)) {
+      const w = catalog.tensors.get(name)!;
+      if (w.dtype !== "F8_E4M3" && w.dtype !== "F8_E5M2") throw new CkptError("DTYPE", `has a ${scaleSuffix} companion but dtype ${w.dtype}, not FP8`, { tensor: name });
+      if (w.shape.length !== 2) throw new CkptError("SHAPE", `FP8 block dequantization needs a 2-D weight, got [${w.shape}]`, { tensor: name });
+      const s = catalog.tensors.get(name + scaleSuffix)!;
+      const block = mapping.dequant!.block;
+      const want = [Math.ceil(w.shape[0]! / block), Math.ceil(w.shape[1]! / block)];
+      if (s.dtype !== "F32" || s.shape.length !== 2 || s.shape[0] !== want[0] || s.shape[1] !== want[1]) {
+        throw new CkptError("SHAPE", `scale must be F32 [${want}] for a [${w.shape}] weight with ${block}×${block} blocks, got ${s.dtype} [${s.shape}]`, { tensor: name + scaleSuffix });
+      }
+      return { recipe: { op: "dequant", tensor: name, scale: name + scaleSuffix, block }, dequantized: true };
+    }
+    return { recipe: { op: "source", tensor: name }, dequantized: false };
+  };
+
+  const emit = (rule: TensorRule, ttName: string, hfName: string) => {
+    const src = catalog.tensors.get(hfName)!;
+    checkShape(rule, hfName, src.shape, dims, file);
+    let { recipe, dequantized } = leafRecipe(hfName);
+    if (rule.rope) {
+      const { heads, headDim } = checkRope(rule, hfName, src.shape, dims, file);
+      recipe = { op: "rope", heads, headDim, direction: "hf_to_tt", input: recipe };
+    }
+    tensors.push({ name: ttName, dtype: outputDType(dtypeChoice, src.dtype, dequantized, config), shape: [...src.shape], recipe, policy: policyOf(rule, target) });
+    produced.add(ttName);
+  };
+
+  const names = [...catalog.tensors.keys()].sort(naturalCompare);
+  for (const name of names) {
+    if (scaleSuffix && name.endsWith(scaleSuffix) && catalog.tensors.has(name.slice(0, -scaleSuffix.length))) continue; // consumed by dequant
+    let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
+    for (const r of rules) {
+      if (!r.hf) continue;
+      const vals = matchPattern(r.hf, name);
+      if (vals) { hit = { r, vals }; break; }
+    }
+    if (!hit) { unmapped.push(name); continue; }
+    const { rule } = hit.r;
+    if (rule.drop) { skipped.push({ name, why: "dropped by the mapping" }); continue; }
+    if (mapping.extra_layers && hit.vals.L !== undefined && hit.vals.L >= (dims[mapping.extra_layers.from] ?? Infinity) && mapping.extra_layers.skip_for?.includes(target)) {
+      skipped.push({ name, why: mapping.extra_layers.note ?? `layer ${hit.vals.L} has no ${target} counterpart` });
+      continue;
+    }
+    if (!hit.r.tt) { skipped.push({ name, why: `no ${target} counterpart` }); continue; }
+    if (rule.experts) {
+      const key = fillPattern(hit.r.tt.source, hit.vals);
+      let g = stacks.get(key);
+      if (!g) stacks.set(key, (g = { rule, members: new Map() }));
+      g.members.set(hit.vals.E!, name);
+      continue;
+    }
+    emit(rule, fillPattern(hit.r.tt.source, hit.vals), name);
+  }
+
+  for (const [ttName, g] of stacks) {
+    const expected = dims[g.rule.experts!];
+    const ids = [...g.members.keys()].sort((a, b) => a - b);
+    const count = expected ?? ids.length;
+    const missing = [...Array(count).keys()].filter((e) => !g.members.has(e));
+    if (missing.length || ids.length !== count) {
+      throw new CkptError("MISSING_TENSOR", `expert stack ${ttName} is incomplete: missing expert ids ${missing.join(", ") || "(extra ids beyond " + count + ")"}`, { tensor: ttName });
+    }
+    const first = catalog.tensors.get(g.members.get(0)!)!;
+    const inputs: Recipe[] = [];
+    let dequantized = false;
+    for (let e = 0; e < count; e++) {
+      const hfName = g.members.get(e)!;
+      const t = catalog.tensors.get(hfName)!;
+      if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join()) throw new CkptError("SHAPE", `experts of ${ttName} differ: ${hfName} is ${t.dtype} [${t.shape}], expert 0 is ${first.dtype} [${first.shape}]`, { tensor: hfName });
+      checkShape(g.rule, hfName, t.shape, dims, file);
+      const lr = leafRecipe(hfName);
+      dequantized ||= lr.dequantized;
+      inputs.push(lr.recipe);
+    }
+    tensors.push({ name: ttName, dtype: outputDType(dtypeChoice, first.dtype, dequantized, config), shape: [count, ...first.shape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
+    produced.add(ttName);
+  }
+
+  // Tied embeddings: the target expects the output projection; fill it from the embedding (layout §5).
+  const tiedFlag = mapping.tied && config[mapping.tied.flag] === true;
+  if (mapping.tied && !catalog.tensors.has(mapping.tied.hf) && catalog.tensors.has(mapping.tied.from)) {
+    if (!tiedFlag) throw new CkptError("MISSING_TENSOR", `${mapping.tied.hf} is missing and ${mapping.tied.flag} is not true in config.json`, { tensor: mapping.tied.hf, file });
+    const r = rules.find((x) => x.rule.hf === mapping.tied!.hf);
+    if (r?.tt) emit(r.rule, r.tt.source, mapping.tied.from);
+  }
+
+  // Synthesised tensors (e.g. MoE expert bias): zeros wherever their companion exists.
+  for (const r of rules) {
+    const s = r.rule.synth;
+    if (!s || !r.tt) continue;
+    if (s.omit_option && opts.omit?.includes(s.omit_option)) continue;
+    const withPat = compilePattern(ttPattern({ tt: s.with }, target) ?? s.with);
+    for (const name of [...produced]) {
+      const vals = matchPattern(withPat, name);
+      if (!vals) continue;
+      const out = fillPattern(r.tt.source, vals);
+      if (produced.has(out)) continue;
+      const shape = s.zeros.map((e) => {
+        const v = evalDimExpr(e, dims);
+        if (v === undefined) throw new CkptError("CONFIG", `cannot size synthesised ${out}: unknown dims '${e}'`, { file });
+        return v;
+      });
+      tensors.push({ name: out, dtype: s.dtype, shape, recipe: { op: "zeros" }, policy: policyOf(r.rule, target) });
+      produced.add(out);
+    }
+  }
+
+  // Every expected HF tensor must be there.
+  const missing: string[] = [];
+  for (const r of rules) {
+    if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth) continue;
+    if (mapping.tied && r.rule.hf === mapping.tied.hf && tiedFlag) continue;
+    for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts)) if (!catalog.tensors.has(name)) missing.push(name);
+  }
+  if (missing.length) {
+    throw new CkptError("MISSING_TENSOR", `${missing.length} expected tensor(s) missing from the source: ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", …" : ""}`, {
+      hint: "is config.json for this checkpoint (num_hidden_layers)?",
+    });
+  }
+  if (unmapped.length && !opts.allowUnmapped) {
+    throw new CkptError("UNMAPPED", `${unmapped.length} source tensor(s) have no ${mapping.architecture} mapping: ${unmapped.slice(0, 8).join(", ")}${unmapped.length > 8 ? ", …" : ""}`, {
+      hint: "pass --allow-unmapped to skip them",
+    });
+  }
+  if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
+  const kinds = new Set(tensors.filter((t) => isCastable(t.dtype)).map((t) => t.dtype));
+  if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
+  return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+}
+
+/** Concrete names a pattern implies: layers 0..layers-1 (and experts 0..E-1). */
+function expandExpected(pattern: string, dims: Record<string, number>, expertsDim?: string): string[] {
+  const hasL = pattern.includes("{L}");
+  const hasE = pattern.includes("{E}");
+  const Ls = hasL ? [...Array(dims.layers ?? 0).keys()] : [0];
+  const Es = hasE ? [...Array(dims[expertsDim ?? "experts"] ?? 0).keys()] : [0];
+  const out: string[] = [];
+  for (const L of Ls) for (const E of Es) out.push(fillPattern(pattern, { L, E }));
+  return out;
+}
+
+/** Keys of a TorchTitan checkpoint that are model weights: strips the historical `model.` prefix, skips the rest. */
+export function normalizeTtName(name: string): { name?: string; why?: string } {
+  if (/^(optimizer|lr_scheduler|dataloader|train_state|lr_schedulers)(\.|$)/.test(name)) return { why: "training state, not model weights" };
+  const n = name.startsWith("model.") ? name.slice("model.".length) : name;
+  if (n === "freqs_cis" || n.endsWith(".freqs_cis")) return { why: "RoPE cache buffer (pre-0.2 checkpoints)" };
+  return { name: n };
+}
+
+/** Guesses which TorchTitan layout a key set was written for: the target whose patterns match most keys. */
+export function detectTarget(mapping: Mapping, names: string[]): Target {
+  let best: Target = mapping.targets[0]!;
+  let bestHits = -1;
+  for (const target of TARGETS.filter((t) => mapping.targets.includes(t))) {
+    const pats = compileRules(mapping, target).filter((r) => r.tt).map((r) => r.tt!);
+    const hits = names.filter((n) => pats.some((p) => matchPattern(p, n))).length;
+    if (hits > bestHits) { best = target; bestHits = hits; }
+  }
+  return best;
+}
+
+function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
+  const { mapping, config, target } = opts;
+  const file = opts.configFile ?? "config.json";
+  const dims = resolveDims(mapping, config, file);
+  const rules = compileRules(mapping, target);
+  const dtypeChoice = opts.dtype ?? "keep";
+  const tensors: TensorPlan[] = [];
+  const unmapped: string[] = [];
+  const skipped: { name: string; why: string }[] = [];
+  const warnings: string[] = [];
+  const tiedFlag = mapping.tied && config[mapping.tied.flag] === true;
+
+  for (const stored of [...catalog.tensors.keys()].sort(naturalCompare)) {
+    const norm = normalizeTtName(stored);
+    if (!norm.name) { skipped.push({ name: stored, why: norm.why! }); continue; }
+    let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
+    for (const r of rules) {
+      if (!r.tt || r.rule.drop) continue;
+      const vals = matchPattern(r.tt, norm.name);
+      if (vals) { hit = { r, vals }; break; }
+    }
+    if (!hit) { unmapped.push(stored); continue; }
+    const { rule } = hit.r;
+    if (rule.synth || !rule.hf) { skipped.push({ name: stored, why: "no HF counterpart (synthesised on import)" }); continue; }
+    const src = catalog.tensors.get(stored)!;
+    if (tiedFlag && rule.hf === mapping.tied!.hf) { skipped.push({ name: stored, why: `tied to the embedding (${mapping.tied!.flag})` }); continue; }
+    const dtype = outputDType(dtypeChoice, src.dtype, false, config);
+    if (rule.experts) {
+      for (let e = 0; e < src.shape[0]!; e++) {
+        const hfName = fillPattern(rule.hf, { ...hit.vals, E: e });
+        const shape = src.shape.slice(1);
+        checkShape(rule, hfName, shape, dims, file);
+        tensors.push({ name: hfName, dtype, shape, recipe: { op: "select", index: e, input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
+      }
+      continue;
+    }
+    const hfName = fillPattern(rule.hf, hit.vals);
+    checkShape(rule, hfName, src.shape, dims, file);
+    let recipe: Recipe = { op: "source", tensor: stored };
+    if (rule.rope) {
+      const { heads, headDim } = checkRope(rule, stored, src.shape, dims, file);
+      recipe = { op: "rope", heads, headDim, direction: "tt_to_hf", input: recipe };
+    }
+    tensors.push({ name: hfName, dtype, shape: [...src.shape], recipe, policy: { tp: "replicate" } });
+  }
+  if (unmapped.length && !opts.allowUnmapped) {
+    throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${mapping.architecture} ${target} name: ${unmapped.slice(0, 8).join(", ")}${unmapped.length > 8 ? ", …" : ""}`, {
+      hint: "check --target, or pass --allow-unmapped",
+    });
+  }
+  if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
+  return finish({ direction: "tt_to_hf", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+}

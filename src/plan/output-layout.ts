@@ -1,0 +1,178 @@
+// Where every output byte goes, decided before any byte is written: files, their sizes, each chunk's box and
+// absolute data offset, and the work pieces the executor runs. Same plan → byte-identical output.
+import { elementSize, numelOf, type DType } from "../dtypes.js";
+import { CkptError } from "../errors.js";
+import { layoutTensorBlob, type BlobLayout } from "../formats/torchsave/index.js";
+import { planSafetensorsFile, planShardedSafetensors, serializeIndex } from "../formats/safetensors/writer.js";
+import { encodeDcpMetadata, type DcpMetadata } from "../formats/dcp/metadata.js";
+import type { TensorPlan } from "./convert-plan.js";
+import { shardTensor, splitLargeChunk, worldSize, type Mesh } from "./sharding.js";
+import type { Box } from "./runs.js";
+
+export type OutputFormat = "dcp" | "safetensors";
+
+export interface OutChunk {
+  tensor: string;
+  dtype: DType;
+  /** Global shape of the tensor. */
+  shape: number[];
+  box: Box;
+  /** Global ranks whose box this is (the file owner is the first). */
+  ranks: number[];
+  file: string;
+  /** Absolute byte offset of the chunk's row-major data in `file`. */
+  dataOffset: number;
+  byteLength: number;
+  /** DCP only: the torch.save blob wrapping the data. */
+  blob?: { offset: number; layout: BlobLayout };
+}
+
+export interface OutFile {
+  name: string;
+  size: number;
+  /** Bytes known up front, written before the data (safetensors headers). */
+  prefix?: Buffer;
+  /** The ranks whose file this is (sharded outputs), for --ranks filtering. */
+  rank?: number;
+}
+
+export interface OutputLayout {
+  format: OutputFormat;
+  mesh: Mesh;
+  files: OutFile[];
+  chunks: OutChunk[];
+  /** Small JSON/pickle files written at finalize: name → bytes (`.metadata`, index, sharding manifest). */
+  extras: Map<string, Buffer>;
+}
+
+/** torch.save blobs stay below 4 GiB so no zip64 records are ever needed (dcp-format.md §7.2). */
+const MAX_BLOB_DATA = 4 * 1024 ** 3 - 64 * 1024 ** 2;
+
+/** DCP: `__{rank}_0.distcp` per rank (every rank gets a file, maybe empty) and one `.metadata`. */
+export function layoutDcp(tensors: TensorPlan[], mesh: Mesh): OutputLayout {
+  const world = worldSize(mesh);
+  const cursors = new Array<number>(world).fill(0);
+  const chunks: OutChunk[] = [];
+  const md: DcpMetadata = { tensors: new Map(), bytes: new Set(), plannerData: new Map(), storage: [] };
+  for (const t of tensors) {
+    const es = elementSize(t.dtype);
+    const pieces = shardTensor(t.shape, t.policy, mesh).flatMap((c) => splitLargeChunk(c, es, MAX_BLOB_DATA));
+    md.tensors.set(t.name, { dtype: t.dtype, size: [...t.shape], chunks: [] });
+    md.plannerData.set(t.name, [t.name]);
+    pieces.forEach((c, index) => {
+      const layout = layoutTensorBlob(t.dtype, c.sizes);
+      const owner = c.owner;
+      const file = `__${owner}_0.distcp`;
+      const offset = cursors[owner]!;
+      cursors[owner] = offset + layout.totalLength;
+      chunks.push({ tensor: t.name, dtype: t.dtype, shape: t.shape, box: { offsets: c.offsets, sizes: c.sizes }, ranks: c.ranks, file, dataOffset: offset + layout.dataOffset, byteLength: layout.dataLength, blob: { offset, layout } });
+      md.tensors.get(t.name)!.chunks.push({ offsets: c.offsets, sizes: c.sizes });
+      md.storage.push({ fqn: t.name, offsets: c.offsets, index, file, offset, length: layout.totalLength });
+    });
+  }
+  const files: OutFile[] = cursors.map((size, rank) => ({ name: `__${rank}_0.distcp`, size, rank }));
+  return { format: "dcp", mesh, files, chunks, extras: new Map([[".metadata", encodeDcpMetadata(md)]]) };
+}
+
+/** Unsharded safetensors (TorchTitan or HF names), split into `model-0000i-of-0000n` files past maxShardBytes. */
+export function layoutSafetensors(tensors: TensorPlan[], opts: { maxShardBytes: number; metadata?: Record<string, string> }): OutputLayout {
+  const specs = tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
+  const { files: planned, index } = planShardedSafetensors(specs, { maxShardBytes: opts.maxShardBytes, metadata: opts.metadata ?? { format: "pt" } });
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const chunks: OutChunk[] = [];
+  const files: OutFile[] = [];
+  for (const f of planned) {
+    files.push({ name: f.fileName, size: f.totalSize, prefix: f.header });
+    for (const pt of f.tensors) {
+      const t = byName.get(pt.name)!;
+      chunks.push({ tensor: t.name, dtype: t.dtype, shape: t.shape, box: { offsets: t.shape.map(() => 0), sizes: [...t.shape] }, ranks: [0], file: f.fileName, dataOffset: pt.offset, byteLength: pt.byteLength });
+    }
+  }
+  const extras = new Map<string, Buffer>();
+  if (index) extras.set("model.safetensors.index.json", Buffer.from(serializeIndex(index)));
+  return { format: "safetensors", mesh: { fsdp: 1, tp: 1 }, files, chunks, extras };
+}
+
+/**
+ * Per-rank safetensors (`rank-00000-of-00008.safetensors`) whose `__metadata__` carries DCP_SHARDING_INFO
+ * (dcp-format.md §10), for PyTorch's HuggingFaceStorageReader. Empty boxes are left out of a rank's file.
+ */
+export function layoutRankSafetensors(tensors: TensorPlan[], mesh: Mesh): OutputLayout {
+  const world = worldSize(mesh);
+  const perRank: { name: string; dtype: DType; shape: number[]; box: Box; ranks: number[]; tensor: TensorPlan }[][] = Array.from({ length: world }, () => []);
+  for (const t of tensors) {
+    for (const c of shardTensor(t.shape, t.policy, mesh)) {
+      if (numelOf(c.sizes) === 0) continue;
+      perRank[c.owner]!.push({ name: t.name, dtype: t.dtype, shape: c.sizes, box: c, ranks: c.ranks, tensor: t });
+    }
+  }
+  const files: OutFile[] = [];
+  const chunks: OutChunk[] = [];
+  const pad = (n: number) => String(n).padStart(5, "0");
+  perRank.forEach((items, rank) => {
+    const name = `rank-${pad(rank)}-of-${pad(world)}.safetensors`;
+    const info: Record<string, { saved_offsets: number[] }> = {};
+    for (const it of items) info[it.name] = { saved_offsets: it.box.offsets };
+    const planned = planSafetensorsFile(name, items.map((i) => ({ name: i.name, dtype: i.dtype, shape: i.shape })), {
+      DCP_SHARDING_INFO: JSON.stringify(info),
+      DCP_VERSION: "1.0",
+      format: "pt",
+    });
+    files.push({ name, size: planned.totalSize, prefix: planned.header, rank });
+    const byName = new Map(items.map((i) => [i.name, i]));
+    for (const pt of planned.tensors) {
+      const it = byName.get(pt.name)!;
+      chunks.push({ tensor: it.name, dtype: it.dtype, shape: it.tensor.shape, box: { offsets: it.box.offsets, sizes: it.box.sizes }, ranks: it.ranks, file: name, dataOffset: pt.offset, byteLength: pt.byteLength });
+    }
+  });
+  const manifest = {
+    format: "ckpt-rank-safetensors",
+    mesh: { dims: ["fsdp", "tp"], sizes: [mesh.fsdp, mesh.tp], global_rank: "f * tp + t" },
+    world_size: world,
+    files: files.map((f) => f.name),
+    tensors: Object.fromEntries(tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, tp: t.policy.tp }])),
+  };
+  return { format: "safetensors", mesh, files, chunks, extras: new Map([["sharding.json", Buffer.from(JSON.stringify(manifest, null, 2) + "\n")]]) };
+}
+
+/** A unit of executor work: rows [rowStart, rowStart + rows) of a chunk's box (first view dim), ≤ maxBytes of output. */
+export interface Piece {
+  chunk: number;
+  box: Box;
+  /** Absolute output offset of this piece's first byte. */
+  outOffset: number;
+  byteLength: number;
+}
+
+export function piecesOf(chunks: OutChunk[], maxBytes: number): Piece[] {
+  const out: Piece[] = [];
+  chunks.forEach((c, ci) => {
+    const es = elementSize(c.dtype);
+    if (c.byteLength === 0) return;
+    if (c.box.sizes.length === 0) {
+      out.push({ chunk: ci, box: c.box, outOffset: c.dataOffset, byteLength: c.byteLength });
+      return;
+    }
+    const rowElems = c.box.sizes.slice(1).reduce((a, b) => a * b, 1);
+    const rowBytes = rowElems * es;
+    const rowsPer = Math.max(1, Math.floor(maxBytes / rowBytes));
+    for (let r = 0; r < c.box.sizes[0]!; r += rowsPer) {
+      const n = Math.min(rowsPer, c.box.sizes[0]! - r);
+      out.push({
+        chunk: ci,
+        box: { offsets: [c.box.offsets[0]! + r, ...c.box.offsets.slice(1)], sizes: [n, ...c.box.sizes.slice(1)] },
+        outOffset: c.dataOffset + r * rowBytes,
+        byteLength: n * rowBytes,
+      });
+    }
+  });
+  return out;
+}
+
+export function checkLayoutSane(layout: OutputLayout): void {
+  const sizes = new Map(layout.files.map((f) => [f.name, f.size]));
+  for (const c of layout.chunks) {
+    const size = sizes.get(c.file);
+    if (size === undefined || c.dataOffset + c.byteLength > size) throw new CkptError("INTERNAL", `chunk of ${c.tensor} lies outside ${c.file}`);
+  }
+}

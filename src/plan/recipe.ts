@@ -1,0 +1,43 @@
+// A target tensor's recipe: how its elements derive from stored source tensors. Recipes are plain data (JSON),
+// so a plan can be printed, tested and shipped to worker threads. All ops except `dequant` move whole rows
+// or elements without arithmetic; casting happens once, where elements land in the output buffer.
+import type { DType } from "../dtypes.js";
+import type { StoredPiece } from "../catalog-types.js";
+
+export type Recipe =
+  | { op: "source"; tensor: string }
+  | { op: "dequant"; tensor: string; scale: string; block: number }
+  | { op: "zeros" }
+  | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
+  | { op: "stack"; inputs: Recipe[] }
+  | { op: "select"; index: number; input: Recipe };
+
+/** What a worker needs to know about each leaf tensor a recipe names. */
+export interface LeafInfo {
+  dtype: DType;
+  shape: number[];
+  pieces: StoredPiece[];
+}
+
+export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<string> {
+  switch (r.op) {
+    case "source": out.add(r.tensor); break;
+    case "dequant": out.add(r.tensor); out.add(r.scale); break;
+    case "zeros": break;
+    case "rope": case "select": recipeLeaves(r.input, out); break;
+    case "stack": for (const i of r.inputs) recipeLeaves(i, out); break;
+  }
+  return out;
+}
+
+/** Short human description for --dry-run tables. */
+export function describeRecipe(r: Recipe): string {
+  switch (r.op) {
+    case "source": return r.tensor;
+    case "dequant": return `dequant(${r.tensor} × ${r.scale}, block ${r.block})`;
+    case "zeros": return "zeros";
+    case "rope": return `rope_${r.direction}(${describeRecipe(r.input)}, heads=${r.heads}, hd=${r.headDim})`;
+    case "stack": return r.inputs.length > 2 ? `stack[${r.inputs.length}](${describeRecipe(r.inputs[0]!)} … ${describeRecipe(r.inputs[r.inputs.length - 1]!)})` : `stack(${r.inputs.map(describeRecipe).join(", ")})`;
+    case "select": return `${describeRecipe(r.input)}[${r.index}]`;
+  }
+}

@@ -1,0 +1,125 @@
+// Which box of each tensor every rank owns under FSDP2 (± TP), per shared/spec/sharding.md. Pure arithmetic.
+import { CkptError } from "../errors.js";
+import type { TpPlacement } from "../mapping/schema.js";
+import type { Box } from "./runs.js";
+
+/** torch.chunk / FSDP2 split of a dim of size n over k ranks (sharding.md §1): empty shards sit at offset n. */
+export function split(n: number, k: number, i: number): { start: number; size: number } {
+  const c = Math.ceil(n / k);
+  const start = Math.min(n, i * c);
+  const size = Math.max(0, Math.min(n, (i + 1) * c) - i * c);
+  return { start, size };
+}
+
+export interface Mesh {
+  /** FSDP degree (dp_shard · cp). */
+  fsdp: number;
+  /** Tensor-parallel degree (innermost). */
+  tp: number;
+}
+
+export function worldSize(m: Mesh): number {
+  return m.fsdp * m.tp;
+}
+
+export interface ShardPolicy {
+  tp: TpPlacement;
+  /** Stored as a single full chunk whatever the mesh (fused QKV at torchtitan@main). */
+  fullChunk?: boolean;
+  /** Expert-stacked tensor: FSDP shards dim 1 instead of dim 0 when there are fewer experts than FSDP ranks (sharding.md §5). */
+  experts?: boolean;
+}
+
+/** A chunk of a tensor and the global ranks whose box it is; the file owner is the lowest of them. */
+export interface RankChunk extends Box {
+  owner: number;
+  ranks: number[];
+}
+
+/**
+ * Chunks for a tensor of `shape` on `mesh`. Duplicates (replicated boxes, several empty boxes) are written once,
+ * in the lowest rank's file, matching what PyTorch's DCP planner dedups (sharding.md §4, §7).
+ */
+export function shardTensor(shape: readonly number[], policy: ShardPolicy, mesh: Mesh): RankChunk[] {
+  const world = worldSize(mesh);
+  const full: RankChunk = { offsets: shape.map(() => 0), sizes: [...shape], owner: 0, ranks: [...Array(world).keys()] };
+  if (world === 1 || shape.length === 0 || policy.fullChunk) return [full];
+  const F = mesh.fsdp;
+  const T = mesh.tp;
+  const boxes: { rank: number; box: Box }[] = [];
+  for (let f = 0; f < F; f++) {
+    for (let t = 0; t < T; t++) {
+      const rank = f * T + t;
+      const offsets = shape.map(() => 0);
+      const sizes = [...shape];
+      let fsdpDim = 0;
+      if (policy.experts && shape.length >= 2 && F > shape[0]!) {
+        fsdpDim = 1;
+        if (shape[1]! % F !== 0) throw new CkptError("SHAPE", `expert dim 1 (${shape[1]}) is not divisible by FSDP degree ${F}; FSDP2 forbids uneven shards on dims > 0`);
+      }
+      if (T > 1 && policy.tp === "shard0") {
+        // (StridedShard(0, T), Shard(0)): TP splits first, FSDP splits the TP-local rows (§4a)
+        const a = split(shape[0]!, T, t);
+        const b = split(a.size, F, f);
+        offsets[0] = a.start + b.start;
+        sizes[0] = b.size;
+      } else if (T > 1 && policy.tp === "shard1") {
+        if (shape.length < 2) throw new CkptError("MAPPING", `TP Shard(1) on a ${shape.length}-D tensor`);
+        const c = split(shape[1]!, T, t);
+        offsets[1] = c.start;
+        sizes[1] = c.size;
+        const r = split(shape[0]!, F, f);
+        offsets[0] = r.start;
+        sizes[0] = r.size;
+      } else {
+        const r = split(shape[fsdpDim]!, F, f);
+        offsets[fsdpDim] = r.start;
+        sizes[fsdpDim] = r.size;
+      }
+      boxes.push({ rank, box: { offsets, sizes } });
+    }
+  }
+  const byKey = new Map<string, RankChunk>();
+  for (const { rank, box } of boxes.sort((x, y) => x.rank - y.rank)) {
+    const key = `${box.offsets.join(",")}|${box.sizes.join(",")}`;
+    const hit = byKey.get(key) ?? [...byKey.values()].find((c) => isEmpty(c) && isEmpty(box) && sameOffsets(c, box));
+    if (hit) hit.ranks.push(rank);
+    else byKey.set(key, { ...box, owner: rank, ranks: [rank] });
+  }
+  return [...byKey.values()];
+}
+
+function isEmpty(b: Box): boolean {
+  return b.sizes.some((s) => s === 0);
+}
+function sameOffsets(a: Box, b: Box): boolean {
+  return a.offsets.every((o, i) => o === b.offsets[i]);
+}
+
+/** Splits a chunk along dim 0 so that no piece exceeds maxBytes (torch.save blobs stay below 4 GiB). */
+export function splitLargeChunk(chunk: RankChunk, elementBytes: number, maxBytes: number): RankChunk[] {
+  const rowBytes = chunk.sizes.slice(1).reduce((a, b) => a * b, 1) * elementBytes;
+  const total = rowBytes * (chunk.sizes[0] ?? 1);
+  if (chunk.sizes.length === 0 || total <= maxBytes || rowBytes === 0) return [chunk];
+  const rowsPer = Math.max(1, Math.floor(maxBytes / rowBytes));
+  const out: RankChunk[] = [];
+  for (let r = 0; r < chunk.sizes[0]!; r += rowsPer) {
+    const n = Math.min(rowsPer, chunk.sizes[0]! - r);
+    out.push({ ...chunk, offsets: [chunk.offsets[0]! + r, ...chunk.offsets.slice(1)], sizes: [n, ...chunk.sizes.slice(1)], ranks: [...chunk.ranks] });
+  }
+  return out;
+}
+
+/** `a-b`, `a,b,c` or `a` → sorted rank list within the world. */
+export function parseRanks(spec: string, world: number): number[] {
+  const out = new Set<number>();
+  for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new CkptError("USAGE", `--ranks '${spec}': expected a-b or a,b,c`);
+    const a = Number(m[1]);
+    const b = m[2] !== undefined ? Number(m[2]) : a;
+    if (a > b || b >= world) throw new CkptError("USAGE", `--ranks '${spec}': ranks must lie in 0-${world - 1}`);
+    for (let r = a; r <= b; r++) out.add(r);
+  }
+  return [...out].sort((x, y) => x - y);
+}

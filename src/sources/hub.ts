@@ -1,0 +1,536 @@
+// Hugging Face Hub sources, through @huggingface/hub (which reads no environment variables itself: we map HF_TOKEN,
+// HF_ENDPOINT, HF_HUB_OFFLINE and the cache root here).
+//
+// openHub: download what a checkpoint needs into the HF cache (same layout as Python huggingface_hub), then read it
+//          from there (an hf-cache Source). Offline: cache only.
+// openHubRanged: no download; every read() is one HTTP Range request (lazy Blob from downloadFile).
+import { promises as fsp, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { downloadFile, downloadFileToCacheDir, listFiles, modelInfo } from "@huggingface/hub";
+import { CkptError, redactSecrets } from "../errors.js";
+import { COMMIT_SHA_RE, checkRevisionName, hfCacheRoot, hfHome, openHfCache, repoCacheDir, writeRef } from "./hf-cache.js";
+import type { Source } from "./types.js";
+
+export const DEFAULT_ENDPOINT = "https://huggingface.co";
+
+type Env = Record<string, string | undefined>;
+
+export interface HubOptions {
+  /** Branch, tag or commit sha (default: the `@rev` of the spec, else "main"). */
+  revision?: string;
+  /** Access token (default `$HF_TOKEN`, else the `$HF_HOME/token` file). Must start with `hf_`. */
+  token?: string;
+  /** Hub base URL (default `$HF_ENDPOINT`, else https://huggingface.co). */
+  endpoint?: string;
+  /** No network at all (default: `$HF_HUB_OFFLINE` is 1/ON/YES/TRUE). */
+  offline?: boolean;
+  /** HF cache root (default: hfCacheRoot()). */
+  cacheDir?: string;
+  /** Glob patterns (`*`, `?`, `**`; `*` also matches "/", like huggingface_hub) replacing the default file choice. */
+  allowPatterns?: string[];
+  /** Downloads running at once (default 4). */
+  concurrency?: number;
+  /** Called after each file is present in the cache. */
+  onFile?: (ev: { file: string; size: number; done: number; total: number; cached: boolean }) => void;
+  /** Receives informational lines (cache fallbacks; the library's "Downloading …" lines). */
+  log?: (line: string) => void;
+  /** Environment to read (default process.env); for tests. */
+  env?: Env;
+}
+
+export interface RepoSpec {
+  repoId: string;
+  revision?: string;
+}
+
+const NAME_PART = /^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$/;
+
+/** True when `s` is a valid `org/name` repo id. */
+export function isRepoId(s: string): boolean {
+  if (s.length > 96 + 1 + 96) return false;
+  const parts = s.split("/");
+  return parts.length === 2 && parts.every((p) => NAME_PART.test(p) && !p.includes("--") && !p.includes(".."));
+}
+
+/** Parses `org/name[@rev]`; undefined when it does not look like a repo id. */
+export function parseRepoSpec(spec: string): RepoSpec | undefined {
+  const at = spec.indexOf("@");
+  const repoId = at < 0 ? spec : spec.slice(0, at);
+  const revision = at < 0 ? undefined : spec.slice(at + 1);
+  if (!isRepoId(repoId)) return undefined;
+  if (revision !== undefined && (revision === "" || /\s/.test(revision))) return undefined;
+  return revision === undefined ? { repoId } : { repoId, revision };
+}
+
+export function isTruthyEnv(v: string | undefined): boolean {
+  return v !== undefined && ["1", "ON", "YES", "TRUE"].includes(v.trim().toUpperCase());
+}
+
+export function hubOffline(env: Env = process.env): boolean {
+  return isTruthyEnv(env.HF_HUB_OFFLINE);
+}
+
+export function hubEndpoint(env: Env = process.env): string {
+  const e = env.HF_ENDPOINT && env.HF_ENDPOINT.trim() !== "" ? env.HF_ENDPOINT.trim() : DEFAULT_ENDPOINT;
+  return e.replace(/\/+$/, "");
+}
+
+/** `$HF_TOKEN` (legacy `$HUGGING_FACE_HUB_TOKEN`), else the token file (`$HF_TOKEN_PATH`, else `$HF_HOME/token`). */
+export function hubToken(env: Env = process.env): string | undefined {
+  for (const v of [env.HF_TOKEN, env.HUGGING_FACE_HUB_TOKEN]) {
+    if (v !== undefined && v.trim() !== "") return v.trim();
+  }
+  const file = env.HF_TOKEN_PATH && env.HF_TOKEN_PATH !== "" ? env.HF_TOKEN_PATH : join(hfHome(env), "token");
+  try {
+    const t = readFileSync(file, "utf8").trim();
+    return t !== "" ? t : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** fnmatch-style glob: `*` and `**` match any run of characters (including "/"), `?` one character. */
+export function globToRegExp(glob: string): RegExp {
+  let re = "";
+  for (const ch of glob) {
+    if (ch === "*") re += ".*";
+    else if (ch === "?") re += ".";
+    else re += ch.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+  }
+  return new RegExp(`^${re.replace(/(\.\*)+/g, ".*")}$`);
+}
+
+const TOKENIZER_FILES = new Set([
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "tokenizer.model",
+  "vocab.json",
+  "vocab.txt",
+  "merges.txt",
+  "chat_template.json",
+  "chat_template.jinja",
+]);
+
+/** The default choice: root-level config, generation config, tokenizer files, safetensors and their index. */
+export function isCheckpointFile(path: string): boolean {
+  if (path.includes("/")) return false;
+  if (path === "config.json" || path === "generation_config.json" || path === "model.safetensors.index.json") return true;
+  if (TOKENIZER_FILES.has(path)) return true;
+  return path.endsWith(".safetensors");
+}
+
+interface ResolvedHubOptions {
+  repoId: string;
+  revision: string;
+  id: string;
+  token?: string;
+  endpoint: string;
+  offline: boolean;
+  cacheDir: string;
+}
+
+function resolveOptions(spec: string, opts: HubOptions): ResolvedHubOptions {
+  const parsed = parseRepoSpec(spec);
+  if (!parsed) {
+    throw new CkptError("USAGE", `'${spec}' is not a Hub repo id (expected org/name or org/name@revision)`);
+  }
+  if (parsed.revision !== undefined && opts.revision !== undefined && parsed.revision !== opts.revision) {
+    throw new CkptError("USAGE", `two revisions given for ${parsed.repoId}: '${parsed.revision}' and '${opts.revision}'`);
+  }
+  const env = opts.env ?? process.env;
+  const revision = opts.revision ?? parsed.revision ?? "main";
+  checkRevisionName(revision);
+  const token = opts.token ?? hubToken(env);
+  const r: ResolvedHubOptions = {
+    repoId: parsed.repoId,
+    revision,
+    id: revision === "main" ? parsed.repoId : `${parsed.repoId}@${revision}`,
+    endpoint: (opts.endpoint ?? hubEndpoint(env)).replace(/\/+$/, ""),
+    offline: opts.offline ?? hubOffline(env),
+    cacheDir: opts.cacheDir ?? hfCacheRoot(env),
+  };
+  if (token !== undefined && token !== "") r.token = token;
+  return r;
+}
+
+function scrub(text: string, token: string | undefined): string {
+  // The library appends "URL: <url>"; API URLs carry long `?expand=…` queries that only add noise.
+  let t = text.replace(/(URL: [^\s?]+)\?\S*/g, "$1");
+  if (token) t = t.split(token).join("***");
+  return redactSecrets(t);
+}
+
+function isNetworkError(e: unknown): boolean {
+  if (!(e instanceof Error)) return false;
+  if ("statusCode" in e) return false; // HubApiError: the server answered
+  const c = (e as { cause?: unknown }).cause as { code?: string } | undefined;
+  return e.message === "fetch failed" || (c !== undefined && typeof c?.code === "string");
+}
+
+/** Maps anything the library throws to a CkptError HUB whose text holds no secret. */
+function hubError(e: unknown, what: string, r: ResolvedHubOptions): CkptError {
+  if (e instanceof CkptError) return e;
+  const raw = e instanceof Error ? e.message : String(e);
+  const status = typeof e === "object" && e !== null && "statusCode" in e ? Number((e as { statusCode: unknown }).statusCode) : undefined;
+  if (/access token must start with 'hf_'/.test(raw)) {
+    return new CkptError("HUB", `${what}: the access token does not start with 'hf_'`, {
+      hint: "check HF_TOKEN or the token file ($HF_HOME/token)",
+    });
+  }
+  let msg = `${what}: ${scrub(raw, r.token)}`;
+  let hint: string | undefined;
+  if (status === 401 || status === 403) {
+    hint = r.token
+      ? "the token was refused or lacks access (gated repos need their terms accepted on the Hub)"
+      : "the repo is private or gated: set HF_TOKEN or log in with `huggingface-cli login`";
+  } else if (status === 404) {
+    hint = `check the repo id and revision '${r.revision}'`;
+  } else if (isNetworkError(e)) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    msg = `${what}: cannot reach ${r.endpoint}${cause?.code ? ` (${cause.code})` : cause?.message ? ` (${scrub(cause.message, r.token)})` : ""}`;
+    hint = "check the network or HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use the local HF cache only";
+  }
+  return new CkptError("HUB", msg, hint !== undefined ? { hint } : {});
+}
+
+function creds(r: ResolvedHubOptions): { hubUrl: string; accessToken?: string } {
+  return r.token ? { hubUrl: r.endpoint, accessToken: r.token } : { hubUrl: r.endpoint };
+}
+
+async function resolveCommit(r: ResolvedHubOptions): Promise<string> {
+  if (COMMIT_SHA_RE.test(r.revision)) return r.revision;
+  const info = await modelInfo({ name: r.repoId, revision: r.revision, additionalFields: ["sha"], ...creds(r) });
+  const sha = (info as { sha?: unknown }).sha;
+  if (typeof sha !== "string" || !COMMIT_SHA_RE.test(sha)) {
+    throw new CkptError("HUB", `the Hub did not return a commit sha for ${r.id}`);
+  }
+  return sha;
+}
+
+interface RemoteFile {
+  path: string;
+  size: number;
+  etag: string;
+}
+
+async function listRemote(r: ResolvedHubOptions, sha: string): Promise<RemoteFile[]> {
+  const out: RemoteFile[] = [];
+  for await (const f of listFiles({ repo: r.repoId, revision: sha, recursive: true, ...creds(r) })) {
+    if (f.type !== "file") continue;
+    out.push({ path: f.path, size: f.lfs?.size ?? f.size, etag: f.lfs?.oid ?? f.xetHash ?? f.oid ?? f.path });
+  }
+  return out;
+}
+
+// The library prints one console.debug line per download ("Downloading <path> to <blob>.incomplete"), which would
+// end up on stdout. Route those lines to opts.log while downloads run.
+let quietDepth = 0;
+let savedDebug: typeof console.debug | undefined;
+const debugSinks = new Set<(line: string) => void>();
+
+function quietDownloads(log: ((line: string) => void) | undefined): () => void {
+  const sink = log ?? (() => undefined);
+  debugSinks.add(sink);
+  if (quietDepth++ === 0) {
+    savedDebug = console.debug;
+    const orig = savedDebug;
+    console.debug = (...args: unknown[]) => {
+      const line = args.map(String).join(" ");
+      if (line.startsWith("Downloading ")) for (const s of debugSinks) s(line);
+      else orig.apply(console, args);
+    };
+  }
+  return () => {
+    debugSinks.delete(sink);
+    if (--quietDepth === 0 && savedDebug) {
+      console.debug = savedDebug;
+      savedDebug = undefined;
+    }
+  };
+}
+
+async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async (): Promise<void> => {
+    while (failed === undefined && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (e) {
+        if (failed === undefined) failed = e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  if (failed !== undefined) throw failed;
+}
+
+async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fsp.stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Offline check: an index whose shards are not all cached is a miss naming HF_HUB_OFFLINE. */
+async function checkOfflineComplete(src: Source): Promise<void> {
+  const files = new Set(src.files());
+  const miss = (file: string, what: string): CkptError =>
+    new CkptError("OFFLINE", `${what} (HF_HUB_OFFLINE is set)`, {
+      file,
+      hint: "unset HF_HUB_OFFLINE to download it, or fill the cache first",
+    });
+  if (files.has("model.safetensors.index.json")) {
+    const text = await src.readText("model.safetensors.index.json");
+    let wm: unknown;
+    try {
+      wm = (JSON.parse(text ?? "") as { weight_map?: unknown }).weight_map;
+    } catch {
+      return; // a malformed index is the index reader's error to report
+    }
+    if (wm && typeof wm === "object") {
+      for (const shard of new Set(Object.values(wm as Record<string, unknown>))) {
+        if (typeof shard === "string" && !files.has(shard)) throw miss(shard, `${shard} of ${src.id} is not in the HF cache`);
+      }
+    }
+  } else if (![...files].some((f) => f.endsWith(".safetensors"))) {
+    throw miss("model.safetensors", `no .safetensors file of ${src.id} is in the HF cache`);
+  }
+}
+
+function openCached(r: ResolvedHubOptions, revision: string, offline: boolean): Promise<Source> {
+  return openHfCache(r.repoId, { revision, cacheDir: r.cacheDir, offline, id: r.id });
+}
+
+/**
+ * Opens a Hub repo through the HF cache: downloads (online) the files a checkpoint needs that are not cached yet,
+ * writes `refs/<revision>`, and returns the cached snapshot (kind "hf-cache", revision = commit sha).
+ */
+export async function openHub(spec: string, opts: HubOptions = {}): Promise<Source> {
+  const r = resolveOptions(spec, opts);
+  if (r.offline) {
+    const src = await openCached(r, r.revision, true);
+    try {
+      await checkOfflineComplete(src);
+    } catch (e) {
+      await src.close();
+      throw e;
+    }
+    return src;
+  }
+
+  let sha: string;
+  let remote: RemoteFile[];
+  try {
+    sha = await resolveCommit(r);
+    remote = await listRemote(r, sha);
+  } catch (e) {
+    // Like huggingface_hub: when the Hub cannot be reached at all, fall back to what the cache holds.
+    if (isNetworkError(e)) {
+      try {
+        const src = await openCached(r, r.revision, false);
+        await checkOfflineComplete(src);
+        opts.log?.(`ckpt: ${r.endpoint} unreachable, using the cached snapshot ${src.revision} of ${r.id}`);
+        return src;
+      } catch {
+        /* report the network error below */
+      }
+    }
+    throw hubError(e, `cannot open ${r.id}`, r);
+  }
+
+  const byPath = new Map(remote.map((f) => [f.path, f]));
+  let wanted: RemoteFile[];
+  if (opts.allowPatterns && opts.allowPatterns.length > 0) {
+    const res = opts.allowPatterns.map(globToRegExp);
+    wanted = remote.filter((f) => res.some((re) => re.test(f.path)));
+  } else {
+    wanted = remote.filter((f) => isCheckpointFile(f.path));
+  }
+  if (wanted.length === 0) {
+    throw new CkptError("HUB", `${r.id} has no files to download${opts.allowPatterns ? " matching the allow patterns" : " (no safetensors, config or index)"}`, {
+      hint: "ckpt reads safetensors checkpoints; .bin/.pt/.gguf files are not downloaded",
+    });
+  }
+
+  const repoDir = repoCacheDir(r.cacheDir, r.repoId);
+  const snapshot = join(repoDir, "snapshots", sha);
+  const restore = quietDownloads(opts.log);
+  let done = 0;
+  const fetchOne = async (f: RemoteFile): Promise<void> => {
+    const pointer = join(snapshot, ...f.path.split("/"));
+    const cached = await pathExists(pointer);
+    let path: string;
+    try {
+      path = await downloadFileToCacheDir({ repo: r.repoId, path: f.path, revision: sha, cacheDir: r.cacheDir, ...creds(r) });
+    } catch (e) {
+      throw hubError(e, `cannot download ${f.path} of ${r.id}`, r);
+    }
+    const st = await fsp.stat(path);
+    if (st.size !== f.size) {
+      // Never leave a bad blob behind: the next run would take it as cached.
+      const real = await fsp.realpath(path).catch(() => undefined);
+      await fsp.rm(path, { force: true });
+      if (real) await fsp.rm(real, { force: true });
+      throw new CkptError("HUB", `downloaded ${f.path} of ${r.id} has ${st.size} bytes, the Hub lists ${f.size}`, {
+        file: f.path,
+        hint: "run again to download it afresh",
+      });
+    }
+    done++;
+    opts.onFile?.({ file: f.path, size: f.size, done, total: wanted.length, cached });
+  };
+  try {
+    // The index first: when present, only the shards it names are fetched (repos often also hold a
+    // consolidated copy of the same weights).
+    const index = wanted.find((f) => f.path === "model.safetensors.index.json");
+    if (index && !opts.allowPatterns) {
+      await fetchOne(index);
+      const text = await fsp.readFile(join(snapshot, index.path), "utf8");
+      let shards: Set<string> | undefined;
+      try {
+        const wm = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
+        if (wm && typeof wm === "object") shards = new Set(Object.values(wm as Record<string, unknown>).map(String));
+      } catch {
+        shards = undefined; // malformed: fetch every safetensors file; the index reader reports the problem
+      }
+      if (shards) {
+        for (const s of shards) {
+          if (!byPath.has(s)) {
+            throw new CkptError("INDEX", `weight_map names ${s}, which is not in ${r.id}`, { file: index.path });
+          }
+        }
+        wanted = wanted.filter((f) => f !== index && (!f.path.endsWith(".safetensors") || shards!.has(f.path)));
+        for (const s of shards) if (!wanted.some((f) => f.path === s)) wanted.push(byPath.get(s)!);
+      } else {
+        wanted = wanted.filter((f) => f !== index);
+      }
+      done = 0;
+    }
+    // Files sharing a blob must not download concurrently (same `<etag>.incomplete`): one group per etag.
+    const groups = new Map<string, RemoteFile[]>();
+    for (const f of wanted) groups.set(f.etag, [...(groups.get(f.etag) ?? []), f]);
+    await runLimited([...groups.values()], opts.concurrency ?? 4, async (g) => {
+      for (const f of g) await fetchOne(f);
+    });
+  } finally {
+    restore();
+  }
+  await writeRef(repoDir, r.revision, sha);
+  return openHfCache(r.repoId, {
+    revision: sha,
+    cacheDir: r.cacheDir,
+    id: r.id,
+    missing: (file) =>
+      new CkptError("NOT_FOUND", `no file '${file}' in ${r.id} (not in the repo, or not among the downloaded files)`, {
+        file,
+        hint: "files other than config, tokenizer and safetensors are only downloaded when allowPatterns names them",
+      }),
+  });
+}
+
+class RangedHubSource implements Source {
+  readonly kind = "hub" as const;
+  private readonly blobs = new Map<string, Promise<Blob>>();
+  constructor(
+    readonly id: string,
+    readonly revision: string,
+    private readonly r: ResolvedHubOptions,
+    private readonly remote: Map<string, RemoteFile>,
+  ) {}
+
+  files(): string[] {
+    return [...this.remote.keys()];
+  }
+
+  localPath(): undefined {
+    return undefined;
+  }
+
+  private blob(file: string): Promise<Blob> {
+    let b = this.blobs.get(file);
+    if (!b) {
+      if (!this.remote.has(file)) {
+        return Promise.reject(new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file }));
+      }
+      b = downloadFile({ repo: this.r.repoId, path: file, revision: this.revision, ...creds(this.r) }).then(
+        (blob) => {
+          if (!blob) throw new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file });
+          return blob;
+        },
+        (e: unknown) => {
+          throw hubError(e, `cannot open ${file} of ${this.id}`, this.r);
+        },
+      );
+      b.catch(() => this.blobs.delete(file));
+      this.blobs.set(file, b);
+    }
+    return b;
+  }
+
+  async size(file: string): Promise<number> {
+    return (await this.blob(file)).size;
+  }
+
+  async read(file: string, offset: number, length: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new CkptError("INTERNAL", `bad read range offset=${offset} length=${length}`, { file });
+    }
+    const blob = await this.blob(file);
+    if (offset + length > blob.size) {
+      throw new CkptError("IO", `short read: wanted ${length} bytes at offset ${offset}, the file has ${blob.size}`, { file });
+    }
+    if (length === 0) return Buffer.alloc(0);
+    let ab: ArrayBuffer;
+    try {
+      ab = await blob.slice(offset, offset + length).arrayBuffer();
+    } catch (e) {
+      throw hubError(e, `ranged read of ${file} of ${this.id} failed`, this.r);
+    }
+    if (ab.byteLength !== length) {
+      throw new CkptError("IO", `short read: wanted ${length} bytes at offset ${offset}, got ${ab.byteLength}`, { file });
+    }
+    return Buffer.from(ab);
+  }
+
+  async readText(file: string): Promise<string | undefined> {
+    if (!this.remote.has(file)) return undefined;
+    const blob = await this.blob(file);
+    try {
+      return await blob.text();
+    } catch (e) {
+      throw hubError(e, `cannot read ${file} of ${this.id}`, this.r);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.blobs.clear();
+  }
+}
+
+/**
+ * A Hub repo read in place: `read()` is an HTTP Range request (nothing lands on disk, localPath is undefined).
+ * Used to cut one rank's shard out of a remote checkpoint.
+ */
+export async function openHubRanged(spec: string, opts: HubOptions = {}): Promise<Source> {
+  const r = resolveOptions(spec, opts);
+  if (r.offline) {
+    throw new CkptError("OFFLINE", `ranged reads of ${r.id} need the network, and HF_HUB_OFFLINE is set`, {
+      hint: "unset HF_HUB_OFFLINE, or download the repo first and read it from the HF cache",
+    });
+  }
+  let sha: string;
+  let remote: RemoteFile[];
+  try {
+    sha = await resolveCommit(r);
+    remote = await listRemote(r, sha);
+  } catch (e) {
+    throw hubError(e, `cannot open ${r.id}`, r);
+  }
+  return new RangedHubSource(r.id, sha, r, new Map(remote.map((f) => [f.path, f])));
+}
