@@ -52,8 +52,8 @@ static void launch_cast(int s, int d, const uint8_t* src, uint8_t* dst, size_t n
 }
 
 // out[r, c] = f32(f32(w[r, c]) * scale[(rowStart + r) / block][(colStart + c) / block]) -> dst dtype.
-// The product goes through __fmul_rn (IEEE RNE, never contracted into an FMA); the f32 result is narrowed as
-// an f32-source value (bf16 NaN = 0xFFFF), like PyTorch's .to() of the f32 product.
+// The product is ckpt_mul_f32 (__fmul_rn: IEEE RNE, never contracted into an FMA; NaNs as on the CPU); the f32
+// result is narrowed as an f32-source value (bf16 NaN = 0xFFFF), like PyTorch's .to() of the f32 product.
 __global__ void dequant_kernel(const uint8_t* __restrict__ w, int wd, size_t rows, size_t cols, size_t rowStart,
                                size_t colStart, const float* __restrict__ scale, size_t scaleCols, size_t block,
                                uint8_t* __restrict__ dst, int d) {
@@ -63,8 +63,7 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ w, int wd, size_t row
     size_t r = i / cols, c = i - r * cols;
     uint32_t wb = wd == CKPT_F8_E4M3 ? ckpt_e4m3_to_f32(w[i]) : ckpt_e5m2_to_f32(w[i]);
     float s = scale[((rowStart + r) / block) * scaleCols + (colStart + c) / block];
-    float p = __fmul_rn(__uint_as_float(wb), s);
-    ckpt_store_from_f32(CKPT_F32, d, __float_as_uint(p), dst + i * ds);
+    ckpt_store_from_f32(CKPT_F32, d, ckpt_mul_f32(wb, __float_as_uint(s)), dst + i * ds);
   }
 }
 

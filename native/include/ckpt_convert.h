@@ -6,6 +6,7 @@
 #define CKPT_CONVERT_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__CUDACC__)
 #define CKPT_HD __host__ __device__ __forceinline__
@@ -106,6 +107,29 @@ CKPT_HD uint8_t ckpt_f32_to_e5m2(uint32_t u) {
   uint32_t e = a >> 23;
   if (e == 0) return (uint8_t)sign;
   return (uint8_t)(sign | ckpt_rne_shift((a & 0x7FFFFFu) | 0x800000u, 134u - e));
+}
+
+// ---- FP8 dequant product (§7) -------------------------------------------------------------------------------
+
+// f32(a) * f32(s) rounded once to f32 (bit patterns in and out). NaN results follow x86 MULPS, which is what
+// PyTorch's CPU multiply produces: a NaN operand comes back quieted (a first), and 0 x inf gives the default NaN
+// 0xFFC00000. Spelled out so that no compiler operand swap and no other FPU can change the bits.
+CKPT_HD uint32_t ckpt_mul_f32(uint32_t a, uint32_t s) {
+  uint32_t aa = a & 0x7FFFFFFFu, as = s & 0x7FFFFFFFu;
+  if (aa > 0x7F800000u) return a | 0x00400000u;
+  if (as > 0x7F800000u) return s | 0x00400000u;
+  if ((aa == 0 && as == 0x7F800000u) || (aa == 0x7F800000u && as == 0)) return 0xFFC00000u;
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(__fmul_rn(__uint_as_float(a), __uint_as_float(s)));
+#else
+  float fa, fs, p;
+  uint32_t r;
+  memcpy(&fa, &a, 4);
+  memcpy(&fs, &s, 4);
+  p = fa * fs;
+  memcpy(&r, &p, 4);
+  return r;
+#endif
 }
 
 // ---- generic element conversion ------------------------------------------------------------------------

@@ -309,34 +309,68 @@ void gather_rows(const uint8_t* src, int s, size_t srcRowElems, const int32_t* r
 
 static const size_t kChunk = 2048;
 
-#ifdef CKPT_X86
-template <int W>
-TGT2 static void scale_fp8_avx2(const uint8_t* w, size_t n, const float* lut, float s, float* out) {
-  size_t k = 0;
-  __m256 vs = _mm256_set1_ps(s);
-  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_castsi256_ps(widen8<W>(w + k)), vs));
-  for (; k < n; k++) out[k] = lut[w[k]] * s;
+static void dequant_seg_scalar(int wd, int d, const uint8_t* w, size_t n, uint32_t s, uint8_t* out) {
+  const size_t ds = dsize(d);
+  for (size_t k = 0; k < n; k++) {
+    uint32_t a = wd == CKPT_F8_E4M3 ? ckpt_e4m3_to_f32(w[k]) : ckpt_e5m2_to_f32(w[k]);
+    ckpt_store_from_f32(CKPT_F32, d, ckpt_mul_f32(a, s), out + k * ds);
+  }
 }
-#endif
 
-static void scale_fp8_scalar(const uint8_t* w, size_t n, const float* lut, float s, float* out) {
-  for (size_t k = 0; k < n; k++) out[k] = lut[w[k]] * s;  // one IEEE f32 multiply, RNE
+#ifdef CKPT_X86
+// One segment of a row under one scale s (finite, nonzero: the caller sends other scales to the scalar path, so
+// the only NaN source here is a NaN weight, which is blended back explicitly as ckpt_mul_f32 specifies).
+template <int W>
+TGT2 static inline __m256i dequant_prod8(const uint8_t* w, __m256 vs) {
+  __m256 a = _mm256_castsi256_ps(widen8<W>(w));
+  __m256 p = _mm256_mul_ps(a, vs);
+  __m256 nan = _mm256_cmp_ps(a, a, _CMP_UNORD_Q);
+  return _mm256_castps_si256(_mm256_blendv_ps(p, a, nan));  // widened fp8 NaNs are already quiet
 }
+
+template <int W, int D>
+TGT2 static void dequant_seg_avx2(const uint8_t* w, size_t n, uint32_t s, uint8_t* out) {
+  float sf;
+  memcpy(&sf, &s, 4);
+  const __m256 vs = _mm256_set1_ps(sf);
+  const size_t ds = dsize(D);
+#define prod8(k) dequant_prod8<W>(w + (k), vs)
+  size_t k = 0;
+  if (D == CKPT_F32) {
+    for (; k + 8 <= n; k += 8) _mm256_storeu_si256((__m256i*)(out + k * 4), prod8(k));
+  } else if (D == CKPT_F16) {
+    for (; k + 8 <= n; k += 8)
+      _mm_storeu_si128((__m128i*)(out + k * 2),
+                       _mm256_cvtps_ph(_mm256_castsi256_ps(prod8(k)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else if (D == CKPT_BF16) {
+    for (; k + 16 <= n; k += 16)
+      _mm256_storeu_si256((__m256i*)(out + k * 2), pack16(narrow8<CKPT_F32, D>(prod8(k)), narrow8<CKPT_F32, D>(prod8(k + 8))));
+  } else {
+    for (; k + 32 <= n; k += 32)
+      _mm256_storeu_si256((__m256i*)(out + k), pack8(narrow8<CKPT_F32, D>(prod8(k)), narrow8<CKPT_F32, D>(prod8(k + 8)),
+                                                     narrow8<CKPT_F32, D>(prod8(k + 16)), narrow8<CKPT_F32, D>(prod8(k + 24))));
+  }
+#undef prod8
+  dequant_seg_scalar(W, D, w + k, n - k, s, out + k * ds);
+}
+
+typedef void (*DequantSegFn)(const uint8_t*, size_t, uint32_t, uint8_t*);
+static const DequantSegFn kDequantAvx2[2][5] = {
+    {dequant_seg_avx2<CKPT_F8_E4M3, CKPT_F32>, dequant_seg_avx2<CKPT_F8_E4M3, CKPT_BF16>,
+     dequant_seg_avx2<CKPT_F8_E4M3, CKPT_F16>, dequant_seg_avx2<CKPT_F8_E4M3, CKPT_F8_E4M3>,
+     dequant_seg_avx2<CKPT_F8_E4M3, CKPT_F8_E5M2>},
+    {dequant_seg_avx2<CKPT_F8_E5M2, CKPT_F32>, dequant_seg_avx2<CKPT_F8_E5M2, CKPT_BF16>,
+     dequant_seg_avx2<CKPT_F8_E5M2, CKPT_F16>, dequant_seg_avx2<CKPT_F8_E5M2, CKPT_F8_E4M3>,
+     dequant_seg_avx2<CKPT_F8_E5M2, CKPT_F8_E5M2>},
+};
+#endif
 
 void dequant_block(const uint8_t* w, int wd, size_t rows, size_t cols, size_t rowStart, size_t colStart,
                    const float* scaleInv, size_t scaleCols, size_t block, uint8_t* dst, int d) {
-  float lut[256];
-  for (int b = 0; b < 256; b++) {
-    uint32_t u = wd == CKPT_F8_E4M3 ? ckpt_e4m3_to_f32((uint8_t)b) : ckpt_e5m2_to_f32((uint8_t)b);
-    memcpy(&lut[b], &u, 4);
-  }
-  void (*scale)(const uint8_t*, size_t, const float*, float, float*) = scale_fp8_scalar;
-#ifdef CKPT_X86
-  if (current_isa() >= ISA_AVX2) scale = wd == CKPT_F8_E4M3 ? scale_fp8_avx2<CKPT_F8_E4M3> : scale_fp8_avx2<CKPT_F8_E5M2>;
-#endif
-  CastFn narrow = cast_fn(CKPT_F32, d);
   const size_t ds = dsize(d);
-  alignas(64) float tmp[kChunk];
+#ifdef CKPT_X86
+  const DequantSegFn simd = current_isa() >= ISA_AVX2 ? kDequantAvx2[wd - CKPT_F8_E4M3][d] : nullptr;
+#endif
   for (size_t r = 0; r < rows; r++) {
     const float* srow = scaleInv + ((rowStart + r) / block) * scaleCols;
     const uint8_t* wrow = w + r * cols;
@@ -346,15 +380,14 @@ void dequant_block(const uint8_t* w, int wd, size_t rows, size_t cols, size_t ro
       size_t gc = colStart + c;
       size_t segEnd = (gc / block + 1) * block - colStart;
       if (segEnd > cols) segEnd = cols;
-      if (segEnd - c > kChunk) segEnd = c + kChunk;
-      float s = srow[gc / block];
-      if (d == CKPT_F32) {
-        scale(wrow + c, segEnd - c, lut, s, (float*)tmp);
-        memcpy(orow + c * 4, tmp, (segEnd - c) * 4);
-      } else {
-        scale(wrow + c, segEnd - c, lut, s, tmp);
-        narrow((const uint8_t*)tmp, orow + c * ds, segEnd - c);
-      }
+      uint32_t s;
+      memcpy(&s, &srow[gc / block], 4);
+      uint32_t as = s & 0x7FFFFFFFu;
+#ifdef CKPT_X86
+      if (simd && as != 0 && as < 0x7F800000u) simd(wrow + c, segEnd - c, s, orow + c * ds);
+      else
+#endif
+        dequant_seg_scalar(wd, d, wrow + c, segEnd - c, s, orow + c * ds);
       c = segEnd;
     }
   }

@@ -4,11 +4,14 @@ import { hideBin } from "yargs/helpers";
 import { CkptError, isCkptError, redactSecrets } from "../errors.js";
 import { runInspect, type InspectResult } from "../ops/inspect.js";
 import { runConvert, type ConvertOptions, type ConvertResult } from "../ops/convert.js";
+import { formatVerify, runVerify } from "../ops/verify.js";
 import { fmtBytes, fmtNum, table } from "./format.js";
 import { makeReporter } from "./progress.js";
 import { runDemo } from "./demo.js";
 import { benchKernels, formatBenchTable } from "../kernels/bench.js";
 import { VERSION } from "../version.js";
+import { loraCommand } from "../lora/cli.js";
+import { healthCommand } from "../health/cli.js";
 
 interface GlobalArgs { json?: boolean; debug?: boolean; quiet?: boolean }
 
@@ -66,6 +69,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     allowUnmapped: a["allow-unmapped"] as boolean | undefined,
     allowOverflow: a["allow-overflow"] as boolean | undefined,
     force: a.force as boolean | undefined,
+    resume: a.resume as boolean | undefined,
     threads: a.threads as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
@@ -116,6 +120,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
     .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
+    .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (journaled pieces are re-hashed, then skipped)" })
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" });
 }
@@ -130,8 +135,11 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
     .option("quiet", { type: "boolean", describe: "no progress bars" })
     .command("inspect <src>", "list tensors, dtypes, shapes, sizes and the model config", (y) => y
       .positional("src", { type: "string", demandOption: true, describe: "folder, .safetensors file, HF cache folder, or org/name[@rev]" })
-      .option("stats", { type: "boolean", describe: "min, max, mean, std, NaN/Inf and fp16-overflow counts per tensor" }),
+      .option("stats", { type: "boolean", describe: "min, max, mean, std, NaN/Inf and fp16-overflow counts per tensor" })
+      .option("health", { type: "boolean", describe: "check NaN/Inf, fp16 range, LoRA pairs, layer norm growth, mixed dtypes; exit 1 on problems" })
+      .option("f16", { type: "boolean", describe: "with --health: consider an fp16 target (overflow is an error)" }),
     async (a) => {
+      if (a.health) { await healthCommand(a, out); return; }
       const rep = makeReporter("stats", a);
       const r = await runInspect(String(a.src), { stats: a.stats, onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal) });
       rep.stop();
@@ -151,6 +159,26 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .option("ranks", { type: "string", describe: "write only these ranks' files, e.g. 0-3 (multi-machine); then run --finalize" })
       .option("finalize", { type: "boolean", describe: "after all --ranks runs: check the rank files and write .metadata + manifest" })),
     (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined }))
+    .command("verify <a> [b]", "re-hash an output against its ckpt-manifest.json, or compare two checkpoints (any format/layout) through the mapping", (y) => y
+      .positional("a", { type: "string", demandOption: true, describe: "checkpoint (with one argument: an output of convert/shard)" })
+      .positional("b", { type: "string", describe: "second checkpoint to compare element by element" })
+      .option("config", { type: "string", describe: "HF folder or repo id providing config.json when neither checkpoint has one" }),
+    async (a) => {
+      const rep = makeReporter("verify", a);
+      const controller = new AbortController();
+      const onSig = () => controller.abort();
+      process.once("SIGINT", onSig);
+      try {
+        const r = await runVerify(String(a.a), a.b !== undefined ? String(a.b) : undefined, { config: a.config, signal: controller.signal, onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal) });
+        rep.stop();
+        out(a.json ? JSON.stringify(r) : formatVerify(r));
+        if (!r.ok) throw new CkptError("VERIFY", r.difference!.message, { file: r.difference!.file });
+      } finally {
+        rep.stop();
+        process.off("SIGINT", onSig);
+      }
+    })
+    .command(loraCommand(out))
     .command("demo", "run the whole pipeline on a bundled tiny Llama 3 (no network)", (y) => y
       .option("out", { type: "string", describe: "folder for the demo files (default: a temp folder)" })
       .option("keep", { type: "boolean", describe: "keep the demo files" }),
@@ -162,7 +190,7 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       if (a.json) out(JSON.stringify(rows, null, 1));
       else out(formatBenchTable(rows));
     })
-    .demandCommand(1, "give a command: inspect, convert, shard, demo, bench")
+    .demandCommand(1, "give a command: inspect, convert, shard, verify, demo, bench")
     .strict()
     .version(VERSION)
     .help()

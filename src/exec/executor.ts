@@ -1,8 +1,11 @@
 // Runs an output layout: preallocates files, writes known-up-front bytes, farms pieces out to a piscina pool
 // with bounded bytes in flight, then writes what depends on the data (blob CRCs) and the small extras.
-import { closeSync, ftruncateSync, openSync, writeSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, ftruncateSync, openSync, readSync, statSync, writeSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { crc32 } from "node:zlib";
 import { join } from "node:path";
 import { availableParallelism } from "node:os";
+import { setMaxListeners } from "node:events";
 import { Piscina } from "piscina";
 import { elementSize, numelOf } from "../dtypes.js";
 import { CkptError } from "../errors.js";
@@ -13,6 +16,7 @@ import { piecesOf } from "../plan/output-layout.js";
 import { runsForBox } from "../plan/runs.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
+import { fingerprint, Journal } from "./journal.js";
 
 export interface ProgressEvent {
   phase: "write";
@@ -36,6 +40,13 @@ export interface ExecOptions {
   allowOverflow?: boolean;
   onProgress?: (e: ProgressEvent) => void;
   signal?: AbortSignal;
+  /**
+   * Keep a resume journal (`.ckpt-journal`) in `dir`. `plan` identifies everything outside the layout that the
+   * bytes depend on (source file identities, tool version); with `resume`, pieces an earlier run journaled for
+   * the same plan are re-hashed from disk and skipped when they match.
+   */
+  journal?: { plan: string; resume: boolean };
+  onWarning?: (msg: string) => void;
 }
 
 export interface ChunkDigest {
@@ -55,21 +66,55 @@ export interface ExecResult {
   chunks: ChunkDigest[];
   f16Overflow: number;
   threads: number;
+  /** --resume: pieces (and their bytes) taken over from an earlier run after re-hashing them from disk. */
+  resumedPieces?: number;
+  resumedBytes?: number;
+  /** The resume journal in `dir` (closed); the caller deletes it once the output is final. */
+  journalPath?: string;
 }
 
 const MiB = 1024 * 1024;
 
 export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, source: Source, opts: ExecOptions): Promise<ExecResult> {
+  const holder: { journal?: Journal } = {};
+  try {
+    return await executeJournaled(layout, plan, source, opts, holder);
+  } finally {
+    holder.journal?.close();
+  }
+}
+
+async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, source: Source, opts: ExecOptions, holder: { journal?: Journal }): Promise<ExecResult> {
   const tensorByName = new Map<string, TensorPlan>(plan.tensors.map((t) => [t.name, t]));
   const files = layout.files.filter((f) => !opts.onlyFiles || opts.onlyFiles.has(f.name));
   const fileSet = new Set(files.map((f) => f.name));
   const chunkIdx = layout.chunks.map((c, i) => ({ c, i })).filter(({ c }) => fileSet.has(c.file));
 
-  // 1. preallocate, and write bytes known before the data
+  // 0. resume journal: fingerprint of the whole layout plus the caller's plan identity
+  const pieceBytes = opts.pieceBytes ?? 16 * MiB;
+  const chunks = chunkIdx.map(({ c }) => c);
+  const pieces = piecesOf(chunks, pieceBytes);
+  const hash = opts.hash ?? true;
+  let journal: Journal | undefined;
+  if (opts.journal) {
+    const fp = fingerprint({
+      v: 1, plan: opts.journal.plan, hash, pieceBytes,
+      files: files.map((f) => [f.name, f.size, f.prefix ?? null]),
+      chunks: chunks.map((c) => [c.tensor, c.dtype, c.shape, c.box, c.file, c.dataOffset, c.byteLength, c.blob ? [c.blob.offset, c.blob.layout.head, c.blob.layout.tailOffset] : null]),
+      tensors: plan.tensors, leaves: plan.leaves,
+    });
+    const j = Journal.open(opts.dir, fp, pieces.length, opts.journal.resume);
+    journal = holder.journal = j.journal;
+    if (j.note) opts.onWarning?.(j.note);
+  }
+
+  // 1. preallocate, and write bytes known before the data (a resumed run keeps files of the right size)
   for (const f of files) {
-    const fd = openSync(join(opts.dir, f.name), "w");
+    const path = join(opts.dir, f.name);
+    const keep = journal?.resumed === true && existsSync(path) && statSync(path).size === f.size;
+    const fd = openSync(path, keep ? "r+" : "w");
     try {
-      ftruncateSync(fd, f.size);
+      if (!keep) ftruncateSync(fd, f.size);
       if (f.prefix) writeSync(fd, f.prefix, 0, f.prefix.length, 0);
       for (const { c } of chunkIdx) if (c.file === f.name && c.blob) writeSync(fd, c.blob.layout.head, 0, c.blob.layout.head.length, c.blob.offset);
     } finally {
@@ -78,9 +123,6 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
   }
 
   // 2. pieces → worker tasks
-  const pieceBytes = opts.pieceBytes ?? 16 * MiB;
-  const chunks = chunkIdx.map(({ c }) => c);
-  const pieces = piecesOf(chunks, pieceBytes);
   const paths: Record<string, string> = {};
   const scales: WorkerTask["scales"] = {};
   for (const [name, leaf] of Object.entries(plan.leaves)) {
@@ -94,7 +136,6 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
       scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
     }
   }
-  const hash = opts.hash ?? true;
   const bytesTotal = pieces.reduce((s, p) => s + p.byteLength, 0);
   const tensorsTotal = new Set(chunks.map((c) => c.tensor)).size;
   const piecesLeftByTensor = new Map<string, number>();
@@ -119,22 +160,65 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
     }),
   });
 
+  // --resume: journaled pieces whose bytes on disk still hash the same are done
+  const results = new Array<PieceResult | undefined>(pieces.length);
+  let resumedPieces = 0;
+  let resumedBytes = 0;
+  if (journal?.resumed) {
+    const fds = new Map<string, number>();
+    try {
+      for (const [i, rec] of journal.previous) {
+        const p = pieces[i]!;
+        const file = chunks[p.chunk]!.file;
+        if (rec.bytes !== p.byteLength) continue;
+        let fd = fds.get(file);
+        if (fd === undefined) fds.set(file, (fd = openSync(join(opts.dir, file), "r")));
+        const buf = Buffer.allocUnsafe(p.byteLength);
+        let got = 0;
+        while (got < buf.length) {
+          const n = readSync(fd, buf, got, buf.length - got, p.outOffset + got);
+          if (n === 0) break;
+          got += n;
+        }
+        if (got !== buf.length) continue;
+        const crc = crc32(buf) >>> 0;
+        if (crc !== rec.crc) continue;
+        const sha = hash || rec.sha256 ? createHash("sha256").update(buf).digest("hex") : undefined;
+        if (rec.sha256 && sha !== rec.sha256) continue;
+        results[i] = { crc, bytes: buf.length, f16Overflow: rec.f16Overflow, sha256: hash ? sha : undefined };
+        resumedPieces++;
+        resumedBytes += p.byteLength;
+      }
+    } finally {
+      for (const fd of fds.values()) closeSync(fd);
+    }
+  }
+  const todo = pieces.filter((_, i) => results[i] === undefined);
+
   // small pieces are batched so each message carries at least ~4 MiB of work
   const batches: (typeof pieces)[] = [];
   let cur: typeof pieces = [];
   let curBytes = 0;
-  for (const p of pieces) {
+  for (const p of todo) {
     cur.push(p);
     curBytes += p.byteLength;
     if (curBytes >= 4 * MiB || cur.length >= 256) { batches.push(cur); cur = []; curBytes = 0; }
   }
   if (cur.length) batches.push(cur);
 
-  const results = new Array<PieceResult | undefined>(pieces.length);
   const pieceIndex = new Map(pieces.map((p, i) => [p, i]));
   let bytesDone = 0;
+  pieces.forEach((p, i) => {
+    if (results[i] === undefined) return;
+    bytesDone += p.byteLength;
+    const t = chunks[p.chunk]!.tensor;
+    const left = piecesLeftByTensor.get(t)! - 1;
+    piecesLeftByTensor.set(t, left);
+    if (left === 0) tensorsDone++;
+  });
   const threads = opts.threads ?? (bytesTotal < 8 * MiB ? 0 : Math.max(1, availableParallelism()));
   const onBatchDone = (batch: typeof pieces, res: PieceResult[]) => {
+    journal?.append(batch.map((p, j) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, sha256: res[j]!.sha256 })));
     batch.forEach((p, j) => {
       results[pieceIndex.get(p)!] = res[j];
       bytesDone += p.byteLength;
@@ -147,7 +231,7 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
   };
 
   const aborted = () => {
-    if (opts.signal?.aborted) throw new CkptError("INTERRUPTED", "interrupted; partial output removed");
+    if (opts.signal?.aborted) throw new CkptError("INTERRUPTED", "interrupted");
   };
   if (threads === 0) {
     for (const b of batches) {
@@ -155,6 +239,8 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
       onBatchDone(b, runTask(taskFor(b)));
     }
   } else {
+    // one abort listener per queued task: not a leak
+    if (opts.signal) setMaxListeners(0, opts.signal);
     const pool = new Piscina({ filename: new URL("./worker.js", import.meta.url).href, minThreads: threads, maxThreads: threads, idleTimeout: 1000 });
     const maxMemory = opts.maxMemory ?? 512 * MiB;
     let inFlight = 0;
@@ -170,7 +256,7 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
         inFlight += cost;
         const pr: Promise<void> = (pool.run(taskFor(b), { signal: opts.signal }) as Promise<PieceResult[]>)
           .then((res) => onBatchDone(b, res))
-          .catch((e) => { failure ??= e; })
+          .catch((e) => { failure ??= opts.signal?.aborted ? new CkptError("INTERRUPTED", "interrupted") : e; })
           .finally(() => { inFlight -= cost; running.delete(pr); });
         running.add(pr);
       }
@@ -216,6 +302,9 @@ export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, 
     chunks: digests,
     f16Overflow: overflow,
     threads,
+    resumedPieces,
+    resumedBytes,
+    journalPath: journal?.path,
   };
 }
 

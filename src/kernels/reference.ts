@@ -215,6 +215,18 @@ const u32Scratch = new Uint32Array(f32Scratch.buffer);
 export function bitsToF32(u: number): number { u32Scratch[0] = u; return f32Scratch[0]!; }
 export function f32ToBits(x: number): number { f32Scratch[0] = x; return u32Scratch[0]!; }
 
+/**
+ * f32(a) * f32(s) rounded once to f32, on bit patterns. NaN results follow x86 MULPS (PyTorch's CPU multiply):
+ * a NaN operand comes back quieted (a first), 0 x inf gives the default NaN 0xFFC00000. Same as ckpt_mul_f32.
+ */
+export function mulF32Bits(a: number, s: number): number {
+  const aa = a & 0x7fffffff, as = s & 0x7fffffff;
+  if (aa > 0x7f800000) return (a | 0x00400000) >>> 0;
+  if (as > 0x7f800000) return (s | 0x00400000) >>> 0;
+  if ((aa === 0 && as === 0x7f800000) || (aa === 0x7f800000 && as === 0)) return 0xffc00000;
+  return f32ToBits(Math.fround(bitsToF32(a) * bitsToF32(s)));
+}
+
 export function dequantBlockRef(
   w: Uint8Array, wDtype: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number,
   scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: CastableDType,
@@ -233,8 +245,7 @@ export function dequantBlockRef(
   for (let r = 0; r < rows; r++) {
     const sr = Math.floor((rowStart + r) / block) * scaleCols;
     for (let c = 0; c < cols; c++) {
-      const s = bitsToF32(scales[sr + Math.floor((colStart + c) / block)]!);
-      row[c] = f32ToBits(Math.fround(bitsToF32(lut[w[r * cols + c]!]!) * s));
+      row[c] = mulF32Bits(lut[w[r * cols + c]!]!, scales[sr + Math.floor((colStart + c) / block)]!);
     }
     castRef(rowBytes, "F32", dst.subarray(r * cols * ds, (r + 1) * cols * ds), dstDtype, cols);
   }

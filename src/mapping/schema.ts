@@ -1,7 +1,7 @@
 // The shape of mappings/*.json, and a validator with errors that name the file and the field.
 // mappings/mapping.schema.json documents the same structure for editors; this validator is what runs.
 import { CkptError } from "../errors.js";
-import { isDType, type DType } from "../dtypes.js";
+import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 
 export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
 export type Target = (typeof TARGETS)[number];
@@ -30,6 +30,8 @@ export interface TensorRule {
   synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: string };
   /** Stacked expert tensors: which dims name holds the expert count. */
   experts?: string;
+  /** Output dtype whatever --dtype asks (e.g. float32 buffers such as the MoE expert bias). */
+  dtype?: CastableDType;
 }
 
 export interface Mapping {
@@ -76,7 +78,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
-  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts"]);
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;
     if (!r || typeof r !== "object") fail(file, p, "must be an object");
@@ -97,6 +99,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.shape !== undefined && !isStrArr(rule.shape)) fail(file, `${p}.shape`, "must be a list of expressions");
     if (rule.tp !== undefined && !["shard0", "shard1", "replicate"].includes(rule.tp as string)) fail(file, `${p}.tp`, "must be shard0, shard1 or replicate");
     if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
+    if (rule.dtype !== undefined && (!isStr(rule.dtype) || !isDType(rule.dtype) || !isCastable(rule.dtype))) fail(file, `${p}.dtype`, "must be a float dtype code (F32, BF16, F16, F8_E4M3, F8_E5M2)");
+    if (rule.experts !== undefined && (!isStr(rule.experts) || !(rule.experts in dims))) fail(file, `${p}.experts`, "must name a dims entry");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");

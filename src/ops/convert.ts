@@ -13,7 +13,8 @@ import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { parseRanks, shardTensor, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
-import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
+import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
+import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 
@@ -35,6 +36,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   maxShardBytes?: number;
   omit?: string[];
   hash?: boolean;
+  /** Continue an interrupted run from `<out>.partial/` (its journal); also keeps the partial folder on errors. */
+  resume?: boolean;
   /** Sharding (shard command): FSDP × TP mesh. */
   worldSize?: number;
   tp?: number;
@@ -142,7 +145,7 @@ function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout
   const tensors: Record<string, unknown> = {};
   for (const t of plan.tensors) tensors[t.name] = { dtype: t.dtype, shape: t.shape, chunks: [] as unknown[] };
   for (const c of exec.chunks) {
-    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, sha256: createHash("sha256").update(c.pieceSha256.join("")).digest("hex") });
+    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, sha256: createHash("sha256").update(c.pieceSha256.join("")).digest("hex"), piece_sha256: c.pieceSha256 });
   }
   const manifest = {
     tool: "ckpt",
@@ -155,6 +158,10 @@ function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout
     mesh: layout.mesh,
     chunk_hash: "sha256 over the concatenated hex SHA-256 of the chunk's pieces, each ≤ piece_bytes of output",
     piece_bytes: options.pieceBytes,
+    files: Object.fromEntries([
+      ...layout.files.map((f) => [f.name, { size: f.size }] as const),
+      ...[...layout.extras].map(([name, bytes]) => [name, { size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }] as const),
+    ]),
     tensors,
   };
   return Buffer.from(JSON.stringify(manifest, null, 1) + "\n");
@@ -192,6 +199,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
   let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
   const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
   try {
+    // size + mtime of every local source file, compared after the run (SOURCE_CHANGED) and part of the resume plan
+    const stamps = stampFiles(source.files(), (f) => source.localPath(f));
     const catalog = await buildCatalog(source);
     // config.json: --config, else the source's own, else our own hf_assets/ beside TorchTitan weights
     let config = catalog.config;
@@ -238,13 +247,26 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
 
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
 
-    const dir = prepareOutputDir(outAbs, { force: opts.force });
+    if (!opts.resume && existsSync(outAbs + ".partial")) opts.onWarning?.(`removing the partial output of an earlier run in ${outAbs}.partial (pass --resume to continue it instead)`);
+    let dir: ReturnType<typeof prepareOutputDir>;
     try {
-      const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial });
+      dir = prepareOutputDir(outAbs, { force: opts.force, resume: opts.resume });
+    } catch (e) {
+      throw describeFsError(e, outAbs + ".partial");
+    }
+    let writing = false;
+    try {
+      checkFreeSpace(dir.partial, Math.max(0, layout.files.reduce((s, f) => s + f.size, 0) - (opts.resume ? allocatedBytes(dir.partial) : 0)));
+      writing = true;
+      const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
+      const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
+      if (exec.resumedPieces) opts.onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
       if (exec.f16Overflow > 0 && !opts.allowOverflow) {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
+      checkSourceUnchanged(source, stamps);
+      if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       writeExtras(layout, dir.partial);
       writeFileSync(join(dir.partial, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord));
       let hfAssets = false;
@@ -258,12 +280,34 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         torchtitanConfig: direction !== "tt_to_hf" && format === "dcp" ? torchtitanConfigLines(outAbs, plan.target, hfAssets) : undefined,
       };
     } catch (e) {
-      discardOutputDir(dir);
-      throw e;
+      let err = describeFsError(e, dir.partial);
+      if (!(err instanceof CkptError && err.code === "SOURCE_CHANGED")) {
+        // a source file rewritten mid-run surfaces as short reads or odd errors: name the real cause
+        try { checkSourceUnchanged(source, stamps); } catch (changed) { err = changed; }
+      }
+      const code = err instanceof CkptError ? err.code : undefined;
+      // The partial folder is kept when it can be resumed: interrupted, disk full, or the user asked for --resume.
+      const keep = code !== "SOURCE_CHANGED" && (code === "INTERRUPTED" || (writing && isDiskFull(err)) || !!opts.resume);
+      if (!keep) discardOutputDir(dir);
+      else if (err instanceof CkptError && existsSync(dir.partial)) {
+        err = new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${dir.partial}: rerun with --resume to continue`, cause: err.cause ?? e });
+      }
+      throw err;
     }
   } finally {
     if (typeof opts.source === "string") await source.close();
   }
+}
+
+function checkSourceUnchanged(source: Source, stamps: Map<string, SourceStamp>): void {
+  const c = stampChange(stamps, (f) => source.localPath(f));
+  if (c) throw new CkptError("SOURCE_CHANGED", `source file ${c.why}; the output would mix two versions and was not written`, { file: `${source.id}/${c.file}`, hint: "rerun once the source is stable" });
+}
+
+/** The stamps of the files the plan reads, for the resume fingerprint. */
+function sourceStampsOf(stamps: Map<string, SourceStamp>, plan: ConversionPlan): Record<string, SourceStamp | null> {
+  const files = new Set(Object.values(plan.leaves).flatMap((l) => l.pieces.map((p) => p.file)));
+  return Object.fromEntries([...files].sort().map((f) => [f, stamps.get(f) ?? null]));
 }
 
 interface PartialCtx extends ConvertOptions {

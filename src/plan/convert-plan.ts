@@ -92,6 +92,12 @@ function outputDType(choice: DTypeChoice, sourceDType: DType, dequantized: boole
   return sourceDType;
 }
 
+/** The rule's pinned dtype (float buffers) wins over --dtype for float sources. */
+function ruleDType(rule: TensorRule, choice: DTypeChoice, sourceDType: DType, dequantized: boolean, config: Record<string, unknown>): DType {
+  if (rule.dtype && (isCastable(sourceDType) || dequantized)) return rule.dtype;
+  return outputDType(choice, sourceDType, dequantized, config);
+}
+
 function checkRope(rule: TensorRule, name: string, shape: number[], dims: Record<string, number>, file: string): { heads: number; headDim: number } {
   const heads = dims[rule.rope!.heads];
   const hd = dims[rule.rope!.head_dim ?? "head_dim"];
@@ -171,7 +177,7 @@ function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target 
     const r = rules.find((x) => x.tt && !x.rule.drop && matchPattern(x.tt, norm.name!));
     if (!r) { unmapped.push(stored); continue; }
     const src = catalog.tensors.get(stored)!;
-    tensors.push({ name: norm.name, dtype: outputDType(opts.dtype ?? "keep", src.dtype, false, opts.config), shape: [...src.shape], recipe: { op: "source", tensor: stored }, policy: policyOf(r.rule, opts.target) });
+    tensors.push({ name: norm.name, dtype: ruleDType(r.rule, opts.dtype ?? "keep", src.dtype, false, opts.config), shape: [...src.shape], recipe: { op: "source", tensor: stored }, policy: policyOf(r.rule, opts.target) });
   }
   if (unmapped.length && !opts.allowUnmapped) {
     throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${opts.mapping.architecture} ${opts.target} name: ${unmapped.slice(0, 8).join(", ")}`, { hint: "check --target, or pass --allow-unmapped" });
@@ -192,6 +198,8 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   const warnings: string[] = [];
   const stacks = new Map<string, { rule: TensorRule; members: Map<number, string> }>();
   const produced = new Set<string>();
+  /** Outputs whose dtype the mapping fixes (float32 buffers): not FSDP parameters, so left out of the mixed-dtype warning. */
+  const pinned = new Set<string>();
 
   const leafRecipe = (name: string): { recipe: Recipe; dequantized: boolean } => {
     if (scaleSuffix && catalog.tensors.has(name + scaleSuffix)) {
@@ -217,7 +225,8 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       const { heads, headDim } = checkRope(rule, hfName, src.shape, dims, file);
       recipe = { op: "rope", heads, headDim, direction: "hf_to_tt", input: recipe };
     }
-    tensors.push({ name: ttName, dtype: outputDType(dtypeChoice, src.dtype, dequantized, config), shape: [...src.shape], recipe, policy: policyOf(rule, target) });
+    tensors.push({ name: ttName, dtype: ruleDType(rule, dtypeChoice, src.dtype, dequantized, config), shape: [...src.shape], recipe, policy: policyOf(rule, target) });
+    if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
   };
 
@@ -268,8 +277,9 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       dequantized ||= lr.dequantized;
       inputs.push(lr.recipe);
     }
-    tensors.push({ name: ttName, dtype: outputDType(dtypeChoice, first.dtype, dequantized, config), shape: [count, ...first.shape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
+    tensors.push({ name: ttName, dtype: ruleDType(g.rule, dtypeChoice, first.dtype, dequantized, config), shape: [count, ...first.shape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
     produced.add(ttName);
+    if (g.rule.dtype) pinned.add(ttName);
   }
 
   // Tied embeddings: the target expects the output projection; fill it from the embedding (layout §5).
@@ -298,6 +308,7 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       });
       tensors.push({ name: out, dtype: s.dtype, shape, recipe: { op: "zeros" }, policy: policyOf(r.rule, target) });
       produced.add(out);
+      pinned.add(out);
     }
   }
 
@@ -319,7 +330,7 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     });
   }
   if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
-  const kinds = new Set(tensors.filter((t) => isCastable(t.dtype)).map((t) => t.dtype));
+  const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
   return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
 }
@@ -381,7 +392,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     if (rule.synth || !rule.hf) { skipped.push({ name: stored, why: "no HF counterpart (synthesised on import)" }); continue; }
     const src = catalog.tensors.get(stored)!;
     if (tiedFlag && rule.hf === mapping.tied!.hf) { skipped.push({ name: stored, why: `tied to the embedding (${mapping.tied!.flag})` }); continue; }
-    const dtype = outputDType(dtypeChoice, src.dtype, false, config);
+    const dtype = ruleDType(rule, dtypeChoice, src.dtype, false, config);
     if (rule.experts) {
       for (let e = 0; e < src.shape[0]!; e++) {
         const hfName = fillPattern(rule.hf, { ...hit.vals, E: e });

@@ -138,28 +138,30 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
       const leaf = leaves[res.leaf]!;
       const coords = res.coords;
       if (coords.length !== lv.shape.length - 1) throw new CkptError("INTERNAL", `rank mismatch resolving ${res.leaf}: ${coords.length + 1}-D view vs ${lv.shape.length}-D`);
+      // the leaf's own row dims: a stack input has one fewer than the output, a select source one more
+      const lp = coords.length;
       let covered = 0;
       for (const p of lv.pieces) {
         let inside = true;
-        for (let d = 0; d < prefixDims; d++) {
+        for (let d = 0; d < lp; d++) {
           if (coords[d]! < p.offsets[d]! || coords[d]! >= p.offsets[d]! + p.sizes[d]!) { inside = false; break; }
         }
         if (!inside) continue;
-        const pc0 = p.offsets[prefixDims]!;
-        const pc1 = pc0 + p.sizes[prefixDims]!;
+        const pc0 = p.offsets[lp]!;
+        const pc1 = pc0 + p.sizes[lp]!;
         const a = Math.max(colStart, pc0);
         const b = Math.min(colStart + cols, pc1);
         if (a >= b) continue;
         // linear element index inside the piece (row-major over the piece's own sizes)
         let lin = 0;
-        for (let d = 0; d < prefixDims; d++) lin = lin * p.sizes[d]! + (coords[d]! - p.offsets[d]!);
-        lin = lin * p.sizes[prefixDims]! + (a - pc0);
+        for (let d = 0; d < lp; d++) lin = lin * p.sizes[d]! + (coords[d]! - p.offsets[d]!);
+        lin = lin * p.sizes[lp]! + (a - pc0);
         const es = elementSize(leaf.dtype);
         const run: Run = {
           dst: dst + (a - colStart),
           rows: 1,
           cols: b - a,
-          src: { file: p.file, byteOffset: p.byteOffset + lin * es, stride: p.sizes[prefixDims]!, dtype: leaf.dtype },
+          src: { file: p.file, byteOffset: p.byteOffset + lin * es, stride: p.sizes[lp]!, dtype: leaf.dtype },
         };
         if (res.dequant) {
           if (coords.length !== 1) throw new CkptError("INTERNAL", `dequant needs a 2-D weight (${res.leaf})`);

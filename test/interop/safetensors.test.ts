@@ -153,7 +153,7 @@ for (const env of suites) {
         assert.equal(hOurs, hTheirs, "headers differ");
         assert.fail("file bytes differ (headers equal)");
       }
-      test.diagnostic?.(`${env.suite}: ${codes.length} dtypes: ${codes.join(" ")}`);
+      console.log(`${env.suite}: ${codes.length} dtypes: ${codes.join(" ")}`);
     } finally {
       d.cleanup();
     }

@@ -16,6 +16,12 @@ export interface TorchEnv {
   python(script: string, args?: string[], opts?: { timeoutMs?: number }): Promise<string>;
 }
 
+/** chroot and mount live in sbin, which a non-login PATH may lack. */
+function sbin(cmd: string): string {
+  for (const d of ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) if (existsSync(`${d}/${cmd}`)) return `${d}/${cmd}`;
+  return cmd;
+}
+
 function cacheDir(): string {
   return process.env.CKPT_TORCH_CACHE ?? "/var/cache/ckpt-torch-roots";
 }
@@ -29,13 +35,13 @@ function ensureMounts(root: string): void {
   // Multi-process gloo needs /proc and /dev (shared memory) inside the root.
   for (const [what, args] of [["proc", ["-t", "proc", "proc"]], ["dev", ["--bind", "/dev"]]] as const) {
     const target = join(root, what);
-    if (spawnSync("mountpoint", ["-q", target]).status !== 0) {
-      spawnSync("mount", [...args, target], { stdio: "ignore" });
+    if (spawnSync(sbin("mountpoint"), ["-q", target]).status !== 0) {
+      spawnSync(sbin("mount"), [...args, target], { stdio: "ignore" });
     }
   }
   const shm = join(root, "dev/shm");
-  if (existsSync(shm) && spawnSync("mountpoint", ["-q", shm]).status !== 0) {
-    spawnSync("mount", ["--bind", "/dev/shm", shm], { stdio: "ignore" });
+  if (existsSync(shm) && spawnSync(sbin("mountpoint"), ["-q", shm]).status !== 0) {
+    spawnSync(sbin("mount"), ["--bind", "/dev/shm", shm], { stdio: "ignore" });
   }
 }
 
@@ -63,7 +69,7 @@ export function torchEnv(suite: Suite): TorchEnv | null {
     },
     python(script, args = [], opts = {}) {
       return new Promise((resolve, reject) => {
-        const child = spawn("chroot", [root, "/usr/bin/python3", "-c", script, ...args], {
+        const child = spawn(sbin("chroot"), [root, "/usr/bin/python3", "-c", script, ...args], {
           env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", OMP_NUM_THREADS: "1", PYTHONDONTWRITEBYTECODE: "1" },
           stdio: ["ignore", "pipe", "pipe"],
         });

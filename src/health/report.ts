@@ -1,0 +1,45 @@
+// The readable `inspect --health` report.
+import { table } from "../cli/format.js";
+import type { HealthFinding, HealthReport, Severity } from "./index.js";
+
+const MAX_PER_CODE = 12;
+
+function num(x: number | null | undefined): string {
+  if (x === null || x === undefined) return "-";
+  if (x === 0) return "0";
+  return Math.abs(x) >= 1e4 || Math.abs(x) < 1e-3 ? x.toExponential(3) : x.toPrecision(4);
+}
+
+const LABEL: Record<Severity, string> = { error: "ERROR", warning: "WARN ", info: "info " };
+
+export function formatHealth(r: HealthReport): string {
+  const lines: string[] = [];
+  const params = r.tensors.reduce((s, t) => s + t.count, 0);
+  lines.push(`health: ${r.source}  (${r.format}, ${r.tensors.length} tensors, ${params.toLocaleString("en-US")} values${r.f16 ? ", fp16 target considered" : ""})`);
+  lines.push(`dtypes: ${r.dtypes.map((d) => `${d.dtype} × ${d.tensors} (${d.params.toLocaleString("en-US")} values)`).join(", ")}`);
+  const bad = r.tensors.filter((t) => t.nan || t.inf);
+  lines.push(`values: ${bad.length === 0 ? "no NaN/Inf" : `${bad.length} tensor(s) with NaN/Inf`}; fp16 overflow in ${r.tensors.filter((t) => t.dtype !== "F16" && t.f16Overflow > 0).length} tensor(s), underflow in ${r.tensors.filter((t) => t.dtype !== "F16" && t.f16Underflow > 0).length}`);
+  if (r.lora.length > 0) {
+    lines.push("", `LoRA pairs: ${r.lora.length}`);
+    lines.push(table(["module", "‖A‖", "‖B‖", "‖A‖/‖B‖", "status"], r.lora.map((p) => [
+      p.module, num(p.normA), num(p.normB), num(p.ratio),
+      p.zeroA ? "A = 0 (dead)" : p.zeroB ? "B = 0 (untrained)" : "ok",
+    ]), [1, 2, 3]));
+  }
+  lines.push("");
+  const problems = r.findings.filter((f) => f.severity !== "info");
+  const notes = r.findings.filter((f) => f.severity === "info");
+  const emit = (fs: HealthFinding[]) => {
+    const byCode = new Map<string, HealthFinding[]>();
+    for (const f of fs) byCode.set(f.code, [...(byCode.get(f.code) ?? []), f]);
+    for (const [code, list] of byCode) {
+      for (const f of list.slice(0, MAX_PER_CODE)) lines.push(`${LABEL[f.severity]} ${code}: ${f.tensor ? f.tensor + ": " : ""}${f.message}`);
+      if (list.length > MAX_PER_CODE) lines.push(`      … and ${list.length - MAX_PER_CODE} more ${code}`);
+    }
+  };
+  emit(problems);
+  emit(notes);
+  if (problems.length === 0) lines.push(`OK: no problems found${notes.length ? ` (${notes.length} note(s))` : ""}`);
+  else lines.push(`FAILED: ${r.counts.error} error(s), ${r.counts.warning} warning(s)`);
+  return lines.join("\n");
+}
