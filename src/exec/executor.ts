@@ -124,12 +124,15 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
   // 2. pieces → worker tasks
   const paths: Record<string, string> = {};
+  // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
+  // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
+  const remote = new Set<string>();
   const scales: WorkerTask["scales"] = {};
   for (const [name, leaf] of Object.entries(plan.leaves)) {
     for (const p of leaf.pieces) {
       const lp = source.localPath(p.file);
-      if (!lp) throw new CkptError("IO", "source file is not on local disk", { file: p.file, hint: "download it first (Hub sources are fetched into the HF cache)" });
-      paths[p.file] = lp;
+      if (lp) paths[p.file] = lp;
+      else remote.add(p.file);
     }
     if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
       const p = leaf.pieces[0]!;
@@ -230,13 +233,19 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     opts.onProgress?.({ phase: "write", bytesDone, bytesTotal, tensorsDone, tensorsTotal });
   };
 
+  const prepare = async (batch: typeof pieces): Promise<WorkerTask> => {
+    const task = taskFor(batch);
+    if (remote.size > 0) task.spans = await fetchSpans(task, remote, source);
+    return task;
+  };
+
   const aborted = () => {
     if (opts.signal?.aborted) throw new CkptError("INTERRUPTED", "interrupted");
   };
   if (threads === 0) {
     for (const b of batches) {
       aborted();
-      onBatchDone(b, runTask(taskFor(b)));
+      onBatchDone(b, runTask(await prepare(b)));
     }
   } else {
     // one abort listener per queued task: not a leak
@@ -254,7 +263,8 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
         while (running.size > 0 && inFlight + cost > maxMemory) await Promise.race(running);
         if (failure) throw failure;
         inFlight += cost;
-        const pr: Promise<void> = (pool.run(taskFor(b), { signal: opts.signal }) as Promise<PieceResult[]>)
+        const pr: Promise<void> = prepare(b)
+          .then((task) => pool.run(task, { signal: opts.signal, transferList: task.spans?.map((x) => x.data.buffer as ArrayBuffer) }) as Promise<PieceResult[]>)
           .then((res) => onBatchDone(b, res))
           .catch((e) => { failure ??= opts.signal?.aborted ? new CkptError("INTERRUPTED", "interrupted") : e; })
           .finally(() => { inFlight -= cost; running.delete(pr); });
@@ -306,6 +316,36 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     resumedBytes,
     journalPath: journal?.path,
   };
+}
+
+/**
+ * Reads the source byte ranges a task needs from files in `remote`, merged like the worker merges its reads
+ * (gaps up to 4 KiB are read through), so every worker read falls inside one span. Each span is its own
+ * ArrayBuffer, transferred to the worker without a copy.
+ */
+async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
+  const ranges: { file: string; start: number; end: number }[] = [];
+  for (const p of task.pieces) {
+    for (const r of p.runs) {
+      if (r.src && remote.has(r.src.file)) {
+        ranges.push({ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) });
+      }
+      const sc = r.dequant ? task.scales[r.dequant.scale] : undefined;
+      if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
+    }
+  }
+  ranges.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
+  const merged: typeof ranges = [];
+  for (const r of ranges) {
+    const last = merged[merged.length - 1];
+    if (last && last.file === r.file && r.start <= last.end + 4096) last.end = Math.max(last.end, r.end);
+    else merged.push({ ...r });
+  }
+  return Promise.all(merged.map(async (m) => {
+    const b = await source.read(m.file, m.start, m.end - m.start);
+    const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b : new Uint8Array(b);
+    return { file: m.file, start: m.start, data: own };
+  }));
 }
 
 export function writeExtras(layout: OutputLayout, dir: string): void {

@@ -22,8 +22,13 @@ export interface PieceTask {
 
 export interface WorkerTask {
   pieces: PieceTask[];
-  /** Source file name (as in runs) → absolute path. */
+  /** Source file name (as in runs) → absolute path (local files; workers pread them). */
   paths: Record<string, string>;
+  /**
+   * Source bytes the main thread already fetched (files without a local path, e.g. a Hub repo read with HTTP
+   * Range requests): every read of such a file lies inside one of these spans.
+   */
+  spans?: { file: string; start: number; data: Uint8Array }[];
   /** Scale tensors for FP8 dequantization: name → where its F32 bytes are. */
   scales: Record<string, { file: string; byteOffset: number; byteLength: number; cols: number }>;
   device?: "cpu" | "cuda";
@@ -64,6 +69,21 @@ function writeExact(fd: number, buf: Uint8Array, position: number): void {
   while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done, position + done);
 }
 
+/** `dst.length` bytes of source `file` at `pos`: from a prefetched span, else pread from its local path. */
+function readSource(task: WorkerTask, fds: (path: string) => number, file: string, dst: Uint8Array, pos: number): void {
+  if (task.spans) {
+    for (const s of task.spans) {
+      if (s.file === file && pos >= s.start && pos + dst.length <= s.start + s.data.length) {
+        dst.set(s.data.subarray(pos - s.start, pos - s.start + dst.length));
+        return;
+      }
+    }
+  }
+  const path = task.paths[file];
+  if (path === undefined) throw new Error(`internal: no local path and no prefetched bytes for ${file} [${pos}, ${pos + dst.length})`);
+  readExact(fds(path), dst, pos, path);
+}
+
 interface Span { file: string; start: number; end: number; at: number }
 
 /** Merges the byte ranges runs need into few large reads; returns where each run's bytes land in the staging buffer. */
@@ -90,10 +110,7 @@ function stageSources(task: WorkerTask, runs: Run[], fds: (path: string) => numb
     spanOf.set(r.i, spans[spans.length - 1]!);
   }
   const staging = scratchBuffer("staging", total);
-  for (const s of spans) {
-    const path = task.paths[s.file]!;
-    readExact(fds(path), staging.subarray(s.at, s.at + (s.end - s.start)), s.start, path);
-  }
+  for (const s of spans) readSource(task, fds, s.file, staging.subarray(s.at, s.at + (s.end - s.start)), s.start);
   const where = runs.map((r, i) => {
     const s = spanOf.get(i);
     return s ? s.at + (r.src!.byteOffset - s.start) : -1;
@@ -108,17 +125,9 @@ function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, e
 function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, scaleCache: Map<string, Uint8Array>): PieceResult {
   const k = (kernels ??= getKernels());
   const oes = elementSize(p.outDtype);
+  if (streamable(p)) return streamPiece(task, p, fds, k);
   const out = scratchBuffer("out", p.elems * oes);
   let overflow = 0;
-  if (directReads(p)) {
-    // Plain copies of large dense runs: pread straight into the output buffer (no staging copy).
-    for (const r of p.runs) {
-      const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
-      if (!r.src) dst.fill(0);
-      else readExact(fds(task.paths[r.src.file]!), dst, r.src.byteOffset, task.paths[r.src.file]!);
-    }
-    return finishPiece(p, out, fds, 0);
-  }
   const { staging, where } = stageSources(task, p.runs, fds);
   p.runs.forEach((r, i) => {
     const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
@@ -130,7 +139,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
       const s = task.scales[r.dequant.scale]!;
       if (!scale) {
         scale = Buffer.allocUnsafe(s.byteLength);
-        readExact(fds(task.paths[s.file]!), scale, s.byteOffset, task.paths[s.file]!);
+        readSource(task, fds, s.file, scale, s.byteOffset);
         scaleCache.set(r.dequant.scale, scale);
       }
       for (let row = 0; row < r.rows; row++) {
@@ -159,24 +168,94 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
   return finishPiece(p, out, fds, overflow);
 }
 
-/** True when every run is a same-dtype dense copy (or zeros) of at least 64 KiB: one pread each beats staging. */
-function directReads(p: PieceTask): boolean {
+// Output leaves a worker in windows of WINDOW bytes: the CRC, the hash and the pwrite of a window all hit the
+// CPU cache, and page-cache writes of ~1 MiB cost several times less kernel time than 16 MiB ones. The CRC and
+// SHA-256 are computed incrementally over the same bytes in the same order, so they equal whole-piece values.
+const WINDOW = 1 << 20;
+
+class PieceSink {
+  private crc = 0;
+  private readonly sha?: ReturnType<typeof createHash>;
+  private pos: number;
+  private readonly fd: number;
+  bytes = 0;
+  constructor(p: PieceTask, fds: (path: string) => number) {
+    this.fd = fds(p.outPath);
+    this.pos = p.outOffset;
+    if (p.hash) this.sha = createHash("sha256");
+  }
+  write(b: Uint8Array): void {
+    this.crc = crc32(b, this.crc);
+    this.sha?.update(b);
+    writeExact(this.fd, b, this.pos);
+    this.pos += b.length;
+    this.bytes += b.length;
+  }
+  result(overflow: number): PieceResult {
+    return { crc: this.crc, bytes: this.bytes, f16Overflow: overflow, sha256: this.sha?.digest("hex") };
+  }
+}
+
+/**
+ * Pieces made only of dense runs (source rows back to back, no dequant) and zeros, in runs of at least 16 KiB on
+ * average: these are computed window by window, reading just the source bytes of each window, so nothing larger
+ * than a window ever leaves the CPU cache.
+ */
+function streamable(p: PieceTask): boolean {
+  let srcRuns = 0;
+  let srcElems = 0;
   for (const r of p.runs) {
     if (!r.src) continue;
-    if (r.dequant || r.src.dtype !== p.outDtype || r.src.stride !== r.cols) return false;
-    if (r.rows * r.cols * elementSize(r.src.dtype) < 64 * 1024) return false;
+    if (r.dequant || r.src.stride !== r.cols) return false;
+    if (r.src.dtype !== p.outDtype && !(isCastable(r.src.dtype) && isCastable(p.outDtype))) return false;
+    srcRuns++;
+    srcElems += r.rows * r.cols;
   }
-  return true;
+  return srcRuns === 0 || (srcElems * elementSize(p.outDtype)) / srcRuns >= 16 * 1024;
+}
+
+function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, k: Kernels): PieceResult {
+  const oes = elementSize(p.outDtype);
+  const win = scratchBuffer("out", Math.min(WINDOW, p.elems * oes));
+  const sink = new PieceSink(p, fds);
+  let fill = 0; // bytes of `win` holding output not yet written
+  let overflow = 0;
+  const runs = [...p.runs].sort((a, b) => a.dst - b.dst);
+  let expect = 0;
+  for (const r of runs) {
+    if (r.dst !== expect) throw new Error(`internal: runs of a piece do not tile it (gap at element ${expect})`);
+    const n = r.rows * r.cols;
+    expect += n;
+    for (let e = 0; e < n;) {
+      const m = Math.min(n - e, (win.length - fill) / oes);
+      const dst = win.subarray(fill, fill + m * oes);
+      if (!r.src) dst.fill(0);
+      else {
+        const ses = elementSize(r.src.dtype);
+        const at = r.src.byteOffset + e * ses;
+        if (r.src.dtype === p.outDtype) readSource(task, fds, r.src.file, dst, at);
+        else {
+          const src = scratchBuffer("staging", m * ses);
+          readSource(task, fds, r.src.file, src, at);
+          const sd = r.src.dtype as CastableDType;
+          if (p.countF16Overflow) overflow += k.stats(src, sd, m).f16Overflow;
+          k.cast(src, sd, dst, p.outDtype as CastableDType, m);
+        }
+      }
+      fill += m * oes;
+      e += m;
+      if (fill === win.length) { sink.write(win); fill = 0; }
+    }
+  }
+  if (expect !== p.elems) throw new Error(`internal: runs cover ${expect} of ${p.elems} elements`);
+  if (fill > 0) sink.write(win.subarray(0, fill));
+  return sink.result(overflow);
 }
 
 function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, overflow: number): PieceResult {
-  writeExact(fds(p.outPath), out, p.outOffset);
-  return {
-    crc: crc32(out),
-    bytes: out.length,
-    f16Overflow: overflow,
-    sha256: p.hash ? createHash("sha256").update(out).digest("hex") : undefined,
-  };
+  const sink = new PieceSink(p, fds);
+  for (let o = 0; o < out.length; o += WINDOW) sink.write(out.subarray(o, Math.min(out.length, o + WINDOW)));
+  return sink.result(overflow);
 }
 
 export default function runTask(task: WorkerTask): PieceResult[] {

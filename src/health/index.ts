@@ -148,6 +148,12 @@ export function median(xs: number[]): number {
   return s.length === 0 ? NaN : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** What value i is compared with: the median of all values (robust for ≥ 3), or the other one when there are 2. */
+function reference(xs: number[], i: number): number {
+  if (xs.length < 2) return NaN;
+  return xs.length === 2 ? xs[1 - i]! : median(xs);
+}
+
 /** `model.layers.3.self_attn.q_proj.weight` → kind `model.layers.{L}.self_attn.q_proj.weight`, layer 3 (first number). */
 export function layerKind(name: string): { kind: string; layer: number } | undefined {
   const m = /(^|\.)(\d+)\./.exec(name);
@@ -219,21 +225,20 @@ export function analyzeHealth(source: string, format: "safetensors" | "dcp", ten
     if (zeroA) add("error", "LORA_ZERO_A", "lora A is all zero: the adapter is dead (its B never gets a gradient)", a.name);
     if (zeroB) add("warning", "LORA_ZERO_B", "lora B is all zero: this adapter is untrained (a no-op)", b.name);
   }
-  // ratio outliers among pairs of the same kind
+  // ratio outliers among trained pairs of the same kind (an exploding A raises ‖A‖/‖B‖)
   const ratioKinds = new Map<string, { pair: HealthLoraPair; r: number }[]>();
   for (const p of lora) {
     const k = layerKind(p.module);
-    if (!k || p.ratio === null || !Number.isFinite(p.ratio)) continue;
+    if (!k || p.zeroA || p.zeroB || p.ratio === null || !Number.isFinite(p.ratio)) continue;
     const list = ratioKinds.get(k.kind) ?? [];
     list.push({ pair: p, r: p.ratio });
     ratioKinds.set(k.kind, list);
   }
   for (const list of ratioKinds.values()) {
-    if (list.length < 2) continue;
     for (const x of list) {
-      const med = median(list.filter((y) => y !== x).map((y) => y.r));
-      if (med > 0 && (x.r > factor * med || x.r < med / factor)) {
-        add("warning", "LORA_RATIO", `‖A‖/‖B‖ = ${fmt(x.r)} is ${fmt(x.r / med)}× the median of the same adapter in other layers (${fmt(med)})`, x.pair.module, x.r / med);
+      const med = reference(list.map((y) => y.r), list.indexOf(x));
+      if (med > 0 && x.r > factor * med) {
+        add("warning", "LORA_RATIO", `‖A‖/‖B‖ = ${fmt(x.r)} is ${fmt(x.r / med)}× the typical value of the same adapter across layers (${fmt(med)})`, x.pair.module, x.r / med);
       }
     }
   }
@@ -255,18 +260,19 @@ export function analyzeHealth(source: string, format: "safetensors" | "dcp", ten
     if (values.length < 2) continue;
     values.sort((x, y) => x.layer - y.layer);
     layers.push({ kind, values, median: median(values.map((v) => v.rms)) });
-    for (const v of values) {
-      const med = median(values.filter((w) => w !== v).map((w) => w.rms));
+    for (const [i, v] of values.entries()) {
+      const med = reference(values.map((w) => w.rms), i);
       if (med > 0 && v.rms > factor * med) {
-        add("error", "NORM_SPIKE", `RMS ${fmt(v.rms)} is ${fmt(v.rms / med)}× the median of the other layers (${fmt(med)}): exploding weights`, v.tensor, v.rms / med);
+        add("error", "NORM_SPIKE", `RMS ${fmt(v.rms)} is ${fmt(v.rms / med)}× the typical value across layers (${fmt(med)}): exploding weights`, v.tensor, v.rms / med);
       }
     }
     if (values.length >= 4) {
       const third = Math.max(1, Math.floor(values.length / 3));
-      const first = median(values.slice(0, third).map((v) => v.rms));
-      const last = median(values.slice(-third).map((v) => v.rms));
+      // every late layer above every early one: a trend, not one spike
+      const first = Math.max(...values.slice(0, third).map((v) => v.rms));
+      const last = Math.min(...values.slice(-third).map((v) => v.rms));
       if (first > 0 && last > factor * first) {
-        add("warning", "NORM_GROWTH", `RMS grows ${fmt(last / first)}× from the first to the last layers (${fmt(first)} → ${fmt(last)})`, kind, last / first);
+        add("warning", "NORM_GROWTH", `RMS grows across layers: the last ${third} layer(s) are all ≥ ${fmt(last / first)}× the first ${third} (${fmt(first)} → ${fmt(last)})`, kind, last / first);
       }
     }
   }

@@ -21,10 +21,11 @@ export function formatHealth(r: HealthReport): string {
   lines.push(`values: ${bad.length === 0 ? "no NaN/Inf" : `${bad.length} tensor(s) with NaN/Inf`}; fp16 overflow in ${r.tensors.filter((t) => t.dtype !== "F16" && t.f16Overflow > 0).length} tensor(s), underflow in ${r.tensors.filter((t) => t.dtype !== "F16" && t.f16Underflow > 0).length}`);
   if (r.lora.length > 0) {
     lines.push("", `LoRA pairs: ${r.lora.length}`);
-    lines.push(table(["module", "‖A‖", "‖B‖", "‖A‖/‖B‖", "status"], r.lora.map((p) => [
-      p.module, num(p.normA), num(p.normB), num(p.ratio),
-      p.zeroA ? "A = 0 (dead)" : p.zeroB ? "B = 0 (untrained)" : "ok",
-    ]), [1, 2, 3]));
+    const status = (module: string): string => {
+      const codes = [...new Set(r.findings.filter((f) => f.severity !== "info" && f.tensor && (f.tensor === module || f.tensor.startsWith(module + "."))).map((f) => f.code))];
+      return codes.length === 0 ? "ok" : codes.map((c) => ({ LORA_ZERO_A: "A = 0 (dead)", LORA_ZERO_B: "B = 0 (untrained)", NORM_SPIKE: "exploding", LORA_RATIO: "A/B outlier" } as Record<string, string>)[c] ?? c).join(", ");
+    };
+    lines.push(table(["module", "‖A‖", "‖B‖", "‖A‖/‖B‖", "status"], r.lora.map((p) => [p.module, num(p.normA), num(p.normB), num(p.ratio), status(p.module)]), [1, 2, 3]));
   }
   lines.push("");
   const problems = r.findings.filter((f) => f.severity !== "info");

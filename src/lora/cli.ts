@@ -49,8 +49,9 @@ async function exportCmd(a: Args, out: Out): Promise<void> {
 }
 
 async function mergeCmd(a: Args, out: Out): Promise<void> {
-  const adapter = String(a.adapter);
-  const inBase = adapter === "-" || resolve(adapter) === resolve(String(a.base));
+  // yargs reads a lone "-" as an empty string (or true)
+  const adapter = a.adapter === true ? "-" : String(a.adapter ?? "-");
+  const inBase = adapter === "-" || adapter === "" || resolve(adapter) === resolve(String(a.base));
   const rep = makeReporter("merge", a);
   try {
     const r = await loraMerge({

@@ -64,28 +64,35 @@ export interface LoraMergeResult {
  */
 export function mergeWeight(W: Float32Array, out: number, inn: number, A: Float64Array, B: Float64Array, r: number, s: number, m?: Float64Array, transposed = false): Float32Array {
   const res = new Float32Array(out * inn);
-  const acc = new Float64Array(inn);
+  // A transposed to [in, r]: each (B @ A)[i, j] is a contiguous dot product, summed over k = 0 … r−1 in order
+  const At = new Float64Array(inn * r);
+  for (let k = 0; k < r; k++) for (let j = 0; j < inn; j++) At[j * r + k] = A[k * inn + j]!;
+  const v = new Float64Array(inn);
+  const b = new Float64Array(r);
   for (let i = 0; i < out; i++) {
-    acc.fill(0);
-    for (let k = 0; k < r; k++) {
-      const b = B[i * r + k]!;
-      if (b === 0) continue;
-      const ao = k * inn;
-      for (let j = 0; j < inn; j++) acc[j] += b * A[ao + j]!;
-    }
+    for (let k = 0; k < r; k++) b[k] = B[i * r + k]!;
     let sq = 0;
     for (let j = 0; j < inn; j++) {
-      const w = transposed ? W[j * out + i]! : W[i * inn + j]!;
-      const v = w + s * acc[j]!;
-      acc[j] = v;
-      sq += v * v;
+      let acc = 0;
+      const o = j * r;
+      let k = 0;
+      for (; k + 4 <= r; k += 4) {
+        acc += b[k]! * At[o + k]!;
+        acc += b[k + 1]! * At[o + k + 1]!;
+        acc += b[k + 2]! * At[o + k + 2]!;
+        acc += b[k + 3]! * At[o + k + 3]!;
+      }
+      for (; k < r; k++) acc += b[k]! * At[o + k]!;
+      const x = (transposed ? W[j * out + i]! : W[i * inn + j]!) + s * acc;
+      v[j] = x;
+      sq += x * x;
     }
-    const f = m ? m[i]! / Math.sqrt(sq) : 1;
-    for (let j = 0; j < inn; j++) {
-      const v = m ? f * acc[j]! : acc[j]!;
-      if (transposed) res[j * out + i] = v;
-      else res[i * inn + j] = v;
+    if (m) {
+      const f = m[i]! / Math.sqrt(sq);
+      for (let j = 0; j < inn; j++) v[j] = f * v[j]!;
     }
+    if (transposed) for (let j = 0; j < inn; j++) res[j * out + i] = v[j]!;
+    else res.set(v, i * inn);
   }
   return res;
 }

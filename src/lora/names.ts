@@ -59,13 +59,18 @@ interface Compiled { rule: TensorRule; hf: CompiledPattern; tt: CompiledPattern;
 export class ModuleResolver {
   readonly dims: Record<string, number>;
   private readonly rules: Compiled[];
+  private readonly expertRules: { hf: CompiledPattern; tt?: CompiledPattern }[] = [];
 
   constructor(readonly mapping: Mapping, config: Record<string, unknown>, readonly target: Target, private readonly configFile = "config.json") {
     this.dims = resolveDims(mapping, config, configFile);
     this.rules = [];
     for (const rule of mapping.tensors) {
-      if (rule.drop || !rule.hf || !rule.tt || rule.experts) continue;
+      if (rule.drop || !rule.hf || !rule.tt) continue;
       const tt = typeof rule.tt === "string" ? rule.tt : rule.tt[target];
+      if (rule.experts) {
+        this.expertRules.push({ hf: compilePattern(rule.hf), tt: tt ? compilePattern(tt) : undefined });
+        continue;
+      }
       if (!tt || !rule.hf.endsWith(".weight") || !tt.endsWith(".weight")) continue;
       this.rules.push({ rule, hf: compilePattern(rule.hf), tt: compilePattern(tt), ttSource: tt });
     }
@@ -94,6 +99,7 @@ export class ModuleResolver {
       const v = matchPattern(c.hf, module + ".weight");
       if (v) return this.build(c, v);
     }
+    if (this.expertRules.some((r) => matchPattern(r.hf, module + ".weight"))) throw expertsError(module);
     return undefined;
   }
 
@@ -103,8 +109,15 @@ export class ModuleResolver {
       const v = matchPattern(c.tt, module + ".weight");
       if (v) return this.build(c, v);
     }
+    if (this.expertRules.some((r) => r.tt && matchPattern(r.tt, module + ".weight"))) throw expertsError(module);
     return undefined;
   }
+}
+
+function expertsError(module: string): CkptError {
+  return new CkptError("UNMAPPED", `LoRA on routed MoE experts ('${module}') is not supported: TorchTitan stacks experts into one tensor, which has no per-expert adapter`, {
+    hint: "restrict target_modules to attention / dense MLP projections, or merge with PEFT first",
+  });
 }
 
 /** The TorchTitan LoRAConverter `target_modules` entry for a module: its last name segment. */

@@ -245,6 +245,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes };
     const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, hash: opts.hash, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
 
+    if (opts.resume && (ranks || opts.finalize)) throw new CkptError("USAGE", "--resume is not supported with --ranks/--finalize: rerun the unfinished rank range instead");
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
 
     if (!opts.resume && existsSync(outAbs + ".partial")) opts.onWarning?.(`removing the partial output of an earlier run in ${outAbs}.partial (pass --resume to continue it instead)`);
@@ -266,7 +267,6 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       }
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
       checkSourceUnchanged(source, stamps);
-      if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       writeExtras(layout, dir.partial);
       writeFileSync(join(dir.partial, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord));
       let hfAssets = false;
@@ -274,6 +274,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
       }
+      if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       commitOutputDir(dir, { force: opts.force });
       return {
         out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,

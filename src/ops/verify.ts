@@ -19,7 +19,7 @@ import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import { runsForBox, type Box, type Run } from "../plan/runs.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
-import { findEntry, readSafetensorsHeader, type SafetensorsHeader } from "../formats/safetensors/index.js";
+import { findEntry, readSafetensorsHeader, readSafetensorsHeaderFrom, type SafetensorsHeader } from "../formats/safetensors/index.js";
 import { openDcp, type DcpStoredChunk } from "../formats/dcp/reader.js";
 import { isPlainFileName } from "../formats/dcp/metadata.js";
 
@@ -212,6 +212,54 @@ async function configOf(cat: Catalog): Promise<{ config: Record<string, unknown>
   return undefined;
 }
 
+/**
+ * Per-rank safetensors written by `shard --format safetensors` (`sharding.json` + `rank-*.safetensors` whose
+ * `__metadata__.DCP_SHARDING_INFO` gives each box's global offsets): one catalog whose tensors are tiled by the
+ * ranks' boxes. buildCatalog refuses these (one name in several files), so verify reads them itself.
+ */
+async function rankSafetensorsCatalog(source: Source): Promise<Catalog | undefined> {
+  const text = await source.readText("sharding.json");
+  if (text === undefined) return undefined;
+  let manifest: { format?: string; files?: unknown; tensors?: Record<string, { dtype: DType; shape: number[] }> };
+  try {
+    manifest = JSON.parse(text) as typeof manifest;
+  } catch (e) {
+    throw new CkptError("VERIFY", `sharding.json is not valid JSON: ${(e as Error).message}`, { file: `${source.id}/sharding.json` });
+  }
+  if (manifest.format !== "ckpt-rank-safetensors" || !Array.isArray(manifest.files) || !manifest.tensors) return undefined;
+  const tensors = new Map<string, CatalogTensor>();
+  for (const [name, t] of Object.entries(manifest.tensors)) tensors.set(name, { name, dtype: t.dtype, shape: t.shape, pieces: [] });
+  for (const file of manifest.files as string[]) {
+    if (typeof file !== "string" || !isPlainFileName(file)) throw new CkptError("VERIFY", `sharding.json lists a bad file name ${JSON.stringify(file)}`, { file: `${source.id}/sharding.json` });
+    const h = await readSafetensorsHeaderFrom((o, l) => source.read(file, o, l), await source.size(file), `${source.id}/${file}`);
+    let info: Record<string, { saved_offsets: number[] }>;
+    try {
+      info = JSON.parse(h.metadata.DCP_SHARDING_INFO ?? "{}") as typeof info;
+    } catch {
+      throw new CkptError("VERIFY", "DCP_SHARDING_INFO is not valid JSON", { file: `${source.id}/${file}` });
+    }
+    for (const e of h.entries) {
+      const t = tensors.get(e.name);
+      const off = info[e.name]?.saved_offsets;
+      if (!t || !Array.isArray(off) || off.length !== e.shape.length || e.dtype !== t.dtype) throw new CkptError("VERIFY", "tensor is not described by sharding.json / DCP_SHARDING_INFO", { file: `${source.id}/${file}`, tensor: e.name });
+      t.pieces.push({ offsets: off, sizes: e.shape, file, byteOffset: h.dataStart + e.begin, byteLength: e.end - e.begin });
+    }
+  }
+  return { source, format: "safetensors", tensors, fileMetadata: new Map() };
+}
+
+async function catalogOf(source: Source): Promise<Catalog> {
+  try {
+    return await buildCatalog(source);
+  } catch (e) {
+    if (e instanceof CkptError && e.code === "INDEX" && source.files().includes("sharding.json")) {
+      const c = await rankSafetensorsCatalog(source);
+      if (c) return c;
+    }
+    throw e;
+  }
+}
+
 /** Identity plan (same naming on both sides, HF vs HF): every tensor as itself. */
 function identityPlan(cat: Catalog): ConversionPlan {
   const tensors: TensorPlan[] = [...cat.tensors.values()].sort((x, y) => naturalCompare(x.name, y.name))
@@ -320,8 +368,8 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
   let sb: Source | undefined;
   try {
     sb = await openSource(bSpec, opts);
-    const ca = await buildCatalog(sa);
-    const cb = await buildCatalog(sb);
+    const ca = await catalogOf(sa);
+    const cb = await catalogOf(sb);
     const result: VerifyResult = { ok: true, mode: "compare", a: aSpec, b: bSpec, tensors: 0, bytes: 0, notes: [] };
     const fail = (d: VerifyDifference): VerifyResult => ({ ...result, ok: false, difference: d });
 
@@ -410,7 +458,7 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
             const bv = fmtValue(bBytes.subarray(e * es, (e + 1) * es), tb.dtype, k);
             const at = p.byteOffset + r * rowElems * es + e * es;
             return fail({
-              tensor: t.name, file: p.file, index, a: av, b: bv, byteRange: [at, at + es],
+              tensor: t.name, file: `${sb.id}/${p.file}`, index, a: av, b: bv, byteRange: [at, at + es],
               message: `tensor '${t.name}' differs at index [${index.join(", ")}]: a = ${av}, b = ${bv} (b: ${p.file} byte ${at})`,
             });
           }

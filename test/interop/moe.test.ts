@@ -200,8 +200,9 @@ for c in cases:
             bad.append([c["name"], "buffer", k])
     counts[c["name"]] = {"tensors": len(ref), "shard1": sorted(k for k, p in placements.items() if "1" in p)}
 dist.barrier()
-dist.destroy_process_group()
-print(json.dumps({"rank": rank, "bad": bad, "counts": counts, "torch": torch.__version__}))
+print(json.dumps({"rank": rank, "bad": bad, "counts": counts, "torch": torch.__version__}), flush=True)
+sys.stderr.flush()
+os._exit(0)  # PyTorch 2.6 can hang in destroy_process_group (gloo); every rank is past the barrier
 `;
 
 // argv: rank_script cases.json world

@@ -14,6 +14,8 @@ export interface TorchEnv {
   tmpdir(): { host: string; guest: string; cleanup(): void };
   /** Runs `python3 -c script args…` in the root; rejects with stderr when it exits non-zero. */
   python(script: string, args?: string[], opts?: { timeoutMs?: number }): Promise<string>;
+  /** Runs `python3 <guest path> args…` (needed by torch.multiprocessing, which re-imports the main file). */
+  pythonFile(guestPath: string, args?: string[], opts?: { timeoutMs?: number }): Promise<string>;
 }
 
 /** chroot and mount live in sbin, which a non-login PATH may lack. */
@@ -68,9 +70,16 @@ export function torchEnv(suite: Suite): TorchEnv | null {
       return { host, guest, cleanup: () => rmSync(host, { recursive: true, force: true }) };
     },
     python(script, args = [], opts = {}) {
+      return runIn(["-c", script, ...args], opts);
+    },
+    pythonFile(guestPath, args = [], opts = {}) {
+      return runIn([guestPath, ...args], opts);
+    },
+  };
+  function runIn(pyArgs: string[], opts: { timeoutMs?: number }): Promise<string> {
       return new Promise((resolve, reject) => {
-        const child = spawn(sbin("chroot"), [root, "/usr/bin/python3", "-c", script, ...args], {
-          env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", OMP_NUM_THREADS: "1", PYTHONDONTWRITEBYTECODE: "1" },
+        const child = spawn(sbin("chroot"), [root, "/usr/bin/python3", ...pyArgs], {
+          env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", OMP_NUM_THREADS: "1", PYTHONDONTWRITEBYTECODE: "1", USE_LIBUV: "0" },
           stdio: ["ignore", "pipe", "pipe"],
         });
         let out = "";
@@ -78,14 +87,14 @@ export function torchEnv(suite: Suite): TorchEnv | null {
         child.stdout.on("data", (d) => (out += d));
         child.stderr.on("data", (d) => (err += d));
         const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 300_000);
+        child.on("error", (e) => { clearTimeout(timer); reject(e); });
         child.on("close", (code) => {
           clearTimeout(timer);
           if (code === 0) resolve(out);
           else reject(new Error(`python (${suite}) exited ${code}:\n${err.slice(-4000)}\n${out.slice(-2000)}`));
         });
       });
-    },
-  };
+  }
   envs.set(suite, env);
   return env;
 }

@@ -133,6 +133,23 @@ export async function openDcp(dir: string, opts: { concurrency?: number } = {}):
     }
   };
   for (const s of metadata.storage) if (!s.offsets) checkRange(s); // BYTE_IO
+  // blobs in one file must not overlap (PyTorch writes them back to back)
+  const byFile = new Map<string, DcpStorageEntry[]>();
+  for (const s of metadata.storage) {
+    if (s.length === 0) continue;
+    if (!byFile.has(s.file)) byFile.set(s.file, []);
+    byFile.get(s.file)!.push(s);
+  }
+  for (const [f, list] of byFile) {
+    list.sort((a, b) => a.offset - b.offset);
+    for (let i = 1; i < list.length; i++) {
+      const a = list[i - 1]!;
+      const b = list[i]!;
+      if (a.offset + a.length > b.offset) {
+        throw new CkptError("DCP", `blobs of '${a.fqn}' and '${b.fqn}' overlap`, { file: join(dir, f) });
+      }
+    }
+  }
 
   interface Job { fqn: string; dtype: DType; offsets: number[]; sizes: number[]; s: DcpStorageEntry }
   const jobs: Job[] = [];

@@ -160,15 +160,19 @@ export async function readZipDirectory(r: WindowedReader, label: string): Promis
     if (!(en.localHeaderOffset >= 0 && en.localHeaderOffset + 30 <= cdOffset)) {
       fail(`entry '${en.name}': local header offset ${en.localHeaderOffset} out of range`);
     }
-    const h = await r.at(en.localHeaderOffset, 30);
+    // one read for the fixed header and the name (the local name must equal the central one)
+    const cname = Buffer.from(en.name, "utf8");
+    if (en.localHeaderOffset + 30 + cname.length > cdOffset) fail(`entry '${en.name}': local header runs past the central directory`);
+    const h = await r.at(en.localHeaderOffset, 30 + cname.length);
     if (h.readUInt32LE(0) !== 0x04034b50) fail(`entry '${en.name}': no local header at ${en.localHeaderOffset}`);
     if (h.readUInt16LE(8) !== 0) fail(`entry '${en.name}' is compressed (local header)`);
     const nlen = h.readUInt16LE(26);
     const xlen = h.readUInt16LE(28);
     const dataOffset = en.localHeaderOffset + 30 + nlen + xlen;
     if (dataOffset > cdOffset) fail(`entry '${en.name}': local header runs past the central directory`);
-    const lname = (await r.at(en.localHeaderOffset + 30, nlen)).toString("utf8");
-    if (lname !== en.name) fail(`entry '${en.name}': local header names '${lname}'`);
+    if (nlen !== cname.length || !h.subarray(30).equals(cname)) {
+      fail(`entry '${en.name}': local header names '${h.subarray(30, 30 + Math.min(nlen, cname.length)).toString("utf8")}'`);
+    }
     if (dataOffset + en.size > cdOffset) fail(`entry '${en.name}': data [${dataOffset}, +${en.size}) out of range`);
     const full = { ...en, dataOffset };
     out.push(full);

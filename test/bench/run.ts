@@ -1,0 +1,365 @@
+// `npm run bench`: wall time and peak RSS of `cp`, `ckpt convert` (keep dtype, and to f32), `ckpt shard
+// --world-size 8` and, when the PyTorch root exists, the PyTorch path (safetensors.torch + permutation +
+// dcp.save, bf16 and f32) on synthetic checkpoints with real Llama shapes, in one run with a warm page cache.
+//
+//   node dist/test/bench/run.js [--8b] [--json] [--rounds N] [--dir /var/tmp/ckpt-bench] [--no-torch] [--only a,b]
+//
+// Every case runs as its own child process (peak RSS from /usr/bin/time, else the child's VmHWM), rounds are
+// interleaved (cp, ckpt…, torch…, cp, ckpt…) and the median of the rounds is reported. Source and outputs live
+// on the same file system (the PyTorch root sees the bench folder through a bind mount); outputs are deleted and
+// `sync`ed between runs so one run's writeback does not land on the next.
+import { spawn, spawnSync } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readSync, readdirSync, rmSync, statSync, statfsSync, writeFileSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { availableParallelism, cpus, totalmem } from "node:os";
+import { LLAMA_3_1_8B, LLAMA_3_2_1B, modelBytes, writeSyntheticLlama, type GeneratedModel, type LlamaShape } from "./gen.js";
+import { TORCH_CONVERT_PY, torchTensorList } from "./torch-path.js";
+import { torchEnv } from "../interop/torch.js";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const REPO = resolve(HERE, "../../..");
+const CKPT = join(REPO, "bin/ckpt.js");
+const GUEST_DIR = "/tmp/ckpt-bench";
+const CHROOT = ["/usr/sbin/chroot", "/sbin/chroot", "/usr/bin/chroot"].find((p) => existsSync(p)) ?? "chroot";
+
+interface Args {
+  eightB: boolean;
+  json: boolean;
+  rounds: number;
+  dir: string;
+  torch: boolean;
+  only?: Set<string>;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { eightB: false, json: false, rounds: 3, dir: process.env.CKPT_BENCH_DIR ?? "/var/tmp/ckpt-bench", torch: true };
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i]!;
+    if (x === "--8b") a.eightB = true;
+    else if (x === "--json") a.json = true;
+    else if (x === "--no-torch") a.torch = false;
+    else if (x === "--rounds") a.rounds = Math.max(1, Number(argv[++i]));
+    else if (x === "--dir") a.dir = resolve(argv[++i]!);
+    else if (x === "--only") a.only = new Set(argv[++i]!.split(","));
+    else if (x === "--help" || x === "-h") {
+      process.stdout.write("usage: node dist/test/bench/run.js [--8b] [--json] [--rounds N] [--dir DIR] [--no-torch] [--only cp,keep,f32,shard8,torch-bf16,torch-f32]\n");
+      process.exit(0);
+    } else throw new Error(`bench: unknown argument ${x}`);
+  }
+  return a;
+}
+
+interface Sample { wall: number; rssKiB?: number; cpu?: number }
+
+interface CaseResult {
+  model: string;
+  id: string;
+  label: string;
+  bytesWritten: number;
+  samples: Sample[];
+  wall: number;
+  wallMin: number;
+  rssMiB?: number;
+  cpu?: number;
+  error?: string;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+const HAVE_TIME = existsSync("/usr/bin/time");
+
+/** Runs a command as a child, returning its wall time, peak RSS and CPU seconds. */
+async function measure(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; tmp: string }): Promise<Sample & { code: number; stderr: string; stdout: string }> {
+  const timeFile = join(opts.tmp, `.time-${process.pid}`);
+  const [file, argv] = HAVE_TIME ? ["/usr/bin/time", ["-f", "%e %M %U %S", "-o", timeFile, cmd, ...args]] : [cmd, args];
+  const t0 = performance.now();
+  const child = spawn(file, argv as string[], { env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  let hwm = 0;
+  const poll = HAVE_TIME ? undefined : setInterval(() => {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
+      if (m) hwm = Math.max(hwm, Number(m[1]));
+    } catch { /* exited */ }
+  }, 20);
+  const code = await new Promise<number>((res) => child.on("close", (c) => res(c ?? 1)));
+  const wall = (performance.now() - t0) / 1000;
+  if (poll) clearInterval(poll);
+  let rssKiB: number | undefined = hwm || undefined;
+  let cpu: number | undefined;
+  if (HAVE_TIME && existsSync(timeFile)) {
+    const line = readFileSync(timeFile, "utf8").trim().split("\n").pop()!.split(" ").map(Number);
+    rssKiB = line[1];
+    cpu = line[2]! + line[3]!;
+    rmSync(timeFile, { force: true });
+  }
+  return { wall, rssKiB, cpu, code, stderr, stdout };
+}
+
+function du(path: string): number {
+  if (!existsSync(path)) return 0;
+  const st = statSync(path);
+  if (!st.isDirectory()) return st.size;
+  return readdirSync(path).reduce((s, n) => s + du(join(path, n)), 0);
+}
+
+/** Reads the files once so the page cache holds them (the "warm cache" condition). */
+function warm(files: string[]): void {
+  const buf = Buffer.allocUnsafe(16 << 20);
+  for (const f of files) {
+    const fd = openSync(f, "r");
+    try {
+      let pos = 0;
+      for (;;) {
+        const n = readSync(fd, buf, 0, buf.length, pos);
+        if (n === 0) break;
+        pos += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+function sync(): void {
+  spawnSync("sync", { stdio: "ignore" });
+}
+
+function freeBytes(dir: string): number {
+  const s = statfsSync(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+interface Case {
+  id: string;
+  label: string;
+  out: string;
+  run(): Promise<Sample & { code: number; stderr: string; stdout: string }>;
+}
+
+const GB = 1e9;
+const MiB = 1024 * 1024;
+
+async function benchModel(shape: LlamaShape, a: Args, log: (s: string) => void, torchRoot: string | undefined, rounds: number): Promise<CaseResult[]> {
+  const model: GeneratedModel = writeSyntheticLlama(join(a.dir, shape.name), shape, { log });
+  log(`${model.reused ? "reusing" : "generated"} ${model.dir} (${(model.bytes / GB).toFixed(2)} GB in ${model.files.length} file(s))`);
+  const srcFiles = model.files.map((f) => join(model.dir, f));
+  const outDir = (id: string) => join(a.dir, `out-${shape.name}-${id}`);
+  const ckpt = (id: string, label: string, args: string[]): Case => ({
+    id, label, out: outDir(id),
+    run: () => measure(process.execPath, [CKPT, ...args.slice(0, 1), model.dir, outDir(id), "--quiet", ...args.slice(1)], { tmp: a.dir }),
+  });
+  const cases: Case[] = [
+    {
+      id: "cp", label: "cp (source bytes)", out: outDir("cp"),
+      run: () => { mkdirSync(outDir("cp"), { recursive: true }); return measure("cp", ["--reflink=never", ...srcFiles, outDir("cp") + "/"], { tmp: a.dir }); },
+    },
+    {
+      id: "cp-fsync", label: "cp + fsync", out: outDir("cp-fsync"),
+      run: () => {
+        mkdirSync(outDir("cp-fsync"), { recursive: true });
+        const dsts = model.files.map((f) => join(outDir("cp-fsync"), f));
+        const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
+        return measure("sh", ["-c", `cp --reflink=never ${srcFiles.map(q).join(" ")} ${q(outDir("cp-fsync") + "/")} && sync ${dsts.map(q).join(" ")}`], { tmp: a.dir });
+      },
+    },
+    ckpt("keep", "ckpt convert (bf16 kept)", ["convert"]),
+    ckpt("f32", "ckpt convert --dtype f32", ["convert", "--dtype", "f32"]),
+    ckpt("shard8", "ckpt shard --world-size 8", ["shard", "--world-size", "8"]),
+  ];
+  if (torchRoot) {
+    const dry = spawnSync(process.execPath, [CKPT, "convert", model.dir, join(a.dir, "dry"), "--dry-run", "--json"], { encoding: "utf8" });
+    if (dry.status !== 0) throw new Error(`bench: dry run failed: ${dry.stderr}`);
+    const plan = (JSON.parse(dry.stdout) as { plan: { tensors: { name: string; recipe: string }[] } }).plan;
+    const tensors = torchTensorList(plan);
+    const guest = (p: string) => GUEST_DIR + p.slice(a.dir.length);
+    for (const f32 of [false, true]) {
+      const id = f32 ? "torch-f32" : "torch-bf16";
+      const specFile = join(a.dir, `${shape.name}-${id}.json`);
+      writeFileSync(specFile, JSON.stringify({ files: srcFiles.map(guest), out: guest(outDir(id)), f32, tensors }));
+      cases.push({
+        id, label: f32 ? "PyTorch → f32 (TorchTitan's)" : "PyTorch (bf16 kept)", out: outDir(id),
+        run: () => measure(CHROOT, [torchRoot, "/usr/bin/python3", "-c", TORCH_CONVERT_PY, guest(specFile)], {
+          tmp: a.dir,
+          env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", PYTHONDONTWRITEBYTECODE: "1" },
+        }),
+      });
+    }
+  }
+  const selected = cases.filter((c) => !a.only || a.only.has(c.id));
+
+  // Each case needs room for its output next to the source.
+  const need = model.bytes * (selected.some((c) => c.id.includes("f32")) ? 2.3 : 1.3);
+  if (freeBytes(a.dir) < need) throw new Error(`bench: ${((need) / GB).toFixed(1)} GB free needed in ${a.dir}, ${(freeBytes(a.dir) / GB).toFixed(1)} GB there`);
+
+  const results = new Map<string, CaseResult>(selected.map((c) => [c.id, { model: shape.name, id: c.id, label: c.label, bytesWritten: 0, samples: [], wall: 0, wallMin: 0 }]));
+  for (let r = 0; r < rounds; r++) {
+    for (const c of selected) {
+      const res = results.get(c.id)!;
+      if (res.error) continue;
+      rmSync(c.out, { recursive: true, force: true });
+      rmSync(c.out + ".partial", { recursive: true, force: true });
+      sync();
+      warm(srcFiles);
+      const s = await c.run();
+      if (s.code !== 0) {
+        res.error = `exit ${s.code}: ${(s.stderr || s.stdout).trim().split("\n").slice(-3).join(" | ")}`;
+        log(`  ${c.id}: FAILED ${res.error}`);
+      } else {
+        res.bytesWritten = du(c.out);
+        res.samples.push({ wall: s.wall, rssKiB: s.rssKiB, cpu: s.cpu });
+        log(`  round ${r + 1}/${rounds} ${c.id.padEnd(10)} ${s.wall.toFixed(2)} s  ${s.rssKiB !== undefined ? (s.rssKiB / 1024).toFixed(0) + " MiB" : "?"}  ${(res.bytesWritten / s.wall / GB).toFixed(2)} GB/s written`);
+      }
+      rmSync(c.out, { recursive: true, force: true });
+      sync();
+    }
+  }
+  for (const res of results.values()) {
+    if (!res.samples.length) continue;
+    res.wall = median(res.samples.map((s) => s.wall));
+    res.wallMin = Math.min(...res.samples.map((s) => s.wall));
+    const rss = res.samples.map((s) => s.rssKiB).filter((x): x is number => x !== undefined);
+    if (rss.length) res.rssMiB = Math.max(...rss) / 1024;
+    const cpu = res.samples.map((s) => s.cpu).filter((x): x is number => x !== undefined);
+    if (cpu.length) res.cpu = median(cpu);
+  }
+  return [...results.values()];
+}
+
+interface Target { what: string; value: string; goal: string; ok: boolean }
+
+function targets(rows: CaseResult[], model: string): Target[] {
+  const get = (id: string) => rows.find((r) => r.model === model && r.id === id && r.samples.length);
+  const tput = (r: CaseResult) => r.bytesWritten / r.wall;
+  const out: Target[] = [];
+  const cp = get("cp");
+  const keep = get("keep");
+  const f32 = get("f32");
+  const shard = get("shard8");
+  if (cp && keep) out.push({ what: "convert bf16 write throughput vs cp", value: `${((tput(keep) / tput(cp)) * 100).toFixed(0)}%`, goal: "≥ 75%", ok: tput(keep) / tput(cp) >= 0.75 });
+  if (cp && f32) out.push({ what: "convert f32 write throughput vs cp", value: `${((tput(f32) / tput(cp)) * 100).toFixed(0)}%`, goal: "≥ 60%", ok: tput(f32) / tput(cp) >= 0.6 });
+  for (const r of [keep, f32, shard]) {
+    if (r?.rssMiB !== undefined) out.push({ what: `peak RSS ${r.id}`, value: `${r.rssMiB.toFixed(0)} MiB`, goal: "≤ 600 MiB", ok: r.rssMiB <= 600 });
+  }
+  for (const [mine, theirs, speed] of [[keep, get("torch-bf16"), 2], [f32, get("torch-f32"), 4]] as const) {
+    if (!mine || !theirs) continue;
+    const x = theirs.wall / mine.wall;
+    out.push({ what: `${mine.id} speed vs PyTorch`, value: `${x.toFixed(1)}×`, goal: `≥ ${speed}×`, ok: x >= speed });
+    if (mine.rssMiB !== undefined && theirs.rssMiB !== undefined) {
+      const m = mine.rssMiB / theirs.rssMiB;
+      out.push({ what: `${mine.id} peak RSS vs PyTorch`, value: `${(m * 100).toFixed(0)}%`, goal: "< 25%", ok: m < 0.25 });
+    }
+  }
+  return out;
+}
+
+function table(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join("  ");
+  return [line(head), w.map((n) => "-".repeat(n)).join("  "), ...rows.map(line)].join("\n");
+}
+
+function report(rows: CaseResult[], models: string[]): string {
+  const parts: string[] = [];
+  for (const m of models) {
+    const mine = rows.filter((r) => r.model === m);
+    const cp = mine.find((r) => r.id === "cp" && r.samples.length);
+    const torchOf = (id: string) => mine.find((r) => r.id === (id === "f32" ? "torch-f32" : id === "keep" ? "torch-bf16" : "") && r.samples.length);
+    parts.push(`\n${m}`);
+    parts.push(table(
+      ["case", "wall s (median)", "min", "written GB", "GB/s", "vs cp", "CPU s", "peak RSS MiB", "PyTorch time ÷ this", "RSS ÷ PyTorch"],
+      mine.map((r) => {
+        if (!r.samples.length) return [r.label, r.error ? "failed" : "-", "", "", "", "", "", "", "", ""];
+        const t = torchOf(r.id);
+        const gbs = r.bytesWritten / r.wall / GB;
+        return [
+          r.label, r.wall.toFixed(2), r.wallMin.toFixed(2), (r.bytesWritten / GB).toFixed(2), gbs.toFixed(2),
+          cp ? `${((gbs / (cp.bytesWritten / cp.wall / GB)) * 100).toFixed(0)}%` : "-",
+          r.cpu !== undefined ? r.cpu.toFixed(1) : "-",
+          r.rssMiB !== undefined ? r.rssMiB.toFixed(0) : "-",
+          t ? `${(t.wall / r.wall).toFixed(1)}×` : "",
+          t && t.rssMiB && r.rssMiB ? `${((r.rssMiB / t.rssMiB) * 100).toFixed(1)}%` : "",
+        ];
+      }),
+    ));
+    const ts = targets(rows, m);
+    if (ts.length) {
+      parts.push("");
+      parts.push(table(["target", "measured", "goal", ""], ts.map((t) => [t.what, t.value, t.goal, t.ok ? "ok" : "MISSED"])));
+    }
+  }
+  return parts.join("\n");
+}
+
+async function main(): Promise<void> {
+  const a = parseArgs(process.argv.slice(2));
+  const log = (s: string) => process.stderr.write(s + "\n");
+  mkdirSync(a.dir, { recursive: true });
+  if (!existsSync(join(REPO, "dist/src/cli/main.js"))) throw new Error("bench: build first (npm run build)");
+  const env = {
+    cpus: availableParallelism(), cpu: cpus()[0]?.model ?? "?", memGiB: +(totalmem() / 1024 ** 3).toFixed(1), node: process.version,
+    fs: a.dir, freeGB: +(freeBytes(a.dir) / GB).toFixed(1), rss_source: HAVE_TIME ? "/usr/bin/time %M" : "/proc/<pid>/status VmHWM",
+    kernels: (await import("../../src/kernels/index.js")).kernelsInfo(),
+  };
+  log(`bench: ${env.cpus} CPUs (${env.cpu}), ${env.memGiB} GiB RAM, node ${env.node}, kernels ${env.kernels.name}${env.kernels.isa ? ` (${env.kernels.isa})` : ""}, data in ${a.dir} (${env.freeGB} GB free)`);
+
+  let torchRoot: string | undefined;
+  let mounted: string | undefined;
+  let torchNote = "not requested (--no-torch)";
+  if (a.torch) {
+    const t = torchEnv("trixie");
+    if (!t) torchNote = "PyTorch root not built (test/interop/setup-torch-root.sh trixie)";
+    else {
+      const target = join(t.root, GUEST_DIR.slice(1));
+      mkdirSync(target, { recursive: true });
+      const already = spawnSync("mountpoint", ["-q", target]).status === 0;
+      const m = already ? { status: 0 } : spawnSync("mount", ["--bind", a.dir, target], { stdio: "ignore" });
+      if (m.status === 0) {
+        if (!already) mounted = target;
+        torchRoot = t.root;
+        torchNote = `PyTorch root ${t.root} (bind mount ${a.dir} → ${GUEST_DIR})`;
+      } else torchNote = `cannot bind-mount ${a.dir} into ${t.root}`;
+    }
+  }
+  log(`bench: PyTorch path: ${torchNote}`);
+
+  const rows: CaseResult[] = [];
+  const models: string[] = [];
+  try {
+    rows.push(...await benchModel(LLAMA_3_2_1B, a, log, torchRoot, a.rounds));
+    models.push(LLAMA_3_2_1B.name);
+    if (a.eightB) {
+      // PyTorch on the 8B shape holds the whole model (×2 for f32) in memory: not run by default on small machines.
+      const torch8 = torchRoot && totalmem() > modelBytes(LLAMA_3_1_8B) * 3.5 ? torchRoot : undefined;
+      if (torchRoot && !torch8) log("bench: skipping PyTorch on the 8B shape (needs ~3.5× the model in RAM)");
+      rows.push(...await benchModel(LLAMA_3_1_8B, a, log, torch8, 1));
+      models.push(LLAMA_3_1_8B.name);
+    }
+  } finally {
+    if (mounted) spawnSync("umount", [mounted], { stdio: "ignore" });
+  }
+  if (a.json) {
+    const out = { env, torch: torchNote, rounds: a.rounds, statistic: "median wall of the rounds; peak RSS is the max over rounds", rows, targets: Object.fromEntries(models.map((m) => [m, targets(rows, m)])) };
+    process.stdout.write(JSON.stringify(out, null, 1) + "\n");
+  } else {
+    process.stdout.write(`ckpt bench — ${env.cpus} CPUs, ${env.memGiB} GiB RAM, warm page cache, ${a.rounds} round(s) interleaved, median wall (8B: 1 round)\n`);
+    process.stdout.write(`PyTorch: ${torchNote}\n`);
+    process.stdout.write(report(rows, models) + "\n");
+  }
+}
+
+// `node --test dist/test/` loads every file under a test/ folder: only run when started directly.
+if (process.env.NODE_TEST_CONTEXT === undefined) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  });
+}
