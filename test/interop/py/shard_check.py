@@ -9,12 +9,20 @@ import torch.multiprocessing as mp
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import distribute_tensor, Shard, Replicate
+from torch.distributed.tensor import distribute_tensor as _distribute, Shard, Replicate
 try:
     from torch.distributed.tensor.placement_types import _StridedShard
 except ImportError:
     _StridedShard = None
 sys.path.insert(0, os.path.dirname(__file__))
+import inspect as _inspect
+
+
+def distribute_tensor(t, mesh, placements):
+    # Every rank holds the same full reference: slice locally (2.14's gloo scatter rejects bf16).
+    if "src_data_rank" in _inspect.signature(_distribute).parameters:
+        return _distribute(t, mesh, placements, src_data_rank=None)
+    return _distribute(t, mesh, placements)
 from ref import load_hf, hf_to_tt, raw
 
 # TorchTitan's llama3 TP plan (sharding.md §3), written here independently of mappings/llama3.json
@@ -41,6 +49,8 @@ def rchar():
 
 
 def worker(rank, args, port):
+    import faulthandler
+    faulthandler.dump_traceback_later(240, exit=True)  # a hung collective fails the test instead of CI
     world = args["world"]
     tp = args.get("tp", 1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -77,7 +87,7 @@ def worker(rank, args, port):
         with open(args["result"], "w") as f:
             json.dump(out, f)
     dist.barrier()
-    dist.destroy_process_group()
+    os._exit(0)  # destroy_process_group can hang on PyTorch 2.6 (gloo)
 
 
 if __name__ == "__main__":
