@@ -161,9 +161,11 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
     }
     if (r.src.stride === r.cols) k.cast(src, r.src.dtype, dst, p.outDtype, r.rows * r.cols);
     else {
-      const idx = new Int32Array(r.rows);
-      for (let j = 0; j < r.rows; j++) idx[j] = j;
-      k.gatherRows(src, r.src.dtype, r.src.stride, idx, 0, r.cols, dst, p.outDtype);
+      // Column window of each row (Shard(1) slices). Row by row: the staged bytes end with the last row's
+      // window, not a whole row, so a gather over full source rows would read past them.
+      for (let row = 0; row < r.rows; row++) {
+        k.cast(src.subarray(row * r.src.stride * ses, (row * r.src.stride + r.cols) * ses), r.src.dtype, dst.subarray(row * r.cols * oes, (row + 1) * r.cols * oes), p.outDtype, r.cols);
+      }
     }
   });
   return finishPiece(p, out, fds, dfds, overflow);
