@@ -245,7 +245,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   if (threads === 0) {
     for (const b of batches) {
       aborted();
-      onBatchDone(b, runTask(await prepare(b)));
+      onBatchDone(b, await runTask(await prepare(b)));
     }
   } else {
     // one abort listener per queued task: not a leak

@@ -1,7 +1,7 @@
-// Worker thread body: computes output pieces. Each piece reads only its source byte ranges (pread), converts
-// them with the kernels straight into the output buffer, and pwrites it at its planned offset. The bytes never
-// cross threads; only small results (CRC, hash, counters) go back.
-import { closeSync, constants as fsc, openSync, readSync, statfsSync, writeSync } from "node:fs";
+// Worker thread body: computes output pieces. Each piece reads only its source byte ranges (pread, or bytes the
+// main thread fetched for sources without local files), converts them with the kernels, and writes the output at
+// its planned offset window by window (O_DIRECT where possible). Only small results (CRC, hash, counters) go back.
+import { closeSync, constants as fsc, openSync, readSync, statfsSync, write, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
@@ -123,7 +123,7 @@ function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, e
   for (let r = 0; r < rows; r++) dst.set(src.subarray(r * stride * es, (r * stride + cols) * es), r * cols * es);
 }
 
-function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, scaleCache: Map<string, Uint8Array>): PieceResult {
+function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, scaleCache: Map<string, Uint8Array>): Promise<PieceResult> {
   const k = (kernels ??= getKernels());
   const oes = elementSize(p.outDtype);
   if (streamable(p)) return streamPiece(task, p, fds, dfds, k);
@@ -184,13 +184,30 @@ const WINDOW = 1 << 20;
 // paths never overlap. CKPT_DIRECT_IO=0 turns it off; where opening with O_DIRECT or an aligned write is refused
 // (tmpfs, some network file systems), the file is written through the page cache as before.
 const directIo = process.env.CKPT_DIRECT_IO !== "0" && typeof fsc.O_DIRECT === "number";
+/** Bytes per direct write. Two buffers alternate: one is being written while the next window is computed. */
+const DIRECT_WINDOW = Number(process.env.CKPT_DIRECT_WINDOW ?? 2 << 20);
 /** Output path → direct-I/O block alignment, or 0 when direct I/O is not used for it. */
 const directAlign = new Map<string, number>();
-let directBuf: Buffer | undefined;
+let directBufs: Buffer[] | undefined;
 
-function directBuffer(): Buffer {
+function directBuffers(): Buffer[] {
   // WebAssembly memory is page-aligned; Buffers from the JS heap are not.
-  return (directBuf ??= Buffer.from(new WebAssembly.Memory({ initial: WINDOW / 65536, maximum: WINDOW / 65536 }).buffer, 0, WINDOW));
+  return (directBufs ??= [0, 1].map(() => Buffer.from(new WebAssembly.Memory({ initial: DIRECT_WINDOW / 65536, maximum: DIRECT_WINDOW / 65536 }).buffer, 0, DIRECT_WINDOW)));
+}
+
+interface PendingWrite { done: Promise<void>; buf: Buffer; len: number; pos: number }
+
+function writeAsync(fd: number, buf: Buffer, len: number, pos: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const next = (): void => write(fd, buf, done, len - done, pos + done, (err, n) => {
+      if (err) return reject(err);
+      done += n;
+      if (done < len) next();
+      else resolve();
+    });
+    next();
+  });
 }
 
 function alignmentFor(path: string): number {
@@ -200,7 +217,7 @@ function alignmentFor(path: string): number {
     if (directIo) {
       try {
         a = Math.max(4096, Number(statfsSync(dirname(path)).bsize));
-        if (WINDOW % a !== 0) a = 0;
+        if (DIRECT_WINDOW % a !== 0) a = 0;
       } catch {
         a = 0;
       }
@@ -219,9 +236,13 @@ class PieceSink {
   private dfd: number | undefined;
   private readonly align: number;
   private readonly path: string;
-  /** Bytes held in the direct buffer for file offsets [dStart, dStart + dFill). */
+  /** The direct buffer being filled (index into directBuffers()) holds file offsets [dStart, dStart + dFill). */
+  private cur = 0;
   private dStart = 0;
   private dFill = 0;
+  private readonly pending: (PendingWrite | undefined)[] = [undefined, undefined];
+  /** Partial blocks going through the page cache (queued, so a worker never waits behind a direct write's inode lock). */
+  private readonly small: Promise<void>[] = [];
   bytes = 0;
   constructor(p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined) {
     this.path = p.outPath;
@@ -232,7 +253,8 @@ class PieceSink {
     this.dfd = this.align > 0 && p.elems * elementSize(p.outDtype) >= 2 * this.align ? dfds(p.outPath) : undefined;
     if (p.hash) this.sha = createHash("sha256");
   }
-  write(b: Uint8Array): void {
+  /** Takes the next output bytes (copied before it returns: `b` may be reused once the promise resolves). */
+  async write(b: Uint8Array): Promise<void> {
     this.crc = crc32(b, this.crc);
     this.sha?.update(b);
     this.bytes += b.length;
@@ -241,17 +263,27 @@ class PieceSink {
       this.pos += b.length;
       return;
     }
-    const d = directBuffer();
     for (let o = 0; o < b.length;) {
+      if (this.dfd === undefined) {
+        // direct writes were refused for this file (see settle)
+        writeExact(this.fd, b.subarray(o), this.pos);
+        this.pos += b.length - o;
+        return;
+      }
       if (this.dFill === 0 && this.pos % this.align !== 0) {
         // the piece's first partial block
         const n = Math.min(b.length - o, this.align - (this.pos % this.align));
-        writeExact(this.fd, b.subarray(o, o + n), this.pos);
+        this.writeSmall(b.subarray(o, o + n), this.pos);
         this.pos += n;
         o += n;
         continue;
       }
-      if (this.dFill === 0) this.dStart = this.pos;
+      if (this.dFill === 0) {
+        await this.settle(this.cur); // the buffer's previous write must be done before it is refilled
+        if (this.dfd === undefined) continue;
+        this.dStart = this.pos;
+      }
+      const d = directBuffers()[this.cur]!;
       const n = Math.min(b.length - o, d.length - this.dFill);
       d.set(b.subarray(o, o + n), this.dFill);
       this.dFill += n;
@@ -260,27 +292,54 @@ class PieceSink {
       if (this.dFill === d.length) this.flush();
     }
   }
-  /** Writes the direct buffer: whole blocks directly, a trailing partial block through the page cache. */
-  private flush(): void {
-    const d = directBuffer();
-    const whole = this.dFill - (this.dFill % this.align);
-    let done = 0;
-    if (this.dfd !== undefined) {
-      try {
-        while (done < whole) done += writeSync(this.dfd, d, done, whole - done, this.dStart + done);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw e;
-        // refused (alignment rules stricter than the block size): this file goes through the page cache
-        directAlign.set(this.path, 0);
-        this.dfd = undefined;
-      }
-    }
-    if (done < this.dFill) writeExact(this.fd, d.subarray(done, this.dFill), this.dStart + done);
-    this.dFill = 0;
+  private writeSmall(b: Uint8Array, pos: number): void {
+    const copy = Buffer.from(b); // b's memory is reused before the write runs
+    const done = writeAsync(this.fd, copy, copy.length, pos);
+    done.catch(() => {}); // observed in result()
+    this.small.push(done);
   }
-  result(overflow: number): PieceResult {
+  /** Starts writing the current direct buffer (whole blocks directly, a trailing partial block through the page cache). */
+  private flush(): void {
+    const d = directBuffers()[this.cur]!;
+    const whole = this.dFill - (this.dFill % this.align);
+    if (whole < this.dFill) this.writeSmall(d.subarray(whole, this.dFill), this.dStart + whole);
+    if (whole > 0) {
+      if (this.dfd !== undefined) {
+        const done = writeAsync(this.dfd, d, whole, this.dStart);
+        done.catch(() => {}); // observed in settle()
+        this.pending[this.cur] = { done, buf: d, len: whole, pos: this.dStart };
+      } else writeExact(this.fd, d.subarray(0, whole), this.dStart);
+    }
+    this.dFill = 0;
+    this.cur ^= 1;
+  }
+  /** Waits for buffer i's write; a refused direct write (alignment rules stricter than the block size) is redone through the page cache. */
+  private async settle(i: number): Promise<void> {
+    const w = this.pending[i];
+    if (!w) return;
+    this.pending[i] = undefined;
+    try {
+      await w.done;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EINVAL") throw e;
+      directAlign.set(this.path, 0);
+      this.dfd = undefined;
+      writeExact(this.fd, w.buf.subarray(0, w.len), w.pos);
+    }
+  }
+  /** Every byte is on its way to disk and every write has finished. */
+  async result(overflow: number): Promise<PieceResult> {
     if (this.dFill > 0) this.flush();
+    await this.settle(this.cur ^ 1);
+    await this.settle(this.cur);
+    await Promise.all(this.small);
     return { crc: this.crc, bytes: this.bytes, f16Overflow: overflow, sha256: this.sha?.digest("hex") };
+  }
+  /** After an error: wait for writes in flight, ignoring their outcome, so no buffer is written while reused. */
+  async abandon(): Promise<void> {
+    for (const w of this.pending) if (w) await w.done.catch(() => {});
+    this.pending[0] = this.pending[1] = undefined;
+    await Promise.allSettled(this.small);
   }
 }
 
@@ -302,51 +361,61 @@ function streamable(p: PieceTask): boolean {
   return srcRuns === 0 || (srcElems * elementSize(p.outDtype)) / srcRuns >= 16 * 1024;
 }
 
-function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, k: Kernels): PieceResult {
+async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, k: Kernels): Promise<PieceResult> {
   const oes = elementSize(p.outDtype);
   const win = scratchBuffer("out", Math.min(WINDOW, p.elems * oes));
   const sink = new PieceSink(p, fds, dfds);
-  let fill = 0; // bytes of `win` holding output not yet written
-  let overflow = 0;
-  const runs = [...p.runs].sort((a, b) => a.dst - b.dst);
-  let expect = 0;
-  for (const r of runs) {
-    if (r.dst !== expect) throw new Error(`internal: runs of a piece do not tile it (gap at element ${expect})`);
-    const n = r.rows * r.cols;
-    expect += n;
-    for (let e = 0; e < n;) {
-      const m = Math.min(n - e, (win.length - fill) / oes);
-      const dst = win.subarray(fill, fill + m * oes);
-      if (!r.src) dst.fill(0);
-      else {
-        const ses = elementSize(r.src.dtype);
-        const at = r.src.byteOffset + e * ses;
-        if (r.src.dtype === p.outDtype) readSource(task, fds, r.src.file, dst, at);
+  try {
+    let fill = 0; // bytes of `win` holding output not yet written
+    let overflow = 0;
+    const runs = [...p.runs].sort((a, b) => a.dst - b.dst);
+    let expect = 0;
+    for (const r of runs) {
+      if (r.dst !== expect) throw new Error(`internal: runs of a piece do not tile it (gap at element ${expect})`);
+      const n = r.rows * r.cols;
+      expect += n;
+      for (let e = 0; e < n;) {
+        const m = Math.min(n - e, (win.length - fill) / oes);
+        const dst = win.subarray(fill, fill + m * oes);
+        if (!r.src) dst.fill(0);
         else {
-          const src = scratchBuffer("staging", m * ses);
-          readSource(task, fds, r.src.file, src, at);
-          const sd = r.src.dtype as CastableDType;
-          if (p.countF16Overflow) overflow += k.stats(src, sd, m).f16Overflow;
-          k.cast(src, sd, dst, p.outDtype as CastableDType, m);
+          const ses = elementSize(r.src.dtype);
+          const at = r.src.byteOffset + e * ses;
+          if (r.src.dtype === p.outDtype) readSource(task, fds, r.src.file, dst, at);
+          else {
+            const src = scratchBuffer("staging", m * ses);
+            readSource(task, fds, r.src.file, src, at);
+            const sd = r.src.dtype as CastableDType;
+            if (p.countF16Overflow) overflow += k.stats(src, sd, m).f16Overflow;
+            k.cast(src, sd, dst, p.outDtype as CastableDType, m);
+          }
         }
+        fill += m * oes;
+        e += m;
+        if (fill === win.length) { await sink.write(win); fill = 0; }
       }
-      fill += m * oes;
-      e += m;
-      if (fill === win.length) { sink.write(win); fill = 0; }
     }
+    if (expect !== p.elems) throw new Error(`internal: runs cover ${expect} of ${p.elems} elements`);
+    if (fill > 0) await sink.write(win.subarray(0, fill));
+    return await sink.result(overflow);
+  } catch (e) {
+    await sink.abandon();
+    throw e;
   }
-  if (expect !== p.elems) throw new Error(`internal: runs cover ${expect} of ${p.elems} elements`);
-  if (fill > 0) sink.write(win.subarray(0, fill));
-  return sink.result(overflow);
 }
 
-function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, dfds: (path: string) => number | undefined, overflow: number): PieceResult {
+async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, dfds: (path: string) => number | undefined, overflow: number): Promise<PieceResult> {
   const sink = new PieceSink(p, fds, dfds);
-  for (let o = 0; o < out.length; o += WINDOW) sink.write(out.subarray(o, Math.min(out.length, o + WINDOW)));
-  return sink.result(overflow);
+  try {
+    for (let o = 0; o < out.length; o += WINDOW) await sink.write(out.subarray(o, Math.min(out.length, o + WINDOW)));
+    return await sink.result(overflow);
+  } catch (e) {
+    await sink.abandon();
+    throw e;
+  }
 }
 
-export default function runTask(task: WorkerTask): PieceResult[] {
+export default async function runTask(task: WorkerTask): Promise<PieceResult[]> {
   const open = new Map<string, number>();
   const fds = (path: string): number => {
     let fd = open.get(path);
@@ -373,7 +442,9 @@ export default function runTask(task: WorkerTask): PieceResult[] {
   };
   const scaleCache = new Map<string, Uint8Array>();
   try {
-    return task.pieces.map((p) => runPiece(task, p, fds, dfds, scaleCache));
+    const results: PieceResult[] = [];
+    for (const p of task.pieces) results.push(await runPiece(task, p, fds, dfds, scaleCache));
+    return results;
   } finally {
     for (const fd of open.values()) closeSync(fd);
     for (const fd of direct.values()) if (fd !== undefined) closeSync(fd);
