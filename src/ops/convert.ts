@@ -287,10 +287,16 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         try { checkSourceUnchanged(source, stamps); } catch (changed) { err = changed; }
       }
       const code = err instanceof CkptError ? err.code : undefined;
-      // The partial folder is kept when it can be resumed: interrupted, disk full, or the user asked for --resume.
-      const keep = code !== "SOURCE_CHANGED" && (code === "INTERRUPTED" || (writing && isDiskFull(err)) || !!opts.resume);
-      if (!keep) discardOutputDir(dir);
-      else if (err instanceof CkptError && existsSync(dir.partial)) {
+      // The partial folder is kept only for --resume: when the run was started with --resume (so Ctrl-C of a
+      // resumable run keeps it), or when the disk filled up (the one failure whose fix is "free space, resume").
+      // A plain Ctrl-C leaves nothing behind. kill -9 cannot clean up, and --resume picks that up too.
+      const keep = code !== "SOURCE_CHANGED" && ((writing && isDiskFull(err)) || !!opts.resume);
+      if (!keep) {
+        discardOutputDir(dir);
+        if (err instanceof CkptError && code === "INTERRUPTED") {
+          err = new CkptError(err.code, err.message, { file: err.file, hint: "nothing was left behind; start a long run with --resume to be able to continue it after Ctrl-C", cause: err.cause ?? e });
+        }
+      } else if (err instanceof CkptError && existsSync(dir.partial)) {
         err = new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${dir.partial}: rerun with --resume to continue`, cause: err.cause ?? e });
       }
       throw err;
