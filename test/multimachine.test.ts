@@ -165,6 +165,18 @@ describe("--ranks from a Hub repo read in place (HTTP Range requests)", () => {
     });
   }
 
+  test("the CLI's --ranged flag: `ckpt shard org/llama --ranged --ranks 2-3` reads only its share over HTTP", async () => {
+    hub.bytesServed.clear();
+    const out = join(tmp, "hub-cli");
+    const cache = join(tmp, "hub-cli-cache");
+    await machines([{ script: `$CKPT shard org/llama ${out} --world-size 8 --ranks 2-3 --ranged --quiet`, env: { HF_ENDPOINT: hub.url, HF_HUB_CACHE: cache, HF_TOKEN: "" } }]);
+    for (const f of ["__2_0.distcp", "__3_0.distcp"]) assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(single, f))), `${f} is byte-identical`);
+    assert.ok(served() < 0.35 * modelBytes(), `served ${served()} of ${modelBytes()} bytes`);
+    const blobs = join(cache, "models--org--llama", "blobs");
+    const cached = existsSync(blobs) ? readdirSync(blobs).reduce((n, b) => n + statSync(join(blobs, b)).size, 0) : 0;
+    assert.ok(cached < 0.05 * modelBytes(), `no weights downloaded into the HF cache (${cached} bytes there)`);
+  });
+
   test("all ranks from the Hub in four runs, then --finalize: rank files and .metadata match the local run; each run downloads its share only", async (t) => {
     const out = join(tmp, "hub-all");
     const shares: number[] = [];

@@ -73,6 +73,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     threads: a.threads as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
+    ranged: a.ranged as boolean | undefined,
   };
 }
 
@@ -122,7 +123,8 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (journaled pieces are re-hashed, then skipped)" })
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
-    .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" });
+    .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
+    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" });
 }
 
 export async function main(argv = hideBin(process.argv)): Promise<number> {
