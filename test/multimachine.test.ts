@@ -6,7 +6,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,33 +13,12 @@ import { fileURLToPath } from "node:url";
 import { tinyLlamaTensors, writeHfFolder } from "../src/fixtures/tiny-llama.js";
 import { runConvert } from "../src/ops/convert.js";
 import { startMockHub, type MockHub } from "./helpers/mock-hub.js";
+import { assertSameTree } from "./helpers/tree.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const CLI = join(ROOT, "bin", "ckpt.js");
 const tmp = mkdtempSync(join(tmpdir(), "ckpt-mm-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** relative path → sha256 of every file under dir (dot files included). */
-function tree(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string, rel: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(p, r);
-      else out.set(r, createHash("sha256").update(readFileSync(p)).digest("hex"));
-    }
-  };
-  walk(dir, "");
-  return out;
-}
-
-function assertSameTree(got: string, want: string): void {
-  const a = tree(got);
-  const b = tree(want);
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), "the same files");
-  for (const [k, v] of b) assert.equal(a.get(k), v, `${k} is byte-identical`);
-}
 
 function cli(args: string[]): { status: number | null; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });

@@ -4,7 +4,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, statSync, statfsSync, truncateSync, utimesSync, writeSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +15,7 @@ import { CkptError } from "../src/errors.js";
 import { describeFsError } from "../src/exec/output-dir.js";
 import { fingerprint, parseJournal, JOURNAL_FILE } from "../src/exec/journal.js";
 import { readSafetensorsHeader, findEntry } from "../src/formats/safetensors/index.js";
+import { assertSameTree } from "./helpers/tree.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const CLI = join(ROOT, "bin", "ckpt.js");
@@ -25,28 +25,6 @@ after(() => {
   for (const m of mounts.reverse()) spawnSync("umount", [m]);
   rmSync(tmp, { recursive: true, force: true });
 });
-
-/** relative path → sha256 of every file under dir. */
-function tree(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string, rel: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(p, r);
-      else out.set(r, createHash("sha256").update(readFileSync(p)).digest("hex"));
-    }
-  };
-  walk(dir, "");
-  return out;
-}
-
-function assertSameTree(got: string, want: string): void {
-  const a = tree(got);
-  const b = tree(want);
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), "same files");
-  for (const [k, v] of b) assert.equal(a.get(k), v, `${k} is byte-identical`);
-}
 
 function cli(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, ...env } });
