@@ -7,22 +7,11 @@ import { readSafetensorsHeaderFrom } from "./formats/safetensors/reader.js";
 import { readIndex } from "./formats/safetensors/index-file.js";
 import { openDcp } from "./formats/dcp/reader.js";
 import { elementSize, numelOf } from "./dtypes.js";
+import { readConfig } from "./sources/config.js";
 
 export type { Catalog, CatalogTensor } from "./catalog-types.js";
 
 const INDEX = "model.safetensors.index.json";
-
-async function parseConfig(source: Source): Promise<Record<string, unknown> | undefined> {
-  const text = await source.readText("config.json");
-  if (text === undefined) return undefined;
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error("not a JSON object");
-    return v as Record<string, unknown>;
-  } catch (e) {
-    throw new CkptError("CONFIG", `invalid config.json: ${(e as Error).message}`, { file: `${source.id}/config.json` });
-  }
-}
 
 /** The safetensors files of a source: the index's shards, else every top-level `*.safetensors`. */
 async function safetensorsFiles(source: Source, indexName: string | undefined): Promise<{ files: string[]; weightMap?: Map<string, string> }> {
@@ -38,7 +27,7 @@ async function safetensorsFiles(source: Source, indexName: string | undefined): 
 
 export async function buildCatalog(source: Source): Promise<Catalog> {
   const names = source.files();
-  const config = await parseConfig(source);
+  const config = await readConfig(source, "config.json", `${source.id}/config.json`);
   if (names.includes(".metadata")) return dcpCatalog(source, config);
   const indexName = names.find((f) => f === INDEX) ?? names.find((f) => f.endsWith(".safetensors.index.json") && !f.includes("/"));
   const { files, weightMap } = await safetensorsFiles(source, indexName);

@@ -23,6 +23,7 @@ import type { Source } from "../sources/types.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type Layout, type OpenedAdapter } from "./adapter.js";
 import { ModuleResolver } from "./names.js";
 import { aligned, castBytesTo, fromF32, readTensorBytes, toF32, toF64 } from "./tensors.js";
+import { HF_ASSET_FILES } from "../sources/config.js";
 
 export interface LoraMergeOptions extends OpenSourceOptions {
   /** HF checkpoint (folder / repo) or TorchTitan checkpoint (DCP folder or safetensors). */
@@ -97,7 +98,6 @@ export function mergeWeight(W: Float32Array, out: number, inn: number, A: Float6
   return res;
 }
 
-const HF_ASSET_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja"];
 const TORCH_DTYPE_NAME: Partial<Record<DType, string>> = { F32: "float32", BF16: "bfloat16", F16: "float16" };
 
 // ---- output sinks ------------------------------------------------------------------------------------------------

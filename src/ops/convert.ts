@@ -6,12 +6,14 @@ import { buildCatalog } from "../catalog.js";
 import type { Catalog } from "../catalog-types.js";
 import { CkptError } from "../errors.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
+import { HF_ASSET_FILES, readConfig } from "../sources/config.js";
+import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
-import { parseRanks, shardTensor, worldSize, type Mesh } from "../plan/sharding.js";
+import { parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
@@ -73,29 +75,14 @@ export interface ConvertResult {
   torchtitanConfig?: string;
 }
 
-const HF_ASSET_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja"];
 const MANIFEST = "ckpt-manifest.json";
 
 async function openConfigSource(spec: string, opts: OpenSourceOptions): Promise<{ config: Record<string, unknown>; source: Source; file: string }> {
   const s = await openSource(spec, opts);
-  const text = await s.readText("config.json");
-  if (text === undefined) throw new CkptError("CONFIG", "no config.json there", { file: s.id });
-  try {
-    return { config: JSON.parse(text) as Record<string, unknown>, source: s, file: `${s.id}/config.json` };
-  } catch (e) {
-    throw new CkptError("CONFIG", `invalid config.json: ${(e as Error).message}`, { file: `${s.id}/config.json` });
-  }
-}
-
-function describe(r: ConversionPlan["tensors"][number]["recipe"]): string {
-  switch (r.op) {
-    case "source": return r.tensor;
-    case "dequant": return `dequant(${r.tensor})`;
-    case "zeros": return "zeros";
-    case "rope": return `rope_${r.direction}(${describe(r.input)}; heads=${r.heads}, hd=${r.headDim})`;
-    case "stack": return `stack(${r.inputs.length}: ${describe(r.inputs[0]!)} …)`;
-    case "select": return `${describe(r.input)}[${r.index}]`;
-  }
+  const file = `${s.id}/config.json`;
+  const config = await readConfig(s, "config.json", file);
+  if (!config) throw new CkptError("CONFIG", "no config.json there", { file: s.id });
+  return { config, source: s, file };
 }
 
 function summarize(plan: ConversionPlan, layout: OutputLayout): PlanSummary {
@@ -113,7 +100,7 @@ function summarize(plan: ConversionPlan, layout: OutputLayout): PlanSummary {
     target: plan.target,
     mesh: layout.mesh,
     format: layout.format,
-    tensors: plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, recipe: describe(t.recipe), bytes: numelOf(t.shape) * elementSize(t.dtype) })),
+    tensors: plan.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, recipe: describeRecipe(t.recipe), bytes: numelOf(t.shape) * elementSize(t.dtype) })),
     files: layout.files.map((f) => ({ name: f.name, size: f.size, rank: f.rank })),
     skipped: plan.skipped,
     warnings: plan.warnings,
@@ -210,8 +197,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       const c = await openConfigSource(opts.config, opts);
       config = c.config; configFile = c.file; assetSource = c.source;
     } else if (!config && source.files().includes("hf_assets/config.json")) {
-      config = JSON.parse((await source.readText("hf_assets/config.json"))!) as Record<string, unknown>;
       configFile = `${source.id}/hf_assets/config.json`;
+      config = await readConfig(source, "hf_assets/config.json", configFile);
       const assets = source.localPath("hf_assets/config.json");
       if (assets) assetSource = await openSource(dirname(assets));
     }
@@ -376,4 +363,3 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
   };
 }
 
-export { shardTensor };

@@ -5,17 +5,21 @@ import type { Source } from "./types.js";
 export const CONFIG_FILE = "config.json";
 
 /** The parsed config.json of a source, or undefined when it has none. Invalid JSON / a non-object is CONFIG. */
-export async function readConfig(source: Source, file: string = CONFIG_FILE): Promise<Record<string, unknown> | undefined> {
+/** Files of an HF model folder that travel with converted weights (config, generation config, tokenizer). */
+export const HF_ASSET_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja"];
+
+/** `file` of the source parsed as a JSON object; `label` names it in errors (default: `file`). */
+export async function readConfig(source: Source, file: string = CONFIG_FILE, label: string = file): Promise<Record<string, unknown> | undefined> {
   const text = await source.readText(file);
   if (text === undefined) return undefined;
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new CkptError("CONFIG", `invalid JSON: ${e instanceof Error ? e.message : String(e)}`, { file, cause: e });
+    throw new CkptError("CONFIG", `invalid ${file.split("/").pop()}: ${e instanceof Error ? e.message : String(e)}`, { file: label, cause: e });
   }
   if (v === null || typeof v !== "object" || Array.isArray(v)) {
-    throw new CkptError("CONFIG", `expected a JSON object, found ${v === null ? "null" : Array.isArray(v) ? "an array" : typeof v}`, { file });
+    throw new CkptError("CONFIG", `expected a JSON object, found ${v === null ? "null" : Array.isArray(v) ? "an array" : typeof v}`, { file: label });
   }
   return v as Record<string, unknown>;
 }
