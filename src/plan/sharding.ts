@@ -79,21 +79,18 @@ export function shardTensor(shape: readonly number[], policy: ShardPolicy, mesh:
       boxes.push({ rank, box: { offsets, sizes } });
     }
   }
-  const byKey = new Map<string, RankChunk>();
+  // DCP keys chunks by (fqn, offsets), so boxes with equal offsets must become one chunk. Non-empty boxes with
+  // equal offsets are replicas; empty boxes past the end share offsets whatever their sizes, and an empty box
+  // can even sit at the offset where a non-empty one starts (uneven FSDP×TP): the non-empty box wins.
+  const byOffsets = new Map<string, RankChunk>();
   for (const { rank, box } of boxes.sort((x, y) => x.rank - y.rank)) {
-    const key = `${box.offsets.join(",")}|${box.sizes.join(",")}`;
-    const hit = byKey.get(key) ?? [...byKey.values()].find((c) => isEmpty(c) && isEmpty(box) && sameOffsets(c, box));
-    if (hit) hit.ranks.push(rank);
-    else byKey.set(key, { ...box, owner: rank, ranks: [rank] });
+    const key = box.offsets.join(",");
+    const hit = byOffsets.get(key);
+    if (!hit) byOffsets.set(key, { ...box, owner: rank, ranks: [rank] });
+    else if (isEmpty(hit) && !isEmpty(box)) byOffsets.set(key, { ...box, owner: rank, ranks: [rank] });
+    else if (isEmpty(hit) === isEmpty(box)) hit.ranks.push(rank);
   }
-  return [...byKey.values()];
-}
-
-function isEmpty(b: Box): boolean {
-  return b.sizes.some((s) => s === 0);
-}
-function sameOffsets(a: Box, b: Box): boolean {
-  return a.offsets.every((o, i) => o === b.offsets[i]);
+  return [...byOffsets.values()];
 }
 
 /** Splits a chunk along dim 0 so that no piece exceeds maxBytes (torch.save blobs stay below 4 GiB). */
@@ -122,4 +119,8 @@ export function parseRanks(spec: string, world: number): number[] {
     for (let r = a; r <= b; r++) out.add(r);
   }
   return [...out].sort((x, y) => x - y);
+}
+
+function isEmpty(b: Box): boolean {
+  return b.sizes.some((s) => s === 0);
 }
