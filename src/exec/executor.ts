@@ -351,7 +351,3 @@ async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source)
 export function writeExtras(layout: OutputLayout, dir: string): void {
   for (const [name, bytes] of layout.extras) writeFileSync(join(dir, name), bytes);
 }
-
-export function elementBytesOf(t: TensorPlan): number {
-  return numelOf(t.shape) * elementSize(t.dtype);
-}

@@ -1,7 +1,6 @@
 // Where every output byte goes, decided before any byte is written: files, their sizes, each chunk's box and
 // absolute data offset, and the work pieces the executor runs. Same plan → byte-identical output.
 import { elementSize, numelOf, type DType } from "../dtypes.js";
-import { CkptError } from "../errors.js";
 import { layoutTensorBlob, type BlobLayout } from "../formats/torchsave/index.js";
 import { planSafetensorsFile, planShardedSafetensors, serializeIndex } from "../formats/safetensors/writer.js";
 import { encodeDcpMetadata, type DcpMetadata } from "../formats/dcp/metadata.js";
@@ -167,12 +166,4 @@ export function piecesOf(chunks: OutChunk[], maxBytes: number): Piece[] {
     }
   });
   return out;
-}
-
-export function checkLayoutSane(layout: OutputLayout): void {
-  const sizes = new Map(layout.files.map((f) => [f.name, f.size]));
-  for (const c of layout.chunks) {
-    const size = sizes.get(c.file);
-    if (size === undefined || c.dataOffset + c.byteLength > size) throw new CkptError("INTERNAL", `chunk of ${c.tensor} lies outside ${c.file}`);
-  }
 }
