@@ -1,6 +1,6 @@
 // `ckpt lora merge`: W' = W + s·(B @ A); DoRA: V = W + s·(B @ A), W'[i,:] = m_i / ‖V[i,:]‖₂ · V[i,:]
-// (numerics.md §9). Products are accumulated in f64 from the exactly widened inputs, each result is rounded once to
-// f32, then cast to the output dtype with round-to-nearest-even by the kernels. The base streams one tensor at a
+// (numerics.md §9), in f32 in the order of PEFT's merge on PyTorch's CPU (see mergeWeight), then cast to the output
+// dtype with round-to-nearest-even by the kernels. The base streams one tensor at a
 // time; the output is HF safetensors for an HF base, and DCP or safetensors for a TorchTitan base.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
@@ -22,7 +22,7 @@ import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type Layout, type OpenedAdapter } from "./adapter.js";
 import { ModuleResolver } from "./names.js";
-import { aligned, castBytesTo, fromF32, readTensorBytes, toF32, toF64 } from "./tensors.js";
+import { aligned, castBytesTo, fromF32, readTensorBytes, toF32 } from "./tensors.js";
 import { HF_ASSET_FILES } from "../sources/config.js";
 
 export interface LoraMergeOptions extends OpenSourceOptions {
@@ -59,38 +59,65 @@ export interface LoraMergeResult {
   f16Overflow: number;
 }
 
+/** Lanes of PyTorch's CPU f32 `linalg.norm(x, dim=-1)` fast path (`Vectorized<float>` accumulators). */
+const NORM_LANES = 8;
+
 /**
- * The merged weight as f32, in W's storage orientation. W: [out, in] (or [in, out] when `transposed`), A: [r, in],
- * B: [out, r], m: [out]. Every element is one f64 expression rounded once to f32.
+ * ‖v[off … off+n)‖₂ in PyTorch's CPU order for a contiguous f32 row: eight lane accumulators over whole blocks of
+ * eight (lane l += x² for x at l mod 8, product and sum each rounded to f32), the lanes summed in order, then the
+ * tail, then an f32 sqrt. Measured bit-identical to `torch.linalg.norm` on PyTorch 2.6 and 2.14 (test/interop/lora).
  */
-export function mergeWeight(W: Float32Array, out: number, inn: number, A: Float64Array, B: Float64Array, r: number, s: number, m?: Float64Array, transposed = false): Float32Array {
+function rowNormF32(v: Float32Array, off: number, n: number, lanes: Float32Array): number {
+  const f = Math.fround;
+  lanes.fill(0);
+  const full = n - (n % NORM_LANES);
+  for (let d = 0; d < full; d += NORM_LANES) {
+    for (let l = 0; l < NORM_LANES; l++) {
+      const x = v[off + d + l]!;
+      lanes[l] = lanes[l]! + f(x * x);
+    }
+  }
+  let acc = lanes[0]!;
+  for (let l = 1; l < NORM_LANES; l++) acc = f(acc + lanes[l]!);
+  for (let d = full; d < n; d++) {
+    const x = v[off + d]!;
+    acc = f(acc + f(x * x));
+  }
+  return f(Math.sqrt(acc));
+}
+
+/**
+ * The merged weight, in W's storage orientation. W: [out, in] (or [in, out] when `transposed`), A: [r, in],
+ * B: [out, r], m: [out]; all f32 (bf16/f16/fp8 adapters widen exactly).
+ *
+ * The arithmetic is f32 in the order PEFT's merge runs on PyTorch's CPU, so merged weights equal what users get from
+ * `merge_and_unload()`: (B @ A)[i, j] summed over k = 0 … r−1 in order with each product and sum rounded to f32 (no
+ * FMA, like the reference BLAS sgemm), × f32(s), + W; DoRA: n_i by `rowNormF32`, f32(m_i / n_i) × V[i, :]. Every f64
+ * operation on f32 operands followed by `Math.fround` is the correctly rounded f32 operation (53 ≥ 2·24 + 2).
+ * Other BLAS libraries or GPUs may order the r-term sum differently: differences of about 1 ulp (numerics.md §9).
+ * Storage orientation does not change the order (PEFT's fan_in_fan_out norm runs on a strided view; within 1–2 ulp).
+ */
+export function mergeWeight(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number, m?: Float32Array, transposed = false): Float32Array {
+  const f = Math.fround;
+  const sf = f(s);
   const res = new Float32Array(out * inn);
-  // A transposed to [in, r]: each (B @ A)[i, j] is a contiguous dot product, summed over k = 0 … r−1 in order
-  const At = new Float64Array(inn * r);
+  // A transposed to [in, r]: each (B @ A)[i, j] is a contiguous run of r products
+  const At = new Float32Array(inn * r);
   for (let k = 0; k < r; k++) for (let j = 0; j < inn; j++) At[j * r + k] = A[k * inn + j]!;
-  const v = new Float64Array(inn);
-  const b = new Float64Array(r);
+  const v = new Float32Array(inn);
+  const b = new Float32Array(r);
+  const lanes = new Float32Array(NORM_LANES);
   for (let i = 0; i < out; i++) {
     for (let k = 0; k < r; k++) b[k] = B[i * r + k]!;
-    let sq = 0;
     for (let j = 0; j < inn; j++) {
-      let acc = 0;
       const o = j * r;
-      let k = 0;
-      for (; k + 4 <= r; k += 4) {
-        acc += b[k]! * At[o + k]!;
-        acc += b[k + 1]! * At[o + k + 1]!;
-        acc += b[k + 2]! * At[o + k + 2]!;
-        acc += b[k + 3]! * At[o + k + 3]!;
-      }
-      for (; k < r; k++) acc += b[k]! * At[o + k]!;
-      const x = (transposed ? W[j * out + i]! : W[i * inn + j]!) + s * acc;
-      v[j] = x;
-      sq += x * x;
+      let acc = 0;
+      for (let k = 0; k < r; k++) acc = f(acc + f(b[k]! * At[o + k]!));
+      v[j] = (transposed ? W[j * out + i]! : W[i * inn + j]!) + f(acc * sf);
     }
     if (m) {
-      const f = m[i]! / Math.sqrt(sq);
-      for (let j = 0; j < inn; j++) v[j] = f * v[j]!;
+      const factor = f(m[i]! / rowNormF32(v, 0, inn, lanes));
+      for (let j = 0; j < inn; j++) v[j] = factor * v[j]!;
     }
     if (transposed) for (let j = 0; j < inn; j++) res[j * out + i] = v[j]!;
     else res.set(v, i * inn);
@@ -291,8 +318,8 @@ export async function loraMerge(opts: LoraMergeOptions): Promise<LoraMergeResult
           const { a, b, m } = await readEntry(ad, e, base.layout);
           const [out, r, inn] = [e.b.shape[0]!, e.a.shape[0]!, e.a.shape[1]!];
           const W = toF32(raw, o.tensor.dtype, n);
-          const res = mergeWeight(W, out, inn, toF64(a, e.a.dtype, r * inn), toF64(b, e.b.dtype, out * r), r, e.scale,
-            m ? toF64(m, e.m!.dtype, out) : undefined, job.transposed);
+          const res = mergeWeight(W, out, inn, toF32(a, e.a.dtype, r * inn), toF32(b, e.b.dtype, out * r), r, e.scale,
+            m ? toF32(m, e.m!.dtype, out) : undefined, job.transposed);
           if (o.dtype === "F16") overflow = kernels.stats(new Uint8Array(res.buffer), "F32", n).f16Overflow;
           data = fromF32(res, o.dtype);
           merged.push({ weight: o.name, scale: e.scale, rank: r, dora: !!m, transposed: job.transposed });

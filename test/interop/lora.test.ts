@@ -2,7 +2,8 @@
 // random PEFT-style adapters (q, k, v, o; plain, rsLoRA, DoRA, DoRA + rsLoRA),
 //  - (W_tt + s·B_tt·A_tt) from ckpt's TorchTitan-layout files equals the TorchTitan-layout permutation (written here
 //    in Python from §3.2, independently of ckpt) of (W_hf + s·B_hf·A_hf), all computed by PyTorch in f32;
-//  - ckpt's merge matches PyTorch's f32 merge, and the f64 merge rounded to f32, in ulps of f32;
+//  - ckpt's merge matches PyTorch's f32 merge (PEFT's formula) within 1 ulp of f32 (measured: bit-identical on the
+//    CPU builds here), and both are equally close to the exact (f64) merge;
 //  - after RNE to bf16, ckpt and PyTorch differ only where the two f32 values straddle a bf16 rounding boundary;
 //  - the exported PEFT adapter has PEFT's names, shapes and config fields; export → convert is byte-identical;
 //  - `inspect --health` flags defects planted by PyTorch (NaN, zero B, exploding A, mixed dtypes, fp16 overflow).
@@ -61,10 +62,9 @@ def merge(W, A, B, s, m, dt):
 def spacing(x):
     return torch.from_numpy(np.spacing(x.abs().float().numpy()).astype(np.float64))
 
-def ulps(x, ref, mag=None):
-    # |x - ref| in f32 ulps at |ref| (result-relative), or at max(|ref|, mag) (largest-term-relative)
-    m = ref.double().abs() if mag is None else torch.maximum(ref.double().abs(), mag.double())
-    return ((x.double() - ref.double()).abs() / spacing(m))
+def ulps(x, ref):
+    # |x - ref| in f32 ulps at |ref|
+    return ((x.double() - ref.double()).abs() / spacing(ref.double()))
 
 def stats(u):
     return {"max": float(u.max()), "gt1": int((u > 1).sum()), "gt0": int((u > 0).sum()), "n": u.numel()}
@@ -90,8 +90,7 @@ for v in spec["variants"]:
     ours_hf16 = load_file(os.path.join(v["merged_hf_bf16"], "model.safetensors"))
     ours_tt32 = load_dcp(v["merged_tt_f32"])
     res = {"name": v["name"], "scale": s, "meta_scale": meta["scale"], "conversion_exact": True, "names_ok": True, "problems": []}
-    acc = {k: None for k in ["tt_equiv", "vs32_mag", "vs32_res", "vs64", "tt_vs32_mag", "tt_vs64", "torch32_vs64", "torch32_vs64_mag"]}
-    unexplained = 0
+    acc = {k: None for k in ["tt_equiv", "vs32_res", "vs64", "tt_vs32_res", "torch32_vs64"]}
     bf = {"n": 0, "mismatch": 0, "not_adjacent": 0, "not_straddling": 0, "ours_cast_diff": 0}
     expected_tt_keys = set()
     for L in range(LAYERS):
@@ -124,20 +123,14 @@ for v in spec["variants"]:
             ref32 = merge(W, A, B, s, M, torch.float32)
             ref64 = merge(W, A, B, s, M, torch.float64)
             acc["tt_equiv"] = combine(acc["tt_equiv"], stats(ulps(lhs, to_tt(ref32, heads))))
-            # ckpt's merge vs PyTorch: f32 in ulps at the largest term, f32 at the result, f64 rounded to f32
-            mag = torch.maximum(W.double().abs(), s * (B.double().abs() @ A.double().abs()))
+            # ckpt's merge vs PyTorch's f32 merge and vs the exact (f64) merge rounded to f32, in f32 ulps of the result
             ours = ours_hf32[f"model.layers.{L}.self_attn.{mod}.weight"]
-            acc["vs32_mag"] = combine(acc["vs32_mag"], stats(ulps(ours, ref32, mag)))
             acc["vs32_res"] = combine(acc["vs32_res"], stats(ulps(ours, ref32)))
             acc["vs64"] = combine(acc["vs64"], stats(ulps(ours, ref64.float())))
-            # PyTorch's own f32 error, and whether it explains every difference: |ours - t32| <= |t32 - exact| + 1 ulp
+            # PyTorch's own f32 error
             acc["torch32_vs64"] = combine(acc["torch32_vs64"], stats(ulps(ref32, ref64.float())))
-            acc["torch32_vs64_mag"] = combine(acc["torch32_vs64_mag"], stats(ulps(ref32, ref64.float(), mag)))
-            exact = ref64.double()
-            unexplained += int(((ours.double() - ref32.double()).abs() > (ref32.double() - exact).abs() + spacing(exact)).sum())
             ours_tt = ours_tt32[q + ".weight"]
-            acc["tt_vs32_mag"] = combine(acc["tt_vs32_mag"], stats(ulps(ours_tt, to_tt(ref32, heads), to_tt(mag, heads))))
-            acc["tt_vs64"] = combine(acc["tt_vs64"], stats(ulps(ours_tt, to_tt(ref64.float(), heads))))
+            acc["tt_vs32_res"] = combine(acc["tt_vs32_res"], stats(ulps(ours_tt, to_tt(ref32, heads))))
             if not same_bits(ours_tt, to_tt(ours, heads)):
                 res["problems"].append("tt merge != permuted hf merge: " + q)
             # bf16: ckpt's RNE cast equals PyTorch's; other differences only across a rounding boundary
@@ -162,7 +155,6 @@ for v in spec["variants"]:
                     bf["not_straddling"] += 1
     res["names_ok"] = res["names_ok"] and set(tt_ad) == expected_tt_keys and set(tt_ad_st) == expected_tt_keys
     res.update(acc)
-    res["unexplained"] = unexplained
     res["bf16"] = bf
     # exported PEFT adapter: PEFT's key names and shapes, the original bytes, a config PEFT's LoraConfig accepts
     exp = load_file(os.path.join(v["exported"], "adapter_model.safetensors"))
@@ -231,7 +223,7 @@ const VARIANTS = [
 interface Acc { max: number; gt1: number; gt0: number; n: number }
 interface PyResult {
   name: string; scale: number; meta_scale: number; conversion_exact: boolean; names_ok: boolean; problems: string[];
-  tt_equiv: Acc; vs32_mag: Acc; vs32_res: Acc; vs64: Acc; tt_vs32_mag: Acc; tt_vs64: Acc; torch32_vs64: Acc; torch32_vs64_mag: Acc; unexplained: number;
+  tt_equiv: Acc; vs32_res: Acc; vs64: Acc; tt_vs32_res: Acc; torch32_vs64: Acc;
   bf16: { n: number; mismatch: number; not_adjacent: number; not_straddling: number; ours_cast_diff: number };
   export_same_keys: boolean; export_same_bits: boolean; export_shapes_ok: boolean; export_unknown_fields: string[];
   export_config: Record<string, unknown>; source_config: Record<string, unknown>;
@@ -273,7 +265,7 @@ for (const env of suites) {
       writeFileSync(h("spec.json"), JSON.stringify(spec));
       const out = JSON.parse((await env.python(PY_LORA, [g("spec.json")])).trim().split("\n").pop()!) as { torch: string; results: PyResult[] };
       const summary: string[] = [];
-      for (const r of out.results) summary.push(`${r.name}: W_tt+sB_ttA_tt vs P(W+sBA) max ${r.tt_equiv.max} ulp; ckpt vs f64-exact max ${r.vs64.max} ulp; ckpt vs torch f32: max ${r.vs32_res.max.toFixed(2)} ulp of result, ${r.vs32_mag.max.toFixed(2)} of largest term (>1: ${r.vs32_mag.gt1}/${r.vs32_mag.n}), >1 ulp of result ${r.vs32_res.gt1}, identical ${r.vs32_res.n - r.vs32_res.gt0}; torch f32 vs exact: max ${r.torch32_vs64.max.toFixed(2)} ulp of result (>1: ${r.torch32_vs64.gt1}), ${r.torch32_vs64_mag.max.toFixed(2)} of largest term (>1: ${r.torch32_vs64_mag.gt1}); unexplained ${r.unexplained}; bf16 diffs ${r.bf16.mismatch}/${r.bf16.n}`);
+      for (const r of out.results) summary.push(`${r.name}: W_tt+sB_ttA_tt vs P(W+sBA) max ${r.tt_equiv.max} ulp; ckpt vs torch f32: max ${r.vs32_res.max.toFixed(2)} ulp of result, identical ${r.vs32_res.n - r.vs32_res.gt0}/${r.vs32_res.n} (TT layout: max ${r.tt_vs32_res.max.toFixed(2)}, identical ${r.tt_vs32_res.n - r.tt_vs32_res.gt0}); ckpt vs f64-exact max ${r.vs64.max.toFixed(2)} ulp; torch f32 vs exact: max ${r.torch32_vs64.max.toFixed(2)} ulp of result (>1: ${r.torch32_vs64.gt1}); bf16 diffs ${r.bf16.mismatch}/${r.bf16.n}`);
       for (const line of summary) ctx.diagnostic(`[${env.suite} torch ${out.torch}] ${line}`);
       for (const r of out.results) {
         const v = VARIANTS.find((x) => x.name === r.name)!;
@@ -284,18 +276,12 @@ for (const env of suites) {
         assert.equal(r.meta_scale, r.scale, `${where}: recorded scale`);
         // (W_tt + s·B_tt·A_tt) = P(W_hf + s·B_hf·A_hf) in f32 within 1 ulp (matmul order may differ)
         assert.ok(r.tt_equiv.max <= 1, `${where}: TorchTitan-layout equivalence ${JSON.stringify(r.tt_equiv)}`);
-        // ckpt (f64 accumulation, one rounding) vs PyTorch f64 rounded to f32: within 1 ulp of the result
-        assert.ok(r.vs64.max <= 1, `${where}: vs f64 reference ${JSON.stringify(r.vs64)}`);
-        assert.ok(r.tt_vs64.max <= 1, `${where}: TorchTitan merge vs f64 reference ${JSON.stringify(r.tt_vs64)}`);
-        // vs PyTorch's own f32 merge, which rounds B·A (r products), the scale product and the sum (DoRA: also the
-        // norm and the factor) in f32, while ckpt rounds once: measured in ulps of the largest term
-        // max(|W|, s·Σ|B||A|), within a few ulps, and every difference is PyTorch's own rounding error:
-        // |ours − torch_f32| ≤ |torch_f32 − exact| + 1 ulp. (In ulps of a result that cancels, PyTorch's f32 merge is
-        // far from exact while ckpt is not; the summary line prints both.)
-        assert.equal(r.unexplained, 0, `${where}: differences from PyTorch's f32 merge beyond its own rounding error`);
-        assert.ok(r.vs32_mag.max <= 4, `${where}: vs PyTorch f32 merge ${JSON.stringify(r.vs32_mag)}`);
-        assert.ok(r.vs32_mag.gt1 <= r.vs32_mag.n * (v.dora ? 0.05 : 0.01), `${where}: >1 ulp (largest term) in ${r.vs32_mag.gt1} of ${r.vs32_mag.n}`);
-        assert.ok(r.tt_vs32_mag.max <= 4, `${where}: TorchTitan merge vs PyTorch f32 ${JSON.stringify(r.tt_vs32_mag)}`);
+        // ckpt's merge vs PyTorch's f32 merge: within 1 ulp of the result, HF and TorchTitan layouts (the issue's bar;
+        // a different BLAS may order B·A's r-term sums differently)
+        assert.ok(r.vs32_res.max <= 1, `${where}: vs PyTorch f32 merge ${JSON.stringify(r.vs32_res)}`);
+        assert.ok(r.tt_vs32_res.max <= 1, `${where}: TorchTitan merge vs PyTorch f32 merge ${JSON.stringify(r.tt_vs32_res)}`);
+        // computing in f32 like PEFT, ckpt is no further from the exact merge than PyTorch is
+        assert.ok(r.vs64.max <= Math.max(1, r.torch32_vs64.max + 1), `${where}: vs exact ${JSON.stringify(r.vs64)}, PyTorch ${JSON.stringify(r.torch32_vs64)}`);
         // bf16: ckpt's cast is PyTorch's RNE; remaining differences straddle a rounding boundary, and are rare
         assert.equal(r.bf16.ours_cast_diff, 0, `${where}: RNE cast`);
         assert.equal(r.bf16.not_adjacent, 0, `${where}: bf16 differences must be one bf16 ulp`);
