@@ -12,6 +12,9 @@ import { runVerify, formatVerify } from "../src/ops/verify.js";
 import { openDcp } from "../src/formats/dcp/reader.js";
 import { readSafetensorsHeader } from "../src/formats/safetensors/index.js";
 import { CkptError } from "../src/errors.js";
+import { createHash } from "node:crypto";
+import { xxhash128 } from "hash-wasm";
+import { assertSameTree } from "./helpers/tree.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const CLI = join(ROOT, "bin", "ckpt.js");
@@ -32,6 +35,29 @@ function flipBit(path: string, offset: number, bit = 3): void {
   closeSync(fd);
 }
 
+/**
+ * Cuts every manifest chunk into pieces the way the manifest says (whole first-dim rows, ≤ piece_bytes) from the
+ * DCP reader's view of the stored bytes, and checks each piece's digest and the chunk digest with `digest`.
+ */
+async function assertPieceDigests(out: string, m: { piece_bytes: number; tensors: Record<string, { dtype: string; chunks: { file: string; offsets: number[]; sizes: number[]; bytes: number; hash: string; piece_hashes: string[] }[] }> }, digest: (b: Uint8Array) => Promise<string>): Promise<void> {
+  const { chunks } = await openDcp(out);
+  let checked = 0;
+  for (const [name, t] of Object.entries(m.tensors)) {
+    for (const c of t.chunks) {
+      const stored = chunks.find((x) => x.fqn === name && x.file === c.file && x.offsets.join() === c.offsets.join())!;
+      const data = readFileSync(join(out, c.file)).subarray(stored.dataOffset, stored.dataOffset + c.bytes);
+      const rowBytes = c.sizes.length ? c.bytes / c.sizes[0]! : c.bytes;
+      const per = c.sizes.length ? Math.max(1, Math.floor(m.piece_bytes / rowBytes)) * rowBytes : c.bytes;
+      const want: string[] = [];
+      for (let o = 0; o < c.bytes; o += per) want.push(await digest(data.subarray(o, Math.min(c.bytes, o + per))));
+      assert.deepEqual(c.piece_hashes, want, name);
+      assert.equal(c.hash, await digest(Buffer.from(want.join(""))), name);
+      checked++;
+    }
+  }
+  assert.ok(checked > 10);
+}
+
 const MODEL = { vocab: 512, hidden: 64, heads: 4, kvHeads: 2, headDim: 16, ffn: 128, layers: 2, dtype: "F32" as const };
 let hf: string;
 before(() => {
@@ -40,7 +66,7 @@ before(() => {
 });
 
 describe("verify against the manifest", () => {
-  test("a clean output verifies; the manifest carries per-piece hashes and extras' hashes", async () => {
+  test("a clean output verifies; the manifest carries per-piece XXH3-128 digests (default) that equal the digests of the stored bytes", async () => {
     const out = join(tmp, "clean-dcp");
     await runConvert({ source: hf, out, threads: 0 });
     const r = await runVerify(out);
@@ -48,9 +74,50 @@ describe("verify against the manifest", () => {
     assert.equal(r.mode, "manifest");
     assert.ok(r.tensors > 10 && r.bytes > 0);
     const m = JSON.parse(readFileSync(join(out, "ckpt-manifest.json"), "utf8"));
-    const c = Object.values(m.tensors as Record<string, { chunks: { piece_sha256: string[] }[] }>)[0]!.chunks[0]!;
-    assert.ok(Array.isArray(c.piece_sha256) && c.piece_sha256.length >= 1);
-    assert.match(m.files[".metadata"].sha256, /^[0-9a-f]{64}$/);
+    assert.equal(m.digest, "xxh128");
+    assert.match(m.files[".metadata"].hash, /^[0-9a-f]{32}$/);
+    assert.equal(m.files[".metadata"].hash, await xxhash128(readFileSync(join(out, ".metadata"))));
+    // every piece digest is XXH3-128 (hash-wasm, not our code) of the bytes PyTorch's reader would take for it
+    await assertPieceDigests(out, m, (b) => xxhash128(b));
+  });
+
+  test("--digest sha256: SHA-256 piece digests; verify re-hashes with the manifest's algorithm and finds a flipped bit", async () => {
+    const out = join(tmp, "clean-dcp-sha");
+    await runConvert({ source: hf, out, threads: 0, digest: "sha256" });
+    const m = JSON.parse(readFileSync(join(out, "ckpt-manifest.json"), "utf8"));
+    assert.equal(m.digest, "sha256");
+    assert.match(m.files[".metadata"].hash, /^[0-9a-f]{64}$/);
+    await assertPieceDigests(out, m, async (b) => createHash("sha256").update(b).digest("hex"));
+    assert.equal((await runVerify(out)).ok, true);
+    const { chunks } = await openDcp(out);
+    const c = chunks.find((x) => x.fqn === "layers.0.feed_forward.w1.weight")!;
+    flipBit(join(out, c.file), c.dataOffset + 5);
+    const r = await runVerify(out);
+    assert.equal(r.ok, false);
+    assert.equal(r.difference!.tensor, "layers.0.feed_forward.w1.weight");
+  });
+
+  test("a manifest of ckpt 0.1.0 (SHA-256 under sha256 / piece_sha256, no digest field) still verifies", async () => {
+    const out = join(tmp, "legacy-manifest");
+    await runConvert({ source: hf, out, threads: 0, digest: "sha256" });
+    const path = join(out, "ckpt-manifest.json");
+    const m = JSON.parse(readFileSync(path, "utf8"));
+    delete m.digest;
+    for (const f of Object.values(m.files as Record<string, { hash?: string; sha256?: string }>)) if (f.hash) { f.sha256 = f.hash; delete f.hash; }
+    for (const t of Object.values(m.tensors as Record<string, { chunks: Record<string, unknown>[] }>)) {
+      for (const c of t.chunks) { c.sha256 = c.hash; c.piece_sha256 = c.piece_hashes; delete c.hash; delete c.piece_hashes; }
+    }
+    writeFileSync(path, JSON.stringify(m));
+    assert.equal((await runVerify(out)).ok, true);
+  });
+
+  test("--no-fsync output is byte-identical to the default (fsynced, O_DIRECT) output", async () => {
+    const a = join(tmp, "sync-a");
+    const b = join(tmp, "sync-b");
+    await runConvert({ source: hf, out: a, threads: 2 });
+    await runConvert({ source: hf, out: b, threads: 2, fsync: false });
+    assertSameTree(b, a);
+    assert.equal((await runVerify(b)).ok, true);
   });
 
   test("a flipped bit in a 3-rank sharded DCP output: verify names the tensor, chunk, piece and byte range", async () => {
@@ -93,7 +160,7 @@ describe("verify against the manifest", () => {
     bytes[bytes.length - 3]! ^= 1;
     writeFileSync(md, bytes);
     r = await runVerify(out);
-    assert.match(r.difference!.message, /\.metadata does not match its SHA-256/);
+    assert.match(r.difference!.message, /\.metadata does not match its xxh128 digest/);
   });
 
   test("no manifest: a clear NOT_FOUND with a hint", async () => {

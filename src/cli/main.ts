@@ -70,6 +70,8 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     allowOverflow: a["allow-overflow"] as boolean | undefined,
     force: a.force as boolean | undefined,
     resume: a.resume as boolean | undefined,
+    fsync: a.fsync as boolean | undefined,
+    digest: a.digest as string | undefined,
     threads: a.threads as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
@@ -122,6 +124,8 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (journaled pieces are re-hashed, then skipped)" })
+    .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })
+    .option("digest", { choices: ["xxh128", "sha256"] as const, default: "xxh128" as const, describe: "content digest of every output piece in ckpt-manifest.json" })
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
     .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" });

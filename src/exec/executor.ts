@@ -1,7 +1,6 @@
 // Runs an output layout: preallocates files, writes known-up-front bytes, farms pieces out to a piscina pool
 // with bounded bytes in flight, then writes what depends on the data (blob CRCs) and the small extras.
 import { closeSync, existsSync, ftruncateSync, openSync, readSync, statSync, writeSync, writeFileSync } from "node:fs";
-import { createHash } from "node:crypto";
 import { crc32 } from "node:zlib";
 import { join } from "node:path";
 import { availableParallelism } from "node:os";
@@ -17,6 +16,7 @@ import { runsForBox } from "../plan/runs.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
+import { createHasher, DEFAULT_DIGEST, type DigestAlgorithm } from "./digest.js";
 
 export interface ProgressEvent {
   phase: "write";
@@ -36,7 +36,10 @@ export interface ExecOptions {
   maxMemory?: number;
   /** Output bytes per piece (default 16 MiB). */
   pieceBytes?: number;
-  hash?: boolean;
+  /** Digest of every piece for the manifest and the journal (default xxh128); false: none. */
+  digest?: DigestAlgorithm | false;
+  /** Write block-aligned output with O_DIRECT where possible (default true). */
+  directIo?: boolean;
   allowOverflow?: boolean;
   onProgress?: (e: ProgressEvent) => void;
   signal?: AbortSignal;
@@ -56,8 +59,8 @@ export interface ChunkDigest {
   sizes: number[];
   bytes: number;
   crc32: number;
-  /** SHA-256 of each piece in order (pieces are fixed by the plan, so this is deterministic). */
-  pieceSha256: string[];
+  /** Digest of each piece in order (pieces are fixed by the plan, so this is deterministic). */
+  pieceDigests: string[];
 }
 
 export interface ExecResult {
@@ -94,11 +97,11 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const pieceBytes = opts.pieceBytes ?? 16 * MiB;
   const chunks = chunkIdx.map(({ c }) => c);
   const pieces = piecesOf(chunks, pieceBytes);
-  const hash = opts.hash ?? true;
+  const digest = opts.digest === false ? undefined : opts.digest ?? DEFAULT_DIGEST;
   let journal: Journal | undefined;
   if (opts.journal) {
     const fp = fingerprint({
-      v: 1, plan: opts.journal.plan, hash, pieceBytes,
+      v: 1, plan: opts.journal.plan, digest: digest ?? null, pieceBytes,
       files: files.map((f) => [f.name, f.size, f.prefix ?? null]),
       chunks: chunks.map((c) => [c.tensor, c.dtype, c.shape, c.box, c.file, c.dataOffset, c.byteLength, c.blob ? [c.blob.offset, c.blob.layout.head, c.blob.layout.tailOffset] : null]),
       tensors: plan.tensors, leaves: plan.leaves,
@@ -148,6 +151,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const taskFor = (batch: typeof pieces): WorkerTask => ({
     paths,
     scales,
+    directIo: opts.directIo ?? true,
     pieces: batch.map((p): PieceTask => {
       const c = chunks[p.chunk]!;
       const t = tensorByName.get(c.tensor)!;
@@ -158,7 +162,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
         elems: numelOf(p.box.sizes),
         runs: runsForBox(t.recipe, t.shape, p.box, plan.leaves),
         countF16Overflow: c.dtype === "F16",
-        hash,
+        digest,
       };
     }),
   });
@@ -186,9 +190,9 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
         if (got !== buf.length) continue;
         const crc = crc32(buf) >>> 0;
         if (crc !== rec.crc) continue;
-        const sha = hash || rec.sha256 ? createHash("sha256").update(buf).digest("hex") : undefined;
-        if (rec.sha256 && sha !== rec.sha256) continue;
-        results[i] = { crc, bytes: buf.length, f16Overflow: rec.f16Overflow, sha256: hash ? sha : undefined };
+        const d = digest ? (await createHasher(digest)).update(buf).hex() : undefined;
+        if (rec.digest !== d) continue;
+        results[i] = { crc, bytes: buf.length, f16Overflow: rec.f16Overflow, digest: d };
         resumedPieces++;
         resumedBytes += p.byteLength;
       }
@@ -221,7 +225,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   });
   const threads = opts.threads ?? (bytesTotal < 8 * MiB ? 0 : Math.max(1, availableParallelism()));
   const onBatchDone = (batch: typeof pieces, res: PieceResult[]) => {
-    journal?.append(batch.map((p, j) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, sha256: res[j]!.sha256 })));
+    journal?.append(batch.map((p, j) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, digest: res[j]!.digest })));
     batch.forEach((p, j) => {
       results[pieceIndex.get(p)!] = res[j];
       bytesDone += p.byteLength;
@@ -280,22 +284,22 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
   // 3. per-chunk CRC (combined from pieces in order) → blob tails
   const digests: ChunkDigest[] = [];
-  const perChunk = new Map<number, { crc: number; shas: string[]; bytes: number }>();
+  const perChunk = new Map<number, { crc: number; digests: string[]; bytes: number }>();
   let overflow = 0;
   pieces.forEach((p, i) => {
     const r = results[i]!;
     overflow += r.f16Overflow;
-    const acc = perChunk.get(p.chunk) ?? { crc: 0, shas: [], bytes: 0 };
+    const acc = perChunk.get(p.chunk) ?? { crc: 0, digests: [], bytes: 0 };
     acc.crc = acc.bytes === 0 ? r.crc : crc32Combine(acc.crc, r.crc, r.bytes);
     acc.bytes += r.bytes;
-    if (r.sha256) acc.shas.push(r.sha256);
+    if (r.digest) acc.digests.push(r.digest);
     perChunk.set(p.chunk, acc);
   });
   const fds = new Map<string, number>();
   try {
     chunks.forEach((c, ci) => {
-      const acc = perChunk.get(ci) ?? { crc: 0, shas: [], bytes: 0 };
-      digests.push({ tensor: c.tensor, file: c.file, offsets: c.box.offsets, sizes: c.box.sizes, bytes: c.byteLength, crc32: acc.crc >>> 0, pieceSha256: acc.shas });
+      const acc = perChunk.get(ci) ?? { crc: 0, digests: [], bytes: 0 };
+      digests.push({ tensor: c.tensor, file: c.file, offsets: c.box.offsets, sizes: c.box.sizes, bytes: c.byteLength, crc32: acc.crc >>> 0, pieceDigests: acc.digests });
       if (c.blob) {
         let fd = fds.get(c.file);
         if (fd === undefined) fds.set(c.file, (fd = openSync(join(opts.dir, c.file), "r+")));

@@ -2,7 +2,7 @@
 // piece the executor has finished writing, so `--resume` can skip it after a crash or `kill -9`.
 //
 //   ckpt-journal v1 plan=<sha256 of the plan> pieces=<count>
-//   <piece index> <crc32 hex> <bytes> <f16 overflow count> <sha256 hex | ->
+//   <piece index> <crc32 hex> <bytes> <f16 overflow count> <digest hex (xxh128 or sha256, as planned) | ->
 //
 // A record is appended only after the piece's pwrite returned, so after a process kill every journaled piece is
 // in the page cache. The journal is fsynced at most once a second (not per piece) and the data files are not
@@ -22,7 +22,8 @@ export interface JournalRecord {
   crc: number;
   bytes: number;
   f16Overflow: number;
-  sha256?: string;
+  /** Hex digest of the piece (the algorithm is part of the plan fingerprint). */
+  digest?: string;
 }
 
 /** sha256 of a canonical JSON rendering (object keys sorted), for plan fingerprints. */
@@ -40,7 +41,7 @@ export function fingerprint(value: unknown): string {
   return createHash("sha256").update(JSON.stringify(canon(value))).digest("hex");
 }
 
-const RECORD = /^(\d+) ([0-9a-f]{8}) (\d+) (\d+) ([0-9a-f]{64}|-)$/;
+const RECORD = /^(\d+) ([0-9a-f]{8}) (\d+) (\d+) ([0-9a-f]{32}|[0-9a-f]{64}|-)$/;
 
 /** Parses journal text; undefined when the header is missing or names another plan. Torn/garbled lines are skipped. */
 export function parseJournal(text: string, plan: string, pieceCount: number): { records: Map<number, JournalRecord>; validLength: number } | undefined {
@@ -57,7 +58,7 @@ export function parseJournal(text: string, plan: string, pieceCount: number): { 
     if (!m) continue;
     const piece = Number(m[1]);
     if (!Number.isSafeInteger(piece) || piece >= pieceCount) continue;
-    records.set(piece, { piece, crc: parseInt(m[2]!, 16) >>> 0, bytes: Number(m[3]), f16Overflow: Number(m[4]), sha256: m[5] === "-" ? undefined : m[5] });
+    records.set(piece, { piece, crc: parseInt(m[2]!, 16) >>> 0, bytes: Number(m[3]), f16Overflow: Number(m[4]), digest: m[5] === "-" ? undefined : m[5] });
   }
   return { records, validLength: Buffer.byteLength(text.slice(0, pos)) };
 }
@@ -113,7 +114,7 @@ export class Journal {
   /** Appends records (one write call: O_APPEND keeps lines whole); fsyncs at most once a second. */
   append(recs: JournalRecord[]): void {
     if (this.fd === undefined || recs.length === 0) return;
-    const text = recs.map((r) => `${r.piece} ${(r.crc >>> 0).toString(16).padStart(8, "0")} ${r.bytes} ${r.f16Overflow} ${r.sha256 ?? "-"}\n`).join("");
+    const text = recs.map((r) => `${r.piece} ${(r.crc >>> 0).toString(16).padStart(8, "0")} ${r.bytes} ${r.f16Overflow} ${r.digest ?? "-"}\n`).join("");
     writeSync(this.fd, text);
     this.dirty = true;
     if (Date.now() - this.lastSync >= SYNC_INTERVAL_MS) this.sync();

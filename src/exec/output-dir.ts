@@ -27,19 +27,20 @@ export function fsyncPath(path: string): void {
   try { fsyncSync(fd); } finally { closeSync(fd); }
 }
 
-/** fsyncs every file and the folder, then swaps the partial folder into place. */
-export function commitOutputDir(dir: OutputDir, opts: { force?: boolean }): void {
-  for (const name of readdirSync(dir.partial)) {
+/** fsyncs every file and the folder (unless `fsync: false`), then swaps the partial folder into place. */
+export function commitOutputDir(dir: OutputDir, opts: { force?: boolean; fsync?: boolean }): void {
+  const sync = opts.fsync !== false;
+  for (const name of sync ? readdirSync(dir.partial) : []) {
     const p = `${dir.partial}/${name}`;
     if (statSync(p).isFile()) fsyncPath(p);
   }
-  fsyncPath(dir.partial);
+  if (sync) fsyncPath(dir.partial);
   if (existsSync(dir.final)) {
     if (!opts.force) throw new CkptError("OUTPUT_EXISTS", "output appeared during the run", { file: dir.final });
     rmSync(dir.final, { recursive: true, force: true });
   }
   renameSync(dir.partial, dir.final);
-  fsyncPath(dirname(dir.final));
+  if (sync) fsyncPath(dirname(dir.final));
 }
 
 export function discardOutputDir(dir: OutputDir): void {

@@ -3,7 +3,7 @@
 // its planned offset window by window (O_DIRECT where possible). Only small results (CRC, hash, counters) go back.
 import { closeSync, constants as fsc, openSync, readSync, statfsSync, write, writeSync } from "node:fs";
 import { dirname } from "node:path";
-import { createHash } from "node:crypto";
+import { createHasher, type DigestAlgorithm, type Hasher } from "./digest.js";
 import { crc32 } from "node:zlib";
 import { elementSize, isCastable, type CastableDType, type DType } from "../dtypes.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
@@ -18,7 +18,8 @@ export interface PieceTask {
   runs: Run[];
   /** Count source values beyond the f16 range (only when casting into F16). */
   countF16Overflow: boolean;
-  hash: boolean;
+  /** Digest of the piece's output bytes for the manifest and the journal; none when undefined. */
+  digest?: DigestAlgorithm;
 }
 
 export interface WorkerTask {
@@ -33,13 +34,18 @@ export interface WorkerTask {
   /** Scale tensors for FP8 dequantization: name → where its F32 bytes are. */
   scales: Record<string, { file: string; byteOffset: number; byteLength: number; cols: number }>;
   device?: "cpu" | "cuda";
+  /**
+   * Write block-aligned output with O_DIRECT (default). Off for --no-fsync runs: their output is meant to land in the
+   * page cache like `cp`'s, not to wait for the disk.
+   */
+  directIo?: boolean;
 }
 
 export interface PieceResult {
   crc: number;
   bytes: number;
   f16Overflow: number;
-  sha256?: string;
+  digest?: string;
 }
 
 let kernels: Kernels | undefined;
@@ -173,7 +179,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
 
 // Output leaves a worker in windows of WINDOW bytes: the CRC, the hash and the pwrite of a window all hit the
 // CPU cache, and page-cache writes of ~1 MiB cost several times less kernel time than 16 MiB ones. The CRC and
-// SHA-256 are computed incrementally over the same bytes in the same order, so they equal whole-piece values.
+// digest are computed incrementally over the same bytes in the same order, so they equal whole-piece values.
 const WINDOW = 1 << 20;
 
 // Output windows go to disk with O_DIRECT where the file system allows it: no copy into the page cache (which
@@ -229,7 +235,7 @@ function alignmentFor(path: string): number {
 
 class PieceSink {
   private crc = 0;
-  private readonly sha?: ReturnType<typeof createHash>;
+  private readonly hasher?: Hasher;
   /** File offset of the next byte handed to write(). */
   private pos: number;
   private readonly fd: number;
@@ -244,19 +250,22 @@ class PieceSink {
   /** Partial blocks going through the page cache (queued, so a worker never waits behind a direct write's inode lock). */
   private readonly small: Promise<void>[] = [];
   bytes = 0;
-  constructor(p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined) {
+  static async open(p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined): Promise<PieceSink> {
+    return new PieceSink(p, fds, dfds, p.digest ? await createHasher(p.digest) : undefined);
+  }
+  private constructor(p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, hasher: Hasher | undefined) {
     this.path = p.outPath;
     this.fd = fds(p.outPath);
     this.pos = p.outOffset;
     this.align = alignmentFor(p.outPath);
     // Pieces shorter than two blocks gain nothing from direct I/O.
     this.dfd = this.align > 0 && p.elems * elementSize(p.outDtype) >= 2 * this.align ? dfds(p.outPath) : undefined;
-    if (p.hash) this.sha = createHash("sha256");
+    this.hasher = hasher;
   }
   /** Takes the next output bytes (copied before it returns: `b` may be reused once the promise resolves). */
   async write(b: Uint8Array): Promise<void> {
     this.crc = crc32(b, this.crc);
-    this.sha?.update(b);
+    this.hasher?.update(b);
     this.bytes += b.length;
     if (this.dfd === undefined) {
       writeExact(this.fd, b, this.pos);
@@ -333,7 +342,7 @@ class PieceSink {
     await this.settle(this.cur ^ 1);
     await this.settle(this.cur);
     await Promise.all(this.small);
-    return { crc: this.crc, bytes: this.bytes, f16Overflow: overflow, sha256: this.sha?.digest("hex") };
+    return { crc: this.crc, bytes: this.bytes, f16Overflow: overflow, digest: this.hasher?.hex() };
   }
   /** After an error: wait for writes in flight, ignoring their outcome, so no buffer is written while reused. */
   async abandon(): Promise<void> {
@@ -364,7 +373,7 @@ function streamable(p: PieceTask): boolean {
 async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, k: Kernels): Promise<PieceResult> {
   const oes = elementSize(p.outDtype);
   const win = scratchBuffer("out", Math.min(WINDOW, p.elems * oes));
-  const sink = new PieceSink(p, fds, dfds);
+  const sink = await PieceSink.open(p, fds, dfds);
   try {
     let fill = 0; // bytes of `win` holding output not yet written
     let overflow = 0;
@@ -405,7 +414,7 @@ async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) =
 }
 
 async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, dfds: (path: string) => number | undefined, overflow: number): Promise<PieceResult> {
-  const sink = new PieceSink(p, fds, dfds);
+  const sink = await PieceSink.open(p, fds, dfds);
   try {
     for (let o = 0; o < out.length; o += WINDOW) await sink.write(out.subarray(o, Math.min(out.length, o + WINDOW)));
     return await sink.result(overflow);
@@ -429,6 +438,7 @@ export default async function runTask(task: WorkerTask): Promise<PieceResult[]> 
   };
   const direct = new Map<string, number | undefined>();
   const dfds = (path: string): number | undefined => {
+    if (task.directIo === false) return undefined;
     if (!direct.has(path)) {
       let fd: number | undefined;
       try {

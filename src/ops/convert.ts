@@ -15,7 +15,8 @@ import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
-import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
+import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
+import { digestOf, parseDigest, type DigestAlgorithm } from "../exec/digest.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
@@ -37,7 +38,14 @@ export interface ConvertOptions extends OpenSourceOptions {
   maxMemory?: number;
   maxShardBytes?: number;
   omit?: string[];
-  hash?: boolean;
+  /** Digest of every output piece in the manifest (default xxh128; or sha256). */
+  digest?: string;
+  /**
+   * fsync every file and the folder before the atomic rename (default true). `false` leaves the output in the page
+   * cache like `cp` does: complete and renamed into place when the call returns, but a power loss before the kernel
+   * writes it back can leave it truncated (`ckpt verify <out>` tells).
+   */
+  fsync?: boolean;
   /** Continue an interrupted run from `<out>.partial/` (its journal); also keeps the partial folder on errors. */
   resume?: boolean;
   /** Sharding (shard command): FSDP × TP mesh. */
@@ -128,12 +136,15 @@ async function sourceIdentity(catalog: Catalog): Promise<Record<string, string>>
   return out;
 }
 
-function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout, exec: ExecResult, sourceIds: Record<string, string>, options: Record<string, unknown>): Buffer {
+async function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout, exec: ExecResult, sourceIds: Record<string, string>, options: Record<string, unknown>, digest: DigestAlgorithm): Promise<Buffer> {
   const tensors: Record<string, unknown> = {};
   for (const t of plan.tensors) tensors[t.name] = { dtype: t.dtype, shape: t.shape, chunks: [] as unknown[] };
   for (const c of exec.chunks) {
-    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, sha256: createHash("sha256").update(c.pieceSha256.join("")).digest("hex"), piece_sha256: c.pieceSha256 });
+    const hash = await digestOf(digest, Buffer.from(c.pieceDigests.join("")));
+    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, hash, piece_hashes: c.pieceDigests });
   }
+  const extras: [string, { size: number; hash: string }][] = [];
+  for (const [name, bytes] of layout.extras) extras.push([name, { size: bytes.length, hash: await digestOf(digest, bytes) }]);
   const manifest = {
     tool: "ckpt",
     version: VERSION,
@@ -143,11 +154,12 @@ function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout
     target: plan.target,
     direction: plan.direction,
     mesh: layout.mesh,
-    chunk_hash: "sha256 over the concatenated hex SHA-256 of the chunk's pieces, each ≤ piece_bytes of output",
+    digest,
+    chunk_hash: `${digest} over the concatenated hex ${digest} of the chunk's pieces, each ≤ piece_bytes of output`,
     piece_bytes: options.pieceBytes,
     files: Object.fromEntries([
       ...layout.files.map((f) => [f.name, { size: f.size }] as const),
-      ...[...layout.extras].map(([name, bytes]) => [name, { size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }] as const),
+      ...extras,
     ]),
     tensors,
   };
@@ -229,8 +241,11 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
 
     const ranks = opts.ranks !== undefined ? parseRanks(opts.ranks, world) : undefined;
     const pieceBytes = 16 * 1024 * 1024;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes };
-    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, hash: opts.hash, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
+    const digest = parseDigest(opts.digest);
+    const fsync = opts.fsync ?? true;
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes, digest };
+    // Without fsync the output should land in the page cache like cp's; O_DIRECT would make the run wait for the disk.
+    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo: fsync, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
 
     if (opts.resume && (ranks || opts.finalize)) throw new CkptError("USAGE", "--resume is not supported with --ranks/--finalize: rerun the unfinished rank range instead");
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
@@ -255,14 +270,14 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
       checkSourceUnchanged(source, stamps);
       writeExtras(layout, dir.partial);
-      writeFileSync(join(dir.partial, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord));
+      writeFileSync(join(dir.partial, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord, digest));
       let hfAssets = false;
       if (assetSource) {
         const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
       }
       if (exec.journalPath) rmSync(exec.journalPath, { force: true });
-      commitOutputDir(dir, { force: opts.force });
+      commitOutputDir(dir, { force: opts.force, fsync });
       return {
         out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
         torchtitanConfig: direction !== "tt_to_hf" && format === "dcp" ? torchtitanConfigLines(outAbs, plan.target, hfAssets) : undefined,
@@ -334,7 +349,9 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted });
       overflow = exec.f16Overflow;
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
+      if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
       for (const f of wanted) renameSync(join(tmp, f), join(out, f));
+      if (ctx.fsync !== false) fsyncPath(out);
       writeFileSync(join(out, `.ckpt-digest-${rl[0]}-${rl[rl.length - 1]}.json`), JSON.stringify(exec.chunks));
       bytesWritten = exec.bytesWritten;
     } finally {
@@ -353,7 +370,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
     if (unique.length !== layout.chunks.length) throw new CkptError("MISSING_TENSOR", `digests cover ${unique.length} of ${layout.chunks.length} chunks; run every rank range first`, { file: out });
     writeExtras(layout, out);
     const exec: ExecResult = { bytesWritten: 0, files: [], chunks: unique, f16Overflow: 0, threads: 0 };
-    writeFileSync(join(out, MANIFEST), manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), ctx.optionsRecord));
+    writeFileSync(join(out, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), ctx.optionsRecord, parseDigest(ctx.digest)));
     if (ctx.assetSource) copyAssets(ctx.assetSource, join(out, "hf_assets"));
     for (const f of readdirSync(out).filter((f) => f.startsWith(".ckpt-digest-"))) rmSync(join(out, f));
   }

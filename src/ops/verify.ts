@@ -4,7 +4,7 @@
 // differing tensor, element index and both values.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
-import { createHash } from "node:crypto";
+import { DIGESTS, digestOf, type DigestAlgorithm } from "../exec/digest.js";
 import { crc32 } from "node:zlib";
 import { join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
@@ -74,10 +74,12 @@ function checkAbort(signal?: AbortSignal): void {
 // ---------------------------------------------------------------------------------------------------------------
 // manifest mode
 
-interface ManifestChunk { file: string; offsets: number[]; sizes: number[]; bytes: number; crc32: number; sha256: string; piece_sha256?: string[] }
+interface ManifestChunk { file: string; offsets: number[]; sizes: number[]; bytes: number; crc32: number; hash: string; piece_hashes?: string[] }
 interface Manifest {
+  /** Absent in manifests of ckpt 0.1.0 and earlier, which used SHA-256 under the field names sha256 / piece_sha256. */
+  digest: DigestAlgorithm;
   piece_bytes: number;
-  files?: Record<string, { size: number; sha256?: string }>;
+  files?: Record<string, { size: number; hash?: string }>;
   tensors: Record<string, { dtype: DType; shape: number[]; chunks: ManifestChunk[] }>;
 }
 
@@ -96,14 +98,29 @@ function loadManifest(dir: string): Manifest {
   if (!m || typeof m !== "object") bad("not an object");
   const mm = m as Partial<Manifest>;
   if (!Number.isSafeInteger(mm.piece_bytes) || mm.piece_bytes! <= 0) bad("piece_bytes is not a positive integer");
+  if (mm.digest === undefined) legacySha256(mm);
+  if (!(DIGESTS as readonly string[]).includes(mm.digest!)) bad(`unknown digest '${String(mm.digest)}' (expected ${DIGESTS.join(" or ")})`);
   if (!mm.tensors || typeof mm.tensors !== "object") bad("no tensors");
   for (const [name, t] of Object.entries(mm.tensors!)) {
     if (!t || !Array.isArray(t.shape) || typeof t.dtype !== "string" || !Array.isArray(t.chunks)) bad(`tensor '${name}' lacks dtype/shape/chunks`);
     for (const c of t.chunks) {
-      if (!c || typeof c.file !== "string" || !isPlainFileName(c.file) || !Array.isArray(c.offsets) || !Array.isArray(c.sizes) || typeof c.sha256 !== "string") bad(`tensor '${name}': malformed chunk`);
+      if (!c || typeof c.file !== "string" || !isPlainFileName(c.file) || !Array.isArray(c.offsets) || !Array.isArray(c.sizes) || typeof c.hash !== "string") bad(`tensor '${name}': malformed chunk`);
     }
   }
   return mm as Manifest;
+}
+
+/** Manifests of ckpt 0.1.0: SHA-256 digests under the field names sha256 / piece_sha256. */
+function legacySha256(m: Partial<Manifest>): void {
+  type Legacy = { sha256?: string; piece_sha256?: string[] };
+  m.digest = "sha256";
+  for (const f of Object.values(m.files ?? {})) f.hash ??= (f as Legacy).sha256;
+  for (const t of Object.values(m.tensors ?? {})) {
+    for (const c of Array.isArray(t?.chunks) ? t.chunks : []) {
+      c.hash ??= (c as Legacy).sha256 as string;
+      c.piece_hashes ??= (c as Legacy).piece_sha256;
+    }
+  }
 }
 
 async function verifyManifest(aPath: string, opts: VerifyOptions): Promise<VerifyResult> {
@@ -118,7 +135,7 @@ async function verifyManifest(aPath: string, opts: VerifyOptions): Promise<Verif
     if (!isPlainFileName(name) || !existsSync(path)) return fail({ file: path, message: `file ${name} listed in the manifest is missing` });
     const size = statSync(path).size;
     if (size !== f.size) return fail({ file: path, message: `file ${name} is ${size} bytes, the manifest says ${f.size}` });
-    if (f.sha256 && createHash("sha256").update(readFileSync(path)).digest("hex") !== f.sha256) return fail({ file: path, message: `file ${name} does not match its SHA-256 in the manifest` });
+    if (f.hash && (await digestOf(manifest.digest, readFileSync(path))) !== f.hash) return fail({ file: path, message: `file ${name} does not match its ${manifest.digest} digest in the manifest` });
   }
 
   const headers = new Map<string, SafetensorsHeader>();
@@ -158,7 +175,7 @@ async function verifyManifest(aPath: string, opts: VerifyOptions): Promise<Verif
         const rowsPer = c.sizes.length === 0 ? 1 : Math.max(1, Math.floor(pieceBytes / rowBytes));
         let fh = handles.get(c.file);
         if (!fh) handles.set(c.file, (fh = await open(path, "r")));
-        const shas: string[] = [];
+        const hashes: string[] = [];
         let crc = 0;
         let pi = 0;
         if (c.bytes > 0) {
@@ -168,11 +185,11 @@ async function verifyManifest(aPath: string, opts: VerifyOptions): Promise<Verif
             const at = dataOffset + r * rowBytes;
             const buf = Buffer.allocUnsafe(len);
             const { bytesRead } = await fh.read(buf, 0, len, at);
-            const sha = createHash("sha256").update(buf.subarray(0, bytesRead)).digest("hex");
+            const hash = await digestOf(manifest.digest, buf.subarray(0, bytesRead));
             crc = crc32(buf.subarray(0, bytesRead), crc);
-            shas.push(sha);
-            const want = c.piece_sha256?.[pi];
-            if (bytesRead !== len || (want !== undefined && want !== sha)) {
+            hashes.push(hash);
+            const want = c.piece_hashes?.[pi];
+            if (bytesRead !== len || (want !== undefined && want !== hash)) {
               const r0 = (c.offsets[0] ?? 0) + r;
               return fail({
                 tensor: name, file: path, chunk: { offsets: c.offsets, sizes: c.sizes }, piece: pi, rows: [r0, r0 + n], byteRange: [at, at + len],
@@ -183,8 +200,8 @@ async function verifyManifest(aPath: string, opts: VerifyOptions): Promise<Verif
             opts.onProgress?.({ bytesDone: result.bytes, bytesTotal });
           }
         }
-        const chunkSha = createHash("sha256").update(shas.join("")).digest("hex");
-        if (chunkSha !== c.sha256 || (c.bytes > 0 && (crc >>> 0) !== c.crc32 >>> 0)) {
+        const chunkHash = await digestOf(manifest.digest, Buffer.from(hashes.join("")));
+        if (chunkHash !== c.hash || (c.bytes > 0 && (crc >>> 0) !== c.crc32 >>> 0)) {
           return fail({ tensor: name, file: path, chunk: { offsets: c.offsets, sizes: c.sizes }, message: `tensor '${name}': chunk at [${c.offsets}] in ${c.file} does not match its manifest hash` });
         }
       }
