@@ -17,6 +17,7 @@ import { parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
 import { digestOf, parseDigest, type DigestAlgorithm } from "../exec/digest.js";
+import { unthrottledDirtyBytes } from "../exec/page-cache.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
@@ -244,8 +245,10 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
     const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes, digest };
-    // Without fsync the output should land in the page cache like cp's; O_DIRECT would make the run wait for the disk.
-    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo: fsync, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
+    // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
+    // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
+    const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
+    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
 
     if (opts.resume && (ranks || opts.finalize)) throw new CkptError("USAGE", "--resume is not supported with --ranks/--finalize: rerun the unfinished rank range instead");
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
