@@ -38,7 +38,7 @@ print(json.dumps({"tensors": len(sd)}))
 /** From a `--dry-run --json` plan: [output name, source name, heads to permute or null]. */
 export function torchTensorList(plan: { tensors: { name: string; recipe: string }[] }): [string, string, number | null][] {
   return plan.tensors.map((t) => {
-    const rope = /^rope_hf_to_tt\(([^;]+); heads=(\d+), hd=\d+\)$/.exec(t.recipe);
+    const rope = /^rope_hf_to_tt\(([\w.]+), heads=(\d+), hd=\d+\)$/.exec(t.recipe);
     if (rope) return [t.name, rope[1]!, Number(rope[2])];
     if (!/^[\w.]+$/.test(t.recipe)) throw new Error(`bench: unexpected recipe for ${t.name}: ${t.recipe}`);
     return [t.name, t.recipe, null];
