@@ -48,6 +48,24 @@ for (const env of availableSuites()) {
           if (c.saveRef) assert.deepEqual(res.chunk_diffs, [], "our .metadata chunks differ from PyTorch's dcp.save");
         });
       }
+      if (newest) {
+        // --format safetensors: per-rank files with DCP_SHARDING_INFO, read by PyTorch's HuggingFaceStorageReader
+        // (2.8+, so 2.14 only); uneven and empty boxes included.
+        const hfCases = [
+          { name: "world 8", model: "even", world: 8, tp: 1 },
+          { name: "world 5 (uneven, empty shards)", model: "uneven", world: 5, tp: 1 },
+          { name: "FSDP 4 × TP 2", model: "even", world: 8, tp: 2 },
+          { name: "FSDP 2 × TP 2 uneven", model: "uneven", world: 4, tp: 2 },
+        ];
+        for (const c of hfCases) {
+          await t.test(`per-rank safetensors through HuggingFaceStorageReader: ${c.name}`, async () => {
+            const dir = `st-${c.model}-w${c.world}-tp${c.tp}`;
+            await runConvert({ source: join(tmp.host, c.model), out: join(tmp.host, dir), worldSize: c.world, tp: c.tp, target: "torchtitan@0.2", format: "safetensors" });
+            const res = await check(env, py, { hf: g(c.model), dcp: g(dir), reader: "hf", target: "torchtitan@0.2", world: c.world, tp: c.tp, result: g(`${dir}.json`) });
+            assert.deepEqual(res.problems, [], `PyTorch ${res.torch}`);
+          });
+        }
+      }
       await t.test("saved for 8 ranks, loaded at 4 and 1 (PyTorch reshards)", async () => {
         for (const world of [4, 1]) {
           const res = await check(env, py, { hf: g("even"), dcp: g("even-w8-tp1-torchtitan_0.2"), target: "torchtitan@0.2", world, tp: 1, result: g(`reload-${world}.json`) });

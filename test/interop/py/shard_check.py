@@ -1,6 +1,7 @@
 # Multi-process (gloo, CPU) check of a ckpt-sharded DCP: every rank builds the DTensors FSDP2 (x TP) would
 # hold, with PyTorch's own distribute_tensor, and dcp.load fills them; each local shard must equal PyTorch's
-# own local shard of the independent reference bit for bit. Optionally PyTorch saves the same DTensors so
+# own local shard of the independent reference bit for bit ("reader": "hf" loads per-rank safetensors through
+# HuggingFaceStorageReader instead of a DCP folder). Optionally PyTorch saves the same DTensors so
 # the .metadata chunk lists can be compared, and read bytes per rank are measured from /proc/self/io.
 import json, os, sys, socket
 import torch
@@ -62,7 +63,13 @@ def worker(rank, args, port):
     dest = {k: distribute_tensor(torch.zeros_like(v), mesh, placements(k, tp)) for k, v in ref.items()}
     dist.barrier()
     before = rchar()
-    dcp.load(dest, storage_reader=FileSystemReader(args["dcp"]))
+    if args.get("reader") == "hf":
+        # per-rank safetensors with DCP_SHARDING_INFO (dcp-format.md section 10), PyTorch 2.8+
+        from torch.distributed.checkpoint import HuggingFaceStorageReader
+        reader = HuggingFaceStorageReader(args["dcp"])
+    else:
+        reader = FileSystemReader(args["dcp"])
+    dcp.load(dest, storage_reader=reader)
     read = rchar() - before
     for k in sorted(ref):
         a, b = want[k].to_local(), dest[k].to_local()
