@@ -27,14 +27,21 @@ export function fsyncPath(path: string): void {
   try { fsyncSync(fd); } finally { closeSync(fd); }
 }
 
-/** fsyncs every file and the folder (unless `fsync: false`), then swaps the partial folder into place. */
+/** fsyncs every file and folder under `dir`, then `dir` itself (children first, so the entries point at data on disk). */
+function fsyncTree(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const p = `${dir}/${name}`;
+    const st = statSync(p);
+    if (st.isDirectory()) fsyncTree(p);
+    else if (st.isFile()) fsyncPath(p);
+  }
+  fsyncPath(dir);
+}
+
+/** fsyncs every file and folder (unless `fsync: false`; hf_assets/ included), then swaps the partial folder into place. */
 export function commitOutputDir(dir: OutputDir, opts: { force?: boolean; fsync?: boolean }): void {
   const sync = opts.fsync !== false;
-  for (const name of sync ? readdirSync(dir.partial) : []) {
-    const p = `${dir.partial}/${name}`;
-    if (statSync(p).isFile()) fsyncPath(p);
-  }
-  if (sync) fsyncPath(dir.partial);
+  if (sync) fsyncTree(dir.partial);
   if (existsSync(dir.final)) {
     if (!opts.force) throw new CkptError("OUTPUT_EXISTS", "output appeared during the run", { file: dir.final });
     rmSync(dir.final, { recursive: true, force: true });
