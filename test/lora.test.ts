@@ -12,7 +12,8 @@ import { writeSingleFileDcp } from "../src/formats/dcp/writer.js";
 import { tinyLlamaTensors, writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
 import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
-import { referenceKernels } from "../src/kernels/index.js";
+import { getKernels, nativeKernelsFrom, referenceKernels, resetKernelsForTests } from "../src/kernels/index.js";
+import { loadNative, nativeLoadError } from "../src/kernels/native.js";
 import {
   ModuleResolver, isTargetModule, loraConvert, loraExport, loraMerge, loraScale, mergeWeight, parsePeftConfig, parsePeftName,
   parseTtName, patternKey, type PeftLoraConfig,
@@ -366,6 +367,132 @@ test("mergeWeight: W + s·B·A and DoRA row renormalisation within f32 rounding 
   for (let i = 0; i < out; i++) for (let j = 0; j < inn; j++) assert.equal(t[j * out + i], plain[i * inn + j]);
   // B = 0: exactly W
   assert.deepEqual(mergeWeight(W, out, inn, A, new Float32Array(out * r), r, 2), W);
+});
+
+// ---- native merge kernel == the TypeScript path --------------------------------------------------------------
+
+const addon = loadNative();
+const NATIVE_SKIP = addon ? false : `native addon not built (${nativeLoadError()}); run npm run build:native`;
+
+/** mergeWeight on its TypeScript path (CKPT_NATIVE=0 selects the reference kernels, which have no loraMerge). */
+function mergeWeightTs(...args: Parameters<typeof mergeWeight>): Float32Array {
+  const saved = process.env.CKPT_NATIVE;
+  process.env.CKPT_NATIVE = "0";
+  resetKernelsForTests();
+  try {
+    assert.equal(getKernels().loraMerge, undefined);
+    return mergeWeight(...args);
+  } finally {
+    if (saved === undefined) delete process.env.CKPT_NATIVE; else process.env.CKPT_NATIVE = saved;
+    resetKernelsForTests();
+  }
+}
+
+/**
+ * f32 values over many binades, so that every rounding step matters: ±0, subnormals, tiny normals (whose squares
+ * underflow), ordinary values and large ones (kept below 2^21 so DoRA's sums of squares stay finite).
+ */
+function spreadF32(n: number, next: () => number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = next(), v = next();
+    const sign = u & 1 ? -1 : 1, frac = 1 + (v >>> 8) / 2 ** 24, e = (u >>> 5) % 24;
+    switch ((u >>> 1) % 12) {
+      case 0: a[i] = 0; break;
+      case 1: a[i] = -0; break;
+      case 2: a[i] = sign * ((v >>> 9) || 1) * 2 ** -149; break;
+      case 3: a[i] = sign * frac * 2 ** (-126 + e); break;
+      case 4: a[i] = sign * frac * 2 ** (10 + (e % 11)); break;
+      default: a[i] = sign * frac * 2 ** (e - 12);
+    }
+  }
+  return a;
+}
+
+/** Bit-for-bit equality of two f32 arrays (any NaN matches any NaN: JS does not pin NaN payloads). */
+function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  const g = new Uint32Array(got.buffer, got.byteOffset, got.length), w = new Uint32Array(want.buffer, want.byteOffset, want.length);
+  let first = -1, count = 0;
+  for (let x = 0; x < g.length; x++) {
+    if (g[x] === w[x] || (Number.isNaN(got[x]) && Number.isNaN(want[x]))) continue;
+    if (first < 0) first = x;
+    count++;
+  }
+  if (count > 0) {
+    assert.fail(`${what}: ${count} of ${g.length} elements differ; first at ${first}: ` +
+      `0x${g[first]!.toString(16)} (${got[first]}) vs TypeScript 0x${w[first]!.toString(16)} (${want[first]})`);
+  }
+}
+
+test("mergeWeight: native kernel == TypeScript path bit for bit (every ISA tier; shapes, ranks, DoRA, transposed, ±0, subnormals)", { skip: NATIVE_SKIP }, () => {
+  assert.equal(typeof addon!.loraMerge, "function", "the addon predates loraMerge: run npm run build:native");
+  const native = nativeKernelsFrom(addon!);
+  const tiersAll = ["scalar", "avx2", "avx512"];
+  const tiers = tiersAll.slice(0, tiersAll.indexOf(addon!.bestIsa()) + 1);
+  let x = 0x9e3779b9;
+  const next = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
+  const scales = [1.5, 0.1, 2 / 3, 1 / 16, 3000.7];
+  const shapes: [number, number][] = [];
+  const outs = [1, 4, 6, 9, 37];
+  for (const inn of [5, 8, 13, 64, 100]) for (const r of [1, 3, 8, 16]) shapes.push([outs[shapes.length % outs.length]!, inn]);
+  shapes.push([37, 259], [70, 45], [33, 1]);
+  let cases = 0;
+  try {
+    shapes.forEach(([out, inn], idx) => {
+      const r = [1, 3, 8, 16][idx % 4]!;
+      for (const dora of [false, true]) for (const transposed of [false, true]) {
+        const W = spreadF32(out * inn, next), A = spreadF32(r * inn, next), B = spreadF32(out * r, next);
+        const m = dora ? spreadF32(out, next) : undefined;
+        if (idx % 5 === 0) B.fill(0, 0, r); // row 0 of B @ A is exactly 0
+        const s = scales[cases % scales.length]!;
+        const what = `out=${out} in=${inn} r=${r} s=${s}${dora ? " dora" : ""}${transposed ? " transposed" : ""}`;
+        const want = mergeWeightTs(W, out, inn, A, B, r, s, m, transposed);
+        for (const isa of tiers) {
+          assert.equal(addon!.setIsa(isa), isa);
+          const got = new Float32Array(out * inn);
+          native.loraMerge!(W, out, inn, A, B, r, s, m, transposed, got);
+          assertSameBits(got, want, `${what} native(${isa})`);
+        }
+        addon!.setIsa("auto");
+        assertSameBits(mergeWeight(W, out, inn, A, B, r, s, m, transposed), want, `${what} mergeWeight (${getKernels().name})`);
+        cases++;
+      }
+    });
+    // a DoRA row whose V is all zero: norm 0, m / 0 = ±inf, inf · 0 = NaN on both paths
+    const [out, inn, r] = [3, 11, 2];
+    const W = spreadF32(out * inn, next), A = spreadF32(r * inn, next), B = spreadF32(out * r, next), m = Float32Array.from([2, -1, 0.5]);
+    W.fill(0, inn, 2 * inn); B.fill(0, r, 2 * r);
+    const want = mergeWeightTs(W, out, inn, A, B, r, 1, m, false);
+    assert.ok(want.subarray(inn, 2 * inn).every(Number.isNaN));
+    for (const isa of tiers) {
+      addon!.setIsa(isa);
+      const got = new Float32Array(out * inn);
+      native.loraMerge!(W, out, inn, A, B, r, 1, m, false, got);
+      assertSameBits(got, want, `zero DoRA row native(${isa})`);
+    }
+  } finally {
+    addon!.setIsa("auto");
+  }
+  assert.equal(cases, (shapes.length) * 4);
+});
+
+test("native loraMerge rejects wrong lengths, non-Float32Array buffers and an output overlapping an input", { skip: NATIVE_SKIP }, () => {
+  const k = nativeKernelsFrom(addon!);
+  const [out, inn, r] = [3, 5, 2];
+  const W = new Float32Array(out * inn), A = new Float32Array(r * inn), B = new Float32Array(out * r), m = new Float32Array(out);
+  const res = new Float32Array(out * inn);
+  const lora = (...a: Parameters<NonNullable<typeof k.loraMerge>>) => k.loraMerge!(...a);
+  lora(W, out, inn, A, B, r, 1, m, false, res);
+  assert.throws(() => lora(W.subarray(1), out, inn, A, B, r, 1, m, false, res), /W must have out \* inn elements/);
+  assert.throws(() => lora(W, out, inn, A.subarray(1), B, r, 1, m, false, res), /A must have r \* inn elements/);
+  assert.throws(() => lora(W, out, inn, A, B.subarray(1), r, 1, m, false, res), /B must have out \* r elements/);
+  assert.throws(() => lora(W, out, inn, A, B, r, 1, m.subarray(1), false, res), /m must have out elements/);
+  assert.throws(() => lora(W, out, inn, A, B, r, 1, new Float32Array(0), false, res), /m must have out elements/);
+  assert.throws(() => lora(W, out, inn, A, B, r, 1, m, false, new Float32Array(1)), /res must have out \* inn elements/);
+  assert.throws(() => lora(W, out, inn, new Float64Array(r * inn) as unknown as Float32Array, B, r, 1, m, false, res), /A must be a Float32Array/);
+  const shared = new Float32Array(2 * out * inn);
+  assert.throws(() => lora(shared.subarray(0, out * inn), out, inn, A, B, r, 1, m, false, shared.subarray(3, 3 + out * inn)), /must not overlap/);
 });
 
 test("merge HF base + PEFT adapter: merged weights within f32 rounding of the exact values, other tensors byte-identical, bf16 = RNE(f32)", async () => {

@@ -171,6 +171,54 @@ Napi::Value StatsFn(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// Float32Array argument (element type checked, so the data is 4-byte aligned); optional: undefined/null -> null.
+bool getF32(const Napi::CallbackInfo& info, size_t i, const char* what, float*& p, size_t& n, bool optional = false) {
+  p = nullptr;
+  n = 0;
+  if (optional && (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull())) return true;
+  if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    return fail(info.Env(), std::string(what) + " must be a Float32Array", false);
+  Napi::Float32Array a = info[i].As<Napi::Float32Array>();
+  p = a.Data();
+  n = a.ElementLength();
+  return true;
+}
+
+bool overlaps(const float* a, size_t an, const float* b, size_t bn) {
+  const uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+  return an > 0 && bn > 0 && x < y + bn * 4 && y < x + an * 4;
+}
+
+// loraMerge(W, out, inn, A, B, r, s, m | undefined, transposed, res): res = the merged W (see lora_merge).
+Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  float *W, *A, *B, *m, *res;
+  size_t nW, nA, nB, nm, nres, out, inn, r;
+  if (!getF32(info, 0, "W", W, nW) || !getSize(info, 1, "out", out) || !getSize(info, 2, "inn", inn) ||
+      !getF32(info, 3, "A", A, nA) || !getF32(info, 4, "B", B, nB) || !getSize(info, 5, "r", r))
+    return env.Undefined();
+  if (info.Length() <= 6 || !info[6].IsNumber()) return fail(env, "s must be a number", false), env.Undefined();
+  const float sf = (float)info[6].As<Napi::Number>().DoubleValue();  // round once, as Math.fround(s)
+  if (!getF32(info, 7, "m", m, nm, true)) return env.Undefined();
+  const bool dora = info[7].IsTypedArray();
+  if (info.Length() <= 8 || !info[8].IsBoolean()) return fail(env, "transposed must be a boolean", false), env.Undefined();
+  const bool transposed = info[8].As<Napi::Boolean>().Value();
+  if (!getF32(info, 9, "res", res, nres)) return env.Undefined();
+  const size_t lim = (size_t)1 << 52;
+  if (!fits(out, inn, lim) || !fits(r, inn, lim) || !fits(out, r, lim)) return fail(env, "shape too large"), env.Undefined();
+  if (nW != out * inn) return fail(env, "W must have out * inn elements"), env.Undefined();
+  if (nres != out * inn) return fail(env, "res must have out * inn elements"), env.Undefined();
+  if (nA != r * inn) return fail(env, "A must have r * inn elements"), env.Undefined();
+  if (nB != out * r) return fail(env, "B must have out * r elements"), env.Undefined();
+  if (dora && nm != out) return fail(env, "m must have out elements"), env.Undefined();
+  if (overlaps(res, nres, W, nW) || overlaps(res, nres, A, nA) || overlaps(res, nres, B, nB) ||
+      overlaps(res, nres, m, nm))
+    return fail(env, "res must not overlap an input"), env.Undefined();
+  static float none;  // an empty m may have no data pointer; lora_merge takes null as "no DoRA"
+  ckpt::lora_merge(W, out, inn, A, B, r, sf, dora ? (m ? m : &none) : nullptr, transposed, res);
+  return env.Undefined();
+}
+
 Napi::Value IsaFn(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), ckpt::isa_name(ckpt::current_isa()));
 }
@@ -264,6 +312,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows, "gatherRows"));
   exports.Set("dequantBlock", Napi::Function::New(env, DequantBlock, "dequantBlock"));
   exports.Set("stats", Napi::Function::New(env, StatsFn, "stats"));
+  exports.Set("loraMerge", Napi::Function::New(env, LoraMerge, "loraMerge"));
   exports.Set("isa", Napi::Function::New(env, IsaFn, "isa"));
   exports.Set("bestIsa", Napi::Function::New(env, BestIsa, "bestIsa"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));

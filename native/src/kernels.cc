@@ -4,6 +4,7 @@
 //   avx512  AVX-512F/BW for bf16 -> f32, avx2 for the rest (an AVX-512 f32 -> bf16 narrowing measured slower
 //           than AVX2 on Zen 4: the word permutes cost more than they save)
 // Every tier is bit-exact with the header (test/kernels.test.ts runs the vectors and random data through each).
+// The LoRA merge at the end has the same tiers and is bit-exact with mergeWeight in src/lora/merge.ts.
 // AVX512-BF16 VCVTNEPS2BF16 is deliberately not used: it flushes subnormals (numerics.md §1).
 
 #include "kernels.h"
@@ -18,6 +19,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "ckpt_convert.h"
 
@@ -510,6 +512,217 @@ Stats stats(const uint8_t* src, int d, size_t n) {
   st.f16Underflow = (double)acc.unf;
   st.zeros = (double)acc.zeros;
   return st;
+}
+
+// ---- LoRA / DoRA merge ----
+// Bit-identical to mergeWeight in src/lora/merge.ts (PyTorch's CPU order): each (B @ A)[i, j] is the sequential f32
+// sum over k of f32 products, so only the i and j loops are blocked or vectorized; a SIMD lane performs exactly the
+// scalar's IEEE ops. Multiply and add must stay separate instructions: this file is built with -ffp-contract=off, and
+// the AVX2 kernel's target leaves out "fma" so no FMA can be emitted there at all.
+
+typedef void (*LoraRowsFn)(const float* A, size_t lda, size_t inn, const float* B, size_t r, float sf, const float* W,
+                           float* P);
+
+// Rows [0, mr), columns [j0, inn): P = W + f32(acc * sf). A rows have stride lda, B rows r, W and P rows inn.
+// Products and sums are separate statements so that not even a compiler's default contraction could fuse them.
+static inline void lora_cols_scalar(const float* A, size_t lda, size_t inn, const float* B, size_t r, size_t mr,
+                                    float sf, const float* W, float* P, size_t j0) {
+  for (size_t ii = 0; ii < mr; ii++)
+    for (size_t j = j0; j < inn; j++) {
+      float acc = 0.0f;
+      for (size_t k = 0; k < r; k++) {
+        const float p = B[ii * r + k] * A[k * lda + j];
+        acc = acc + p;
+      }
+      const float q = acc * sf;
+      P[ii * inn + j] = W[ii * inn + j] + q;
+    }
+}
+
+// Portable tier: GCC/Clang 4-lane vectors (SSE2, NEON), MR rows x 8 columns per tile with the accumulators in
+// registers across k.
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float* p) { v4f v; memcpy(&v, p, 16); return v; }
+static inline void store4(float* p, v4f v) { memcpy(p, &v, 16); }
+
+template <int MR>
+static void lora_rows_scalar(const float* A, size_t lda, size_t inn, const float* B, size_t r, float sf,
+                             const float* W, float* P) {
+  const v4f vs = {sf, sf, sf, sf};
+  size_t j = 0;
+  for (; j + 8 <= inn; j += 8) {
+    v4f acc[MR][2];
+    for (int ii = 0; ii < MR; ii++) acc[ii][0] = acc[ii][1] = v4f{0.0f, 0.0f, 0.0f, 0.0f};
+    for (size_t k = 0; k < r; k++) {
+      const v4f a0 = load4(A + k * lda + j), a1 = load4(A + k * lda + j + 4);
+      for (int ii = 0; ii < MR; ii++) {
+        const float bs = B[ii * r + k];
+        const v4f b = {bs, bs, bs, bs};
+        const v4f p0 = b * a0, p1 = b * a1;
+        acc[ii][0] = acc[ii][0] + p0;
+        acc[ii][1] = acc[ii][1] + p1;
+      }
+    }
+    for (int ii = 0; ii < MR; ii++)
+      for (int h = 0; h < 2; h++) {
+        const v4f q = acc[ii][h] * vs;
+        store4(P + ii * inn + j + 4 * h, load4(W + ii * inn + j + 4 * h) + q);
+      }
+  }
+  lora_cols_scalar(A, lda, inn, B, r, MR, sf, W, P, j);
+}
+
+#ifdef CKPT_X86
+#define TGTL2 __attribute__((target("avx2")))  // deliberately without "fma"
+#define TGTL512 __attribute__((target("avx512f,avx2")))
+
+template <int MR>
+TGTL2 static void lora_rows_avx2(const float* A, size_t lda, size_t inn, const float* B, size_t r, float sf,
+                                 const float* W, float* P) {
+  const __m256 vs = _mm256_set1_ps(sf);
+  size_t j = 0;
+  for (; j + 16 <= inn; j += 16) {
+    __m256 acc[MR][2];
+    for (int ii = 0; ii < MR; ii++) acc[ii][0] = acc[ii][1] = _mm256_setzero_ps();
+    for (size_t k = 0; k < r; k++) {
+      const __m256 a0 = _mm256_loadu_ps(A + k * lda + j), a1 = _mm256_loadu_ps(A + k * lda + j + 8);
+      for (int ii = 0; ii < MR; ii++) {
+        const __m256 b = _mm256_broadcast_ss(B + ii * r + k);
+        acc[ii][0] = _mm256_add_ps(acc[ii][0], _mm256_mul_ps(b, a0));
+        acc[ii][1] = _mm256_add_ps(acc[ii][1], _mm256_mul_ps(b, a1));
+      }
+    }
+    for (int ii = 0; ii < MR; ii++)
+      for (int h = 0; h < 2; h++) {
+        const __m256 q = _mm256_mul_ps(acc[ii][h], vs);
+        _mm256_storeu_ps(P + ii * inn + j + 8 * h, _mm256_add_ps(_mm256_loadu_ps(W + ii * inn + j + 8 * h), q));
+      }
+  }
+  lora_cols_scalar(A, lda, inn, B, r, MR, sf, W, P, j);
+}
+
+template <int MR>
+TGTL512 static void lora_rows_avx512(const float* A, size_t lda, size_t inn, const float* B, size_t r, float sf,
+                                     const float* W, float* P) {
+  const __m512 vs = _mm512_set1_ps(sf);
+  size_t j = 0;
+  for (; j + 32 <= inn; j += 32) {
+    __m512 acc[MR][2];
+    for (int ii = 0; ii < MR; ii++) acc[ii][0] = acc[ii][1] = _mm512_setzero_ps();
+    for (size_t k = 0; k < r; k++) {
+      const __m512 a0 = _mm512_loadu_ps(A + k * lda + j), a1 = _mm512_loadu_ps(A + k * lda + j + 16);
+      for (int ii = 0; ii < MR; ii++) {
+        const __m512 b = _mm512_set1_ps(B[ii * r + k]);
+        acc[ii][0] = _mm512_add_ps(acc[ii][0], _mm512_mul_ps(b, a0));
+        acc[ii][1] = _mm512_add_ps(acc[ii][1], _mm512_mul_ps(b, a1));
+      }
+    }
+    for (int ii = 0; ii < MR; ii++)
+      for (int h = 0; h < 2; h++) {
+        const __m512 q = _mm512_mul_ps(acc[ii][h], vs);
+        _mm512_storeu_ps(P + ii * inn + j + 16 * h, _mm512_add_ps(_mm512_loadu_ps(W + ii * inn + j + 16 * h), q));
+      }
+  }
+  lora_cols_scalar(A, lda, inn, B, r, MR, sf, W, P, j);
+}
+#endif
+
+// PyTorch's CPU f32 row norm (rowNormF32 in merge.ts): 8 lane accumulators over whole blocks of 8, the lanes summed
+// in order, then the tail, then an f32 sqrt (correctly rounded, as Math.fround(Math.sqrt(x)) is).
+static inline float lora_row_norm(const float* v, size_t n) {
+  float lanes[8] = {};
+  const size_t full = n - n % 8;
+  for (size_t d = 0; d < full; d += 8)
+    for (int l = 0; l < 8; l++) {
+      const float sq = v[d + l] * v[d + l];
+      lanes[l] = lanes[l] + sq;
+    }
+  float acc = lanes[0];
+  for (int l = 1; l < 8; l++) acc = acc + lanes[l];
+  for (size_t d = full; d < n; d++) {
+    const float sq = v[d] * v[d];
+    acc = acc + sq;
+  }
+  return std::sqrt(acc);
+}
+
+// A [rows, cols] matrix in 64-byte aligned rows of ld = cols rounded up to 16 floats (unaligned vector loads of the
+// caller's buffers split cache lines: measured 1.5-2x slower). From src [rows, cols], or from src [cols, rows] if t.
+struct LoraAligned {
+  std::vector<float> buf;
+  float* p;
+  size_t ld;
+  LoraAligned(const float* src, size_t rows, size_t cols, bool t) : ld((cols + 15) & ~(size_t)15) {
+    buf.resize(rows * ld + 16);
+    p = buf.data() + ((64 - ((uintptr_t)buf.data() & 63)) & 63) / sizeof(float);
+    for (size_t k = 0; k < rows; k++)
+      for (size_t c = 0; c < cols; c++) p[k * ld + c] = t ? src[c * rows + k] : src[k * cols + c];
+  }
+};
+
+void lora_merge(const float* W, size_t out, size_t inn, const float* A, const float* B, size_t r, float sf,
+                const float* m, bool transposed, float* res) {
+  LoraRowsFn rows4 = lora_rows_scalar<4>, rows1 = lora_rows_scalar<1>;
+#ifdef CKPT_X86
+  const int isa = current_isa();
+  if (isa >= ISA_AVX2) rows4 = lora_rows_avx2<4>, rows1 = lora_rows_avx2<1>;
+  if (isa >= ISA_AVX512) rows4 = lora_rows_avx512<4>, rows1 = lora_rows_avx512<1>;
+#endif
+  if (!transposed) {
+    const LoraAligned Aa(A, r, inn, false);
+    for (size_t i = 0; i < out;) {
+      const size_t mr = out - i >= 4 ? 4 : 1;
+      (mr == 4 ? rows4 : rows1)(Aa.p, Aa.ld, inn, B + i * r, r, sf, W + i * inn, res + i * inn);
+      if (m)
+        for (size_t ii = i; ii < i + mr; ii++) {
+          float* v = res + ii * inn;
+          const float factor = m[ii] / lora_row_norm(v, inn);
+          for (size_t j = 0; j < inn; j++) v[j] = factor * v[j];
+        }
+      i += mr;
+    }
+    return;
+  }
+  // Transposed storage: res^T = W^T + s * (A^T @ B^T) row by row, so storage stays contiguous. Each element's sum
+  // still runs over k in order; only the operands of each product swap, and f32 multiplication commutes.
+  const LoraAligned Bt(B, r, out, true);
+  std::vector<float> At(inn * r);
+  for (size_t k = 0; k < r; k++)
+    for (size_t j = 0; j < inn; j++) At[j * r + k] = A[k * inn + j];
+  // DoRA norms of the columns, in lora_row_norm's order: lanes[l][i] over storage rows j < full with j mod 8 == l,
+  // folded in lane order, then the tail rows.
+  const size_t full = inn - inn % 8;
+  std::vector<float> lanes(m ? 8 * out : 0), nrm(m ? out : 0);
+  bool folded = false;
+  auto fold = [&]() {
+    for (size_t i = 0; i < out; i++) {
+      float a = lanes[i];
+      for (size_t l = 1; l < 8; l++) a = a + lanes[l * out + i];
+      nrm[i] = a;
+    }
+    folded = true;
+  };
+  for (size_t j = 0; j < inn;) {
+    const size_t mr = inn - j >= 4 ? 4 : 1;
+    (mr == 4 ? rows4 : rows1)(Bt.p, Bt.ld, out, At.data() + j * r, r, sf, W + j * out, res + j * out);
+    if (m)
+      for (size_t jj = j; jj < j + mr; jj++) {
+        const float* v = res + jj * out;
+        if (jj >= full && !folded) fold();
+        float* acc = jj < full ? lanes.data() + (jj % 8) * out : nrm.data();
+        for (size_t i = 0; i < out; i++) {
+          const float sq = v[i] * v[i];
+          acc[i] = acc[i] + sq;
+        }
+      }
+    j += mr;
+  }
+  if (!m) return;
+  if (!folded) fold();
+  for (size_t i = 0; i < out; i++) nrm[i] = m[i] / std::sqrt(nrm[i]);
+  for (size_t j = 0; j < inn; j++)
+    for (size_t i = 0; i < out; i++) res[j * out + i] = nrm[i] * res[j * out + i];
 }
 
 }  // namespace ckpt

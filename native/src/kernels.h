@@ -1,4 +1,4 @@
-// CPU kernels of the addon: cast, row gather, FP8 block dequant, stats. Every path (scalar, AVX2, AVX-512) is
+// CPU kernels of the addon: cast, row gather, FP8 block dequant, stats, LoRA merge. Every path (scalar, AVX2, AVX-512) is
 // bit-exact with native/include/ckpt_convert.h; the dispatcher picks the best one the CPU supports.
 #ifndef CKPT_KERNELS_H
 #define CKPT_KERNELS_H
@@ -36,6 +36,11 @@ void dequant_block(const uint8_t* w, int wDtype, size_t rows, size_t cols, size_
                    const float* scaleInv, size_t scaleCols, size_t block, uint8_t* dst, int dstDtype);
 
 Stats stats(const uint8_t* src, int dtype, size_t n);
+
+// LoRA/DoRA merge, bit-identical to mergeWeight in src/lora/merge.ts: W [out, inn] ([inn, out] when transposed),
+// A [r, inn], B [out, r], m [out] or null (plain LoRA), sf = f32(scale); res like W, not overlapping any input.
+void lora_merge(const float* W, size_t out, size_t inn, const float* A, const float* B, size_t r, float sf,
+                const float* m, bool transposed, float* res);
 
 }  // namespace ckpt
 

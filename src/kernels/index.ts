@@ -1,6 +1,7 @@
 // The kernel interface every tensor transform goes through: cast, row gather (q/k permutation, Shard(1)
-// column slices), FP8 block dequant, statistics. Two implementations, bit-identical on every output byte:
-// the native addon (C++ SIMD; CUDA for cast/dequant on request) and the pure-TypeScript reference.
+// column slices), FP8 block dequant, statistics, and (native only) the LoRA merge. Two implementations,
+// bit-identical on every output byte: the native addon (C++ SIMD; CUDA for cast/dequant on request) and the
+// pure-TypeScript reference (the LoRA merge's reference is mergeWeight's own TypeScript path).
 
 import { isMainThread } from "node:worker_threads";
 import type { CastableDType } from "../dtypes.js";
@@ -36,6 +37,12 @@ export interface Kernels {
   /** FP8 block dequant: w is a dense box of rows x cols of an fp8 weight whose top-left global element is (rowStart, colStart); scaleInv is the full F32 scale matrix [ceil(R/block), scaleCols]; out = f32(f32(w)*scale[(rowStart+r)/block][(colStart+c)/block]) then cast to dstDtype (RNE). */
   dequantBlock(w: Uint8Array, wDtype: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: CastableDType): void;
   stats(src: Uint8Array, dtype: CastableDType, n: number): Stats;
+  /**
+   * LoRA/DoRA merge into res (W's shape, not overlapping an input), bit-identical to mergeWeight's TypeScript path
+   * in src/lora/merge.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
+   */
+  loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
+    m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;
 }
 
 export const referenceKernels: Kernels = Object.freeze({

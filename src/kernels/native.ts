@@ -24,6 +24,9 @@ export interface NativeAddon {
   dequantBlock(w: Uint8Array, wDtype: number, rows: number, cols: number, rowStart: number, colStart: number,
     scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: number): void;
   stats(src: Uint8Array, dtype: number, n: number): NativeStats;
+  /** Absent from addons built before it existed. */
+  loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
+    m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;
   /** ISA in use: "scalar" | "avx2" | "avx512". */
   isa(): string;
   /** Best ISA this CPU supports. */
@@ -93,6 +96,7 @@ export function nativeKernelsFrom(addon: NativeAddon): Kernels {
     dequantBlock: (w: Uint8Array, wd: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, d: CastableDType) =>
       addon.dequantBlock(w, C[wd], rows, cols, rowStart, colStart, scaleInv, scaleCols, block, dst, C[d]),
     stats: (src: Uint8Array, d: CastableDType, n: number): Stats => addon.stats(src, C[d], n),
+    ...(addon.loraMerge ? { loraMerge: addon.loraMerge.bind(addon) } : {}),
   });
 }
 

@@ -96,11 +96,19 @@ function rowNormF32(v: Float32Array, off: number, n: number, lanes: Float32Array
  * operation on f32 operands followed by `Math.fround` is the correctly rounded f32 operation (53 ≥ 2·24 + 2).
  * Other BLAS libraries or GPUs may order the r-term sum differently: differences of about 1 ulp (numerics.md §9).
  * Storage orientation does not change the order (PEFT's fan_in_fan_out norm runs on a strided view; within 1–2 ulp).
+ *
+ * Runs the native kernel (`Kernels.loraMerge`, bit-identical, test/lora.test.ts) when getKernels() has it; the
+ * TypeScript below is the reference and the fallback (CKPT_NATIVE=0, addon not built).
  */
 export function mergeWeight(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number, m?: Float32Array, transposed = false): Float32Array {
+  const res = new Float32Array(out * inn);
+  const kernels = getKernels();
+  if (kernels.loraMerge) {
+    kernels.loraMerge(W, out, inn, A, B, r, s, m, transposed, res);
+    return res;
+  }
   const f = Math.fround;
   const sf = f(s);
-  const res = new Float32Array(out * inn);
   // A transposed to [in, r]: each (B @ A)[i, j] is a contiguous run of r products
   const At = new Float32Array(inn * r);
   for (let k = 0; k < r; k++) for (let j = 0; j < inn; j++) At[j * r + k] = A[k * inn + j]!;
