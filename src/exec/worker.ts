@@ -35,8 +35,8 @@ export interface WorkerTask {
   scales: Record<string, { file: string; byteOffset: number; byteLength: number; cols: number }>;
   device?: "cpu" | "cuda";
   /**
-   * Write block-aligned output with O_DIRECT (default). Off for --no-fsync runs: their output is meant to land in the
-   * page cache like `cp`'s, not to wait for the disk.
+   * Write block-aligned output with O_DIRECT (default). Off for --no-fsync runs whose output fits under the kernel's
+   * unthrottled dirty-page ceiling (exec/page-cache.ts): that output is meant to land in the page cache like `cp`'s.
    */
   directIo?: boolean;
 }
