@@ -126,6 +126,32 @@ describe("kill -9 and --resume", () => {
     assertSameTree(out, refShard);
   });
 
+  test("shard --ranks 1-2 of 3 killed twice, then --resume; --ranks 0 and --finalize: byte-identical to one run", async () => {
+    const out = join(tmp, "killed-ranks");
+    const journal = join(out, ".ckpt-ranks-1-2.partial", JOURNAL_FILE);
+    const records = () => { try { return Math.max(0, readFileSync(journal, "latin1").split("\n").length - 2); } catch { return 0; } };
+    const args = (resume: boolean) => ["shard", big, out, "--world-size", "3", "--ranks", "1-2", "--threads", "1", "--quiet", ...(resume ? ["--resume"] : [])];
+    let kills = 0;
+    for (const [i, want] of [4, 12].entries()) {
+      const child = spawn(process.execPath, [CLI, ...args(i > 0)], { stdio: "ignore" });
+      const exited = new Promise<NodeJS.Signals | null>((res) => child.on("exit", (_c, sig) => res(sig)));
+      const t0 = Date.now();
+      while (records() < want && child.exitCode === null && Date.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 2));
+      child.kill("SIGKILL");
+      if ((await exited) === "SIGKILL") kills++;
+    }
+    assert.ok(kills >= 1, "a kill landed mid-run");
+    assert.ok(existsSync(join(out, ".ckpt-ranks-1-2.partial")), "the rank range's partial folder survives kill -9");
+    const fin = cli(args(true));
+    assert.equal(fin.status, 0, fin.stderr);
+    assert.match(fin.stderr, /resumed: [1-9]\d* piece\(s\)/);
+    assert.ok(!existsSync(join(out, ".ckpt-ranks-1-2.partial")));
+    assert.equal(cli(["shard", big, out, "--world-size", "3", "--ranks", "0", "--threads", "1", "--quiet"]).status, 0);
+    const f = cli(["shard", big, out, "--world-size", "3", "--finalize", "--quiet"]);
+    assert.equal(f.status, 0, f.stderr);
+    assertSameTree(out, refShard);
+  });
+
   test("journaled pieces are re-hashed from disk: bytes damaged after the kill are rewritten", async () => {
     const out = join(tmp, "damaged");
     const r = await runAndKill(["convert", big, out, "--threads", "1", "--quiet"], out, { records: 10 });

@@ -123,7 +123,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
     .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
-    .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (journaled pieces are re-hashed, then skipped)" })
+    .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (with --ranks a-b: <out>/.ckpt-ranks-a-b.partial); journaled pieces are re-hashed, then skipped" })
     .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })
     .option("digest", { choices: ["xxh128", "sha256"] as const, default: "xxh128" as const, describe: "content digest of every output piece in ckpt-manifest.json" })
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })

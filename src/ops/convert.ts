@@ -250,8 +250,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
     const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
 
-    if (opts.resume && (ranks || opts.finalize)) throw new CkptError("USAGE", "--resume is not supported with --ranks/--finalize: rerun the unfinished rank range instead");
-    if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, assetSource, started });
+    if (opts.resume && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
+    const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
+    if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started });
 
     if (!opts.resume && existsSync(outAbs + ".partial")) opts.onWarning?.(`removing the partial output of an earlier run in ${outAbs}.partial (pass --resume to continue it instead)`);
     let dir: ReturnType<typeof prepareOutputDir>;
@@ -264,7 +265,6 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     try {
       checkFreeSpace(dir.partial, Math.max(0, layout.files.reduce((s, f) => s + f.size, 0) - (opts.resume ? allocatedBytes(dir.partial) : 0)));
       writing = true;
-      const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
       const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
       if (exec.resumedPieces) opts.onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
       if (exec.f16Overflow > 0 && !opts.allowOverflow) {
@@ -327,6 +327,8 @@ interface PartialCtx extends ConvertOptions {
   rankList?: number[];
   execOpts: Record<string, unknown>;
   optionsRecord: Record<string, unknown>;
+  /** Identity of the run for the resume journal (options, tool version, source stamps). */
+  journalPlan: string;
   assetSource?: Source;
   started: number;
 }
@@ -345,11 +347,18 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
     const rl = ctx.rankList;
     const wanted = new Set(layout.files.filter((f) => f.rank !== undefined && rl.includes(f.rank)).map((f) => f.name));
     for (const f of wanted) if (existsSync(join(out, f)) && !ctx.force) throw new CkptError("OUTPUT_EXISTS", "rank file already exists", { file: join(out, f), hint: "pass --force to rewrite it" });
+    // Like a whole run's <out>.partial: journaled, kept for --resume after kill -9, Ctrl-C of a --resume run or a
+    // full disk, removed otherwise.
     const tmp = join(out, `.ckpt-ranks-${rl[0]}-${rl[rl.length - 1]}.partial`);
-    rmSync(tmp, { recursive: true, force: true });
-    mkdirSync(tmp);
+    if (!ctx.resume && existsSync(tmp)) {
+      ctx.onWarning?.(`removing the partial output of an earlier run in ${tmp} (pass --resume to continue it instead)`);
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    mkdirSync(tmp, { recursive: true });
+    let keep = false;
     try {
-      const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted });
+      const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
+      if (exec.resumedPieces) ctx.onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
       overflow = exec.f16Overflow;
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
@@ -357,8 +366,15 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       if (ctx.fsync !== false) fsyncPath(out);
       writeFileSync(join(out, `.ckpt-digest-${rl[0]}-${rl[rl.length - 1]}.json`), JSON.stringify(exec.chunks));
       bytesWritten = exec.bytesWritten;
+    } catch (e) {
+      let err = describeFsError(e, tmp);
+      keep = !!ctx.resume || isDiskFull(err);
+      if (keep && err instanceof CkptError) {
+        err = new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${tmp}: rerun with --resume to continue`, cause: err.cause ?? e });
+      }
+      throw err;
     } finally {
-      rmSync(tmp, { recursive: true, force: true });
+      if (!keep) rmSync(tmp, { recursive: true, force: true });
     }
   }
   if (ctx.finalize) {
