@@ -30,3 +30,15 @@ test("--digest: xxh128 by default, sha256 on request, anything else is a usage e
   assert.equal(parseDigest("sha256"), "sha256");
   assert.throws(() => parseDigest("md5"), (e: unknown) => e instanceof CkptError && e.code === "USAGE");
 });
+
+test("a hasher is finished by hex(): using it again is an error, not a corrupted pool", async () => {
+  const h = await createHasher("xxh128");
+  h.update(Buffer.from("abc"));
+  const first = h.hex();
+  assert.throws(() => h.hex(), /used after hex/);
+  assert.throws(() => h.update(Buffer.from("x")), /used after hex/);
+  const a = await createHasher("xxh128");
+  const b = await createHasher("xxh128");
+  assert.equal(a.update(Buffer.from("abc")).hex(), first);
+  assert.equal(b.update(Buffer.from("abc")).hex(), first);
+});

@@ -38,9 +38,17 @@ export async function createHasher(alg: DigestAlgorithm): Promise<Hasher> {
   }
   const h = xxhPool.pop() ?? await createXXHash128();
   h.init();
+  // Once its digest is taken the instance is back in the pool: a second use would corrupt another hasher.
+  let live = true;
   const self: Hasher = {
-    update: (b) => { h.update(b); return self; },
+    update: (b) => {
+      if (!live) throw new Error("internal: xxh128 hasher used after hex()");
+      h.update(b);
+      return self;
+    },
     hex: () => {
+      if (!live) throw new Error("internal: xxh128 hasher used after hex()");
+      live = false;
       const hex = h.digest("hex");
       xxhPool.push(h);
       return hex;
