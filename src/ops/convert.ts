@@ -250,7 +250,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
     const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
 
-    if (opts.resume && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
+    if (opts.resume && opts.finalize && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started });
 
