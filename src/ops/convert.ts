@@ -266,7 +266,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       checkFreeSpace(dir.partial, Math.max(0, layout.files.reduce((s, f) => s + f.size, 0) - (opts.resume ? allocatedBytes(dir.partial) : 0)));
       writing = true;
       const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
-      if (exec.resumedPieces) opts.onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
+      warnResumed(exec, opts.onWarning);
       if (exec.f16Overflow > 0 && !opts.allowOverflow) {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
@@ -302,13 +302,22 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
           err = new CkptError(err.code, err.message, { file: err.file, hint: "nothing was left behind; start a long run with --resume to be able to continue it after Ctrl-C", cause: err.cause ?? e });
         }
       } else if (err instanceof CkptError && existsSync(dir.partial)) {
-        err = new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${dir.partial}: rerun with --resume to continue`, cause: err.cause ?? e });
+        err = withKeptHint(err, dir.partial, e);
       }
       throw err;
     }
   } finally {
     if (typeof opts.source === "string") await source.close();
   }
+}
+
+function warnResumed(exec: ExecResult, onWarning?: (msg: string) => void): void {
+  if (exec.resumedPieces) onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
+}
+
+/** The error, telling where the kept partial output is and how to continue it. */
+function withKeptHint(err: CkptError, partial: string, cause: unknown): CkptError {
+  return new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${partial}: rerun with --resume to continue`, cause: err.cause ?? cause });
 }
 
 function checkSourceUnchanged(source: Source, stamps: Map<string, SourceStamp>): void {
@@ -358,7 +367,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
     let keep = false;
     try {
       const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
-      if (exec.resumedPieces) ctx.onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
+      warnResumed(exec, ctx.onWarning);
       overflow = exec.f16Overflow;
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
@@ -368,10 +377,9 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       bytesWritten = exec.bytesWritten;
     } catch (e) {
       let err = describeFsError(e, tmp);
-      keep = !!ctx.resume || isDiskFull(err);
-      if (keep && err instanceof CkptError) {
-        err = new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${tmp}: rerun with --resume to continue`, cause: err.cause ?? e });
-      }
+      // as for <out>.partial: a changed source cannot be resumed
+      keep = !(err instanceof CkptError && err.code === "SOURCE_CHANGED") && (!!ctx.resume || isDiskFull(err));
+      if (keep && err instanceof CkptError) err = withKeptHint(err, tmp, e);
       throw err;
     } finally {
       if (!keep) rmSync(tmp, { recursive: true, force: true });
