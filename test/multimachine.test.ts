@@ -93,12 +93,14 @@ describe("shard split across machines with --ranks, then --finalize", () => {
       env: { SRC: big, OUT: out, ...(id % 2 ? { CKPT_DIRECT_IO: "0" } : {}) },
       script: `$CKPT shard "$SRC" "$OUT" --world-size 4 --dtype f32 --ranks ${id} --threads 2 --quiet`,
     })));
-    assert.equal(cli(["shard", big, out, "--world-size", "4", "--dtype", "f32", "--finalize"]).status, 0);
+    const fin = cli(["shard", big, out, "--world-size", "4", "--dtype", "f32", "--finalize"]);
+    assert.equal(fin.status, 0, fin.stderr);
     assertSameTree(out, single);
     // and a whole conversion, one way and the other
     const a = join(tmp, "big-convert-direct");
     const b = join(tmp, "big-convert-buffered");
-    assert.equal(cli(["convert", big, a, "--threads", "2"]).status, 0);
+    const ra = cli(["convert", big, a, "--threads", "2"]);
+    assert.equal(ra.status, 0, ra.stderr);
     const rb = spawnSync(process.execPath, [CLI, "convert", big, b, "--threads", "2", "--quiet"], { encoding: "utf8", env: { ...process.env, CKPT_DIRECT_IO: "0" } });
     assert.equal(rb.status, 0, rb.stderr);
     assertSameTree(a, b);
@@ -106,7 +108,8 @@ describe("shard split across machines with --ranks, then --finalize", () => {
 
   test("--finalize before every rank is written fails and names what is missing", () => {
     const out = join(tmp, "incomplete");
-    assert.equal(cli(["shard", src, out, "--world-size", "8", "--ranks", "0-5"]).status, 0);
+    const r = cli(["shard", src, out, "--world-size", "8", "--ranks", "0-5"]);
+    assert.equal(r.status, 0, r.stderr);
     const fin = cli(["shard", src, out, "--world-size", "8", "--finalize"]);
     assert.notEqual(fin.status, 0);
     assert.match(fin.stderr, /__6_0\.distcp is missing/);

@@ -31,6 +31,11 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | nu
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** A CLI run that must succeed; its stderr is the failure message. */
+function assertOk(r: { status: number | null; stderr: string }): void {
+  assert.equal(r.status, 0, r.stderr);
+}
+
 function journalRecords(out: string): number {
   try {
     const text = readFileSync(join(out + ".partial", JOURNAL_FILE), "latin1");
@@ -78,8 +83,8 @@ before(() => {
   writeTinyLlama(big, BIG);
   refDcp = join(tmp, "ref-dcp");
   refShard = join(tmp, "ref-shard3");
-  assert.equal(cli(["convert", big, refDcp, "--threads", "1", "--quiet"]).status, 0);
-  assert.equal(cli(["shard", big, refShard, "--world-size", "3", "--threads", "1", "--quiet"]).status, 0);
+  assertOk(cli(["convert", big, refDcp, "--threads", "1", "--quiet"]));
+  assertOk(cli(["shard", big, refShard, "--world-size", "3", "--threads", "1", "--quiet"]));
 });
 
 describe("kill -9 and --resume", () => {
@@ -146,7 +151,7 @@ describe("kill -9 and --resume", () => {
     assert.equal(fin.status, 0, fin.stderr);
     assert.match(fin.stderr, /resumed: [1-9]\d* piece\(s\)/);
     assert.ok(!existsSync(join(out, ".ckpt-ranks-1-2.partial")));
-    assert.equal(cli(["shard", big, out, "--world-size", "3", "--ranks", "0", "--threads", "1", "--quiet"]).status, 0);
+    assertOk(cli(["shard", big, out, "--world-size", "3", "--ranks", "0", "--threads", "1", "--quiet"]));
     const f = cli(["shard", big, out, "--world-size", "3", "--finalize", "--quiet"]);
     assert.equal(f.status, 0, f.stderr);
     assertSameTree(out, refShard);
