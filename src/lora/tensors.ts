@@ -72,11 +72,6 @@ export function toF32(bytes: Uint8Array, dtype: DType, n: number): Float32Array 
   return out;
 }
 
-/** Float bytes → Float64Array (exact for every float dtype). */
-export function toF64(bytes: Uint8Array, dtype: DType, n: number): Float64Array {
-  if (dtype === "F64") { const b = aligned(bytes); return new Float64Array(b.buffer, b.byteOffset, n).slice(); }
-  return Float64Array.from(toF32(bytes, dtype, n));
-}
 
 /** f32 values → bytes of `dtype`, rounding to nearest even through the kernels. */
 export function fromF32(values: Float32Array, dtype: DType): Uint8Array {
