@@ -72,7 +72,6 @@ export function toF32(bytes: Uint8Array, dtype: DType, n: number): Float32Array 
   return out;
 }
 
-
 /** f32 values → bytes of `dtype`, rounding to nearest even through the kernels. */
 export function fromF32(values: Float32Array, dtype: DType): Uint8Array {
   const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
