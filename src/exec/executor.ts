@@ -254,7 +254,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   } else {
     // one abort listener per queued task: not a leak
     if (opts.signal) setMaxListeners(0, opts.signal);
-    const pool = new Piscina({ filename: new URL("./worker.js", import.meta.url).href, minThreads: threads, maxThreads: threads, idleTimeout: 1000 });
+    const pool = new Piscina({ filename: new URL("./worker-entry.cjs", import.meta.url).href, minThreads: threads, maxThreads: threads, idleTimeout: 1000 });
     const maxMemory = opts.maxMemory ?? 512 * MiB;
     let inFlight = 0;
     const running = new Set<Promise<void>>();
