@@ -13,9 +13,23 @@ export interface TorchEnv {
   /** A fresh folder visible to both sides: `host` path here, `guest` path inside the root. */
   tmpdir(): { host: string; guest: string; cleanup(): void };
   /** Runs `python3 -c script args…` in the root; rejects with stderr when it exits non-zero. */
-  python(script: string, args?: string[], opts?: { timeoutMs?: number }): Promise<string>;
+  python(script: string, args?: string[], opts?: PythonOptions): Promise<string>;
   /** Runs `python3 <guest path> args…` (needed by torch.multiprocessing, which re-imports the main file). */
-  pythonFile(guestPath: string, args?: string[], opts?: { timeoutMs?: number }): Promise<string>;
+  pythonFile(guestPath: string, args?: string[], opts?: PythonOptions): Promise<string>;
+}
+
+export interface PythonOptions {
+  timeoutMs?: number;
+  /** Extra environment (e.g. the judge kit's PYTHONPATH). */
+  env?: Record<string, string>;
+}
+
+/** Environment for TorchTitan's models in the sid root (installed by setup-torch-root.sh): stubs first. */
+export const JUDGE_ENV: Record<string, string> = { PYTHONPATH: "/opt/stubs:/opt/spmd:/opt/tt", TORCHDYNAMO_DISABLE: "1" };
+
+/** True when the sid root carries the judge kit (TorchTitan + transformers). */
+export function hasJudgeKit(env: TorchEnv): boolean {
+  return env.suite === "sid" && existsSync(join(env.root, "opt/tt/torchtitan")) && existsSync(join(env.root, "opt/stubs/sitecustomize.py"));
 }
 
 /** chroot and mount live in sbin, which a non-login PATH may lack. */
@@ -76,10 +90,10 @@ export function torchEnv(suite: Suite): TorchEnv | null {
       return runIn([guestPath, ...args], opts);
     },
   };
-  function runIn(pyArgs: string[], opts: { timeoutMs?: number }): Promise<string> {
+  function runIn(pyArgs: string[], opts: PythonOptions): Promise<string> {
       return new Promise((resolve, reject) => {
         const child = spawn(sbin("chroot"), [root, "/usr/bin/python3", ...pyArgs], {
-          env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", OMP_NUM_THREADS: "1", PYTHONDONTWRITEBYTECODE: "1", USE_LIBUV: "0" },
+          env: { PATH: "/usr/bin:/bin", HOME: "/tmp", LANG: "C.UTF-8", OMP_NUM_THREADS: "1", PYTHONDONTWRITEBYTECODE: "1", USE_LIBUV: "0", ...opts.env },
           stdio: ["ignore", "pipe", "pipe"],
         });
         let out = "";

@@ -1,0 +1,442 @@
+# The model is the judge (issue 13): TorchTitan's own model, loaded from a ckpt output the way TorchTitan's
+# checkpointer loads it, must compute the logits HF transformers computes on the HF source.
+#
+# usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt, TORCHDYNAMO_DISABLE=1): judge.py cases.json
+# Each case: {name, hf, ckpt, arch, perturb?}. Prints one JSON line: a result per case and norm pass.
+#
+# Both models are built in float32 from config.json alone (tt_config below reads every field that changes the
+# computation), every TorchTitan parameter and persistent buffer is NaN before loading (so a tensor the checkpoint
+# does not fill cannot pass), the checkpoint's keys must equal the model's state-dict keys exactly (TorchTitan loads
+# with strict=False, so an unknown key would otherwise be silently ignored), and every MoE layer must route every
+# token to the same experts on both sides. Each case runs twice: as stored, and with every RMSNorm weight ×16 on
+# both sides (a power of two: exact), because tiny random models have near-uniform logits that hide wrong layouts.
+import os
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import glob
+import inspect
+import json
+import math
+import sys
+import tempfile
+import textwrap
+
+import torch
+import torch.nn.functional as F
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from torchtitan.components.checkpointer import ModelWrapper
+from torchtitan.models.common import ComplexRoPE, CosSinRoPE, Embedding, Linear, RMSNorm
+from torchtitan.models.common import moe as tt_moe
+from torchtitan.models.common.config_utils import (
+    get_attention_config,
+    make_ffn_config,
+    make_gqa_config,
+    make_moe_config,
+    make_routed_experts_config,
+    make_router_config,
+)
+import torchtitan.models.llama3 as tt_llama3
+import torchtitan.models.qwen3 as tt_qwen3
+import torchtitan.models.deepseek_v3 as tt_dsv3
+
+torch.manual_seed(0)
+BLOCK = 128  # DeepSeek FP8 weight_block_size
+# Diagnosis only: JUDGE_DTYPE=float64 runs both models in f64, to tell f32 rounding from a real difference.
+DTYPE = getattr(torch, os.environ.get("JUDGE_DTYPE", "float32"))
+
+# TorchTitan runs routed experts in bf16 (GroupedExperts.forward casts to .bfloat16()). The judge compares in f32,
+# so run TorchTitan's own forward with those casts turned into f32 ones; _grouped_mm is TorchTitan's documented
+# seam for other precisions: a per-expert loop, since CPU grouped_mm may lack f32.
+_src = textwrap.dedent(inspect.getsource(tt_moe.GroupedExperts.forward)).replace(".bfloat16()", ".to(DTYPE)")
+_ns = dict(vars(tt_moe), DTYPE=DTYPE)
+exec(_src, _ns)
+tt_moe.GroupedExperts.forward = _ns["forward"]
+
+
+def _grouped_mm_f32(self, *, A, B_t, offs):
+    out = A.new_zeros(A.shape[0], B_t.shape[-1])
+    A, B_t = A.to(DTYPE), B_t.to(DTYPE)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        if end > start:
+            out[start:end] = A[start:end] @ B_t[e]
+        start = end
+    return out
+
+
+tt_moe.GroupedExperts._grouped_mm = _grouped_mm_f32
+
+
+# ---------------------------------------------------------------- TorchTitan config from config.json
+
+def rope_scaling(cfg):
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    return rs if rs.get("rope_type", rs.get("type")) not in (None, "default") else {}
+
+
+def rope_config(cls, cfg, dim):
+    rs = rope_scaling(cfg)
+    kind = rs.get("rope_type", rs.get("type"))
+    theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    kw = dict(dim=dim, max_context_length=cfg["max_position_embeddings"], theta=float(theta))
+    if kind == "llama3":
+        kw.update(scaling="llama", scaling_factor=float(rs["factor"]), low_freq_factor=float(rs["low_freq_factor"]),
+                  high_freq_factor=float(rs["high_freq_factor"]),
+                  original_max_position_embeddings=int(rs["original_max_position_embeddings"]))
+    elif kind == "yarn":
+        kw.update(scaling="yarn", rope_factor=float(rs["factor"]), beta_fast=float(rs.get("beta_fast", 32)),
+                  beta_slow=float(rs.get("beta_slow", 1)), original_seq_len=int(rs["original_max_position_embeddings"]))
+    elif kind:
+        raise SystemExit(f"judge: rope_scaling {kind} has no TorchTitan equivalent here")
+    return cls.Config(**kw)
+
+
+def head_dim_of(cfg):
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def decoder_config(model_cls, cfg, layers):
+    dim, vocab = cfg["hidden_size"], cfg["vocab_size"]
+    return model_cls.Config(
+        dim=dim, vocab_size=vocab, enable_weight_tying=bool(cfg.get("tie_word_embeddings", False)),
+        tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init={"weight": torch.nn.init.zeros_}),
+        norm=RMSNorm.Config(normalized_shape=dim, param_init={"weight": torch.nn.init.ones_}),
+        lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init={"weight": torch.nn.init.zeros_}),
+        layers=layers,
+        **({"mtp_layers": []} if model_cls is tt_dsv3.DeepSeekV3Model else {}),
+    )
+
+
+def llama3_config(cfg):
+    dim, hd = cfg["hidden_size"], head_dim_of(cfg)
+    rope = rope_config(ComplexRoPE, cfg, hd)
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        layers.append(tt_llama3.Llama3TransformerBlock.Config(
+            attention_norm=RMSNorm.Config(normalized_shape=dim, param_init=tt_llama3._NORM_INIT),
+            ffn_norm=RMSNorm.Config(normalized_shape=dim, param_init=tt_llama3._NORM_INIT),
+            attention=make_gqa_config(dim=dim, n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
+                                      head_dim=hd, wqkv_param_init=tt_llama3._LINEAR_INIT, wo_param_init=tt_llama3._depth_init(i),
+                                      inner_attention=get_attention_config("flex"), fuse_qkv=True, rope=rope),
+            feed_forward=make_ffn_config(dim=dim, hidden_dim=cfg["intermediate_size"], w1_param_init=tt_llama3._LINEAR_INIT,
+                                         w2w3_param_init=tt_llama3._depth_init(i)),
+        ))
+    return decoder_config(tt_llama3.Llama3Model, cfg, layers)
+
+
+def qwen3_is_moe_layer(cfg, i):
+    return (cfg.get("num_experts") or 0) > 0 and i not in (cfg.get("mlp_only_layers") or []) \
+        and (i + 1) % cfg.get("decoder_sparse_step", 1) == 0
+
+
+def qwen3_config(cfg, expert_bias=True):
+    dim, hd = cfg["hidden_size"], head_dim_of(cfg)
+    rope = rope_config(CosSinRoPE, cfg, hd)
+    lin = tt_qwen3._LINEAR_INIT
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        moe = ffn = None
+        if qwen3_is_moe_layer(cfg, i):
+            E, K = cfg["num_experts"], cfg["num_experts_per_tok"]
+            moe = make_moe_config(
+                num_experts=E, load_balance_coeff=1e-3 if expert_bias else None,
+                router=make_router_config(dim=dim, num_experts=E, gate_param_init=lin, top_k=K, score_func="softmax",
+                                          route_norm=bool(cfg.get("norm_topk_prob", False))),
+                routed_experts=make_routed_experts_config(dim=dim, hidden_dim=cfg["moe_intermediate_size"], num_experts=E, top_k=K,
+                                                          param_init=tt_qwen3._EXPERTS_INIT, comm_backend="standard"))
+        else:
+            ffn = make_ffn_config(dim=dim, hidden_dim=cfg["intermediate_size"], w1_param_init=lin, w2w3_param_init=lin)
+        layers.append(tt_qwen3.Qwen3TransformerBlock.Config(
+            attention_norm=RMSNorm.Config(normalized_shape=dim), ffn_norm=RMSNorm.Config(normalized_shape=dim),
+            attention=make_gqa_config(dim=dim, n_heads=cfg["num_attention_heads"], n_kv_heads=cfg["num_key_value_heads"], head_dim=hd,
+                                      wqkv_param_init=lin, wo_param_init=lin, inner_attention=get_attention_config("flex"),
+                                      fuse_qkv=True, rope=rope, qk_norm=RMSNorm.Config(normalized_shape=hd)),
+            feed_forward=ffn, moe=moe))
+    return decoder_config(tt_qwen3.Qwen3Model, cfg, layers)
+
+
+def deepseek_v3_config(cfg):
+    rs = rope_scaling(cfg)
+    q_lora = cfg.get("q_lora_rank") or 0
+    n_group = cfg.get("n_group") or 1
+    layers = tt_dsv3._build_dsv3_layers(
+        n_layers=cfg["num_hidden_layers"], n_dense_layers=cfg.get("first_k_dense_replace", 0), dim=cfg["hidden_size"],
+        n_heads=cfg["num_attention_heads"], q_lora_rank=q_lora, kv_lora_rank=cfg["kv_lora_rank"],
+        qk_nope_head_dim=cfg["qk_nope_head_dim"], qk_rope_head_dim=cfg["qk_rope_head_dim"], v_head_dim=cfg["v_head_dim"],
+        mscale=float(rs.get("mscale_all_dim", 1.0) or 1.0), dense_hidden_dim=cfg["intermediate_size"],
+        moe_hidden_dim=cfg["moe_intermediate_size"], num_experts=cfg["n_routed_experts"],
+        num_shared_experts=cfg.get("n_shared_experts") or 0, router_top_k=cfg["num_experts_per_tok"],
+        router_score_func=cfg.get("scoring_func", "sigmoid"),
+        router_num_expert_groups=n_group if n_group > 1 else None,
+        router_num_limited_groups=cfg.get("topk_group") if n_group > 1 else None,
+        router_route_scale=float(cfg.get("routed_scaling_factor", 1.0)), router_route_norm=bool(cfg.get("norm_topk_prob", False)),
+        attn_backend="flex", moe_comm_backend="standard", non_blocking_capacity_factor=None,
+        rope=rope_config(ComplexRoPE, cfg, cfg["qk_rope_head_dim"]))
+    return decoder_config(tt_dsv3.DeepSeekV3Model, cfg, layers)
+
+
+BUILDERS = {"llama3": llama3_config, "qwen3": qwen3_config, "deepseek_v3": deepseek_v3_config}
+
+
+def tt_model(arch, cfg, expert_bias):
+    mc = qwen3_config(cfg, expert_bias) if arch == "qwen3" else BUILDERS[arch](cfg)
+    for _, norm, _, _ in mc.traverse(RMSNorm.Config):
+        norm.eps = float(cfg["rms_norm_eps"])
+    with torch.device("meta"):
+        model = mc.build()
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.init_weights(buffer_device=torch.device("cpu"))
+    return to_dtype(model).eval()
+
+
+def to_dtype(model):
+    # Module.to(dtype) would cast ComplexRoPE's complex cache to real (dropping the imaginary part): cast real
+    # tensors only, and complex ones to the matching complex dtype.
+    model = model.float() if DTYPE == torch.float32 else model.double()
+    for mod in model.modules():
+        for n, b in mod._buffers.items():
+            if b is not None and b.is_complex():
+                mod._buffers[n] = b.to(torch.complex64 if DTYPE == torch.float32 else torch.complex128)
+    return model
+
+
+def persistent_tensors(model):
+    """Every parameter and persistent buffer, by state-dict name (tied parameters once)."""
+    out, seen = {}, set()
+    for mname, mod in model.named_modules():
+        pre = mname + "." if mname else ""
+        for n, p in mod._parameters.items():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p)); out[pre + n] = p
+        for n, b in mod._buffers.items():
+            if b is not None and n not in mod._non_persistent_buffers_set and id(b) not in seen:
+                seen.add(id(b)); out[pre + n] = b
+    return out
+
+
+def load_like_torchtitan(model, ckpt):
+    """NaN everywhere, then dcp.load into ModelWrapper's state dict and ModelWrapper.load_state_dict (its checkpointer)."""
+    with torch.no_grad():
+        for t in persistent_tensors(model).values():
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    wrapper = ModelWrapper(model)
+    sd = wrapper.state_dict()
+    stored = set(dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata)
+    missing, unexpected = sorted(set(sd) - stored), sorted(stored - set(sd))
+    if missing or unexpected:
+        return {"missing": missing[:8], "unexpected": unexpected[:8]}
+    dcp.load(sd, checkpoint_id=ckpt)
+    wrapper.load_state_dict(sd)
+    nan = sorted(n for n, t in persistent_tensors(model).items() if t.is_floating_point() and torch.isnan(t).any())
+    return {"nan_after_load": nan[:8]} if nan else None
+
+
+# ---------------------------------------------------------------- HF side
+
+def dequantized_copy(src, cfg, dst):
+    """FP8 DeepSeek: weight × weight_scale_inv per 128×128 block in f32, then bf16 (DeepSeek's fp8_cast_bf16 recipe)."""
+    sd = {}
+    for f in sorted(glob.glob(os.path.join(src, "*.safetensors"))):
+        sd.update(load_file(f))
+    out = {}
+    for k, w in sd.items():
+        if k.endswith("_scale_inv"):
+            continue
+        s = sd.get(k + "_scale_inv")
+        if s is not None:
+            R, C = w.shape
+            w = (w.float() * s.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:R, :C]).to(torch.bfloat16)
+        out[k] = w.contiguous()
+    save_file(out, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    c = dict(cfg)
+    c.pop("quantization_config")
+    json.dump(c, open(os.path.join(dst, "config.json"), "w"))
+
+
+def hf_model(folder, cfg):
+    tmp = None
+    if cfg.get("quantization_config"):
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(folder.rstrip("/"))) as tmp:
+            dequantized_copy(folder, cfg, tmp)
+            return hf_model(tmp, {k: v for k, v in cfg.items() if k != "quantization_config"})
+    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPE, attn_implementation="eager",
+                                                       experts_implementation="eager", output_loading_info=True)
+    n = cfg["num_hidden_layers"]
+    mtp = lambda k: k.startswith("model.layers.") and int(k.split(".")[2]) >= n
+    bad = {k: sorted(v)[:8] for k, v in (("missing", info["missing_keys"]),
+                                          ("unexpected", [k for k in info["unexpected_keys"] if not mtp(k)]),
+                                          ("mismatched", [str(x) for x in info.get("mismatched_keys", [])])) if v}
+    if bad:
+        raise SystemExit(f"judge: transformers did not load {folder} cleanly: {bad}")
+    return to_dtype(model).eval()
+
+
+# ---------------------------------------------------------------- routing capture
+
+class Routes:
+    """Expert ids each MoE layer picked per token, on both sides, as sorted tuples."""
+
+    def __init__(self):
+        self.tt, self.hf = {}, {}
+
+    def hook_tt(self, model):
+        for name, mod in model.named_modules():
+            if isinstance(mod, tt_moe.TokenChoiceTopKRouter):
+                layer = int(name.split(".")[1])
+                mod.register_forward_hook(lambda m, a, out, L=layer: self.tt.setdefault(L, []).append(out[1].sort(-1).values))
+
+    def hook_hf(self, model):
+        # transformers 5: Qwen3-MoE's gate (Qwen3MoeTopKRouter) returns (logits, weights, indices); DeepSeek-V3's MoE
+        # block picks experts in route_tokens_to_experts(router_logits) -> (indices, weights).
+        for name, mod in model.named_modules():
+            parts = name.split(".")
+            if len(parts) < 4 or parts[-1] not in ("gate", "mlp"):
+                continue
+            layer = int(parts[2])
+            if parts[-1] == "mlp" and hasattr(mod, "route_tokens_to_experts"):
+                orig = mod.route_tokens_to_experts
+                def wrapped(*a, _o=orig, L=layer, **k):
+                    r = _o(*a, **k)
+                    self.hf.setdefault(L, []).append(r[0].reshape(-1, r[0].shape[-1]).sort(-1).values)
+                    return r
+                mod.route_tokens_to_experts = wrapped
+            elif parts[-1] == "gate" and type(mod).__name__.endswith("TopKRouter"):
+                mod.register_forward_hook(lambda m, a, out, L=layer: self.hf.setdefault(L, []).append(out[2].reshape(-1, out[2].shape[-1]).sort(-1).values))
+
+    def compare(self):
+        if set(self.tt) != set(self.hf):
+            return {"layers_tt": sorted(self.tt), "layers_hf": sorted(self.hf)}
+        flips = 0
+        for L in self.tt:
+            a, b = torch.cat(self.tt[L]), torch.cat(self.hf[L])
+            if a.shape != b.shape:
+                return {"layer": L, "shape_tt": list(a.shape), "shape_hf": list(b.shape)}
+            flips += int((a != b).any(-1).sum())
+        return flips
+
+
+# ---------------------------------------------------------------- perturbations (negative controls on the loaded model)
+
+def perturb(model, what, cfg):
+    sd = persistent_tensors(model)
+    with torch.no_grad():
+        if what == "roll_experts":
+            for k, t in sd.items():
+                if ".inner_experts." in k:
+                    t.copy_(torch.roll(t.clone(), 1, 0))
+        elif what == "zero_expert_bias":
+            for k, t in sd.items():
+                if k.endswith("expert_bias_E"):
+                    t.zero_()
+        elif what == "deepseek_rope_halfsplit":
+            # The rope rows of q (per head, after the nope rows) and of wkv_a (after kv_lora_rank) put in HF's
+            # rotate-half order instead of the interleaved pairs TorchTitan's ComplexRoPE expects.
+            r, nope = cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"]
+            perm = torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2)])
+            for k, t in sd.items():
+                if k.endswith("attention.wq.weight") or k.endswith("attention.wq_b.weight"):
+                    v = t.view(cfg["num_attention_heads"], nope + r, -1)
+                    v[:, nope:] = v[:, nope:][:, perm].clone()
+                elif k.endswith("attention.wkv_a.weight"):
+                    t[cfg["kv_lora_rank"]:] = t[cfg["kv_lora_rank"]:][perm].clone()
+        else:
+            raise SystemExit(f"judge: unknown perturbation {what}")
+
+
+def scale_norms(model, factor):
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__.endswith("RMSNorm") and getattr(mod, "weight", None) is not None:
+                mod.weight.mul_(factor)
+
+
+# ---------------------------------------------------------------- forward and metrics
+
+def forward_tt(model, tokens):
+    outs = []
+    for seq in tokens:
+        positions = torch.arange(seq.shape[0])
+        outs.append(model(seq, positions, model.get_attention_masks(positions)))
+    return torch.stack(outs)
+
+
+def metrics(hf_logits, tt_logits, tokens):
+    scale = float(hf_logits.abs().max())
+    d = float((hf_logits - tt_logits).abs().max()) if torch.isfinite(tt_logits).all() else float("inf")
+    lp, lq = F.log_softmax(hf_logits.double(), -1), F.log_softmax(tt_logits.double(), -1)
+    kl = float((lp.exp() * (lp - lq)).sum(-1).mean())
+    V = hf_logits.shape[-1]
+    loss = lambda lg: float(F.cross_entropy(lg[:, :-1].reshape(-1, V).double(), tokens[:, 1:].reshape(-1)))
+    return {"max_abs": d, "logit_scale": scale, "rel": d / max(1.0, scale), "kl": kl, "loss_hf": loss(hf_logits), "loss_tt": loss(tt_logits)}
+
+
+# Tolerances. As stored (×1): the issue's bar, max |Δlogit| ≤ 1e-5 × max(1, logit scale), mean KL ≤ 1e-9, next-token
+# loss equal to 1e-5 relative. With norms ×16 the tiny models become ill-conditioned: attention scores grow ×256 and
+# saturate, so the f32 rounding differences between the two implementations (TorchTitan's complex RoPE vs HF's
+# cos/sin, op order in MLA) are amplified ~100× (measured on the DeepSeek fixture: every layer output agrees to
+# ≤ 1e-5 relative, the logits to 1.4e-4, and running both models in f64 — with their f32 RoPE tables — still gives
+# 5e-5: it is conditioning, not layout). A wrong layout scores ≈ 1 there, so ×16 is judged at 1e-3 / KL 1e-6.
+TOLERANCE = {1.0: (1e-5, 1e-9), 16.0: (1e-3, 1e-6)}
+
+
+def passes(m):
+    rel, kl = TOLERANCE[m["norm_scale"]]
+    return (m["max_abs"] <= rel * max(1.0, m["logit_scale"]) and m["kl"] <= kl
+            and abs(m["loss_hf"] - m["loss_tt"]) <= 1e-5 * max(1.0, abs(m["loss_hf"])))
+
+
+def run_case(c, hf_cache):
+    cfg = json.load(open(os.path.join(c["hf"], "config.json")))
+    gen = torch.Generator().manual_seed(1234)
+    tokens = torch.randint(0, cfg["vocab_size"], (c.get("batch", 2), c.get("seq", 24)), generator=gen)
+    if c["hf"] not in hf_cache:
+        hf_cache[c["hf"]] = hf_model(c["hf"], cfg)
+    hf = hf_cache[c["hf"]]
+    tt = tt_model(c["arch"], cfg, c.get("expert_bias", True))
+    load_err = load_like_torchtitan(tt, c["ckpt"])
+    if load_err:
+        return {"name": c["name"], "load": load_err, "ok": False}
+    if c.get("perturb"):
+        perturb(tt, c["perturb"], cfg)
+    res = {"name": c["name"], "passes": []}
+    for factor in (1.0, 16.0):
+        routes = Routes()
+        routes.hook_tt(tt)
+        handles = routes.hook_hf(hf)
+        scale_norms(hf, factor); scale_norms(tt, factor)
+        with torch.no_grad():
+            a = hf(tokens).logits.to(DTYPE)
+            b = forward_tt(tt, tokens).to(DTYPE)
+        scale_norms(hf, 1 / factor); scale_norms(tt, 1 / factor)
+        m = metrics(a, b, tokens)
+        m["norm_scale"] = factor
+        m["tolerance"] = TOLERANCE[factor]
+        m["route_flips"] = routes.compare() if routes.tt or routes.hf else None
+        m["ok"] = passes(m) and m["route_flips"] in (None, 0)
+        res["passes"].append(m)
+        for mod in list(tt.modules()) + list(hf.modules()):
+            mod._forward_hooks.clear()
+            if "route_tokens_to_experts" in mod.__dict__:
+                del mod.route_tokens_to_experts
+    res["ok"] = all(p["ok"] for p in res["passes"])
+    return res
+
+
+def main():
+    cases = json.load(open(sys.argv[1]))
+    torch.set_num_threads(1)
+    hf_cache, results = {}, []
+    for c in cases:
+        results.append(run_case(c, hf_cache))
+    import transformers
+    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
