@@ -1,8 +1,10 @@
 # The model is the judge (issue 13): TorchTitan's own model, loaded from a ckpt output the way TorchTitan's
 # checkpointer loads it, must compute the logits HF transformers computes on the HF source.
 #
-# usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt, TORCHDYNAMO_DISABLE=1): judge.py cases.json
-# Each case: {name, hf, ckpt, arch, perturb?}. Prints one JSON line: a result per case and norm pass.
+# usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt, TORCHDYNAMO_DISABLE=1):
+#   judge.py cases.json                  each case {name, hf, ckpt, arch?, perturb?, seq?, batch?}
+#   judge.py --hf DIR --ckpt DIR         one case (test/interop/judge.sh wraps this for users)
+# Prints one JSON line: a result per case and norm pass; exits 1 when a case fails.
 #
 # Both models are built in float32 from config.json alone (tt_config below reads every field that changes the
 # computation), every TorchTitan parameter and persistent buffer is NaN before loading (so a tensor the checkpoint
@@ -391,8 +393,16 @@ def passes(m):
             and abs(m["loss_hf"] - m["loss_tt"]) <= 1e-5 * max(1.0, abs(m["loss_hf"])))
 
 
+# config.json model_type -> the TorchTitan model family that judges it
+ARCH_OF_MODEL_TYPE = {"llama": "llama3", "qwen3": "qwen3", "qwen3_moe": "qwen3", "deepseek_v3": "deepseek_v3"}
+
+
 def run_case(c, hf_cache):
     cfg = json.load(open(os.path.join(c["hf"], "config.json")))
+    if "arch" not in c:
+        if cfg.get("model_type") not in ARCH_OF_MODEL_TYPE:
+            raise SystemExit(f"judge: no TorchTitan model for model_type {cfg.get('model_type')!r} (have {sorted(ARCH_OF_MODEL_TYPE)})")
+        c = dict(c, arch=ARCH_OF_MODEL_TYPE[cfg["model_type"]])
     gen = torch.Generator().manual_seed(1234)
     tokens = torch.randint(0, cfg["vocab_size"], (c.get("batch", 2), c.get("seq", 24)), generator=gen)
     if c["hf"] not in hf_cache:
@@ -429,13 +439,29 @@ def run_case(c, hf_cache):
 
 
 def main():
-    cases = json.load(open(sys.argv[1]))
+    if sys.argv[1] == "--hf":
+        args = dict(zip([a for a in sys.argv[1:] if a != "--json"][0::2], [a for a in sys.argv[1:] if a != "--json"][1::2]))
+        cases = [{"name": os.path.basename(args["--ckpt"].rstrip("/")), "hf": args["--hf"], "ckpt": args["--ckpt"],
+                  "seq": int(args.get("--seq", 24)), "batch": int(args.get("--batch", 2))}]
+    else:
+        cases = json.load(open(sys.argv[1]))
     torch.set_num_threads(1)
     hf_cache, results = {}, []
     for c in cases:
         results.append(run_case(c, hf_cache))
     import transformers
-    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "results": results}))
+    if sys.argv[1] == "--hf" and "--json" not in sys.argv:
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+        for r in results:
+            if r.get("load"):
+                print("FAIL load:", json.dumps(r["load"]))
+            for p in r.get("passes", []):
+                print(f"{'ok  ' if p['ok'] else 'FAIL'} RMSNorm x{p['norm_scale']:g}: max|dlogit| {p['max_abs']:.3e} "
+                      f"(logit scale {p['logit_scale']:.2f}, bound {p['tolerance'][0]:g} x max(1, scale)), KL {p['kl']:.3e} "
+                      f"(bound {p['tolerance'][1]:g}), loss hf {p['loss_hf']:.6f} tt {p['loss_tt']:.6f}, route flips {p['route_flips']}")
+    else:
+        print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "results": results}))
+    sys.exit(0 if all(r["ok"] or c.get("control") for r, c in zip(results, cases)) else 1)
 
 
 if __name__ == "__main__":
