@@ -41,7 +41,7 @@ function printInspect(r: InspectResult, stats: boolean): void {
 
 function printPlan(r: ConvertResult): void {
   const p = r.plan;
-  out(`plan: ${p.direction === "hf_to_tt" ? "HF → TorchTitan" : "TorchTitan → HF"} (${p.mapping}, ${p.target}), format ${p.format}, mesh fsdp=${p.mesh.fsdp} tp=${p.mesh.tp}`);
+  out(`plan: ${p.direction === "hf_to_tt" ? "HF → TorchTitan" : "TorchTitan → HF"} (${p.mapping}, ${p.target}), format ${p.format}, mesh fsdp=${p.mesh.fsdp} tp=${p.mesh.tp}${(p.mesh.ep ?? 1) > 1 ? ` ep=${p.mesh.ep} (experts: efsdp=${(p.mesh.fsdp * p.mesh.tp) / p.mesh.ep!})` : ""}`);
   out(table(["output tensor", "dtype", "shape", "size", "from"], p.tensors.map((t) => [t.name, t.dtype, `[${t.shape.join(", ")}]`, fmtBytes(t.bytes), t.recipe]), [3]));
   if (p.skipped.length) out(`\nskipped ${p.skipped.length}: ${p.skipped.slice(0, 6).map((s) => `${s.name} (${s.why})`).join("; ")}${p.skipped.length > 6 ? "; …" : ""}`);
   if (p.perRank) printRankTable(r);
@@ -162,9 +162,10 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .positional("out", { type: "string", demandOption: true })
       .option("world-size", { type: "number", demandOption: true, describe: "total ranks (FSDP × TP)" })
       .option("tp", { type: "number", default: 1, describe: "tensor-parallel degree (innermost mesh dim)" })
+      .option("ep", { type: "number", default: 1, describe: "expert-parallel degree for MoE routed experts (TorchTitan's (efsdp, ep) mesh, efsdp = world / ep; see docs/expert-parallel.md)" })
       .option("ranks", { type: "string", describe: "write only these ranks' files, e.g. 0-3 (multi-machine); then run --finalize" })
       .option("finalize", { type: "boolean", describe: "after all --ranks runs: check the rank files and write .metadata + manifest" })),
-    (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined }))
+    (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ep: a.ep as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined }))
     .command("verify <a> [b]", "re-hash an output against its ckpt-manifest.json, or compare two checkpoints (any format/layout) through the mapping", (y) => y
       .positional("a", { type: "string", demandOption: true, describe: "checkpoint (with one argument: an output of convert/shard)" })
       .positional("b", { type: "string", describe: "second checkpoint to compare element by element" })

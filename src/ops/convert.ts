@@ -13,7 +13,7 @@ import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
-import { parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
+import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
 import { digestOf, parseDigest, type DigestAlgorithm } from "../exec/digest.js";
@@ -52,6 +52,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   /** Sharding (shard command): FSDP × TP mesh. */
   worldSize?: number;
   tp?: number;
+  /** Expert-parallel degree for routed experts (TorchTitan's sparse mesh (efsdp, ep)); must divide worldSize. */
+  ep?: number;
   ranks?: string;
   /** Write the checkpoint-level files (`.metadata`, manifest) after per-rank runs. */
   finalize?: boolean;
@@ -228,7 +230,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const tp = opts.tp ?? 1;
     if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
     if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
-    const mesh: Mesh = { fsdp: world / tp, tp };
+    const ep = opts.ep ?? 1;
+    const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
+    checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
     if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
     const format = direction === "tt_to_hf" ? "safetensors" : opts.format ?? "dcp";
     const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh)
@@ -244,7 +248,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const pieceBytes = 16 * 1024 * 1024;
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, pieceBytes, digest };
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(ep > 1 ? { ep } : {}), pieceBytes, digest };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();

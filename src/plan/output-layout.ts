@@ -5,7 +5,7 @@ import { layoutTensorBlob, type BlobLayout } from "../formats/torchsave/index.js
 import { planSafetensorsFile, planShardedSafetensors, serializeIndex } from "../formats/safetensors/writer.js";
 import { encodeDcpMetadata, type DcpMetadata } from "../formats/dcp/metadata.js";
 import type { TensorPlan } from "./convert-plan.js";
-import { shardTensor, splitLargeChunk, worldSize, type Mesh } from "./sharding.js";
+import { shardTensor, sparseMesh, splitLargeChunk, worldSize, type Mesh } from "./sharding.js";
 import type { Box } from "./runs.js";
 
 export type OutputFormat = "dcp" | "safetensors";
@@ -126,7 +126,7 @@ export function layoutRankSafetensors(tensors: TensorPlan[], mesh: Mesh): Output
   });
   const manifest = {
     format: "ckpt-rank-safetensors",
-    mesh: { dims: ["fsdp", "tp"], sizes: [mesh.fsdp, mesh.tp], global_rank: "f * tp + t" },
+    mesh: { dims: ["fsdp", "tp"], sizes: [mesh.fsdp, mesh.tp], global_rank: "f * tp + t", ...((mesh.ep ?? 1) > 1 ? { experts: { dims: ["efsdp", "ep"], sizes: [sparseMesh(mesh).efsdp, mesh.ep], global_rank: "f * ep + e" } } : {}) },
     world_size: world,
     files: files.map((f) => f.name),
     tensors: Object.fromEntries(tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, tp: t.policy.tp }])),

@@ -16,10 +16,42 @@ export interface Mesh {
   fsdp: number;
   /** Tensor-parallel degree (innermost). */
   tp: number;
+  /**
+   * Expert-parallel degree (default 1). Routed experts then live on TorchTitan's sparse mesh (efsdp, ep) over the
+   * same ranks, `efsdp = fsdp · tp / ep`, EP innermost: `global_rank = f_e · ep + e` (docs/expert-parallel.md).
+   */
+  ep?: number;
 }
 
 export function worldSize(m: Mesh): number {
   return m.fsdp * m.tp;
+}
+
+/** The sparse (routed-expert) mesh of TorchTitan's ParallelDims.build_mesh: (efsdp, ep), EP innermost. */
+export function sparseMesh(m: Mesh): { efsdp: number; ep: number } {
+  const ep = m.ep ?? 1;
+  return { efsdp: worldSize(m) / ep, ep };
+}
+
+/**
+ * Refuses what TorchTitan main refuses for this mesh (ParallelDims._validate, Decoder.Config.update_from_config,
+ * FSDP2's uneven-dim rule), before anything is written. `experts` are the stacked routed-expert tensors.
+ */
+export function checkExpertMesh(mesh: Mesh, experts: { name: string; shape: readonly number[] }[]): void {
+  const ep = mesh.ep ?? 1;
+  const world = worldSize(mesh);
+  if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
+  if (ep === 1) return;
+  if (world % ep !== 0) throw new CkptError("USAGE", `--ep ${ep} must divide dp_shard · tp = ${world} (TorchTitan: expert_parallel_degree must divide dp_shard * cp * tp)`);
+  if (experts.length === 0) throw new CkptError("USAGE", `--ep ${ep}: this checkpoint has no routed-expert tensors (expert parallelism needs an MoE architecture)`);
+  const { efsdp } = sparseMesh(mesh);
+  for (const t of experts) {
+    const E = t.shape[0]!;
+    if (E % ep !== 0) throw new CkptError("USAGE", `num_experts ${E} is not divisible by --ep ${ep} (TorchTitan refuses: num_experts must be divisible by expert_parallel_degree)`, { tensor: t.name });
+    if (efsdp * ep > E && (t.shape.length < 2 || t.shape[1]! % efsdp !== 0)) {
+      throw new CkptError("USAGE", `efsdp ${efsdp} × ep ${ep} > ${E} experts puts FSDP on dim 1, and dim 1 (${t.shape[1]}) is not divisible by efsdp ${efsdp}; FSDP2 forbids uneven shards on dims > 0`, { tensor: t.name, hint: "choose --ep so that (world / ep) · ep ≤ experts or dim 1 divides evenly" });
+    }
+  }
 }
 
 export interface ShardPolicy {
@@ -44,6 +76,47 @@ export function shardTensor(shape: readonly number[], policy: ShardPolicy, mesh:
   const world = worldSize(mesh);
   const full: RankChunk = { offsets: shape.map(() => 0), sizes: [...shape], owner: 0, ranks: [...Array(world).keys()] };
   if (world === 1 || shape.length === 0 || policy.fullChunk) return [full];
+  const boxes = policy.experts && (mesh.ep ?? 1) > 1 ? expertBoxes(shape, mesh) : denseBoxes(shape, policy, mesh);
+  return dedupChunks(boxes);
+}
+
+/**
+ * Routed experts under EP (TorchTitan main, fsdp.py apply_fsdp_to_decoder + moe_sharding.py
+ * expert_param_placement_sparse): on the sparse mesh (efsdp, ep), EP takes Shard(0) of the experts, then FSDP
+ * shards each EP-local block over efsdp: (StridedShard(0, ep), Shard(0)), or (Shard(1), Shard(0)) when
+ * efsdp · ep > num_experts. Rank (f, e) is global rank f · ep + e. TP does not apply to routed experts under EP.
+ */
+function expertBoxes(shape: readonly number[], mesh: Mesh): { rank: number; box: Box }[] {
+  const { efsdp, ep } = sparseMesh(mesh);
+  const E = shape[0]!;
+  const onDim1 = efsdp * ep > E;
+  if (E % ep !== 0) throw new CkptError("USAGE", `num_experts ${E} is not divisible by --ep ${ep}`);
+  if (onDim1 && (shape.length < 2 || shape[1]! % efsdp !== 0)) throw new CkptError("USAGE", `expert dim 1 (${shape[1]}) is not divisible by efsdp ${efsdp}; FSDP2 forbids uneven shards on dims > 0`);
+  const boxes: { rank: number; box: Box }[] = [];
+  for (let f = 0; f < efsdp; f++) {
+    for (let e = 0; e < ep; e++) {
+      const offsets = shape.map(() => 0);
+      const sizes = [...shape];
+      const a = split(E, ep, e);
+      if (onDim1) {
+        offsets[0] = a.start;
+        sizes[0] = a.size;
+        const c = split(shape[1]!, efsdp, f);
+        offsets[1] = c.start;
+        sizes[1] = c.size;
+      } else {
+        const b = split(a.size, efsdp, f);
+        offsets[0] = a.start + b.start;
+        sizes[0] = b.size;
+      }
+      boxes.push({ rank: f * ep + e, box: { offsets, sizes } });
+    }
+  }
+  return boxes;
+}
+
+/** Dense parameters (and experts without EP) on the dense mesh (fsdp, tp), TP innermost (sharding.md §4). */
+function denseBoxes(shape: readonly number[], policy: ShardPolicy, mesh: Mesh): { rank: number; box: Box }[] {
   const F = mesh.fsdp;
   const T = mesh.tp;
   const boxes: { rank: number; box: Box }[] = [];
@@ -79,6 +152,10 @@ export function shardTensor(shape: readonly number[], policy: ShardPolicy, mesh:
       boxes.push({ rank, box: { offsets, sizes } });
     }
   }
+  return boxes;
+}
+
+function dedupChunks(boxes: { rank: number; box: Box }[]): RankChunk[] {
   // DCP keys chunks by (fqn, offsets), so boxes with equal offsets must become one chunk. Non-empty boxes with
   // equal offsets are replicas; empty boxes past the end share offsets whatever their sizes, and an empty box
   // can even sit at the offset where a non-empty one starts (uneven FSDP×TP): the non-empty box wins.
