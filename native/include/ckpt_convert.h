@@ -132,6 +132,25 @@ CKPT_HD uint32_t ckpt_mul_f32(uint32_t a, uint32_t s) {
 #endif
 }
 
+// ---- MXFP4 decode ----------------------------------------------------------------------------------------
+
+// f32 bits of E2M1[nibble] * 2^(scale - 127) (nibble: sign bit 3, magnitude 0, .5, 1, 1.5, 2, 3, 4, 6), exactly
+// what transformers'/PyTorch's MXFP4 dequantization (LUT, then ldexp) computes, subnormal results included:
+// ±inf on overflow, NaN for scale 0xFF with a zero nibble (2^128 = inf, 0 * inf), ±inf for other nibbles.
+// Same function as mxfp4ToF32Bits in src/kernels/reference.ts.
+CKPT_HD uint32_t ckpt_mxfp4_to_f32(uint32_t nibble, uint32_t scale) {
+  uint32_t sign = (nibble & 8u) << 28, m = nibble & 7u;
+  if (scale == 0xFFu) return m == 0 ? 0x7FC00000u : (sign | 0x7F800000u);
+  if (m == 0) return sign;
+  // magnitude m: unbiased exponent {-1, 0, 0, 1, 1, 2, 2} for m = 1..7, half mantissa bit for m = 3, 5, 7
+  int32_t e = m == 1 ? -1 : (int32_t)((m - 2u) >> 1);
+  uint32_t half = (m >= 3u && (m & 1u)) ? 1u : 0u;
+  int32_t biased = e + (int32_t)scale;
+  if (biased >= 255) return sign | 0x7F800000u;
+  if (biased >= 1) return sign | ((uint32_t)biased << 23) | (half << 22);
+  return sign | ((2u + half) << (uint32_t)(biased + 21));  // subnormal: biased is 0 or -1
+}
+
 // ---- generic element conversion ------------------------------------------------------------------------
 
 CKPT_HD uint32_t ckpt_load_f32(int d, const uint8_t* p) {

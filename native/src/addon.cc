@@ -149,6 +149,29 @@ Napi::Value DequantBlock(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value Mxfp4Decode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes blocks, scales, dst;
+  size_t rows, cols, skip, blockStride, scaleStride;
+  int d = 0;
+  if (!getBytes(info, 0, "blocks", blocks) || !getBytes(info, 1, "scales", scales) || !getSize(info, 2, "rows", rows) ||
+      !getSize(info, 3, "cols", cols) || !getSize(info, 4, "skip", skip) || !getSize(info, 5, "blockStride", blockStride) ||
+      !getSize(info, 6, "scaleStride", scaleStride) || !getBytes(info, 7, "dst", dst) || !getDtype(info, 8, "dstDtype", d))
+    return env.Undefined();
+  if (skip >= 32) return fail(env, "skip must be below 32"), env.Undefined();
+  if (rows > 0 && cols > 0) {
+    const size_t groups = (skip + cols + 31) / 32;
+    if (!fits(rows - 1, blockStride, (size_t)-1) || (rows - 1) * blockStride + groups * 16 > blocks.len)
+      return fail(env, "blocks too small for rows x cols"), env.Undefined();
+    if (!fits(rows - 1, scaleStride, (size_t)-1) || (rows - 1) * scaleStride + groups > scales.len)
+      return fail(env, "scales too small for rows x cols"), env.Undefined();
+  }
+  if (!fits(rows, cols, (size_t)-1) || !fits(rows * cols, (size_t)ckpt_dtype_size(d), dst.len))
+    return fail(env, "dst too small for rows x cols"), env.Undefined();
+  int64_t bad = ckpt::mxfp4_decode(blocks.p, scales.p, rows, cols, skip, blockStride, scaleStride, dst.p, d);
+  return Napi::Number::New(env, (double)bad);
+}
+
 Napi::Value StatsFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Bytes src;
@@ -312,6 +335,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows, "gatherRows"));
   exports.Set("dequantBlock", Napi::Function::New(env, DequantBlock, "dequantBlock"));
   exports.Set("stats", Napi::Function::New(env, StatsFn, "stats"));
+  exports.Set("mxfp4Decode", Napi::Function::New(env, Mxfp4Decode, "mxfp4Decode"));
   exports.Set("loraMerge", Napi::Function::New(env, LoraMerge, "loraMerge"));
   exports.Set("isa", Napi::Function::New(env, IsaFn, "isa"));
   exports.Set("bestIsa", Napi::Function::New(env, BestIsa, "bestIsa"));

@@ -16,6 +16,7 @@
 
 #include <string.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -393,6 +394,113 @@ void dequant_block(const uint8_t* w, int wd, size_t rows, size_t cols, size_t ro
       c = segEnd;
     }
   }
+}
+
+// ---- MXFP4 decode ----
+
+// Every (scale, nibble) pair decoded once by the header function, as f32 and bf16 bits (bf16 is exact: decoded
+// values have at most two significant bits), plus which scales give a non-finite value for some nibble.
+struct Mxfp4Tables {
+  uint32_t f32[256][16];
+  uint16_t bf16[256][16];                         // the f32 narrowing (exact; a NaN becomes 0xFFFF like every f32 NaN)
+  alignas(16) uint8_t lo[256][16], hi[256][16];  // bf16 low / high bytes, the pshufb tables
+  bool bad[256];
+  Mxfp4Tables() {
+    for (uint32_t s = 0; s < 256; s++) {
+      bad[s] = false;
+      for (uint32_t n = 0; n < 16; n++) {
+        uint32_t u = ckpt_mxfp4_to_f32(n, s);
+        f32[s][n] = u;
+        bf16[s][n] = ckpt_f32_to_bf16(u);
+        lo[s][n] = (uint8_t)bf16[s][n];
+        hi[s][n] = (uint8_t)(bf16[s][n] >> 8);
+        if ((u & 0x7F800000u) == 0x7F800000u) bad[s] = true;
+      }
+    }
+  }
+};
+static const Mxfp4Tables& mxfp4_tables() {
+  static const Mxfp4Tables t;
+  return t;
+}
+
+// Values [v, v + n) of one row (v = index from the start of the row's first group); returns the offset in [0, n)
+// of the first non-finite value, or -1.
+static int64_t mxfp4_seg_scalar(const uint8_t* b, const uint8_t* sc, size_t v, size_t n, uint8_t* out, int d) {
+  const Mxfp4Tables& t = mxfp4_tables();
+  const size_t ds = dsize(d);
+  int64_t bad = -1;
+  for (size_t k = 0; k < n; k++, v++) {
+    uint8_t byte = b[v >> 1];
+    const uint32_t s = sc[v >> 5], n = (v & 1) ? byte >> 4 : byte & 15u;
+    uint32_t u = t.f32[s][n];
+    if (bad < 0 && (u & 0x7F800000u) == 0x7F800000u) bad = (int64_t)k;
+    if (d == CKPT_F32) memcpy(out + k * 4, &u, 4);
+    else if (d == CKPT_BF16) memcpy(out + k * 2, &t.bf16[s][n], 2);
+    else ckpt_store_from_f32(CKPT_F32, d, u, out + k * ds);
+  }
+  return bad;
+}
+
+#ifdef CKPT_X86
+// One whole group (16 bytes, 32 values) under a scale with only finite values: two pshufb lookups per nibble
+// half give the bf16 bytes, interleaved into [lo0, hi0, lo1, hi1, ...]; f32 is bf16 << 16 (exact).
+TGT2 static void mxfp4_group_avx2(const uint8_t* b, uint32_t s, uint8_t* out, int d) {
+  const Mxfp4Tables& t = mxfp4_tables();
+  const __m128i tl = _mm_load_si128((const __m128i*)t.lo[s]), th = _mm_load_si128((const __m128i*)t.hi[s]);
+  const __m128i m = _mm_set1_epi8(0x0F);
+  __m128i x = _mm_loadu_si128((const __m128i*)b);
+  __m128i ln = _mm_and_si128(x, m), hn = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+  __m128i la = _mm_shuffle_epi8(tl, ln), lb = _mm_shuffle_epi8(th, ln);
+  __m128i ha = _mm_shuffle_epi8(tl, hn), hb = _mm_shuffle_epi8(th, hn);
+  __m128i L0 = _mm_unpacklo_epi8(la, lb), L1 = _mm_unpackhi_epi8(la, lb);  // bf16 of low nibbles, bytes 0-7 / 8-15
+  __m128i H0 = _mm_unpacklo_epi8(ha, hb), H1 = _mm_unpackhi_epi8(ha, hb);
+  __m128i w[4] = {_mm_unpacklo_epi16(L0, H0), _mm_unpackhi_epi16(L0, H0), _mm_unpacklo_epi16(L1, H1), _mm_unpackhi_epi16(L1, H1)};
+  if (d == CKPT_BF16) {
+    for (int i = 0; i < 4; i++) _mm_storeu_si128((__m128i*)(out + 16 * i), w[i]);
+  } else {
+    for (int i = 0; i < 4; i++) _mm256_storeu_si256((__m256i*)(out + 32 * i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(w[i]), 16));
+  }
+}
+#endif
+
+int64_t mxfp4_decode(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t cols, size_t skip, size_t blockStride,
+                     size_t scaleStride, uint8_t* dst, int d) {
+  const Mxfp4Tables& t = mxfp4_tables();
+  const size_t ds = dsize(d);
+#ifdef CKPT_X86
+  const bool simd = current_isa() >= ISA_AVX2 && (d == CKPT_BF16 || d == CKPT_F32);
+#endif
+  int64_t bad = -1;
+  for (size_t r = 0; r < rows; r++) {
+    const uint8_t* b = blocks + r * blockStride;
+    const uint8_t* sc = scales + r * scaleStride;
+    uint8_t* o = dst + r * cols * ds;
+    size_t c = 0, v = skip;
+    auto scalar = [&](size_t n) {
+      int64_t k = mxfp4_seg_scalar(b, sc, v, n, o + c * ds, d);
+      if (bad < 0 && k >= 0) bad = (int64_t)(r * cols + c) + k;
+      c += n;
+      v += n;
+    };
+    if (v & 31) scalar(std::min(cols, 32 - (v & 31)));
+    while (c + 32 <= cols) {
+      uint32_t s = sc[v >> 5];
+#ifdef CKPT_X86
+      if (simd && !t.bad[s]) {
+        mxfp4_group_avx2(b + (v >> 1), s, o + c * ds, d);
+        c += 32;
+        v += 32;
+        continue;
+      }
+#endif
+      (void)s;
+      scalar(32);
+    }
+    if (c < cols) scalar(cols - c);
+  }
+  (void)t;
+  return bad;
 }
 
 // ---- stats ----

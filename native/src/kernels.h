@@ -35,6 +35,12 @@ void gather_rows(const uint8_t* src, int srcDtype, size_t srcRowElems, const int
 void dequant_block(const uint8_t* w, int wDtype, size_t rows, size_t cols, size_t rowStart, size_t colStart,
                    const float* scaleInv, size_t scaleCols, size_t block, uint8_t* dst, int dstDtype);
 
+// MXFP4: rows x cols values; row r's packed bytes at blocks + r * blockStride (low nibble first, starting at a
+// 32-value group), its E8M0 scales at scales + r * scaleStride; the box starts skip (< 32) values into the first
+// group. Returns -1, or the index r * cols + c of the first non-finite value (NaN scale, overflow).
+int64_t mxfp4_decode(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t cols, size_t skip, size_t blockStride,
+                     size_t scaleStride, uint8_t* dst, int dstDtype);
+
 Stats stats(const uint8_t* src, int dtype, size_t n);
 
 // LoRA/DoRA merge, bit-identical to mergeWeight in src/lora/merge.ts: W [out, inn] ([inn, out] when transposed),

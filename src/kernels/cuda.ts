@@ -51,5 +51,6 @@ export function cudaKernels(): Kernels {
       scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, d: CastableDType) =>
       addon.cudaDequant(w, C[wd], rows, cols, rowStart, colStart, scaleInv, scaleCols, block, dst, C[d]),
     stats: cpu.stats,
+    mxfp4Decode: cpu.mxfp4Decode,
   });
 }

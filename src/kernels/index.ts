@@ -8,7 +8,7 @@ import type { CastableDType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { cudaAvailable, cudaKernels, cudaUnavailableReason } from "./cuda.js";
 import { loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
-import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, statsRef } from "./reference.js";
+import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, mxfp4DecodeRef, statsRef } from "./reference.js";
 
 export interface Stats {
   count: number;
@@ -38,6 +38,14 @@ export interface Kernels {
   dequantBlock(w: Uint8Array, wDtype: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: CastableDType): void;
   stats(src: Uint8Array, dtype: CastableDType, n: number): Stats;
   /**
+   * MXFP4 decode of a rows x cols box (numerics: E2M1[nibble] * 2^(scale - 127), low nibble first): row r's packed
+   * bytes start at blocks[r * blockStride] on a 32-value group boundary, its E8M0 scales at scales[r * scaleStride];
+   * the box starts `skip` (< 32) values into that first group. Returns -1, or the index r * cols + c of the first
+   * value that is not finite (scale 0xFF, overflow), which callers report as an error.
+   */
+  mxfp4Decode(blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, blockStride: number,
+    scaleStride: number, dst: Uint8Array, dstDtype: CastableDType): number;
+  /**
    * LoRA/DoRA merge into res (W's shape, not overlapping an input), bit-identical to mergeWeight's TypeScript path
    * in src/lora/merge.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
    */
@@ -51,6 +59,7 @@ export const referenceKernels: Kernels = Object.freeze({
   gatherRows: gatherRowsRef,
   dequantBlock: dequantBlockRef,
   stats: statsRef,
+  mxfp4Decode: mxfp4DecodeRef,
 });
 
 let cpuKernels: Kernels | undefined;

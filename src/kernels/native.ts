@@ -7,6 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { CastableDType } from "../dtypes.js";
 import type { Kernels, Stats } from "./index.js";
+import { mxfp4DecodeRef } from "./reference.js";
 
 /** Dtype codes of native/include/ckpt_convert.h (enum ckpt_dtype). */
 export const DTYPE_CODE: Record<CastableDType, number> = { F32: 0, BF16: 1, F16: 2, F8_E4M3: 3, F8_E5M2: 4 };
@@ -24,6 +25,9 @@ export interface NativeAddon {
   dequantBlock(w: Uint8Array, wDtype: number, rows: number, cols: number, rowStart: number, colStart: number,
     scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: number): void;
   stats(src: Uint8Array, dtype: number, n: number): NativeStats;
+  /** Absent from addons built before it existed. */
+  mxfp4Decode?(blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, blockStride: number,
+    scaleStride: number, dst: Uint8Array, dstDtype: number): number;
   /** Absent from addons built before it existed. */
   loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
     m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;
@@ -96,6 +100,11 @@ export function nativeKernelsFrom(addon: NativeAddon): Kernels {
     dequantBlock: (w: Uint8Array, wd: "F8_E4M3" | "F8_E5M2", rows: number, cols: number, rowStart: number, colStart: number, scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, d: CastableDType) =>
       addon.dequantBlock(w, C[wd], rows, cols, rowStart, colStart, scaleInv, scaleCols, block, dst, C[d]),
     stats: (src: Uint8Array, d: CastableDType, n: number): Stats => addon.stats(src, C[d], n),
+    // An addon built before the MXFP4 kernel existed falls back to the (bit-identical) TypeScript one.
+    mxfp4Decode: addon.mxfp4Decode
+      ? (b: Uint8Array, s: Uint8Array, rows: number, cols: number, skip: number, bs: number, ss: number, dst: Uint8Array, d: CastableDType) =>
+        addon.mxfp4Decode!(b, s, rows, cols, skip, bs, ss, dst, C[d])
+      : mxfp4DecodeRef,
     ...(addon.loraMerge ? { loraMerge: addon.loraMerge.bind(addon) } : {}),
   });
 }

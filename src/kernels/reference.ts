@@ -279,3 +279,74 @@ export function statsRef(src: Uint8Array, dtype: CastableDType, n: number): RefS
   if (finite === 0) { min = NaN; max = NaN; }
   return { count: n, min, max, sum, sumSq, nan, inf, f16Overflow: ovf, f16Underflow: unf, zeros };
 }
+
+// ---- MXFP4 (OCP microscaling FP4: E2M1 values, one E8M0 scale per 32) ------------------------------------
+
+/** E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 as (unbiased exponent, has-half-mantissa-bit); index 0 is zero. */
+const E2M1_EXP = [0, -1, 0, 0, 1, 1, 2, 2];
+const E2M1_HALF = [0, 0, 0, 1, 0, 1, 0, 1];
+
+/**
+ * f32 bits of E2M1[nibble] · 2^(scale − 127), the value transformers' and PyTorch's MXFP4 dequantization compute
+ * (LUT value, then ldexp): exact for every finite result, subnormals included (integer arithmetic only). Results
+ * that do not fit are what ldexp gives: ±inf on overflow, NaN for scale 0xFF (E8M0 NaN; 2^128 = inf, 0 · inf =
+ * NaN for a zero nibble). Callers treat every non-finite result as an error.
+ */
+export function mxfp4ToF32Bits(nibble: number, scale: number): number {
+  const sign = (nibble & 8) << 28;
+  const m = nibble & 7;
+  if (scale === 0xff) return m === 0 ? 0x7fc00000 : (sign | 0x7f800000) >>> 0;
+  if (m === 0) return sign >>> 0;
+  const biased = E2M1_EXP[m]! + scale; // f32 biased exponent of the result
+  if (biased >= 255) return (sign | 0x7f800000) >>> 0;
+  if (biased >= 1) return (sign | (biased << 23) | (E2M1_HALF[m]! << 22)) >>> 0;
+  // subnormal (biased 0 or −1): value = (2 + half)/2 · 2^(biased − 127) = (2 + half) · 2^(biased + 21) ulps of 2^−149
+  return (sign | ((2 + E2M1_HALF[m]!) << (biased + 21))) >>> 0;
+}
+
+let mxfp4Lut: Uint32Array | undefined;
+/** [scale · 16 + nibble] → f32 bits, all 4096 pairs. */
+export function mxfp4Table(): Uint32Array {
+  if (!mxfp4Lut) {
+    mxfp4Lut = new Uint32Array(256 * 16);
+    for (let s = 0; s < 256; s++) for (let n = 0; n < 16; n++) mxfp4Lut[s * 16 + n] = mxfp4ToF32Bits(n, s);
+  }
+  return mxfp4Lut;
+}
+
+/**
+ * MXFP4 decode of a rows × cols box: row r's packed bytes start at blocks[r·blockStride] (two values per byte, low
+ * nibble first, aligned to a 32-value group), its E8M0 scales at scales[r·scaleStride] (one per group); the box
+ * starts `skip` values (0–31) into the first group. Writes rows × cols values of dstDtype (f32 bits, then the
+ * project's f32 narrowing; bf16 is exact). Returns −1, or the index (r·cols + c) of the first value that is not
+ * finite (NaN scale or overflow), which the caller must report.
+ */
+export function mxfp4DecodeRef(
+  blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, blockStride: number, scaleStride: number,
+  dst: Uint8Array, dstDtype: CastableDType,
+): number {
+  if (!(skip >= 0 && skip < 32)) throw new RangeError(`skip ${skip} outside [0, 32)`);
+  const groups = Math.ceil((skip + cols) / 32);
+  if (rows > 0 && cols > 0) {
+    if (blocks.byteLength < (rows - 1) * blockStride + groups * 16) throw new RangeError(`blocks too small for ${rows}x${cols} (skip ${skip})`);
+    if (scales.byteLength < (rows - 1) * scaleStride + groups) throw new RangeError(`scales too small for ${rows}x${cols} (skip ${skip})`);
+  }
+  const ds = CAST_SIZE[dstDtype];
+  if (dst.byteLength < rows * cols * ds) throw new RangeError(`destination too small for ${rows}x${cols} ${dstDtype}`);
+  const lut = mxfp4Table();
+  const row = new Uint32Array(cols);
+  const rowBytes = new Uint8Array(row.buffer);
+  let bad = -1;
+  for (let r = 0; r < rows; r++) {
+    const b0 = r * blockStride, s0 = r * scaleStride;
+    for (let c = 0; c < cols; c++) {
+      const v = skip + c;
+      const byte = blocks[b0 + (v >>> 1)]!;
+      const u = lut[scales[s0 + (v >>> 5)]! * 16 + ((v & 1) ? byte >>> 4 : byte & 15)]!;
+      if (bad < 0 && (u & 0x7f800000) === 0x7f800000) bad = r * cols + c;
+      row[c] = u;
+    }
+    castRef(rowBytes, "F32", dst.subarray(r * cols * ds, (r + 1) * cols * ds), dstDtype, cols);
+  }
+  return bad;
+}
