@@ -7,7 +7,7 @@ import { createHasher, type DigestAlgorithm, type Hasher } from "./digest.js";
 import { crc32 } from "node:zlib";
 import { elementSize, isCastable, type CastableDType, type DType } from "../dtypes.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
-import type { Run } from "../plan/runs.js";
+import { runSourceRanges, type Run } from "../plan/runs.js";
 
 export interface PieceTask {
   outPath: string;
@@ -93,17 +93,15 @@ function readSource(task: WorkerTask, fds: (path: string) => number, file: strin
 
 interface Span { file: string; start: number; end: number; at: number }
 
-/** Merges the byte ranges runs need into few large reads; returns where each run's bytes land in the staging buffer. */
-function stageSources(task: WorkerTask, runs: Run[], fds: (path: string) => number): { staging: Buffer; where: number[] } {
-  const ranges = runs.map((r, i) => {
-    if (!r.src) return undefined;
-    const es = elementSize(r.src.dtype);
-    const len = ((r.rows - 1) * r.src.stride + r.cols) * es;
-    return { i, file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + len };
-  }).filter((x): x is { i: number; file: string; start: number; end: number } => x !== undefined);
+/**
+ * Merges the byte ranges runs need into few large reads; returns where each run's ranges (runSourceRanges: its
+ * values, and an MXFP4 run's scales) land in the staging buffer.
+ */
+function stageSources(task: WorkerTask, runs: Run[], fds: (path: string) => number): { staging: Buffer; where: number[][] } {
+  const ranges = runs.flatMap((r, i) => runSourceRanges(r).map((x, k) => ({ i, k, ...x })));
   const sorted = [...ranges].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
   const spans: Span[] = [];
-  const spanOf = new Map<number, Span>();
+  const spanOf = new Map<string, Span>();
   let total = 0;
   for (const r of sorted) {
     const last = spans[spans.length - 1];
@@ -114,15 +112,47 @@ function stageSources(task: WorkerTask, runs: Run[], fds: (path: string) => numb
       spans.push({ file: r.file, start: r.start, end: r.end, at: total });
       total += r.end - r.start;
     }
-    spanOf.set(r.i, spans[spans.length - 1]!);
+    spanOf.set(`${r.i}:${r.k}`, spans[spans.length - 1]!);
   }
   const staging = scratchBuffer("staging", total);
   for (const s of spans) readSource(task, fds, s.file, staging.subarray(s.at, s.at + (s.end - s.start)), s.start);
-  const where = runs.map((r, i) => {
-    const s = spanOf.get(i);
-    return s ? s.at + (r.src!.byteOffset - s.start) : -1;
-  });
+  const where = runs.map((r, i) => runSourceRanges(r).map((x, k) => {
+    const s = spanOf.get(`${i}:${k}`)!;
+    return s.at + (x.start - s.start);
+  }));
   return { staging, where };
+}
+
+/** Dense rows × cols output from a transposed source window: out[i][j] = src[j·stride + i], then cast. */
+function transposeCast(k: Kernels, src: Uint8Array, sd: DType, rows: number, cols: number, stride: number, dst: Uint8Array, od: DType): void {
+  const es = elementSize(sd);
+  const tmp = sd === od ? dst : scratchTranspose(rows * cols * es);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const from = (j * stride + i) * es, to = (i * cols + j) * es;
+      for (let b = 0; b < es; b++) tmp[to + b] = src[from + b]!;
+    }
+  }
+  if (sd === od) return;
+  if (!isCastable(sd) || !isCastable(od)) throw new Error(`cannot convert ${sd} to ${od}`);
+  k.cast(tmp, sd, dst, od, rows * cols);
+}
+
+let transposeBuf: Buffer | undefined;
+function scratchTranspose(bytes: number): Buffer {
+  if (!transposeBuf || transposeBuf.length < bytes) transposeBuf = Buffer.allocUnsafeSlow(Math.max(bytes, 1 << 16));
+  return transposeBuf.subarray(0, bytes);
+}
+
+/** A value MXFP4 cannot give as a finite number: name the scale byte and where it is (never write it as inf). */
+function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string): Error {
+  const row = Math.floor(bad / r.cols), col = bad % r.cols;
+  const v = r.mxfp4!.skip + col;
+  const scale = scales[row * r.mxfp4!.stride + (v >>> 5)]!;
+  const byte = blocks[row * r.src!.stride + (v >>> 1)]!;
+  const nibble = v & 1 ? byte >>> 4 : byte & 15;
+  const what = scale === 0xff ? "scale 0xFF is the E8M0 NaN" : `E2M1 nibble 0x${nibble.toString(16)} x 2^(${scale} - 127) overflows float32`;
+  return new Error(`MXFP4 value is not finite: ${what} (scale byte at offset ${r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5)} of ${r.mxfp4!.file}, writing ${outPath}); the checkpoint's scales are corrupt`);
 }
 
 function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, es: number, dst: Uint8Array): void {
@@ -140,7 +170,18 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
     const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
     if (!r.src) { dst.fill(0); return; }
     const ses = elementSize(r.src.dtype);
-    const src = staging.subarray(where[i]!, where[i]! + ((r.rows - 1) * r.src.stride + r.cols) * ses);
+    const ranges = runSourceRanges(r);
+    const src = staging.subarray(where[i]![0]!, where[i]![0]! + (ranges[0]!.end - ranges[0]!.start));
+    if (r.mxfp4) {
+      const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
+      const bad = k.mxfp4Decode(src, scales, r.rows, r.cols, r.mxfp4.skip, r.src.stride, r.mxfp4.stride, dst, p.outDtype as CastableDType);
+      if (bad >= 0) throw mxfp4Error(r, bad, src, scales, p.outPath);
+      return;
+    }
+    if (r.transpose) {
+      transposeCast(k, src, r.src.dtype, r.rows, r.cols, r.src.stride, dst, p.outDtype);
+      return;
+    }
     if (r.dequant) {
       let scale = scaleCache.get(r.dequant.scale);
       const s = task.scales[r.dequant.scale]!;
@@ -362,7 +403,7 @@ function streamable(p: PieceTask): boolean {
   let srcElems = 0;
   for (const r of p.runs) {
     if (!r.src) continue;
-    if (r.dequant || r.src.stride !== r.cols) return false;
+    if (r.dequant || r.mxfp4 || r.transpose || r.src.stride !== r.cols) return false;
     if (r.src.dtype !== p.outDtype && !(isCastable(r.src.dtype) && isCastable(p.outDtype))) return false;
     srcRuns++;
     srcElems += r.rows * r.cols;

@@ -10,6 +10,20 @@ export const DEFAULT_TARGET: Target = "torchtitan@main";
 /** TP placement of the parameter (sharding.md §3): colwise/embedding Shard(0), rowwise Shard(1), norms Replicate. */
 export type TpPlacement = "shard0" | "shard1" | "replicate";
 
+/**
+ * How an HF tensor's values become the TorchTitan tensor, beyond renaming: one op of a closed vocabulary, each
+ * validated by its entry in TRANSFORMS. `shape` of a rule is always the HF tensor's logical (decoded) shape.
+ * - `mxfp4`: the rule's `hf` names packed `*_blocks` (U8 [..., G, 16], two E2M1 values per byte, low nibble first)
+ *   and `scales` the HF pattern of their E8M0 scales (U8 [..., G]); the value tensor is [..., G·32] (issue 14).
+ * - `transpose`: the last two dims swap (HF's bf16 gpt-oss experts [E, D, 2F] → TorchTitan [E, 2F, D]).
+ */
+export type Transform = { op: "mxfp4"; scales: string } | { op: "transpose" };
+
+const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string | undefined> = {
+  mxfp4: (t) => (isStr(t.scales) && Object.keys(t).every((k) => k === "op" || k === "scales") ? undefined : "mxfp4 needs exactly `scales` (the HF pattern of the E8M0 scales)"),
+  transpose: (t) => (Object.keys(t).every((k) => k === "op") ? undefined : "transpose takes no fields"),
+};
+
 export interface TensorRule {
   /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
   hf?: string;
@@ -32,6 +46,10 @@ export interface TensorRule {
   experts?: string;
   /** Output dtype whatever --dtype asks (e.g. float32 buffers such as the MoE expert bias). */
   dtype?: CastableDType;
+  /** Value transform on the way HF → TorchTitan (and back). */
+  transform?: Transform;
+  /** Alternative HF layouts of one tensor share a group name: per layer exactly one of them must be present. */
+  one_of?: string;
 }
 
 export interface Mapping {
@@ -78,7 +96,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
-  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype"]);
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;
     if (!r || typeof r !== "object") fail(file, p, "must be an object");
@@ -101,6 +119,14 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
     if (rule.dtype !== undefined && (!isStr(rule.dtype) || !isDType(rule.dtype) || !isCastable(rule.dtype))) fail(file, `${p}.dtype`, "must be a float dtype code (F32, BF16, F16, F8_E4M3, F8_E5M2)");
     if (rule.experts !== undefined && (!isStr(rule.experts) || !(rule.experts in dims))) fail(file, `${p}.experts`, "must name a dims entry");
+    if (rule.transform !== undefined) {
+      const t = rule.transform as Record<string, unknown>;
+      const check = t && typeof t === "object" ? TRANSFORMS[t.op as Transform["op"]] : undefined;
+      if (!check) fail(file, `${p}.transform`, `op must be one of ${Object.keys(TRANSFORMS).join(", ")}`);
+      const bad = check(t);
+      if (bad) fail(file, `${p}.transform`, bad);
+    }
+    if (rule.one_of !== undefined && !isStr(rule.one_of)) fail(file, `${p}.one_of`, "must be a group name");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");

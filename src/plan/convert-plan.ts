@@ -217,22 +217,25 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     return { recipe: { op: "source", tensor: name }, dequantized: false };
   };
 
-  const emit = (rule: TensorRule, ttName: string, hfName: string) => {
+  const emit = (rule: TensorRule, ttName: string, hfName: string, vals: Record<string, number> = {}) => {
     const src = catalog.tensors.get(hfName)!;
-    checkShape(rule, hfName, src.shape, dims, file);
-    let { recipe, dequantized } = leafRecipe(hfName);
+    const t = rule.transform ? transformedLeaf(rule, hfName, vals, catalog, () => leafRecipe(hfName)) : undefined;
+    checkShape(rule, hfName, t?.hfShape ?? src.shape, dims, file);
+    let { recipe, dequantized } = t ?? leafRecipe(hfName);
     if (rule.rope) {
       const { heads, headDim } = checkRope(rule, hfName, src.shape, dims, file);
       recipe = { op: "rope", heads, headDim, direction: "hf_to_tt", input: recipe };
     }
-    tensors.push({ name: ttName, dtype: ruleDType(rule, dtypeChoice, src.dtype, dequantized, config), shape: [...src.shape], recipe, policy: policyOf(rule, target) });
+    tensors.push({ name: ttName, dtype: ruleDType(rule, dtypeChoice, src.dtype, dequantized, config), shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
     if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
   };
+  const consumed = mxfp4ScaleNames(rules, catalog);
 
   const names = [...catalog.tensors.keys()].sort(naturalCompare);
   for (const name of names) {
     if (scaleSuffix && name.endsWith(scaleSuffix) && catalog.tensors.has(name.slice(0, -scaleSuffix.length))) continue; // consumed by dequant
+    if (consumed.has(name)) continue; // MXFP4 scales, read with their blocks
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
       if (!r.hf) continue;
@@ -247,14 +250,14 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       continue;
     }
     if (!hit.r.tt) { skipped.push({ name, why: `no ${target} counterpart` }); continue; }
-    if (rule.experts) {
+    if (rule.experts && hit.r.hf!.keys.includes("E")) {
       const key = fillPattern(hit.r.tt.source, hit.vals);
       let g = stacks.get(key);
       if (!g) stacks.set(key, (g = { rule, members: new Map() }));
       g.members.set(hit.vals.E!, name);
       continue;
     }
-    emit(rule, fillPattern(hit.r.tt.source, hit.vals), name);
+    emit(rule, fillPattern(hit.r.tt.source, hit.vals), name, hit.vals);
   }
 
   for (const [ttName, g] of stacks) {
@@ -315,9 +318,14 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   // Every expected HF tensor must be there.
   const missing: string[] = [];
   for (const r of rules) {
-    if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth) continue;
+    if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth || r.rule.one_of) continue;
     if (mapping.tied && r.rule.hf === mapping.tied.hf && tiedFlag) continue;
     for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts)) if (!catalog.tensors.has(name)) missing.push(name);
+  }
+  // Alternative layouts of one tensor (`one_of`): each position needs one of them.
+  for (const group of new Set(rules.map((r) => r.rule.one_of).filter((g): g is string => g !== undefined))) {
+    const lists = rules.filter((r) => r.rule.one_of === group && r.hf).map((r) => expandExpected(r.rule.hf!, dims, r.rule.experts));
+    lists[0]?.forEach((_, i) => { if (!lists.some((l) => catalog.tensors.has(l[i]!))) missing.push(lists.map((l) => l[i]).join(" or ")); });
   }
   if (missing.length) {
     throw new CkptError("MISSING_TENSOR", `${missing.length} expected tensor(s) missing from the source: ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", …" : ""}`, {
@@ -333,6 +341,50 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
   return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+}
+
+/** HF names of MXFP4 scales whose blocks are in the catalog: read through the blocks' rule, not converted alone. */
+function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<string> {
+  const out = new Set<string>();
+  for (const r of rules) {
+    if (r.rule.transform?.op !== "mxfp4" || !r.hf) continue;
+    for (const name of catalog.tensors.keys()) {
+      const vals = matchPattern(r.hf, name);
+      if (vals) out.add(fillPattern(r.rule.transform.scales, vals));
+    }
+  }
+  return out;
+}
+
+/**
+ * The recipe, logical HF shape (what `shape` in the mapping describes) and output shape of a rule's transform:
+ * MXFP4 blocks U8 [..., G, 16] + scales U8 [..., G] decode to [..., G·32]; transpose swaps the last two dims.
+ */
+function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean }):
+  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[] } {
+  const t = rule.transform!;
+  const src = catalog.tensors.get(name)!;
+  switch (t.op) {
+    case "mxfp4": {
+      const scales = fillPattern(t.scales, vals);
+      const s = catalog.tensors.get(scales);
+      if (src.dtype !== "U8" || src.shape.length < 3 || src.shape[src.shape.length - 1] !== 16) {
+        throw new CkptError("SHAPE", `MXFP4 blocks must be U8 [..., G, 16], got ${src.dtype} [${src.shape}]`, { tensor: name });
+      }
+      if (!s) throw new CkptError("MISSING_TENSOR", `MXFP4 blocks without their scales ${scales}`, { tensor: name });
+      const want = src.shape.slice(0, -1);
+      if (s.dtype !== "U8" || s.shape.join() !== want.join()) throw new CkptError("SHAPE", `MXFP4 scales must be U8 [${want}] (one E8M0 byte per 32 values of ${name}), got ${s.dtype} [${s.shape}]`, { tensor: scales });
+      const shape = [...src.shape.slice(0, -2), src.shape[src.shape.length - 2]! * 32];
+      return { recipe: { op: "mxfp4", blocks: name, scales }, dequantized: true, hfShape: shape, shape };
+    }
+    case "transpose": {
+      const inner = plain();
+      if (inner.recipe.op !== "source" || src.shape.length < 2) throw new CkptError("SHAPE", `transpose needs a stored tensor of 2 or more dims, got [${src.shape}]`, { tensor: name });
+      const shape = [...src.shape];
+      [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
+      return { recipe: { op: "transpose", input: inner.recipe }, dequantized: false, hfShape: [...src.shape], shape };
+    }
+  }
 }
 
 /** Concrete names a pattern implies: layers 0..layers-1 (and experts 0..E-1). */
@@ -393,7 +445,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     const src = catalog.tensors.get(stored)!;
     if (tiedFlag && rule.hf === mapping.tied!.hf) { skipped.push({ name: stored, why: `tied to the embedding (${mapping.tied!.flag})` }); continue; }
     const dtype = ruleDType(rule, dtypeChoice, src.dtype, false, config);
-    if (rule.experts) {
+    if (rule.experts && rule.hf.includes("{E}")) {
       for (let e = 0; e < src.shape[0]!; e++) {
         const hfName = fillPattern(rule.hf, { ...hit.vals, E: e });
         const shape = src.shape.slice(1);

@@ -7,6 +7,10 @@ import type { StoredPiece } from "../catalog-types.js";
 export type Recipe =
   | { op: "source"; tensor: string }
   | { op: "dequant"; tensor: string; scale: string; block: number }
+  /** MXFP4 values [..., G·32] of packed `blocks` U8 [..., G, 16] with E8M0 `scales` U8 [..., G]. */
+  | { op: "mxfp4"; blocks: string; scales: string }
+  /** The input with its last two dims swapped. */
+  | { op: "transpose"; input: Recipe }
   | { op: "zeros" }
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
@@ -23,8 +27,9 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
   switch (r.op) {
     case "source": out.add(r.tensor); break;
     case "dequant": out.add(r.tensor); out.add(r.scale); break;
+    case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
     case "zeros": break;
-    case "rope": case "select": recipeLeaves(r.input, out); break;
+    case "rope": case "select": case "transpose": recipeLeaves(r.input, out); break;
     case "stack": for (const i of r.inputs) recipeLeaves(i, out); break;
   }
   return out;
@@ -35,6 +40,8 @@ export function describeRecipe(r: Recipe): string {
   switch (r.op) {
     case "source": return r.tensor;
     case "dequant": return `dequant(${r.tensor} × ${r.scale}, block ${r.block})`;
+    case "mxfp4": return `mxfp4(${r.blocks} × ${r.scales})`;
+    case "transpose": return `transpose(${describeRecipe(r.input)})`;
     case "zeros": return "zeros";
     case "rope": return `rope_${r.direction}(${describeRecipe(r.input)}, heads=${r.heads}, hd=${r.headDim})`;
     case "stack": return r.inputs.length > 2 ? `stack[${r.inputs.length}](${describeRecipe(r.inputs[0]!)} … ${describeRecipe(r.inputs[r.inputs.length - 1]!)})` : `stack(${r.inputs.map(describeRecipe).join(", ")})`;

@@ -26,6 +26,29 @@ export interface Run {
   };
   /** FP8 block dequantization of this run: global row/col of its first element and the scale tensor. */
   dequant?: { scale: string; rowStart: number; colStart: number; block: number };
+  /**
+   * MXFP4 decode: `src` is the packed U8 bytes of the run's first row from the start of its first 32-value group
+   * (`stride` bytes between rows), these its E8M0 scales (`stride` bytes between rows); the run starts `skip`
+   * values into the group.
+   */
+  mxfp4?: { file: string; byteOffset: number; stride: number; skip: number };
+  /** Transposed source: output element (i, j) of the run is source element j·stride + i (from src.byteOffset). */
+  transpose?: boolean;
+}
+
+/** Byte ranges of source files a run reads (its values, and an MXFP4 run's scales). */
+export function runSourceRanges(r: Run): { file: string; start: number; end: number }[] {
+  if (!r.src) return [];
+  if (r.mxfp4) {
+    const groups = Math.ceil((r.mxfp4.skip + r.cols) / 32);
+    return [
+      { file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + (r.rows - 1) * r.src.stride + groups * 16 },
+      { file: r.mxfp4.file, start: r.mxfp4.byteOffset, end: r.mxfp4.byteOffset + (r.rows - 1) * r.mxfp4.stride + groups },
+    ];
+  }
+  const es = elementSize(r.src.dtype);
+  const elems = r.transpose ? (r.cols - 1) * r.src.stride + r.rows : (r.rows - 1) * r.src.stride + r.cols;
+  return [{ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + elems * es }];
 }
 
 /** shape → [rows-dims…, cols] view: 0-D → [1,1]; 1-D [n] → [n,1]. */
@@ -45,6 +68,8 @@ interface Resolved {
   leaf?: string;
   coords: number[];
   dequant?: { scale: string; block: number };
+  mxfp4?: { scales: string };
+  transpose?: boolean;
 }
 
 function ropeSourceRow(r: number, heads: number, hd: number, direction: "hf_to_tt" | "tt_to_hf"): number {
@@ -61,6 +86,10 @@ function resolve(r: Recipe, coords: number[]): Resolved {
   switch (r.op) {
     case "source": return { leaf: r.tensor, coords };
     case "dequant": return { leaf: r.tensor, coords, dequant: { scale: r.scale, block: r.block } };
+    case "mxfp4": return { leaf: r.blocks, coords, mxfp4: { scales: r.scales } };
+    case "transpose":
+      if (r.input.op !== "source") throw new CkptError("INTERNAL", "transpose applies to a stored tensor only");
+      return { leaf: r.input.tensor, coords, transpose: true };
     case "zeros": return { coords };
     case "rope": {
       const c = coords.slice();
@@ -116,6 +145,19 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
   let dst = 0;
   const push = (run: Run) => {
     const last = runs[runs.length - 1];
+    if (last && (!last.mxfp4 !== !run.mxfp4 || !last.transpose !== !run.transpose)) { runs.push(run); return; }
+    if (last && (run.mxfp4 || run.transpose)) {
+      // MXFP4 rows merge when both their bytes and their scales continue; transposed rows when the next output
+      // row is the next source element.
+      const l = last.src!, s = run.src!;
+      const next = run.mxfp4
+        ? l.byteOffset + last.rows * l.stride === s.byteOffset && last.mxfp4!.file === run.mxfp4.file && last.mxfp4!.skip === run.mxfp4.skip
+          && last.mxfp4!.stride === run.mxfp4.stride && last.mxfp4!.byteOffset + last.rows * last.mxfp4!.stride === run.mxfp4.byteOffset
+        : l.byteOffset + last.rows * elementSize(l.dtype) === s.byteOffset;
+      if (next && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst && l.file === s.file && l.stride === s.stride && l.dtype === s.dtype) last.rows += run.rows;
+      else runs.push(run);
+      return;
+    }
     if (last && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst) {
       if (!last.src && !run.src) { last.rows += run.rows; return; }
       if (last.src && run.src && last.src.file === run.src.file && last.src.stride === run.src.stride && last.src.dtype === run.src.dtype
@@ -133,6 +175,13 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
     const res = resolve(recipe, idx.slice());
     if (!res.leaf) {
       push({ dst, rows: 1, cols });
+    } else if (res.mxfp4) {
+      push(mxfp4Run(res.leaf, res.mxfp4.scales, res.coords, colStart, cols, dst, leaves));
+    } else if (res.transpose) {
+      for (const run of transposedRuns(res.leaf, res.coords, colStart, cols, dst, leaves)) {
+        if (run.cols === cols) push(run);
+        else runs.push(run);
+      }
     } else {
       const lv = viewOf(res.leaf);
       const leaf = leaves[res.leaf]!;
@@ -186,4 +235,62 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
     if (d < 0) break;
   }
   return runs;
+}
+
+/** The one stored piece of a tensor that must be read whole-tensor-addressed (safetensors sources). */
+function wholePiece(name: string, leaves: Record<string, LeafInfo>, why: string): { file: string; byteOffset: number; shape: number[] } {
+  const leaf = leaves[name];
+  if (!leaf) throw new CkptError("INTERNAL", `recipe names unknown tensor ${name}`);
+  const p = leaf.pieces[0];
+  if (leaf.pieces.length !== 1 || !p || p.offsets.some((o) => o !== 0) || p.sizes.some((n, d) => n !== leaf.shape[d])) {
+    throw new CkptError("SHAPE", `${why} needs the tensor stored whole (one piece), as safetensors stores it`, { tensor: name });
+  }
+  return { file: p.file, byteOffset: p.byteOffset, shape: leaf.shape };
+}
+
+/** One output row of MXFP4 values: columns [colStart, colStart + cols) of the row at `coords` (the blocks' prefix dims). */
+function mxfp4Run(blocks: string, scales: string, coords: number[], colStart: number, cols: number, dst: number, leaves: Record<string, LeafInfo>): Run {
+  const b = wholePiece(blocks, leaves, "MXFP4 decoding");
+  const s = wholePiece(scales, leaves, "MXFP4 decoding");
+  const prefix = b.shape.slice(0, -2);
+  const G = b.shape[b.shape.length - 2]!;
+  if (coords.length !== prefix.length) throw new CkptError("INTERNAL", `rank mismatch resolving MXFP4 ${blocks}`);
+  let lin = 0;
+  coords.forEach((c, d) => (lin = lin * prefix[d]! + c));
+  const g0 = Math.floor(colStart / 32);
+  return {
+    dst, rows: 1, cols,
+    src: { file: b.file, byteOffset: b.byteOffset + (lin * G + g0) * 16, stride: G * 16, dtype: "U8" },
+    mxfp4: { file: s.file, byteOffset: s.byteOffset + lin * G + g0, stride: G, skip: colStart - g0 * 32 },
+  };
+}
+
+/**
+ * Output row `coords` (= source coords with the second-to-last index moved to the end) of a source whose last two
+ * dims are swapped: columns [colStart, colStart + cols) are source elements (…, c, g), one run per stored piece.
+ */
+function transposedRuns(name: string, coords: number[], colStart: number, cols: number, dst: number, leaves: Record<string, LeafInfo>): Run[] {
+  const leaf = leaves[name];
+  if (!leaf) throw new CkptError("INTERNAL", `recipe names unknown tensor ${name}`);
+  const nd = leaf.shape.length;
+  if (nd < 2 || coords.length !== nd - 1) throw new CkptError("INTERNAL", `transpose of ${name}: ${nd}-D source, ${coords.length + 1}-D output`);
+  const lead = coords.slice(0, -1);
+  const g = coords[coords.length - 1]!;
+  const es = elementSize(leaf.dtype);
+  const out: Run[] = [];
+  let covered = 0;
+  for (const p of leaf.pieces) {
+    if (lead.some((c, d) => c < p.offsets[d]! || c >= p.offsets[d]! + p.sizes[d]!)) continue;
+    if (g < p.offsets[nd - 1]! || g >= p.offsets[nd - 1]! + p.sizes[nd - 1]!) continue;
+    const a = Math.max(colStart, p.offsets[nd - 2]!);
+    const b = Math.min(colStart + cols, p.offsets[nd - 2]! + p.sizes[nd - 2]!);
+    if (a >= b) continue;
+    let lin = 0;
+    lead.forEach((c, d) => (lin = lin * p.sizes[d]! + (c - p.offsets[d]!)));
+    lin = (lin * p.sizes[nd - 2]! + (a - p.offsets[nd - 2]!)) * p.sizes[nd - 1]! + (g - p.offsets[nd - 1]!);
+    out.push({ dst: dst + (a - colStart), rows: 1, cols: b - a, src: { file: p.file, byteOffset: p.byteOffset + lin * es, stride: p.sizes[nd - 1]!, dtype: leaf.dtype }, transpose: true });
+    covered += b - a;
+  }
+  if (covered !== cols) throw new CkptError("DCP", `stored pieces of '${name}' do not cover (transposed) row ${JSON.stringify(coords)} columns [${colStart}, ${colStart + cols})`, { tensor: name });
+  return out;
 }
