@@ -184,6 +184,60 @@ def deepseek_v3_config(cfg):
 BUILDERS = {"llama3": llama3_config, "qwen3": qwen3_config, "deepseek_v3": deepseek_v3_config}
 
 
+# ---------------------------------------------------------------- gpt_oss (issue 14; additive: builder + the seams it needs)
+import torchtitan.models.gpt_oss as tt_gpt_oss
+from torchtitan.models.gpt_oss import moe as tt_gpt_oss_moe
+from torchtitan.models.common import token_dispatcher as tt_token_dispatcher
+
+# GptOssGroupedExperts.forward has its own .bfloat16() casts (like GroupedExperts above): f32 for the comparison;
+# its _grouped_mm is GroupedExperts' (the f32 loop above).
+_src = textwrap.dedent(inspect.getsource(tt_gpt_oss_moe.GptOssGroupedExperts.forward)).replace(".bfloat16()", ".to(DTYPE)")
+_ns = dict(vars(tt_gpt_oss_moe), DTYPE=DTYPE)
+exec(_src, _ns)
+tt_gpt_oss_moe.GptOssGroupedExperts.forward = _ns["forward"]
+
+# Known obstacle (shared/judges/README.md): on CPU the gpt_oss MoE hands deterministic_scatter_add (torchtitan/
+# ops/scatter_add.py) expert outputs whose dtype differs from the accumulator's, and scatter_add refuses mixed
+# dtypes. Align src to out's dtype at the call site (the dispatcher's module-level name); values are unchanged
+# when the dtypes already agree.
+_scatter_add = tt_token_dispatcher.deterministic_scatter_add
+tt_token_dispatcher.deterministic_scatter_add = lambda out, index, src: _scatter_add(out, index, src.to(out.dtype))
+
+
+def gpt_oss_config(cfg):
+    """GPT-OSS as torchtitan/models/gpt_oss/__init__.py builds it, with config.json's sizes, sliding window and layer_types."""
+    dim, hd = cfg["hidden_size"], head_dim_of(cfg)
+    rs = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_kw = dict(dim=hd, max_context_length=cfg["max_position_embeddings"], theta=float(rs.get("rope_theta", cfg.get("rope_theta", 150000.0))))
+    if rs.get("rope_type", rs.get("type")) == "yarn":
+        rope_kw.update(scaling="yarn", rope_factor=float(rs["factor"]), beta_fast=float(rs.get("beta_fast", 32)), beta_slow=float(rs.get("beta_slow", 1)),
+                       truncate=bool(rs.get("truncate", True)), original_seq_len=int(rs["original_max_position_embeddings"]))
+    rope = CosSinRoPE.Config(**rope_kw)
+    n = cfg["num_hidden_layers"]
+    kinds = cfg.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+    E, K = cfg["num_local_experts"], cfg.get("num_experts_per_tok", cfg.get("experts_per_token"))
+    layers = []
+    for i in range(n):
+        attn = tt_gpt_oss._make_gptoss_attn_config(
+            dim=dim, layer_id=i, attn_backend="flex", n_heads=cfg["num_attention_heads"], n_kv_heads=cfg["num_key_value_heads"], head_dim=hd,
+            sliding_window_size=cfg["sliding_window"] if kinds[i] == "sliding_attention" else None, fuse_qkv=True, rope=rope)
+        experts = tt_gpt_oss._make_gptoss_experts_config(dim=dim, hidden_dim=cfg["intermediate_size"], num_experts=E, layer_id=i, top_k=K,
+                                                         moe_comm_backend="standard")
+        experts.inner_experts.swiglu_limit = float(cfg.get("swiglu_limit", 7.0))
+        moe = tt_gpt_oss.GptOssMoE.Config(
+            num_experts=E, load_balance_coeff=1e-3, routed_experts=experts,
+            router=tt_moe.TokenChoiceTopKRouter.Config(num_experts=E, score_func="softmax", route_norm=True, top_k=K,
+                                                       gate=Linear.Config(in_features=dim, out_features=E, bias=True, param_init=tt_gpt_oss._depth_init(i))))
+        layers.append(tt_gpt_oss.GptOssTransformerBlock.Config(
+            attention=attn, moe=moe,
+            attention_norm=RMSNorm.Config(normalized_shape=dim, param_init=tt_gpt_oss._NORM_INIT),
+            ffn_norm=RMSNorm.Config(normalized_shape=dim, param_init=tt_gpt_oss._NORM_INIT)))
+    return decoder_config(tt_gpt_oss.GptOssModel, cfg, layers)
+
+
+BUILDERS["gpt_oss"] = gpt_oss_config
+
+
 def tt_model(arch, cfg, expert_bias):
     mc = qwen3_config(cfg, expert_bias) if arch == "qwen3" else BUILDERS[arch](cfg)
     for _, norm, _, _ in mc.traverse(RMSNorm.Config):
@@ -395,6 +449,20 @@ def passes(m):
 
 # config.json model_type -> the TorchTitan model family that judges it
 ARCH_OF_MODEL_TYPE = {"llama": "llama3", "qwen3": "qwen3", "qwen3_moe": "qwen3", "deepseek_v3": "deepseek_v3"}
+ARCH_OF_MODEL_TYPE["gpt_oss"] = "gpt_oss"
+
+# transformers' GptOssTopKRouter (model.layers.L.mlp.router) returns (logits, scores, indices): capture its picks too.
+_hook_hf_base = Routes.hook_hf
+
+
+def _hook_hf_with_gpt_oss(self, model):
+    _hook_hf_base(self, model)
+    for name, mod in model.named_modules():
+        if type(mod).__name__ == "GptOssTopKRouter":
+            mod.register_forward_hook(lambda m, a, out, L=int(name.split(".")[2]): self.hf.setdefault(L, []).append(out[2].reshape(-1, out[2].shape[-1]).sort(-1).values))
+
+
+Routes.hook_hf = _hook_hf_with_gpt_oss
 
 
 def run_case(c, hf_cache):

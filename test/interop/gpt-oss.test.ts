@@ -1,0 +1,152 @@
+// gpt-oss (issue 14), judged by the real consumers in the sid root (PyTorch 2.14, transformers 5.12, TorchTitan main):
+// - MXFP4 decode: all 16 × 256 (nibble, scale) pairs through transformers' own dequantization
+//   (integrations/mxfp4.py) and PyTorch's QuantizedHuggingFaceStorageReader equal our kernels bit for bit, bf16 and
+//   f32; the pairs they turn into inf/NaN are the ones our kernels report (never written);
+// - the expert weights ckpt writes from an MXFP4 checkpoint (convert, and shard --world-size 4) equal, bit for bit,
+//   what transformers' loader dequantizes from the same checkpoint;
+// - forward equivalence: TorchTitan's gpt_oss model loaded from ckpt output computes GptOssForCausalLM's logits, for
+//   the HF MXFP4 layout (HF side: transformers' own dequantized model) and the HF bf16 layout; controls: experts
+//   rolled by one fails the comparison, and a conversion to the stale state_dict_adapter names fails to load strictly.
+import assert from "node:assert/strict";
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
+import { nativeKernelsFrom, referenceKernels, type Kernels } from "../../src/kernels/index.js";
+import { loadNative } from "../../src/kernels/native.js";
+import { installPy } from "./py-files.js";
+import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
+
+const CLI = join(process.cwd(), "bin", "ckpt.js");
+const REPO_MAPPINGS = join(process.cwd(), "mappings");
+// Seed 99: with RMSNorm ×16 the router logits of the tiny model span ~150, so some tokens' non-top experts get an
+// f32 softmax weight of exactly 0 and TorchTitan (softmax, then top-k) may pick any of those tied zero-weight
+// experts where transformers (top-k on logits) picks by logit: a "route flip" that changes no logit (seen with
+// seeds 7 and 21, logits still within 4e-6 relative). This seed has no such tie, so the route check stays exact.
+const SEED = 99;
+
+function ckpt(args: string[], env: Record<string, string> = {}): void {
+  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8", env: { ...process.env, ...env } });
+  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
+}
+
+function kernelImpls(): { label: string; k: Kernels; select(): void }[] {
+  const out = [{ label: "typescript", k: referenceKernels, select: () => {} }];
+  const addon = loadNative();
+  if (!addon) return out;
+  const tiers = ["scalar", "avx2", "avx512"];
+  const k = nativeKernelsFrom(addon);
+  for (const isa of tiers.slice(0, tiers.indexOf(addon.bestIsa()) + 1)) out.push({ label: `native(${isa})`, k, select: () => void addon.setIsa(isa) });
+  return out;
+}
+
+const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
+if (suites.length === 0) {
+  test("gpt-oss interop (MXFP4 decode, forward equivalence)", { skip: "no sid root with the judge kit (test/interop/setup-torch-root.sh sid)" }, () => {});
+}
+
+for (const env of suites) {
+  test(`[${env.suite}] gpt-oss: MXFP4 decode = transformers/PyTorch on all 16×256 pairs; TorchTitan's gpt_oss from ckpt output = GptOssForCausalLM`, { timeout: 900_000 }, async () => {
+    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
+    const tmp = env.tmpdir();
+    const h = (n: string) => join(tmp.host, n);
+    const g = (n: string) => `${tmp.guest}/${n}`;
+    try {
+      const py = installPy(tmp.host, tmp.guest);
+
+      // 1. every (nibble, scale) pair
+      await env.python(`import runpy, sys; sys.argv = ["x", "table", "${g("")}"]; runpy.run_path("${py}/gpt_oss_ref.py", run_name="__main__")`, [], { timeoutMs: 120_000 });
+      const blocks = new Uint8Array(256 * 16), scales = new Uint8Array(256);
+      for (let s = 0; s < 256; s++) { scales[s] = s; for (let b = 0; b < 16; b++) blocks[s * 16 + b] = (b << 4) | b; }
+      for (const [dtype, es] of [["BF16", 2], ["F32", 4]] as const) {
+        const name = dtype === "BF16" ? "bf16" : "f32";
+        const theirs = { transformers: readFileSync(h(`transformers_${name}.bin`)), torch: readFileSync(h(`torch_${name}.bin`)) };
+        for (const [who, ref] of Object.entries(theirs)) {
+          assert.equal(ref.length, 256 * 32 * es, `${who} ${name} table size`);
+          for (const impl of kernelImpls()) {
+            impl.select();
+            let same = 0, reported = 0;
+            for (let s = 0; s < 256; s++) {
+              const out = new Uint8Array(32 * es);
+              const bad = impl.k.mxfp4Decode(blocks.subarray(s * 16, s * 16 + 16), scales.subarray(s, s + 1), 1, 32, 0, 16, 1, out, dtype);
+              for (let c = 0; c < 32; c++) {
+                const theirBits = es === 2 ? ref.readUInt16LE((s * 32 + c) * 2) : ref.readUInt32LE((s * 32 + c) * 4);
+                const exp = es === 2 ? (theirBits >> 7) & 0xff : (theirBits >>> 23) & 0xff;
+                if (exp === 0xff) {
+                  // inf/NaN on their side: ours must report this row, at or before this value
+                  assert.ok(bad >= 0 && bad <= c, `${impl.label} ${name}: scale ${s} value ${c} is not finite in ${who}; we must report it (got ${bad})`);
+                  continue;
+                }
+                const mine = es === 2 ? Buffer.from(out).readUInt16LE(c * 2) : Buffer.from(out).readUInt32LE(c * 4);
+                if (bad >= 0 && c >= bad) continue; // past our first report
+                assert.equal(mine, theirBits, `${impl.label} ${name}: nibble ${c >> 1} scale ${s}: ours 0x${mine.toString(16)}, ${who} 0x${theirBits.toString(16)}`);
+                same++;
+              }
+              if (bad >= 0) reported++;
+            }
+            assert.equal(reported, 3, `${impl.label} ${name} vs ${who}: scales 253, 254 (overflow) and 255 (NaN) reported`);
+            assert.ok(same >= 253 * 32, `${impl.label} ${name} vs ${who}: ${same} values compared`);
+          }
+        }
+      }
+      loadNative()?.setIsa("auto");
+
+      // 2. fixtures, conversions, transformers' own dequantization of the MXFP4 one
+      writeTinyGptOss(h("mx"), { layout: "mxfp4", seed: SEED });
+      writeTinyGptOss(h("bf"), { layout: "bf16", seed: SEED, files: 2 });
+      for (const f of ["mx", "bf"]) {
+        ckpt(["convert", h(f), h(`${f}.convert`)]);
+        ckpt(["shard", h(f), h(`${f}.w4`), "--world-size", "4"]);
+      }
+      const run = (args: string[], opts = {}) => env.pythonFile(`${py}/gpt_oss_ref.py`, args, { timeoutMs: 300_000, ...opts });
+      await run(["hf-bf16", g("mx"), g("mx.hf")]);
+      for (const c of ["mx.convert", "mx.w4"]) {
+        const r = JSON.parse((await run(["experts", g("mx.hf"), g(c)])).trim().split("\n").pop()!) as { compared: number; elements: number; differ: string[] };
+        assert.equal(r.compared, 4, `${c}: expert tensors compared`);
+        assert.deepEqual(r.differ, [], `${c}: expert weights differ from transformers' dequantization`);
+      }
+
+      // 3. the stale adapter names (torchtitan/models/gpt_oss/state_dict_adapter.py) as a mapping: must not load
+      const stale = h("maps-stale");
+      mkdirSync(stale, { recursive: true });
+      for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(stale, f));
+      const m = JSON.parse(readFileSync(join(stale, "gpt_oss.json"), "utf8")) as { tensors: { tt?: unknown }[] };
+      for (const r of m.tensors) if (typeof r.tt === "string") r.tt = r.tt.replace(/(mlp[12]_(weight|bias))_E[A-Z]+$/, "$1");
+      writeFileSync(join(stale, "gpt_oss.json"), JSON.stringify(m));
+      ckpt(["convert", h("mx"), h("ctl-stale")], { CKPT_MAPPINGS_DIR: stale });
+
+      const cases = [
+        { name: "gpt-oss MXFP4 convert", hf: g("mx.hf"), ckpt: g("mx.convert") },
+        { name: "gpt-oss MXFP4 shard w4", hf: g("mx.hf"), ckpt: g("mx.w4") },
+        { name: "gpt-oss bf16 convert", hf: g("bf"), ckpt: g("bf.convert") },
+        { name: "gpt-oss bf16 shard w4", hf: g("bf"), ckpt: g("bf.w4") },
+        { name: "CONTROL gpt-oss experts rolled by one", hf: g("mx.hf"), ckpt: g("mx.convert"), perturb: "roll_experts", control: true },
+        { name: "CONTROL gpt-oss stale adapter names", hf: g("mx.hf"), ckpt: g("ctl-stale"), control: true, expectLoadError: true },
+      ];
+      writeFileSync(h("cases.json"), JSON.stringify(cases));
+      const out = await env.pythonFile(`${py}/judge.py`, [g("cases.json")], { timeoutMs: 600_000, env: JUDGE_ENV });
+      const res = JSON.parse(out.trim().split("\n").pop()!) as { torch: string; transformers: string; results: { name: string; ok: boolean; load?: { missing?: string[]; unexpected?: string[] }; passes?: { max_abs: number; logit_scale: number; kl: number; norm_scale: number; route_flips: unknown; ok: boolean }[] }[] };
+      const table = res.results.map((r) => `${r.ok ? "ok  " : "FAIL"} ${r.name}: ` + (r.passes
+        ? r.passes.map((p) => `×${p.norm_scale} |Δ|=${p.max_abs.toExponential(2)} (scale ${p.logit_scale.toFixed(1)}) KL=${p.kl.toExponential(2)} flips=${JSON.stringify(p.route_flips)}`).join("; ")
+        : JSON.stringify(r.load)));
+      console.log(`# judge: torch ${res.torch}, transformers ${res.transformers}\n# ` + table.join("\n# "));
+      assert.equal(res.results.length, cases.length);
+      for (const [i, c] of cases.entries()) {
+        const r = res.results[i]!;
+        assert.equal(r.name, c.name);
+        if (!c.control) assert.ok(r.ok, `${c.name} must match transformers:\n${table[i]}`);
+        else if (c.expectLoadError) {
+          assert.ok(!r.ok && r.load, `${c.name} must fail a strict load:\n${table[i]}`);
+          assert.ok(r.load.missing?.some((k) => k.endsWith("inner_experts.mlp1_weight_EGD")), `${c.name}: TorchTitan's mlp1_weight_EGD reported missing`);
+          assert.ok(r.load.unexpected?.some((k) => k.endsWith("inner_experts.mlp1_weight")), `${c.name}: the stale mlp1_weight reported unexpected`);
+        } else {
+          assert.equal(r.load, undefined, `${c.name} failed to load instead of failing the comparison`);
+          assert.ok(!r.ok, `${c.name} passed the judge:\n${table[i]}`);
+        }
+      }
+    } finally {
+      tmp.cleanup();
+    }
+  });
+}
