@@ -19,6 +19,8 @@
 #include "ckpt_convert.h"
 #include "kernels.h"
 
+void RegisterChecksum(Napi::Env env, Napi::Object exports);  // addon_checksum.cc
+
 namespace {
 
 struct Bytes {
@@ -169,6 +171,31 @@ Napi::Value Mxfp4Decode(const Napi::CallbackInfo& info) {
   if (!fits(rows, cols, (size_t)-1) || !fits(rows * cols, (size_t)ckpt_dtype_size(d), dst.len))
     return fail(env, "dst too small for rows x cols"), env.Undefined();
   int64_t bad = ckpt::mxfp4_decode(blocks.p, scales.p, rows, cols, skip, blockStride, scaleStride, dst.p, d);
+  return Napi::Number::New(env, (double)bad);
+}
+
+Napi::Value Int4Decode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes packed, scales, dst;
+  size_t rows, cols, skip, group, packedStride, scaleStride;
+  int d = 0;
+  if (!getBytes(info, 0, "packed", packed) || !getBytes(info, 1, "scales", scales) || !getSize(info, 2, "rows", rows) ||
+      !getSize(info, 3, "cols", cols) || !getSize(info, 4, "skip", skip) || !getSize(info, 5, "group", group) ||
+      !getSize(info, 6, "packedStride", packedStride) || !getSize(info, 7, "scaleStride", scaleStride) ||
+      !getBytes(info, 8, "dst", dst) || !getDtype(info, 9, "dstDtype", d))
+    return env.Undefined();
+  if (group == 0 || (group & 1)) return fail(env, "group must be a positive even number"), env.Undefined();
+  if (skip >= group) return fail(env, "skip must be below group"), env.Undefined();
+  if (rows > 0 && cols > 0) {
+    const size_t groups = (skip + cols + group - 1) / group;
+    if (!fits(rows - 1, packedStride, (size_t)-1) || (rows - 1) * packedStride + (skip + cols + 1) / 2 > packed.len)
+      return fail(env, "packed too small for rows x cols"), env.Undefined();
+    if (!fits(rows - 1, scaleStride, (size_t)-1) || (rows - 1) * scaleStride + groups * 2 > scales.len)
+      return fail(env, "scales too small for rows x cols"), env.Undefined();
+  }
+  if (!fits(rows, cols, (size_t)-1) || !fits(rows * cols, (size_t)ckpt_dtype_size(d), dst.len))
+    return fail(env, "dst too small for rows x cols"), env.Undefined();
+  int64_t bad = ckpt::int4_decode(packed.p, scales.p, rows, cols, skip, group, packedStride, scaleStride, dst.p, d);
   return Napi::Number::New(env, (double)bad);
 }
 
@@ -331,11 +358,13 @@ Napi::Value CudaDequantJs(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ::RegisterChecksum(env, exports);
   exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows, "gatherRows"));
   exports.Set("dequantBlock", Napi::Function::New(env, DequantBlock, "dequantBlock"));
   exports.Set("stats", Napi::Function::New(env, StatsFn, "stats"));
   exports.Set("mxfp4Decode", Napi::Function::New(env, Mxfp4Decode, "mxfp4Decode"));
+  exports.Set("int4Decode", Napi::Function::New(env, Int4Decode, "int4Decode"));
   exports.Set("loraMerge", Napi::Function::New(env, LoraMerge, "loraMerge"));
   exports.Set("isa", Napi::Function::New(env, IsaFn, "isa"));
   exports.Set("bestIsa", Napi::Function::New(env, BestIsa, "bestIsa"));

@@ -1,7 +1,7 @@
 // Runs an output layout: preallocates files, writes known-up-front bytes, farms pieces out to a piscina pool
 // with bounded bytes in flight, then writes what depends on the data (blob CRCs) and the small extras.
 import { closeSync, existsSync, ftruncateSync, openSync, readSync, statSync, writeSync, writeFileSync } from "node:fs";
-import { crc32 } from "node:zlib";
+import { crc32 } from "../kernels/checksum.js";
 import { join } from "node:path";
 import { availableParallelism } from "node:os";
 import { setMaxListeners } from "node:events";

@@ -4,7 +4,7 @@
 import { closeSync, constants as fsc, openSync, readSync, statfsSync, write, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import { createHasher, type DigestAlgorithm, type Hasher } from "./digest.js";
-import { crc32 } from "node:zlib";
+import { crc32 } from "../kernels/checksum.js";
 import { elementSize, isCastable, type CastableDType, type DType } from "../dtypes.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
@@ -155,6 +155,14 @@ function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array,
   return new Error(`MXFP4 value is not finite: ${what} (scale byte at offset ${r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5)} of ${r.mxfp4!.file}, writing ${outPath}); the checkpoint's scales are corrupt`);
 }
 
+/** An INT4 value that is not finite: name the BF16 scale and where it is (never write it as inf). */
+function int4Error(r: Run, bad: number, scales: Uint8Array, outPath: string): Error {
+  const row = Math.floor(bad / r.cols), col = bad % r.cols;
+  const at = row * r.int4!.stride + 2 * Math.floor((r.int4!.skip + col) / r.int4!.group);
+  const s = scales[at]! | (scales[at + 1]! << 8);
+  return new Error(`INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} (at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}, writing ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt`);
+}
+
 function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, es: number, dst: Uint8Array): void {
   for (let r = 0; r < rows; r++) dst.set(src.subarray(r * stride * es, (r * stride + cols) * es), r * cols * es);
 }
@@ -176,6 +184,12 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
       const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
       const bad = k.mxfp4Decode(src, scales, r.rows, r.cols, r.mxfp4.skip, r.src.stride, r.mxfp4.stride, dst, p.outDtype as CastableDType);
       if (bad >= 0) throw mxfp4Error(r, bad, src, scales, p.outPath);
+      return;
+    }
+    if (r.int4) {
+      const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
+      const bad = k.int4Decode(src, scales, r.rows, r.cols, r.int4.skip, r.int4.group, r.src.stride, r.int4.stride, dst, p.outDtype as CastableDType);
+      if (bad >= 0) throw int4Error(r, bad, scales, p.outPath);
       return;
     }
     if (r.transpose) {
@@ -403,7 +417,7 @@ function streamable(p: PieceTask): boolean {
   let srcElems = 0;
   for (const r of p.runs) {
     if (!r.src) continue;
-    if (r.dequant || r.mxfp4 || r.transpose || r.src.stride !== r.cols) return false;
+    if (r.dequant || r.mxfp4 || r.int4 || r.transpose || r.src.stride !== r.cols) return false;
     if (r.src.dtype !== p.outDtype && !(isCastable(r.src.dtype) && isCastable(p.outDtype))) return false;
     srcRuns++;
     srcElems += r.rows * r.cols;

@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { CastableDType } from "../dtypes.js";
 import type { Kernels, Stats } from "./index.js";
-import { mxfp4DecodeRef } from "./reference.js";
+import { int4DecodeRef, mxfp4DecodeRef } from "./reference.js";
 
 /** Dtype codes of native/include/ckpt_convert.h (enum ckpt_dtype). */
 export const DTYPE_CODE: Record<CastableDType, number> = { F32: 0, BF16: 1, F16: 2, F8_E4M3: 3, F8_E5M2: 4 };
@@ -29,8 +29,21 @@ export interface NativeAddon {
   mxfp4Decode?(blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, blockStride: number,
     scaleStride: number, dst: Uint8Array, dstDtype: number): number;
   /** Absent from addons built before it existed. */
+  int4Decode?(packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, group: number, packedStride: number,
+    scaleStride: number, dst: Uint8Array, dstDtype: number): number;
+  /** Absent from addons built before it existed. */
   loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
     m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;
+  /** zlib-compatible CRC-32 (PCLMULQDQ / VPCLMULQDQ folding). Absent from addons built before it existed. */
+  crc32?(buf: Uint8Array, crc: number): number;
+  crcTier?(): string;
+  setCrcTier?(name: string): string;
+  /** Streaming XXH3-128 (xxHash 0.8.1): a state, updates, then the canonical hex digest (which frees the state). */
+  xxh3New?(): unknown;
+  xxh3Update?(state: unknown, buf: Uint8Array): void;
+  xxh3Digest?(state: unknown): string;
+  xxh3Tier?(): string;
+  setXxh3Tier?(name: string): string;
   /** ISA in use: "scalar" | "avx2" | "avx512". */
   isa(): string;
   /** Best ISA this CPU supports. */
@@ -105,6 +118,10 @@ export function nativeKernelsFrom(addon: NativeAddon): Kernels {
       ? (b: Uint8Array, s: Uint8Array, rows: number, cols: number, skip: number, bs: number, ss: number, dst: Uint8Array, d: CastableDType) =>
         addon.mxfp4Decode!(b, s, rows, cols, skip, bs, ss, dst, C[d])
       : mxfp4DecodeRef,
+    int4Decode: addon.int4Decode
+      ? (p: Uint8Array, s: Uint8Array, rows: number, cols: number, skip: number, g: number, ps: number, ss: number, dst: Uint8Array, d: CastableDType) =>
+        addon.int4Decode!(p, s, rows, cols, skip, g, ps, ss, dst, C[d])
+      : int4DecodeRef,
     ...(addon.loraMerge ? { loraMerge: addon.loraMerge.bind(addon) } : {}),
   });
 }

@@ -1,10 +1,6 @@
 // CRC-32 (ISO-HDLC, as in zip) and zlib's crc32_combine, so the CRC of a record written in pieces by parallel
-// workers can be assembled from the pieces' CRCs (each from node's zlib.crc32).
-import { crc32 as zcrc32 } from "node:zlib";
-
-export function crc32(data: Uint8Array, initial = 0): number {
-  return zcrc32(data, initial) >>> 0;
-}
+// workers can be assembled from the pieces' CRCs.
+export { crc32 } from "../../kernels/checksum.js";
 
 function gf2Times(mat: Uint32Array, vec: number): number {
   let sum = 0;
