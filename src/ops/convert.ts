@@ -183,6 +183,18 @@ function copyAssets(from: Source, dir: string): string[] {
   return copied;
 }
 
+/**
+ * HF output whose weights were dequantized on the way in (MXFP4 experts written as values, not `*_blocks`) must not
+ * claim the source's quantization: transformers would look for packed tensors that are not there.
+ */
+function dropDecodedQuantization(configPath: string, plan: { tensors: { name: string }[] }): void {
+  const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
+  const q = cfg.quantization_config as { quant_method?: string } | undefined;
+  if (q?.quant_method !== "mxfp4" || plan.tensors.some((t) => t.name.endsWith("_blocks"))) return;
+  delete cfg.quantization_config;
+  writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
+}
+
 export function torchtitanConfigLines(out: string, target: Target, hfAssets: boolean): string {
   const lines = [
     "[checkpoint]",
@@ -282,6 +294,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       if (assetSource) {
         const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
+        if (direction === "tt_to_hf" && assets.includes("config.json")) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
       }
       if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       commitOutputDir(dir, { force: opts.force, fsync });

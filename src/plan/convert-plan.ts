@@ -435,7 +435,8 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     if (!norm.name) { skipped.push({ name: stored, why: norm.why! }); continue; }
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
-      if (!r.tt || r.rule.drop) continue;
+      // MXFP4 rules describe the packed HF layout; --to hf writes the decoded one (the rule's `transpose` sibling)
+      if (!r.tt || r.rule.drop || r.rule.transform?.op === "mxfp4") continue;
       const vals = matchPattern(r.tt, norm.name);
       if (vals) { hit = { r, vals }; break; }
     }
@@ -455,6 +456,14 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       continue;
     }
     const hfName = fillPattern(rule.hf, hit.vals);
+    if (rule.transform?.op === "transpose") {
+      const shape = [...src.shape];
+      if (shape.length < 2) throw new CkptError("SHAPE", `transpose needs 2 or more dims, got [${shape}]`, { tensor: stored });
+      [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
+      checkShape(rule, hfName, shape, dims, file);
+      tensors.push({ name: hfName, dtype, shape, recipe: { op: "transpose", input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
+      continue;
+    }
     checkShape(rule, hfName, src.shape, dims, file);
     let recipe: Recipe = { op: "source", tensor: stored };
     if (rule.rope) {

@@ -4,6 +4,8 @@
 //   f32; the pairs they turn into inf/NaN are the ones our kernels report (never written);
 // - the expert weights ckpt writes from an MXFP4 checkpoint (convert, and shard --world-size 4) equal, bit for bit,
 //   what transformers' loader dequantizes from the same checkpoint;
+// - `--to hf` from convert / shard output: transformers loads it with no key or quantization complaints and computes
+//   exactly the logits of its own dequantized model (MXFP4 source) or of the bf16 source;
 // - forward equivalence: TorchTitan's gpt_oss model loaded from ckpt output computes GptOssForCausalLM's logits, for
 //   the HF MXFP4 layout (HF side: transformers' own dequantized model) and the HF bf16 layout; controls: experts
 //   rolled by one fails the comparison, and a conversion to the stale state_dict_adapter names fails to load strictly.
@@ -107,7 +109,18 @@ for (const env of suites) {
         assert.deepEqual(r.differ, [], `${c}: expert weights differ from transformers' dequantization`);
       }
 
-      // 3. the stale adapter names (torchtitan/models/gpt_oss/state_dict_adapter.py) as a mapping: must not load
+      // 3. --to hf: the bf16 HF layout, no quantization_config; transformers loads it cleanly and computes exactly the
+      // logits of the model it dequantized itself (MXFP4) or of the bf16 source
+      type Loaded = { missing: string[]; unexpected: string[]; mismatched: string[]; quantization_config: boolean; logits: number[] };
+      const loadHf = async (dir: string) => JSON.parse((await run(["load-hf", g(dir)])).trim().split("\n").pop()!) as Loaded;
+      for (const [from, config, ref] of [["mx.convert", "mx", "mx.hf"], ["mx.w4", "mx", "mx.hf"], ["bf.w4", "bf", "bf"]] as const) {
+        ckpt(["convert", h(from), h(`${from}.hf`), "--to", "hf", "--config", h(config)]);
+        const [mine, theirs] = [await loadHf(`${from}.hf`), await loadHf(ref)];
+        assert.deepEqual([mine.missing, mine.unexpected, mine.mismatched, mine.quantization_config], [[], [], [], false], `${from} --to hf: transformers' load report`);
+        assert.deepEqual(mine.logits, theirs.logits, `${from} --to hf: logits differ from ${ref}'s`);
+      }
+
+      // 4. the stale adapter names (torchtitan/models/gpt_oss/state_dict_adapter.py) as a mapping: must not load
       const stale = h("maps-stale");
       mkdirSync(stale, { recursive: true });
       for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(stale, f));

@@ -80,7 +80,7 @@ def load_hf(d):
     tokens = torch.randint(0, cfg["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         logits = model(tokens).logits
-    print(json.dumps({"missing": info["missing_keys"], "unexpected": info["unexpected_keys"], "mismatched": [str(x) for x in info.get("mismatched_keys", [])],
+    print(json.dumps({"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]), "mismatched": [str(x) for x in info.get("mismatched_keys", [])],
                       "quantization_config": "quantization_config" in cfg, "logits": logits.flatten().tolist()}))
 
 
