@@ -151,6 +151,20 @@ CKPT_HD uint32_t ckpt_mxfp4_to_f32(uint32_t nibble, uint32_t scale) {
   return sign | ((2u + half) << (uint32_t)(biased + 21));  // subnormal: biased is 0 or -1
 }
 
+// ---- INT4 pack-quantized decode ----------------------------------------------------------------------------
+
+// f32 bits of (nibble - 8) * bf16 scale. Exact: |q| <= 8 has at most 3 significant bits and a bf16 scale 8, so the
+// product has at most 11 and is a multiple of 2^-133, which f32 holds unless |q * s| >= 2^128 (then +-inf, as the
+// multiply gives; every NaN is 0x7FC00000). Same function as int4ToF32Bits in src/kernels/reference.ts (whose comment has the proof).
+CKPT_HD uint32_t ckpt_int4_to_f32(uint32_t nibble, uint16_t scale) {
+  uint32_t su = (uint32_t)scale << 16, r;
+  float s, q = (float)((int32_t)(nibble & 15u) - 8), p;
+  memcpy(&s, &su, 4);
+  p = q * s;
+  memcpy(&r, &p, 4);
+  return (r & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : r;  // one NaN (NaN scale, 0 * inf): an error either way
+}
+
 // ---- generic element conversion ------------------------------------------------------------------------
 
 CKPT_HD uint32_t ckpt_load_f32(int d, const uint8_t* p) {

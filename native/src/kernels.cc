@@ -503,6 +503,94 @@ int64_t mxfp4_decode(const uint8_t* blocks, const uint8_t* scales, size_t rows, 
   return bad;
 }
 
+// ---- INT4 pack-quantized decode ----
+
+// Values [v, v + n) of one row (v from the start of the row's first group); returns the offset in [0, n) of the
+// first non-finite value, or -1.
+static int64_t int4_seg_scalar(const uint8_t* p, const uint8_t* sc, size_t group, size_t v, size_t n, uint8_t* out, int d) {
+  const size_t ds = dsize(d);
+  int64_t bad = -1;
+  for (size_t k = 0; k < n; k++, v++) {
+    const uint8_t byte = p[v >> 1];
+    const size_t g = v / group;
+    const uint16_t s = (uint16_t)(sc[2 * g] | (sc[2 * g + 1] << 8));
+    uint32_t u = ckpt_int4_to_f32((v & 1) ? byte >> 4 : byte & 15u, s);
+    if (bad < 0 && (u & 0x7F800000u) == 0x7F800000u) bad = (int64_t)k;
+    if (d == CKPT_F32) memcpy(out + k * 4, &u, 4);
+    else ckpt_store_from_f32(CKPT_F32, d, u, out + k * ds);
+  }
+  return bad;
+}
+
+#ifdef CKPT_X86
+// Sixteen values (two I32 words) under one scale whose products are all finite (|s| < 2^125, so |q * s| < 2^128):
+// nibbles by variable shifts, q = nibble - 8 converted exactly, one f32 multiply (exact, see ckpt_int4_to_f32).
+TGT2 static inline __m256i int4_word8(const uint8_t* w, __m256 vs) {
+  uint32_t word;
+  memcpy(&word, w, 4);
+  __m256i n = _mm256_and_si256(_mm256_srlv_epi32(set1(word), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)), set1(15));
+  __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(n, set1(8)));
+  return _mm256_castps_si256(_mm256_mul_ps(q, vs));
+}
+
+// `chunks` x 16 values from p (16-value aligned) under BF16 scale s into out (f32 or bf16).
+TGT2 static void int4_chunks_avx2(const uint8_t* p, uint16_t s, size_t chunks, uint8_t* out, int d) {
+  const uint32_t su = (uint32_t)s << 16;
+  float sf;
+  memcpy(&sf, &su, 4);
+  const __m256 vs = _mm256_set1_ps(sf);
+  const __m256i nanv = set1(0xFFFFu);
+  for (size_t i = 0; i < chunks; i++, p += 8) {
+    __m256i a = int4_word8(p, vs), b = int4_word8(p + 4, vs);
+    if (d == CKPT_F32) {
+      _mm256_storeu_si256((__m256i*)(out + i * 64), a);
+      _mm256_storeu_si256((__m256i*)(out + i * 64 + 32), b);
+    } else {
+      _mm256_storeu_si256((__m256i*)(out + i * 32), pack16(bf16_narrow8(a, nanv), bf16_narrow8(b, nanv)));
+    }
+  }
+}
+#endif
+
+int64_t int4_decode(const uint8_t* packed, const uint8_t* scales, size_t rows, size_t cols, size_t skip, size_t group,
+                    size_t packedStride, size_t scaleStride, uint8_t* dst, int d) {
+  const size_t ds = dsize(d);
+#ifdef CKPT_X86
+  const bool simd = current_isa() >= ISA_AVX2 && (d == CKPT_BF16 || d == CKPT_F32);
+#endif
+  int64_t bad = -1;
+  for (size_t r = 0; r < rows; r++) {
+    const uint8_t* p = packed + r * packedStride;
+    const uint8_t* sc = scales + r * scaleStride;
+    uint8_t* o = dst + r * cols * ds;
+    size_t c = 0, v = skip;
+    auto scalar = [&](size_t n) {
+      int64_t k = int4_seg_scalar(p, sc, group, v, n, o + c * ds, d);
+      if (bad < 0 && k >= 0) bad = (int64_t)(r * cols + c) + k;
+      c += n;
+      v += n;
+    };
+#ifdef CKPT_X86
+    if (simd) {
+      while (c < cols) {
+        // to the next 16-value boundary (scalar), then whole 16-value chunks inside one group (SIMD)
+        if (v & 15) { scalar(std::min(cols - c, 16 - (v & 15))); continue; }
+        const size_t g = v / group, gEnd = (g + 1) * group;
+        const uint16_t s = (uint16_t)(sc[2 * g] | (sc[2 * g + 1] << 8));
+        const size_t chunks = std::min(gEnd - v, cols - c) / 16;
+        if ((s & 0x7FFFu) >= 0x7E00u || chunks == 0) { scalar(std::min(cols - c, gEnd - v)); continue; }
+        int4_chunks_avx2(p + (v >> 1), s, chunks, o + c * ds, d);
+        c += chunks * 16;
+        v += chunks * 16;
+      }
+      continue;
+    }
+#endif
+    scalar(cols);
+  }
+  return bad;
+}
+
 // ---- stats ----
 
 struct Acc {

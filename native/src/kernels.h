@@ -41,6 +41,13 @@ void dequant_block(const uint8_t* w, int wDtype, size_t rows, size_t cols, size_
 int64_t mxfp4_decode(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t cols, size_t skip, size_t blockStride,
                      size_t scaleStride, uint8_t* dst, int dstDtype);
 
+// INT4 pack-quantized (compressed-tensors, symmetric): rows x cols values (nibble - 8) * scale; row r's packed bytes
+// (little-endian I32 words, low nibble first) at packed + r * packedStride on a group boundary, its BF16 scales at
+// scales + r * scaleStride (bytes), one per `group` values; the box starts skip (< group) values into the first
+// group. Returns -1, or the index r * cols + c of the first non-finite value.
+int64_t int4_decode(const uint8_t* packed, const uint8_t* scales, size_t rows, size_t cols, size_t skip, size_t group,
+                    size_t packedStride, size_t scaleStride, uint8_t* dst, int dstDtype);
+
 Stats stats(const uint8_t* src, int dtype, size_t n);
 
 // LoRA/DoRA merge, bit-identical to mergeWeight in src/lora/merge.ts: W [out, inn] ([inn, out] when transposed),

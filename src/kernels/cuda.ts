@@ -52,5 +52,6 @@ export function cudaKernels(): Kernels {
       addon.cudaDequant(w, C[wd], rows, cols, rowStart, colStart, scaleInv, scaleCols, block, dst, C[d]),
     stats: cpu.stats,
     mxfp4Decode: cpu.mxfp4Decode,
+    int4Decode: cpu.int4Decode,
   });
 }

@@ -8,7 +8,7 @@ import type { CastableDType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { cudaAvailable, cudaKernels, cudaUnavailableReason } from "./cuda.js";
 import { loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
-import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, mxfp4DecodeRef, statsRef } from "./reference.js";
+import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, int4DecodeRef, mxfp4DecodeRef, statsRef } from "./reference.js";
 
 export interface Stats {
   count: number;
@@ -46,6 +46,15 @@ export interface Kernels {
   mxfp4Decode(blocks: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, blockStride: number,
     scaleStride: number, dst: Uint8Array, dstDtype: CastableDType): number;
   /**
+   * INT4 pack-quantized decode (compressed-tensors, symmetric): value = (nibble − 8) · scale, BF16 scales, one per
+   * `group` values; packed bytes are the I32 words' little-endian bytes (low nibble first). Row r's values start at
+   * packed[r * packedStride] on a group boundary, its scales at scales[r * scaleStride] (bytes); the box starts `skip`
+   * (< group) values into the first group. F32 output is exact, BF16 one RNE rounding (reference.ts). Returns -1 or
+   * the index r * cols + c of the first value that is not finite.
+   */
+  int4Decode(packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, group: number,
+    packedStride: number, scaleStride: number, dst: Uint8Array, dstDtype: CastableDType): number;
+  /**
    * LoRA/DoRA merge into res (W's shape, not overlapping an input), bit-identical to mergeWeight's TypeScript path
    * in src/lora/merge.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
    */
@@ -60,6 +69,7 @@ export const referenceKernels: Kernels = Object.freeze({
   dequantBlock: dequantBlockRef,
   stats: statsRef,
   mxfp4Decode: mxfp4DecodeRef,
+  int4Decode: int4DecodeRef,
 });
 
 let cpuKernels: Kernels | undefined;

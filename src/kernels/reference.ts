@@ -350,3 +350,59 @@ export function mxfp4DecodeRef(
   }
   return bad;
 }
+
+// ---- INT4 pack-quantized (compressed-tensors `pack-quantized`, num_bits 4, symmetric, group strategy) ---------
+
+/**
+ * Exactness (issue 16): the decoded value is q · s with q = nibble − 8 ∈ [−8, 7] and s a BF16 scale. |q| has at most
+ * 3 significant bits and s at most 8, so q · s has at most 11 significant bits and is a multiple of s's ulp ≥ 2⁻¹³³:
+ * f32 (24 bits, spacing ≥ 2⁻¹⁴⁹) holds it exactly whenever |q · s| < 2¹²⁸, i.e. the f32 product is the exact value
+ * and F32 output is exact. BF16 (8 bits) is NOT exact in general: q = 7, s = 0x3F81 (1 + 2⁻⁷) gives
+ * 7.0546875 = 111.0000111₂ (10 significant bits), which BF16 rounds to 7.0625. It is exact for q ∈ {0, ±1, ±2, ±4,
+ * ±8} and whenever s's low mantissa bits leave room. A BF16 output is therefore one RNE rounding of the exact
+ * product, which is what compressed-tensors' decompression computes (`x_q.to(scale.dtype) * scale` in BF16:
+ * PyTorch multiplies in f32, exact here, then rounds to BF16 once). So F32 is the exact value, BF16 is bit-identical
+ * to compressed-tensors. Non-finite results (inf/NaN scales, |q · s| ≥ 2¹²⁸) are reported, never written.
+ */
+export function int4ToF32Bits(nibble: number, scaleBf16: number): number {
+  const p = Math.fround(((nibble & 15) - 8) * bitsToF32(bf16ToF32Bits(scaleBf16)));
+  return p !== p ? 0x7fc00000 : f32ToBits(p); // one NaN encoding (NaN scale, 0 · inf): an error either way
+}
+
+/**
+ * INT4 decode of a rows × cols box: row r's packed values start at packed[r·packedStride] (the little-endian bytes of
+ * the I32 words: value v in byte v >> 1, low nibble first, i.e. word v >> 3 bits 4·(v & 7)), on a group boundary;
+ * its BF16 scales start at scales[r·scaleStride] (bytes, one scale per `group` values); the box starts `skip`
+ * (< group) values into that first group. Writes rows × cols values of dstDtype (exact f32, then the project's f32
+ * narrowing). Returns −1, or the index r·cols + c of the first value that is not finite.
+ */
+export function int4DecodeRef(
+  packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, group: number, packedStride: number,
+  scaleStride: number, dst: Uint8Array, dstDtype: CastableDType,
+): number {
+  if (!(Number.isInteger(group) && group > 0 && group % 2 === 0)) throw new RangeError(`group size ${group} must be a positive even integer`);
+  if (!(skip >= 0 && skip < group)) throw new RangeError(`skip ${skip} outside [0, ${group})`);
+  const groups = Math.ceil((skip + cols) / group);
+  if (rows > 0 && cols > 0) {
+    if (packed.byteLength < (rows - 1) * packedStride + Math.ceil((skip + cols) / 2)) throw new RangeError(`packed too small for ${rows}x${cols} (skip ${skip})`);
+    if (scales.byteLength < (rows - 1) * scaleStride + groups * 2) throw new RangeError(`scales too small for ${rows}x${cols} (skip ${skip})`);
+  }
+  const ds = CAST_SIZE[dstDtype];
+  if (dst.byteLength < rows * cols * ds) throw new RangeError(`destination too small for ${rows}x${cols} ${dstDtype}`);
+  const row = new Uint32Array(cols);
+  const rowBytes = new Uint8Array(row.buffer);
+  let bad = -1;
+  for (let r = 0; r < rows; r++) {
+    const p0 = r * packedStride, s0 = r * scaleStride;
+    for (let c = 0; c < cols; c++) {
+      const v = skip + c;
+      const byte = packed[p0 + (v >>> 1)]!;
+      const g = s0 + 2 * Math.floor(v / group);
+      const u = int4ToF32Bits(v & 1 ? byte >>> 4 : byte & 15, scales[g]! | (scales[g + 1]! << 8));
+      if (bad < 0 && (u & 0x7f800000) === 0x7f800000) bad = r * cols + c;
+      row[c] = u;
+    }
+    castRef(rowBytes, "F32", dst.subarray(r * cols * ds, (r + 1) * cols * ds), dstDtype, cols);
+  }
+  return bad;
+}
