@@ -75,6 +75,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     threads: a.threads as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
+    features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : [])],
     ranged: a.ranged as boolean | undefined,
   };
 }
@@ -122,6 +123,8 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("allow-unmapped", { type: "boolean", describe: "skip source tensors the mapping does not know (with a warning)" })
     .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
     .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
+    .option("mtp", { type: "boolean", describe: "DeepSeek-V3 / Kimi: convert the MTP layers (HF layers ≥ num_hidden_layers) into TorchTitan's mtp_layers (torchtitan@main); without it they are skipped and reported" })
+    .option("text-only", { type: "boolean", describe: "Kimi K2.5 / Kimi-VL: convert the language model alone, skipping (and reporting) the vision tower and projector" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (with --ranks a-b: <out>/.ckpt-ranks-a-b.partial); journaled pieces are re-hashed, then skipped" })
     .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })

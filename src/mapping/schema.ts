@@ -16,12 +16,17 @@ export type TpPlacement = "shard0" | "shard1" | "replicate";
  * - `mxfp4`: the rule's `hf` names packed `*_blocks` (U8 [..., G, 16], two E2M1 values per byte, low nibble first)
  *   and `scales` the HF pattern of their E8M0 scales (U8 [..., G]); the value tensor is [..., G·32] (issue 14).
  * - `transpose`: the last two dims swap (HF's bf16 gpt-oss experts [E, D, 2F] → TorchTitan [E, 2F, D]).
+ * - `int4`: the rule's `hf` names compressed-tensors `pack-quantized` `*.weight_packed` (I32 [out, ceil(in/8)], 8
+ *   values per word, least significant nibble first, q = nibble − 8), `scale` the pattern of its BF16
+ *   `weight_scale` [out, ceil(in/group)] and `shape` of its `weight_shape` (consumed); w = q · scale (issue 16). The
+ *   group size and symmetry come from config.json's `quantization_config`, which must say so.
  */
-export type Transform = { op: "mxfp4"; scales: string } | { op: "transpose" };
+export type Transform = { op: "mxfp4"; scales: string } | { op: "transpose" } | { op: "int4"; scale: string; shape: string };
 
 const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string | undefined> = {
   mxfp4: (t) => (isStr(t.scales) && Object.keys(t).every((k) => k === "op" || k === "scales") ? undefined : "mxfp4 needs exactly `scales` (the HF pattern of the E8M0 scales)"),
   transpose: (t) => (Object.keys(t).every((k) => k === "op") ? undefined : "transpose takes no fields"),
+  int4: (t) => (isStr(t.scale) && isStr(t.shape) && Object.keys(t).every((k) => k === "op" || k === "scale" || k === "shape") ? undefined : "int4 needs exactly `scale` and `shape` (the HF patterns of weight_scale and weight_shape)"),
 };
 
 export interface TensorRule {
@@ -63,8 +68,18 @@ export interface Mapping {
   dequant?: { scale_suffix: string; block: number };
   targets: Target[];
   tensors: TensorRule[];
-  /** HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). */
-  extra_layers?: { from: string; skip_for?: Target[]; note?: string };
+  /**
+   * HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). With `tt_prefix`
+   * and the user's `option` (`--mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
+   * `layers.{L}.` (TorchTitan deepseek_v3 `mtp_layers`); rules without a target name there are reported as shared.
+   */
+  extra_layers?: { from: string; skip_for?: Target[]; note?: string; tt_prefix?: Partial<Record<Target, string>>; option?: "mtp"; shared_note?: string };
+  /** HF name prefixes read as others before matching (first match wins): `language_model.model.` → `model.`. */
+  prefixes?: { from: string; to: string }[];
+  /** A nested config (e.g. `text_config` of a multimodal wrapper) whose fields override the top level for dims and checks. */
+  nested_config?: string;
+  /** HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's `option`. */
+  towers?: { prefixes: string[]; why: string; option: "text-only" }[];
 }
 
 function fail(file: string, path: string, what: string): never {
@@ -77,7 +92,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "prefixes", "nested_config", "towers"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -136,5 +151,14 @@ export function validateMapping(raw: unknown, file: string): Mapping {
       for (const n of names) if (n && !(n in dims)) fail(file, `${p}.${f}`, `unknown dims name '${n}'`);
     }
   });
+  if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
+  if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && x.option === "text-only"))) fail(file, "$.towers", "must be a list of { prefixes, why, option: text-only }");
+  if (m.extra_layers !== undefined) {
+    const x = m.extra_layers as Record<string, unknown>;
+    if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");
+    if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
+    if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
+  }
   return m as unknown as Mapping;
 }

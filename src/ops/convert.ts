@@ -39,6 +39,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   maxMemory?: number;
   maxShardBytes?: number;
   omit?: string[];
+  /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
+  features?: ("mtp" | "text-only")[];
   /** Digest of every output piece in the manifest (default xxh128; or sha256). */
   digest?: string;
   /**
@@ -190,6 +192,12 @@ function copyAssets(from: Source, dir: string): string[] {
 function dropDecodedQuantization(configPath: string, plan: { tensors: { name: string }[] }): void {
   const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
   const q = cfg.quantization_config as { quant_method?: string } | undefined;
+  if (q?.quant_method === "compressed-tensors" && !plan.tensors.some((t) => t.name.endsWith(".weight_packed"))) {
+    // INT4 experts written as values (issue 16)
+    delete cfg.quantization_config;
+    writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
+    return;
+  }
   if (q?.quant_method !== "mxfp4" || plan.tensors.some((t) => t.name.endsWith("_blocks"))) return;
   delete cfg.quantization_config;
   writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
@@ -235,7 +243,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     // A TorchTitan source asked to become TorchTitan again is an offline reshard.
     if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
-    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile });
+    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
     for (const w of plan.warnings) opts.onWarning?.(w);
 
     const world = opts.worldSize ?? 1;

@@ -10,6 +10,8 @@ import { TARGETS } from "../mapping/schema.js";
 import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
+import { int4CompanionNames, int4Leaf } from "./int4.js";
+import { effectiveConfig, extraLayer, mainStackName, sourceView } from "./source-names.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
 export type DTypeChoice = "keep" | CastableDType;
@@ -46,6 +48,8 @@ export interface PlanOptions {
   /** Names of synth rules' omit_option flags the user set (e.g. "no-expert-bias"). */
   omit?: string[];
   configFile?: string;
+  /** Opt-in conversions: "mtp" (--mtp: DeepSeek MTP layers → mtp_layers), "text-only" (--text-only: skip towers the target cannot take). */
+  features?: ("mtp" | "text-only")[];
 }
 
 export interface CatalogLike {
@@ -152,6 +156,7 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
 export function planConversion(catalog: CatalogLike, opts: PlanOptions): ConversionPlan {
   const target = opts.target ?? "torchtitan@main";
   if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
+  opts = { ...opts, config: effectiveConfig(opts.mapping, opts.config) };
   if (opts.direction === "tt_to_tt") return planReshard(catalog, { ...opts, target });
   return opts.direction === "hf_to_tt" ? planHfToTt(catalog, { ...opts, target }) : planTtToHf(catalog, { ...opts, target });
 }
@@ -174,7 +179,8 @@ function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target 
   for (const stored of [...catalog.tensors.keys()].sort(naturalCompare)) {
     const norm = normalizeTtName(stored);
     if (!norm.name) { skipped.push({ name: stored, why: norm.why! }); continue; }
-    const r = rules.find((x) => x.tt && !x.rule.drop && matchPattern(x.tt, norm.name!));
+    const main = mainStackName(opts.mapping, opts.target, norm.name, dims);
+    const r = rules.find((x) => x.tt && !x.rule.drop && matchPattern(x.tt, main));
     if (!r) { unmapped.push(stored); continue; }
     const src = catalog.tensors.get(stored)!;
     tensors.push({ name: norm.name, dtype: ruleDType(r.rule, opts.dtype ?? "keep", src.dtype, false, opts.config), shape: [...src.shape], recipe: { op: "source", tensor: stored }, policy: policyOf(r.rule, opts.target) });
@@ -185,18 +191,22 @@ function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target 
   return finish({ direction: "tt_to_tt", mapping: opts.mapping.architecture, target: opts.target, tensors, unmapped, skipped, warnings: [], dims }, catalog);
 }
 
-function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
+function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
   const { mapping, config, target } = opts;
   const file = opts.configFile ?? "config.json";
+  // names as the rules spell them (language_model. prefixes), towers refused or skipped (--text-only)
+  const view = sourceView(mapping, source, opts.features);
+  const catalog: CatalogLike = { tensors: view.tensors };
   const dims = resolveDims(mapping, config, file);
   const rules = compileRules(mapping, target);
   const dtypeChoice = opts.dtype ?? "keep";
   const scaleSuffix = mapping.dequant?.scale_suffix;
   const tensors: TensorPlan[] = [];
   const unmapped: string[] = [];
-  const skipped: { name: string; why: string }[] = [];
+  const skipped: { name: string; why: string }[] = [...view.skipped];
   const warnings: string[] = [];
-  const stacks = new Map<string, { rule: TensorRule; members: Map<number, string> }>();
+  const stacks = new Map<string, { rule: TensorRule; members: Map<number, string>; vals: Map<string, Record<string, number>> }>();
+  let int4Outputs = 0;
   const produced = new Set<string>();
   /** Outputs whose dtype the mapping fixes (float32 buffers): not FSDP parameters, so left out of the mixed-dtype warning. */
   const pinned = new Set<string>();
@@ -217,20 +227,24 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     return { recipe: { op: "source", tensor: name }, dequantized: false };
   };
 
+  const transformCtx = { dims, config, file, stored: view.stored };
   const emit = (rule: TensorRule, ttName: string, hfName: string, vals: Record<string, number> = {}) => {
     const src = catalog.tensors.get(hfName)!;
-    const t = rule.transform ? transformedLeaf(rule, hfName, vals, catalog, () => leafRecipe(hfName)) : undefined;
+    const t = rule.transform ? transformedLeaf(rule, hfName, vals, catalog, () => leafRecipe(hfName), transformCtx) : undefined;
     checkShape(rule, hfName, t?.hfShape ?? src.shape, dims, file);
     let { recipe, dequantized } = t ?? leafRecipe(hfName);
     if (rule.rope) {
       const { heads, headDim } = checkRope(rule, hfName, src.shape, dims, file);
       recipe = { op: "rope", heads, headDim, direction: "hf_to_tt", input: recipe };
     }
-    tensors.push({ name: ttName, dtype: ruleDType(rule, dtypeChoice, src.dtype, dequantized, config), shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
+    const dtype = t?.keepDtype && dtypeChoice === "keep" && !rule.dtype ? t.keepDtype : ruleDType(rule, dtypeChoice, src.dtype, dequantized, config);
+    if (t?.keepDtype) int4Outputs++;
+    tensors.push({ name: ttName, dtype, shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
     if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
   };
   const consumed = mxfp4ScaleNames(rules, catalog);
+  for (const n of int4CompanionNames(rules, catalog.tensors.keys())) if (catalog.tensors.has(n)) consumed.add(n); // INT4 weight_scale / weight_shape
 
   const names = [...catalog.tensors.keys()].sort(naturalCompare);
   for (const name of names) {
@@ -245,19 +259,20 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     if (!hit) { unmapped.push(name); continue; }
     const { rule } = hit.r;
     if (rule.drop) { skipped.push({ name, why: "dropped by the mapping" }); continue; }
-    if (mapping.extra_layers && hit.vals.L !== undefined && hit.vals.L >= (dims[mapping.extra_layers.from] ?? Infinity) && mapping.extra_layers.skip_for?.includes(target)) {
-      skipped.push({ name, why: mapping.extra_layers.note ?? `layer ${hit.vals.L} has no ${target} counterpart` });
-      continue;
-    }
-    if (!hit.r.tt) { skipped.push({ name, why: `no ${target} counterpart` }); continue; }
+    // layers beyond the main stack (MTP): skipped and reported, or renamed into mtp_layers with --mtp
+    const extra = hit.vals.L !== undefined ? extraLayer(mapping, target, hit.vals.L, dims, opts.features ?? []) : undefined;
+    if (extra && "skip" in extra) { skipped.push({ name, why: extra.skip }); continue; }
+    if (!hit.r.tt) { skipped.push({ name, why: extra ? (mapping.extra_layers?.shared_note ?? `no ${target} counterpart`) : `no ${target} counterpart` }); continue; }
+    const ttOf = (vals: Record<string, number>) => (extra ? extra.rename(fillPattern(hit!.r.tt!.source, vals)) : fillPattern(hit!.r.tt!.source, vals));
     if (rule.experts && hit.r.hf!.keys.includes("E")) {
-      const key = fillPattern(hit.r.tt.source, hit.vals);
+      const key = ttOf(hit.vals);
       let g = stacks.get(key);
-      if (!g) stacks.set(key, (g = { rule, members: new Map() }));
+      if (!g) stacks.set(key, (g = { rule, members: new Map(), vals: new Map() }));
       g.members.set(hit.vals.E!, name);
+      g.vals.set(name, hit.vals);
       continue;
     }
-    emit(rule, fillPattern(hit.r.tt.source, hit.vals), name, hit.vals);
+    emit(rule, ttOf(hit.vals), name, hit.vals);
   }
 
   for (const [ttName, g] of stacks) {
@@ -271,16 +286,23 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     const first = catalog.tensors.get(g.members.get(0)!)!;
     const inputs: Recipe[] = [];
     let dequantized = false;
+    let memberShape = first.shape;
+    let keepDtype: DType | undefined;
     for (let e = 0; e < count; e++) {
       const hfName = g.members.get(e)!;
       const t = catalog.tensors.get(hfName)!;
       if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join()) throw new CkptError("SHAPE", `experts of ${ttName} differ: ${hfName} is ${t.dtype} [${t.shape}], expert 0 is ${first.dtype} [${first.shape}]`, { tensor: hfName });
-      checkShape(g.rule, hfName, t.shape, dims, file);
-      const lr = leafRecipe(hfName);
+      // a transformed member (INT4 weight_packed) has its decoded shape; plain members their stored one
+      const tl = g.rule.transform ? transformedLeaf(g.rule, hfName, g.vals.get(hfName)!, catalog, () => leafRecipe(hfName), transformCtx) : undefined;
+      checkShape(g.rule, hfName, tl?.hfShape ?? t.shape, dims, file);
+      const lr = tl ?? leafRecipe(hfName);
+      if (tl) { memberShape = tl.shape; keepDtype = tl.keepDtype; }
       dequantized ||= lr.dequantized;
       inputs.push(lr.recipe);
     }
-    tensors.push({ name: ttName, dtype: ruleDType(g.rule, dtypeChoice, first.dtype, dequantized, config), shape: [count, ...first.shape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
+    const stackDtype = keepDtype && dtypeChoice === "keep" && !g.rule.dtype ? keepDtype : ruleDType(g.rule, dtypeChoice, first.dtype, dequantized, config);
+    if (keepDtype) int4Outputs++;
+    tensors.push({ name: ttName, dtype: stackDtype, shape: [count, ...memberShape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
     produced.add(ttName);
     if (g.rule.dtype) pinned.add(ttName);
   }
@@ -338,6 +360,9 @@ function planHfToTt(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     });
   }
   if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
+  if (int4Outputs && dtypeChoice === "keep") {
+    warnings.push(`${int4Outputs} INT4 (compressed-tensors) tensor(s) decoded to F32, the exact value q · scale (BF16 cannot hold every product); --dtype bf16 writes compressed-tensors' own BF16 decompression bit for bit at half the size`);
+  }
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
   return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
@@ -360,11 +385,15 @@ function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<strin
  * The recipe, logical HF shape (what `shape` in the mapping describes) and output shape of a rule's transform:
  * MXFP4 blocks U8 [..., G, 16] + scales U8 [..., G] decode to [..., G·32]; transpose swaps the last two dims.
  */
-function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean }):
-  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[] } {
+function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean },
+  ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
+  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType } {
   const t = rule.transform!;
   const src = catalog.tensors.get(name)!;
   switch (t.op) {
+    case "int4":
+      if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
+      return int4Leaf(rule, name, vals, catalog, ctx.dims, ctx.config, ctx.file, ctx.stored.get(name) ?? name);
     case "mxfp4": {
       const scales = fillPattern(t.scales, vals);
       const s = catalog.tensors.get(scales);
@@ -436,8 +465,8 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
       // MXFP4 rules describe the packed HF layout; --to hf writes the decoded one (the rule's `transpose` sibling)
-      if (!r.tt || r.rule.drop || r.rule.transform?.op === "mxfp4") continue;
-      const vals = matchPattern(r.tt, norm.name);
+      if (!r.tt || r.rule.drop || r.rule.transform?.op === "mxfp4" || r.rule.transform?.op === "int4") continue;
+      const vals = matchPattern(r.tt, mainStackName(mapping, target, norm.name, dims));
       if (vals) { hit = { r, vals }; break; }
     }
     if (!hit) { unmapped.push(stored); continue; }

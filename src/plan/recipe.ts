@@ -9,6 +9,8 @@ export type Recipe =
   | { op: "dequant"; tensor: string; scale: string; block: number }
   /** MXFP4 values [..., G·32] of packed `blocks` U8 [..., G, 16] with E8M0 `scales` U8 [..., G]. */
   | { op: "mxfp4"; blocks: string; scales: string }
+  /** INT4 values [out, in] of compressed-tensors `weight_packed` I32 [out, ceil(in/8)] with BF16 `scale` [out, ceil(in/group)]. */
+  | { op: "int4"; packed: string; scale: string; group: number }
   /** The input with its last two dims swapped. */
   | { op: "transpose"; input: Recipe }
   | { op: "zeros" }
@@ -28,6 +30,7 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "source": out.add(r.tensor); break;
     case "dequant": out.add(r.tensor); out.add(r.scale); break;
     case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
+    case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
     case "rope": case "select": case "transpose": recipeLeaves(r.input, out); break;
     case "stack": for (const i of r.inputs) recipeLeaves(i, out); break;
@@ -41,6 +44,7 @@ export function describeRecipe(r: Recipe): string {
     case "source": return r.tensor;
     case "dequant": return `dequant(${r.tensor} × ${r.scale}, block ${r.block})`;
     case "mxfp4": return `mxfp4(${r.blocks} × ${r.scales})`;
+    case "int4": return `int4(${r.packed} × ${r.scale}, group ${r.group})`;
     case "transpose": return `transpose(${describeRecipe(r.input)})`;
     case "zeros": return "zeros";
     case "rope": return `rope_${r.direction}(${describeRecipe(r.input)}, heads=${r.heads}, hd=${r.headDim})`;

@@ -32,6 +32,12 @@ export interface Run {
    * values into the group.
    */
   mxfp4?: { file: string; byteOffset: number; stride: number; skip: number };
+  /**
+   * INT4 decode (compressed-tensors pack-quantized): `src` is the packed bytes (little-endian I32 words) of the run's
+   * first row from the start of its first `group`-value group (`stride` bytes between rows), these its BF16 scales
+   * (`stride` bytes between rows); the run starts `skip` values into the group.
+   */
+  int4?: { file: string; byteOffset: number; stride: number; skip: number; group: number };
   /** Transposed source: output element (i, j) of the run is source element j·stride + i (from src.byteOffset). */
   transpose?: boolean;
 }
@@ -44,6 +50,13 @@ export function runSourceRanges(r: Run): { file: string; start: number; end: num
     return [
       { file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + (r.rows - 1) * r.src.stride + groups * 16 },
       { file: r.mxfp4.file, start: r.mxfp4.byteOffset, end: r.mxfp4.byteOffset + (r.rows - 1) * r.mxfp4.stride + groups },
+    ];
+  }
+  if (r.int4) {
+    const groups = Math.ceil((r.int4.skip + r.cols) / r.int4.group);
+    return [
+      { file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + (r.rows - 1) * r.src.stride + Math.ceil((r.int4.skip + r.cols) / 2) },
+      { file: r.int4.file, start: r.int4.byteOffset, end: r.int4.byteOffset + (r.rows - 1) * r.int4.stride + groups * 2 },
     ];
   }
   const es = elementSize(r.src.dtype);
@@ -69,6 +82,7 @@ interface Resolved {
   coords: number[];
   dequant?: { scale: string; block: number };
   mxfp4?: { scales: string };
+  int4?: { scale: string; group: number };
   transpose?: boolean;
 }
 
@@ -87,6 +101,7 @@ function resolve(r: Recipe, coords: number[]): Resolved {
     case "source": return { leaf: r.tensor, coords };
     case "dequant": return { leaf: r.tensor, coords, dequant: { scale: r.scale, block: r.block } };
     case "mxfp4": return { leaf: r.blocks, coords, mxfp4: { scales: r.scales } };
+    case "int4": return { leaf: r.packed, coords, int4: { scale: r.scale, group: r.group } };
     case "transpose":
       if (r.input.op !== "source") throw new CkptError("INTERNAL", "transpose applies to a stored tensor only");
       return { leaf: r.input.tensor, coords, transpose: true };
@@ -145,6 +160,15 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
   let dst = 0;
   const push = (run: Run) => {
     const last = runs[runs.length - 1];
+    if (last && (last.int4 || run.int4)) {
+      // INT4 rows merge when both their packed bytes and their scales continue row after row
+      const l = last.src!, s = run.src!, a = last.int4, b = run.int4;
+      if (a && b && a.file === b.file && a.skip === b.skip && a.group === b.group && a.stride === b.stride && l.file === s.file && l.stride === s.stride
+        && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst
+        && l.byteOffset + last.rows * l.stride === s.byteOffset && a.byteOffset + last.rows * a.stride === b.byteOffset) last.rows += run.rows;
+      else runs.push(run);
+      return;
+    }
     if (last && (!last.mxfp4 !== !run.mxfp4 || !last.transpose !== !run.transpose)) { runs.push(run); return; }
     if (last && (run.mxfp4 || run.transpose)) {
       // MXFP4 rows merge when both their bytes and their scales continue; transposed rows when the next output
@@ -177,6 +201,8 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
       push({ dst, rows: 1, cols });
     } else if (res.mxfp4) {
       push(mxfp4Run(res.leaf, res.mxfp4.scales, res.coords, colStart, cols, dst, leaves));
+    } else if (res.int4) {
+      push(int4Run(res.leaf, res.int4.scale, res.int4.group, res.coords, colStart, cols, dst, leaves));
     } else if (res.transpose) {
       for (const run of transposedRuns(res.leaf, res.coords, colStart, cols, dst, leaves)) {
         if (run.cols === cols) push(run);
@@ -262,6 +288,27 @@ function mxfp4Run(blocks: string, scales: string, coords: number[], colStart: nu
     dst, rows: 1, cols,
     src: { file: b.file, byteOffset: b.byteOffset + (lin * G + g0) * 16, stride: G * 16, dtype: "U8" },
     mxfp4: { file: s.file, byteOffset: s.byteOffset + lin * G + g0, stride: G, skip: colStart - g0 * 32 },
+  };
+}
+
+/**
+ * One output row of INT4 values: columns [colStart, colStart + cols) of row `coords` of packed I32 [..., P] with BF16
+ * scales [..., ceil(in / group)]; reads start at the group holding colStart.
+ */
+function int4Run(packed: string, scale: string, group: number, coords: number[], colStart: number, cols: number, dst: number, leaves: Record<string, LeafInfo>): Run {
+  const p = wholePiece(packed, leaves, "INT4 decoding");
+  const s = wholePiece(scale, leaves, "INT4 decoding");
+  const prefix = p.shape.slice(0, -1);
+  if (coords.length !== prefix.length) throw new CkptError("INTERNAL", `rank mismatch resolving INT4 ${packed}`);
+  const P = p.shape[p.shape.length - 1]!;
+  const S = s.shape[s.shape.length - 1]!;
+  let lin = 0;
+  coords.forEach((c, d) => (lin = lin * prefix[d]! + c));
+  const g0 = Math.floor(colStart / group);
+  return {
+    dst, rows: 1, cols,
+    src: { file: p.file, byteOffset: p.byteOffset + lin * P * 4 + (g0 * group) / 2, stride: P * 4, dtype: "U8" },
+    int4: { file: s.file, byteOffset: s.byteOffset + (lin * S + g0) * 2, stride: S * 2, skip: colStart - g0 * group, group },
   };
 }
 

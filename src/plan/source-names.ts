@@ -1,0 +1,90 @@
+// How a mapping reads a source's names and config before its rules apply (issue 16): prefix normalisation
+// (`language_model.model.layers.` / `language_model.layers.` → `model.layers.`), a nested text config of a multimodal
+// wrapper, towers the target cannot take (refused, or skipped with --text-only), and layers beyond the main stack
+// (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp).
+import { CkptError } from "../errors.js";
+import type { CatalogTensor } from "../catalog-types.js";
+import type { Mapping, Target } from "../mapping/schema.js";
+
+/** The config the mapping's dims and checks read: the nested config's fields over the top level's. */
+export function effectiveConfig(mapping: Mapping, config: Record<string, unknown>): Record<string, unknown> {
+  const key = mapping.nested_config;
+  const inner = key ? config[key] : undefined;
+  if (!inner || typeof inner !== "object" || Array.isArray(inner)) return config;
+  return { ...config, ...(inner as Record<string, unknown>) };
+}
+
+/** `name` as the mapping's rules spell it (first matching prefix rewritten), or itself. */
+export function normalizedName(mapping: Mapping, name: string): string {
+  for (const p of mapping.prefixes ?? []) if (name.startsWith(p.from)) return p.to + name.slice(p.from.length);
+  return name;
+}
+
+export interface SourceView {
+  tensors: Map<string, CatalogTensor>;
+  /** Normalised name → the name stored in the source. */
+  stored: Map<string, string>;
+  skipped: { name: string; why: string }[];
+}
+
+/**
+ * The catalog under normalised names (pieces unchanged: execution reads bytes by file and offset, not by name),
+ * with tower tensors taken out: refused unless the user passed the tower's option.
+ */
+export function sourceView(mapping: Mapping, catalog: { tensors: Map<string, CatalogTensor> }, options: string[] = []): SourceView {
+  if (!mapping.prefixes?.length && !mapping.towers?.length) return { tensors: catalog.tensors, stored: new Map(), skipped: [] };
+  const tensors = new Map<string, CatalogTensor>();
+  const stored = new Map<string, string>();
+  const skipped: { name: string; why: string }[] = [];
+  const refused = new Map<string, string[]>();
+  for (const [name, t] of catalog.tensors) {
+    const tower = mapping.towers?.find((x) => x.prefixes.some((p) => name.startsWith(p)));
+    if (tower) {
+      if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (--${tower.option})` });
+      else refused.set(tower.why, [...(refused.get(tower.why) ?? []), name]);
+      continue;
+    }
+    const n = normalizedName(mapping, name);
+    const prev = stored.get(n);
+    if (prev !== undefined) throw new CkptError("MAPPING", `${name} and ${prev} are the same tensor under two spellings`, { tensor: name });
+    tensors.set(n, t);
+    stored.set(n, name);
+  }
+  for (const [why, names] of refused) {
+    const option = mapping.towers!.find((x) => x.why === why)!.option;
+    throw new CkptError("CONFIG", `${names.length} tensor(s) of a tower ${mapping.architecture} does not convert (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${why}`, {
+      tensor: names[0], hint: `pass --${option} to convert the language model alone (the tower is skipped and reported)`,
+    });
+  }
+  return { tensors, stored, skipped };
+}
+
+/**
+ * For an HF layer index at or above the mapping's extra_layers bound: the TorchTitan-name rewrite (`layers.{L}.` →
+ * `{prefix}.{L − n}.`) when the target has it and the user asked for it, else why it is skipped.
+ */
+export function extraLayer(mapping: Mapping, target: Target, L: number, dims: Record<string, number>, options: string[]):
+  { rename: (tt: string) => string } | { skip: string } | undefined {
+  const x = mapping.extra_layers;
+  if (!x) return undefined;
+  const n = dims[x.from];
+  if (n === undefined || L < n) return undefined;
+  const prefix = x.tt_prefix?.[target];
+  if (prefix && x.option && options.includes(x.option)) {
+    const from = `layers.${L}.`, to = `${prefix}.${L - n}.`;
+    return { rename: (tt) => (tt.startsWith(from) ? to + tt.slice(from.length) : tt) };
+  }
+  if (!x.skip_for?.includes(target) && !prefix) return undefined;
+  const how = prefix && x.option ? `; pass --${x.option} to convert it to ${prefix}.${L - n}` : "";
+  return { skip: `${x.note ?? `layer ${L} has no ${target} counterpart`}${how}` };
+}
+
+/** A TorchTitan name of an extra layer (`mtp_layers.k.…`) as the main-stack name the rules match (`layers.{n + k}.…`). */
+export function mainStackName(mapping: Mapping, target: Target, name: string, dims: Record<string, number>): string {
+  const x = mapping.extra_layers;
+  const prefix = x?.tt_prefix?.[target];
+  const n = x ? dims[x.from] : undefined;
+  if (!prefix || n === undefined || !name.startsWith(prefix + ".")) return name;
+  const m = /^(\d+)\.(.*)$/.exec(name.slice(prefix.length + 1));
+  return m ? `layers.${n + Number(m[1])}.${m[2]}` : name;
+}
