@@ -53,8 +53,8 @@ let kernels: Kernels | undefined;
 // Per-thread scratch buffers, reused by every piece: a fresh 16 MiB Buffer per piece costs an mmap and page
 // faults on every byte (several times slower than the pread into it). Nothing here escapes runTask: only CRCs
 // and hashes go back, so reuse cannot change what is written.
-const scratch: { staging?: Buffer; out?: Buffer } = {};
-function scratchBuffer(kind: "staging" | "out", bytes: number): Buffer {
+const scratch: { staging?: Buffer; out?: Buffer; produce?: Buffer } = {};
+function scratchBuffer(kind: "staging" | "out" | "produce", bytes: number): Buffer {
   let b = scratch[kind];
   if (!b || b.length < bytes) {
     b = scratch[kind] = Buffer.allocUnsafeSlow(Math.max(bytes, 1 << 20));
@@ -317,6 +317,46 @@ class PieceSink {
     this.dfd = this.align > 0 && p.elems * elementSize(p.outDtype) >= 2 * this.align ? dfds(p.outPath) : undefined;
     this.hasher = hasher;
   }
+  /**
+   * The next `n` output bytes, computed by `fill(dst, offset)` straight into the buffer they leave from (the direct-I/O
+   * buffer when the write is block-aligned: no copy between reading a source and writing it), `offset` counting
+   * from the first of the `n` bytes. Each call gets whole elements of `unit` bytes, at most WINDOW bytes, CRC'd and
+   * digested while still in cache.
+   */
+  async produce(n: number, unit: number, fill: (dst: Uint8Array, offset: number) => void): Promise<void> {
+    for (let o = 0; o < n;) {
+      let direct = this.dfd !== undefined && !(this.dFill === 0 && this.pos % this.align !== 0);
+      if (direct && this.dFill === 0) {
+        await this.settle(this.cur); // the buffer's previous write must be done before it is refilled
+        if (this.dfd === undefined) direct = false;
+        else this.dStart = this.pos;
+      }
+      if (direct) {
+        const d = directBuffers()[this.cur]!;
+        let m = Math.min(n - o, WINDOW, d.length - this.dFill);
+        m -= m % unit;
+        if (m > 0) {
+          const dst = d.subarray(this.dFill, this.dFill + m);
+          fill(dst, o);
+          this.crc = crc32(dst, this.crc);
+          this.hasher?.update(dst);
+          this.bytes += m;
+          this.dFill += m;
+          this.pos += m;
+          o += m;
+          if (this.dFill === d.length) this.flush();
+          continue;
+        }
+      }
+      // Page-cache output, the piece's first partial block, or an element straddling the buffer's end: through a
+      // scratch window and write(), which splits at any byte.
+      const m = Math.min(n - o, WINDOW);
+      const tmp = scratchBuffer("produce", m);
+      fill(tmp, o);
+      await this.write(tmp);
+      o += m;
+    }
+  }
   /** Takes the next output bytes (copied before it returns: `b` may be reused once the promise resolves). */
   async write(b: Uint8Array): Promise<void> {
     this.crc = crc32(b, this.crc);
@@ -427,10 +467,8 @@ function streamable(p: PieceTask): boolean {
 
 async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, k: Kernels): Promise<PieceResult> {
   const oes = elementSize(p.outDtype);
-  const win = scratchBuffer("out", Math.min(WINDOW, p.elems * oes));
   const sink = await PieceSink.open(p, fds, dfds);
   try {
-    let fill = 0; // bytes of `win` holding output not yet written
     let overflow = 0;
     const runs = [...p.runs].sort((a, b) => a.dst - b.dst);
     let expect = 0;
@@ -438,29 +476,25 @@ async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) =
       if (r.dst !== expect) throw new Error(`internal: runs of a piece do not tile it (gap at element ${expect})`);
       const n = r.rows * r.cols;
       expect += n;
-      for (let e = 0; e < n;) {
-        const m = Math.min(n - e, (win.length - fill) / oes);
-        const dst = win.subarray(fill, fill + m * oes);
-        if (!r.src) dst.fill(0);
-        else {
-          const ses = elementSize(r.src.dtype);
-          const at = r.src.byteOffset + e * ses;
-          if (r.src.dtype === p.outDtype) readSource(task, fds, r.src.file, dst, at);
-          else {
-            const src = scratchBuffer("staging", m * ses);
-            readSource(task, fds, r.src.file, src, at);
-            const sd = r.src.dtype as CastableDType;
-            if (p.countF16Overflow) overflow += k.stats(src, sd, m).f16Overflow;
-            k.cast(src, sd, dst, p.outDtype as CastableDType, m);
-          }
-        }
-        fill += m * oes;
-        e += m;
-        if (fill === win.length) { await sink.write(win); fill = 0; }
+      const src = r.src;
+      if (!src) {
+        await sink.produce(n * oes, oes, (dst) => dst.fill(0));
+      } else if (src.dtype === p.outDtype) {
+        // Same dtype: the source bytes are read straight into the outgoing buffer.
+        await sink.produce(n * oes, oes, (dst, off) => readSource(task, fds, src.file, dst, src.byteOffset + off));
+      } else {
+        const ses = elementSize(src.dtype);
+        const sd = src.dtype as CastableDType;
+        await sink.produce(n * oes, oes, (dst, off) => {
+          const m = dst.length / oes;
+          const staged = scratchBuffer("staging", m * ses);
+          readSource(task, fds, src.file, staged, src.byteOffset + (off / oes) * ses);
+          if (p.countF16Overflow) overflow += k.stats(staged, sd, m).f16Overflow;
+          k.cast(staged, sd, dst, p.outDtype as CastableDType, m);
+        });
       }
     }
     if (expect !== p.elems) throw new Error(`internal: runs cover ${expect} of ${p.elems} elements`);
-    if (fill > 0) await sink.write(win.subarray(0, fill));
     return await sink.result(overflow);
   } catch (e) {
     await sink.abandon();
