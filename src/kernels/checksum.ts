@@ -2,7 +2,7 @@
 // else node's zlib.crc32 and hash-wasm's XXH3 in WebAssembly. Both paths give the same values (test/checksum.test.ts);
 // the native ones cost a few percent of the fallbacks' CPU per byte (0.2 s/GiB each for zlib and WebAssembly here).
 import { crc32 as zlibCrc32 } from "node:zlib";
-import { createXXHash128, type IHasher } from "hash-wasm";
+import type { IHasher } from "hash-wasm";
 import { loadNative, type NativeAddon } from "./native.js";
 
 type NativeChecksums = Required<Pick<NativeAddon, "crc32" | "xxh3New" | "xxh3Update" | "xxh3Digest">>;
@@ -34,8 +34,10 @@ export interface Xxh128 {
   hex(): string;
 }
 
-// hash-wasm compiles its module once per thread and instantiates one per hasher: finished ones are reused.
+// hash-wasm compiles its module once per thread and instantiates one per hasher: finished ones are reused. It is
+// imported only when the addon lacks XXH3 (loading it costs each thread ~0.08 CPU s).
 const wasmPool: IHasher[] = [];
+const wasmXxh128 = async (): Promise<IHasher> => (await import("hash-wasm")).createXXHash128();
 
 /** A fresh streaming XXH3-128 (seed 0). */
 export async function createXxh128(): Promise<Xxh128> {
@@ -44,7 +46,7 @@ export async function createXxh128(): Promise<Xxh128> {
     const s = n.xxh3New();
     return { update: (b) => n.xxh3Update(s, b), hex: () => n.xxh3Digest(s) };
   }
-  const h = wasmPool.pop() ?? (await createXXHash128());
+  const h = wasmPool.pop() ?? (await wasmXxh128());
   h.init();
   return {
     update: (b) => void h.update(b),
@@ -60,7 +62,7 @@ export async function createXxh128(): Promise<Xxh128> {
 export const fallbackChecksums = {
   crc32: (data: Uint8Array, initial = 0): number => zlibCrc32(data, initial) >>> 0,
   async xxh128Hex(chunks: Uint8Array[]): Promise<string> {
-    const h = await createXXHash128();
+    const h = await wasmXxh128();
     h.init();
     for (const c of chunks) h.update(c);
     return h.digest("hex");
