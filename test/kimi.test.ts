@@ -236,3 +236,43 @@ test("Kimi-K2-sized dry run (61 layers, 384 experts, INT4, synthetic headers) pl
   assert.ok(params > 1.0e12 && params < 1.1e12, `${params}`);
   assert.ok(t2 - t1 < 30_000, `planning took ${t2 - t1} ms`);
 });
+
+test("Kimi K2 Thinking (architectures DeepseekV3ForCausalLM, model_type kimi_k2, INT4 experts): deepseek_v3.json decodes its packed experts, none unmapped; the output equals K2.5's through kimi_k2.json", async () => {
+  const g = tinyKimiTensors({ layout: "k2", layers: 3, experts: 4, mtp: 1 });
+  assert.deepEqual(g.config.architectures, ["DeepseekV3ForCausalLM"]);
+  assert.equal(g.config.model_type, "kimi_k2");
+  const mapping = selectMapping(g.config);
+  assert.equal(mapping.architecture, "deepseek_v3");
+  for (const features of [[], ["mtp"]] as "mtp"[][]) {
+    const plan = planConversion(fakeCatalog(g.tensors), { mapping, config: g.config, direction: "hf_to_tt", features });
+    assert.deepEqual(plan.unmapped, [], "packed tensors must be mapped");
+    assert.ok(!plan.tensors.some((t) => /weight_(scale|shape|packed)/.test(t.name)));
+    const pre = features.length ? "mtp_layers.0" : "layers.1";
+    for (const [tt, shape] of [["w1_EFD", [4, 96, 224]], ["w3_EFD", [4, 96, 224]], ["w2_EDF", [4, 224, 96]]] as const) {
+      const t = plan.tensors.find((x) => x.name === `${pre}.moe.routed_experts.inner_experts.${tt}`)!;
+      assert.ok(t, `${pre} ${tt}`);
+      assert.deepEqual(t.shape, shape);
+      assert.equal(t.dtype, "F32");
+      const inputs = (t.recipe as { inputs: { op: string; group?: number }[] }).inputs;
+      assert.ok(inputs.length === 4 && inputs.every((i) => i.op === "int4" && i.group === 32), JSON.stringify(inputs[0]));
+    }
+  }
+  // at torchtitan@0.2 the same rules name moe.experts.w1/w2/w3
+  const old = planConversion(fakeCatalog(g.tensors), { mapping, config: g.config, direction: "hf_to_tt", target: "torchtitan@0.2" });
+  assert.deepEqual(old.unmapped, []);
+  assert.ok(old.tensors.some((t) => t.name === "layers.1.moe.experts.w1"));
+
+  // end to end: the flat K2 layout and the nested K2.5 one of the same weights write the same tensors
+  const t = tmp();
+  try {
+    writeTinyKimi(join(t.dir, "k2"), { layout: "k2", layers: 3, experts: 4, edgeScales: true, files: 2, seed: 9 });
+    writeTinyKimi(join(t.dir, "k25"), { layout: "k25", layers: 3, experts: 4, edgeScales: true, files: 3, seed: 9 });
+    for (const f of ["k2", "k25"]) await runConvert({ source: join(t.dir, f), out: join(t.dir, `${f}.out`), format: "safetensors", dtype: "keep", threads: 0 });
+    const [a, b] = [await readFolder(join(t.dir, "k2.out")), await readFolder(join(t.dir, "k25.out"))];
+    assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+    for (const [k, v] of a) assert.ok(v.data.equals(b.get(k)!.data), k);
+    assert.equal(a.get("layers.1.moe.routed_experts.inner_experts.w1_EFD")!.dtype, "F32");
+  } finally {
+    t.cleanup();
+  }
+});

@@ -317,6 +317,12 @@ def dequantized_copy(src, cfg, dst):
 
 def hf_model(folder, cfg):
     tmp = None
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+        # Kimi K2.x INT4 (issue 16): compressed-tensors' own decompression (kimi_ref.py), written as a bf16 copy
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(folder.rstrip("/"))) as tmp:
+            import kimi_ref
+            kimi_ref.decompress(folder, tmp)
+            return hf_model(tmp, json.load(open(os.path.join(tmp, "config.json"))))
     if cfg.get("quantization_config"):
         with tempfile.TemporaryDirectory(dir=os.path.dirname(folder.rstrip("/"))) as tmp:
             dequantized_copy(folder, cfg, tmp)
@@ -465,6 +471,45 @@ def _hook_hf_with_gpt_oss(self, model):
 Routes.hook_hf = _hook_hf_with_gpt_oss
 
 
+# ---------------------------------------------------------------- kimi_k2_7 (issue 16; additive: builder, forward, K2.5 flattening)
+# shared/judges/README.md lists an isinstance on a stubbed type when building kimi_k2_7's debug model: at b5bcd76 in
+# this root it does not occur on the model path the judge takes (Config build on meta, to_empty, init_weights,
+# forward; model_registry("debugmodel") too). What fails is importing kimi_k2_7/config_registry.py (the Trainer
+# config: components/metrics.py imports torch.utils.tensorboard, which rejects the stubbed tensorboard), never needed here.
+import torchtitan.models.kimi_k2_7 as tt_kimi
+from torchtitan.models.kimi_k2_7.model import KimiK25Model
+
+
+def kimi_k2_7_config(cfg):
+    """TorchTitan's kimi_k2_7 text model (KimiK25Model, vision_encoder = None) with config.json's sizes: the DeepSeek-V3
+    decoder arguments of deepseek_v3_config, built with Kimi's own layer builder (_build_kimi_layers)."""
+    dsv3_build = tt_dsv3._build_dsv3_layers
+    tt_dsv3._build_dsv3_layers = tt_kimi._build_kimi_layers
+    try:
+        dc = deepseek_v3_config(cfg)
+    finally:
+        tt_dsv3._build_dsv3_layers = dsv3_build
+    import dataclasses
+    return KimiK25Model.Config(**{f.name: getattr(dc, f.name) for f in dataclasses.fields(dc) if f.init}, vision_encoder=None)
+
+
+BUILDERS["kimi_k2_7"] = kimi_k2_7_config
+ARCH_OF_MODEL_TYPE.update(kimi_k2="kimi_k2_7", kimi_k25="kimi_k2_7")
+
+# KimiK25Model.forward takes (tokens, *, attention_masks, positions): keyword arguments.
+_forward_tt_base = forward_tt
+
+
+def forward_tt(model, tokens):
+    if not isinstance(model, KimiK25Model):
+        return _forward_tt_base(model, tokens)
+    outs = []
+    for seq in tokens:
+        positions = torch.arange(seq.shape[0])
+        outs.append(model(seq, attention_masks=model.get_attention_masks(positions), positions=positions))
+    return torch.stack(outs)
+
+
 def run_case(c, hf_cache):
     cfg = json.load(open(os.path.join(c["hf"], "config.json")))
     if "arch" not in c:
@@ -504,6 +549,23 @@ def run_case(c, hf_cache):
                 del mod.route_tokens_to_experts
     res["ok"] = all(p["ok"] for p in res["passes"])
     return res
+
+
+# Kimi K2.5 nests its text model (text_config, language_model.[model.] names): judge the flat copy of it
+# (kimi_ref.flat_copy, still INT4), which hf_model decompresses and tt_config reads like K2 Thinking's flat layout.
+_run_case_base = run_case
+_flat_copies = {}
+
+
+def run_case(c, hf_cache):
+    cfg = json.load(open(os.path.join(c["hf"], "config.json")))
+    if isinstance(cfg.get("text_config"), dict) and cfg.get("model_type") in ("kimi_k25", "kimi_vl"):
+        import kimi_ref
+        if c["hf"] not in _flat_copies:
+            _flat_copies[c["hf"]] = tempfile.mkdtemp(dir=os.path.dirname(c["hf"].rstrip("/")), prefix="kimi-flat-")
+            kimi_ref.flat_copy(c["hf"], _flat_copies[c["hf"]])
+        c = dict(c, hf=_flat_copies[c["hf"]], arch=c.get("arch", "kimi_k2_7"))
+    return _run_case_base(c, hf_cache)
 
 
 def main():
