@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   ZIP: "malformed torch.save archive",
   DCP: "malformed DCP checkpoint",
   MAPPING: "mapping error",
+  UNSUPPORTED: "the target cannot express this model",
   UNMAPPED: "tensors without a mapping",
   MISSING_TENSOR: "expected tensor missing",
   SHAPE: "tensor shape mismatch",

@@ -72,7 +72,8 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
     log(`   ${checked} tensors bit-exact (q/k permuted with ${cfg.num_attention_heads}/${cfg.num_key_value_heads} heads, head_dim ${hd})`);
 
     log("4. ckpt shard --world-size 8 → one __{rank}_0.distcp per rank (FSDP2 Shard(0), uneven rows split like torch.chunk)");
-    const sh = await runConvert({ source: hf, out: sharded, worldSize: 8, target: "torchtitan@0.2", threads: 0 });
+    // torchtitan@main: this model's head_dim (16) ≠ hidden / heads (12), which TorchTitan 0.2's llama3 cannot express
+    const sh = await runConvert({ source: hf, out: sharded, worldSize: 8, threads: 0 });
     const ranks = sh.plan.perRank ?? [];
     log(table(["rank", "chunks", "bytes"], ranks.map((r) => [String(r.rank), String(r.chunks), fmtBytes(r.bytes)]), [0, 1, 2]).split("\n").map((l) => "   " + l).join("\n"));
 

@@ -12,6 +12,7 @@ import { benchKernels, formatBenchTable } from "../kernels/bench.js";
 import { VERSION } from "../version.js";
 import { loraCommand } from "../lora/cli.js";
 import { healthCommand } from "../health/cli.js";
+import { OMIT_OPTIONS } from "../mapping/schema.js";
 
 interface GlobalArgs { json?: boolean; debug?: boolean; quiet?: boolean }
 
@@ -74,10 +75,17 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     digest: a.digest as string | undefined,
     threads: a.threads as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
-    omit: a["no-expert-bias"] ? ["no-expert-bias"] : undefined,
+    // `--no-X` reaches us as X = false (yargs' boolean negation); OMIT_OPTIONS are spelled as the flag
+    omit: omitted(a),
     features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : [])],
     ranged: a.ranged as boolean | undefined,
   };
+}
+
+/** The OMIT_OPTIONS whose negatable option (`no-expert-bias` → `expert-bias`) the user turned off. */
+function omitted(a: Record<string, unknown>): string[] | undefined {
+  const off = OMIT_OPTIONS.filter((o) => a[o.slice("no-".length)] === false);
+  return off.length ? off : undefined;
 }
 
 export function parseSize(s: string): number {
@@ -122,7 +130,9 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("dry-run", { type: "boolean", describe: "print the plan, write nothing" })
     .option("allow-unmapped", { type: "boolean", describe: "skip source tensors the mapping does not know (with a warning)" })
     .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
-    .option("no-expert-bias", { type: "boolean", describe: "MoE: do not synthesise the zero expert-bias buffers" })
+    // Declared as `expert-bias` (default true), not `no-expert-bias`: yargs reads `--no-X` as X = false, so an option
+    // named `no-…` could never be passed.
+    .option("expert-bias", { type: "boolean", default: true, describe: "MoE: write the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack (Qwen3-MoE, GPT-OSS); --no-expert-bias leaves them out, like TorchTitan's convert_from_hf.py" })
     .option("mtp", { type: "boolean", describe: "DeepSeek-V3 / Kimi: convert the MTP layers (HF layers ≥ num_hidden_layers) into TorchTitan's mtp_layers (torchtitan@main); without it they are skipped and reported" })
     .option("text-only", { type: "boolean", describe: "Kimi K2.5 / Kimi-VL: convert the language model alone, skipping (and reporting) the vision tower and projector" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
@@ -167,8 +177,9 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .option("tp", { type: "number", default: 1, describe: "tensor-parallel degree (innermost mesh dim)" })
       .option("ep", { type: "number", default: 1, describe: "expert-parallel degree for MoE routed experts (TorchTitan's (efsdp, ep) mesh, efsdp = world / ep; see docs/expert-parallel.md)" })
       .option("ranks", { type: "string", describe: "write only these ranks' files, e.g. 0-3 (multi-machine); then run --finalize" })
-      .option("finalize", { type: "boolean", describe: "after all --ranks runs: check the rank files and write .metadata + manifest" })),
-    (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ep: a.ep as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined }))
+      .option("finalize", { type: "boolean", describe: "after all --ranks runs: check the rank files and write .metadata + manifest" })
+      .option("hf-names", { type: "boolean", describe: "with --format safetensors: HF names and row order per rank, for TorchTitan's initial_load_in_hf = true" })),
+    (a) => doConvert(a as Record<string, unknown>, { worldSize: a["world-size"] as number, tp: a.tp as number, ep: a.ep as number, ranks: a.ranks as string | undefined, finalize: a.finalize as boolean | undefined, hfNames: a["hf-names"] as boolean | undefined }))
     .command("verify <a> [b]", "re-hash an output against its ckpt-manifest.json, or compare two checkpoints (any format/layout) through the mapping", (y) => y
       .positional("a", { type: "string", demandOption: true, describe: "checkpoint (with one argument: an output of convert/shard)" })
       .positional("b", { type: "string", describe: "second checkpoint to compare element by element" })
@@ -200,7 +211,7 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       if (a.json) out(JSON.stringify(rows, null, 1));
       else out(formatBenchTable(rows));
     })
-    .demandCommand(1, "give a command: inspect, convert, shard, verify, demo, bench")
+    .demandCommand(1, "give a command: inspect, convert, shard, verify, lora, demo, bench")
     .strict()
     .version(VERSION)
     .help()

@@ -80,7 +80,7 @@ export function loraCommand(out: Out): CommandModule<object, object> {
         .positional("adapter", { type: "string", demandOption: true, describe: "PEFT folder (adapter_config.json + adapter_model.safetensors)" })
         .positional("out", { type: "string", demandOption: true, describe: "output folder (or a .safetensors file with --format safetensors)" })
         .option("base", { type: "string", demandOption: true, describe: "base model: HF folder, config.json, or repo id (heads / head_dim)" })
-        .option("format", { choices: ["dcp", "safetensors"] as const, default: "dcp" as const })
+        .option("format", { choices: ["dcp", "safetensors"] as const, default: "dcp" as const, describe: "output format" })
         .option("target", { type: "string", describe: "torchtitan@main (default) or torchtitan@0.2" })
         .option("force", { type: "boolean", describe: "replace an existing output" }),
       (a) => convertCmd(a as Args, out))

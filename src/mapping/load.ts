@@ -46,7 +46,7 @@ export function mappingByName(name: string): Mapping {
 
 /** The mapping whose `match` fits config.json's `architectures` (first) or `model_type`. */
 export function selectMapping(config: Record<string, unknown> | undefined, file = "config.json"): Mapping {
-  if (!config) throw new CkptError("CONFIG", "no config.json: cannot tell the architecture", { file, hint: "pass --config <hf-folder> or --arch" });
+  if (!config) throw new CkptError("CONFIG", "no config.json: cannot tell the architecture", { file, hint: "pass --config <hf-folder>" });
   const archs = Array.isArray(config.architectures) ? (config.architectures as unknown[]).map(String) : [];
   const modelType = typeof config.model_type === "string" ? config.model_type : undefined;
   const all = loadMappings();
@@ -86,13 +86,17 @@ export function resolveDims(mapping: Mapping, config: Record<string, unknown>, f
   return out;
 }
 
-/** Evaluates a shape expression: a dims name, an integer, or a product `a * b`. */
+/** Evaluates a shape expression: a dims name, an integer, a product `a * b`, or a sum of those (`2 * kd + vd`). */
 export function evalDimExpr(expr: string, dims: Record<string, number>): number | undefined {
-  let v = 1;
-  for (const part of expr.split("*").map((s) => s.trim())) {
-    if (/^\d+$/.test(part)) v *= Number(part);
-    else if (part in dims) v *= dims[part]!;
-    else return undefined;
+  let sum = 0;
+  for (const term of expr.split("+")) {
+    let v = 1;
+    for (const part of term.split("*").map((s) => s.trim())) {
+      if (/^\d+$/.test(part)) v *= Number(part);
+      else if (part in dims) v *= dims[part]!;
+      else return undefined;
+    }
+    sum += v;
   }
-  return v;
+  return sum;
 }

@@ -1,14 +1,22 @@
-// The shape of mappings/*.json, and a validator with errors that name the file and the field.
-// mappings/mapping.schema.json documents the same structure for editors; this validator is what runs.
+// The shape of mappings/*.json, and a validator with errors that name the file and the field. This file is the
+// schema's documentation: every field is described on the interfaces below and checked by validateMapping (there is
+// no separate JSON Schema file; a second description could only drift from the one that runs).
 import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
+import { parseCheck, type Requirement } from "./requirements.js";
 
 export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
 export type Target = (typeof TARGETS)[number];
 export const DEFAULT_TARGET: Target = "torchtitan@main";
 
-/** TP placement of the parameter (sharding.md §3): colwise/embedding Shard(0), rowwise Shard(1), norms Replicate. */
-export type TpPlacement = "shard0" | "shard1" | "replicate";
+/**
+ * TP placement of the parameter: `shardN` = Shard(N) of the TorchTitan tensor (stacked experts included), e.g.
+ * colwise/embedding Shard(0), rowwise Shard(1), norms Replicate (sharding.md §3); routed experts [E, …] under TP
+ * without EP: w1/w3 [E, F, D] colwise `shard1`, w2 [E, D, F] rowwise `shard2` (TorchTitan main moe_sharding.py
+ * expert_param_placement_dense). Routed experts under EP ignore it (they are on the sparse mesh, no TP).
+ */
+export const TP_PLACEMENTS = ["shard0", "shard1", "shard2", "replicate"] as const;
+export type TpPlacement = (typeof TP_PLACEMENTS)[number];
 
 /**
  * How an HF tensor's values become the TorchTitan tensor, beyond renaming: one op of a closed vocabulary, each
@@ -20,14 +28,60 @@ export type TpPlacement = "shard0" | "shard1" | "replicate";
  *   values per word, least significant nibble first, q = nibble − 8), `scale` the pattern of its BF16
  *   `weight_scale` [out, ceil(in/group)] and `shape` of its `weight_shape` (consumed); w = q · scale (issue 16). The
  *   group size and symmetry come from config.json's `quantization_config`, which must say so.
+ *
+ * Structural ops (issue 15) compose: `transform` may be a list of them, applied in order HF → TorchTitan, with at most
+ * one `split`/`chunk` (value ops — mxfp4, int4 — stand alone). Each has an exact inverse for `--to hf` and moves
+ * whole elements, so a rank's box reads only the source byte runs it needs (plan/runs.ts):
+ * - `split`: one HF tensor into several TorchTitan tensors along `dim` (0-based) with `sizes` (dims expressions that
+ *   must add up to the HF size); this rule's tensor is part `index`. Several rules share the `hf` name, one per part
+ *   (`in_proj_qkv` → `in_proj_q/k/v` by `[kd, kd, vd]`). Inverse: the parts concatenated along `dim`.
+ * - `chunk`: `split` into `chunks` equal parts (torch.chunk; the size must divide). Inverse: concatenation.
+ * - `transpose` after a split part: e.g. `gate_up_proj [E, D, 2F]` → chunk(dim 2, 2)[0] → transpose → `w1_EFD`.
  */
-export type Transform = { op: "mxfp4"; scales: string } | { op: "transpose" } | { op: "int4"; scale: string; shape: string };
+export type Transform =
+  | { op: "mxfp4"; scales: string }
+  | { op: "transpose" }
+  | { op: "int4"; scale: string; shape: string }
+  | { op: "split"; dim: number; sizes: string[]; index: number }
+  | { op: "chunk"; dim: number; chunks: number; index: number };
+
+/** The rule's transform as a list of steps (HF → TorchTitan order); empty without one. */
+export function transformSteps(rule: { transform?: Transform | Transform[] }): Transform[] {
+  const t = rule.transform;
+  return t === undefined ? [] : Array.isArray(t) ? t : [t];
+}
+
+/** The rule's value-decoding op (mxfp4 / int4), which never composes with others, if it has one. */
+export function valueOp<T extends Transform["op"]>(rule: { transform?: Transform | Transform[] }, op: T): Extract<Transform, { op: T }> | undefined {
+  const t = rule.transform;
+  return t && !Array.isArray(t) && t.op === op ? (t as Extract<Transform, { op: T }>) : undefined;
+}
+
+/** The split/chunk step of a rule, if any: this rule's tensor is one part of its HF tensor. */
+export function splitStep(rule: { transform?: Transform | Transform[] }): Extract<Transform, { op: "split" | "chunk" }> | undefined {
+  return transformSteps(rule).find((s): s is Extract<Transform, { op: "split" | "chunk" }> => s.op === "split" || s.op === "chunk");
+}
 
 const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string | undefined> = {
   mxfp4: (t) => (isStr(t.scales) && Object.keys(t).every((k) => k === "op" || k === "scales") ? undefined : "mxfp4 needs exactly `scales` (the HF pattern of the E8M0 scales)"),
   transpose: (t) => (Object.keys(t).every((k) => k === "op") ? undefined : "transpose takes no fields"),
   int4: (t) => (isStr(t.scale) && isStr(t.shape) && Object.keys(t).every((k) => k === "op" || k === "scale" || k === "shape") ? undefined : "int4 needs exactly `scale` and `shape` (the HF patterns of weight_scale and weight_shape)"),
+  split: (t) => (isDim(t.dim) && isStrArr(t.sizes) && t.sizes.length >= 2 && isIndex(t.index, t.sizes.length) && onlyKeys(t, ["dim", "sizes", "index"]) ? undefined
+    : "split needs exactly `dim` (an integer ≥ 0), `sizes` (two or more dims expressions) and `index` (this rule's part, < sizes.length)"),
+  chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && onlyKeys(t, ["dim", "chunks", "index"]) ? undefined
+    : "chunk needs exactly `dim` (an integer ≥ 0), `chunks` (an integer ≥ 2) and `index` (this rule's part, < chunks)"),
 };
+const isDim = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
+const isIndex = (v: unknown, n: number) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < n;
+const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).every((k) => k === "op" || keys.includes(k));
+const STRUCTURAL = new Set(["transpose", "split", "chunk"]);
+
+/**
+ * The `omit_option` names a synth rule may use. Each is the spelling of a negatable CLI flag (`--no-expert-bias`
+ * is yargs' `expert-bias = false`) that src/cli/main.ts declares; a mapping naming any other would describe a flag
+ * nobody can pass.
+ */
+export const OMIT_OPTIONS = ["no-expert-bias"] as const;
 
 export interface TensorRule {
   /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
@@ -46,13 +100,18 @@ export interface TensorRule {
   /** Present only in some layers (e.g. MoE vs dense): absence is not an error. */
   optional?: boolean;
   /** A TorchTitan tensor with no HF source, synthesised as zeros of this shape/dtype whenever `with` exists in the output. */
-  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: string };
+  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: (typeof OMIT_OPTIONS)[number] };
   /** Stacked expert tensors: which dims name holds the expert count. */
   experts?: string;
   /** Output dtype whatever --dtype asks (e.g. float32 buffers such as the MoE expert bias). */
   dtype?: CastableDType;
-  /** Value transform on the way HF → TorchTitan (and back). */
-  transform?: Transform;
+  /** Value transform on the way HF → TorchTitan (and back): one op, or a list of structural ops applied in order. */
+  transform?: Transform | Transform[];
+  /**
+   * The rule holds exactly in the layers whose config `layer_types[L]` is this value (Qwen3.5 `full_attention` vs
+   * `linear_attention`): expected there, refused elsewhere. Without `layer_types` in config.json it is optional.
+   */
+  layer_type?: string;
   /** Alternative HF layouts of one tensor share a group name: per layer exactly one of them must be present. */
   one_of?: string;
 }
@@ -78,8 +137,13 @@ export interface Mapping {
   prefixes?: { from: string; to: string }[];
   /** A nested config (e.g. `text_config` of a multimodal wrapper) whose fields override the top level for dims and checks. */
   nested_config?: string;
-  /** HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's `option`. */
-  towers?: { prefixes: string[]; why: string; option: "text-only" }[];
+  /**
+   * HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's
+   * `option`; a tower without `option` is always skipped and reported (e.g. MTP heads the target has no module for).
+   */
+  towers?: { prefixes: string[]; why: string; option?: "text-only" }[];
+  /** What config.json must satisfy for a target's model to express it (mapping/requirements.ts). */
+  requires?: Requirement<Target>[];
 }
 
 function fail(file: string, path: string, what: string): never {
@@ -92,7 +156,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "prefixes", "nested_config", "towers"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -111,7 +175,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
-  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of"]);
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;
     if (!r || typeof r !== "object") fail(file, p, "must be an object");
@@ -130,21 +194,32 @@ export function validateMapping(raw: unknown, file: string): Mapping {
       }
     } else fail(file, `${p}.tt`, "must be a string or an object keyed by target");
     if (rule.shape !== undefined && !isStrArr(rule.shape)) fail(file, `${p}.shape`, "must be a list of expressions");
-    if (rule.tp !== undefined && !["shard0", "shard1", "replicate"].includes(rule.tp as string)) fail(file, `${p}.tp`, "must be shard0, shard1 or replicate");
+    if (rule.tp !== undefined && !(TP_PLACEMENTS as readonly unknown[]).includes(rule.tp)) fail(file, `${p}.tp`, `must be one of ${TP_PLACEMENTS.join(", ")}`);
     if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
     if (rule.dtype !== undefined && (!isStr(rule.dtype) || !isDType(rule.dtype) || !isCastable(rule.dtype))) fail(file, `${p}.dtype`, "must be a float dtype code (F32, BF16, F16, F8_E4M3, F8_E5M2)");
     if (rule.experts !== undefined && (!isStr(rule.experts) || !(rule.experts in dims))) fail(file, `${p}.experts`, "must name a dims entry");
     if (rule.transform !== undefined) {
-      const t = rule.transform as Record<string, unknown>;
-      const check = t && typeof t === "object" ? TRANSFORMS[t.op as Transform["op"]] : undefined;
-      if (!check) fail(file, `${p}.transform`, `op must be one of ${Object.keys(TRANSFORMS).join(", ")}`);
-      const bad = check(t);
-      if (bad) fail(file, `${p}.transform`, bad);
+      const list = Array.isArray(rule.transform) ? (rule.transform as unknown[]) : [rule.transform];
+      if (list.length === 0) fail(file, `${p}.transform`, "an empty list: leave transform out");
+      list.forEach((x, j) => {
+        const at = Array.isArray(rule.transform) ? `${p}.transform[${j}]` : `${p}.transform`;
+        const t = x as Record<string, unknown>;
+        const check = t && typeof t === "object" ? TRANSFORMS[t.op as Transform["op"]] : undefined;
+        if (!check) fail(file, at, `op must be one of ${Object.keys(TRANSFORMS).join(", ")}`);
+        const bad = check(t);
+        if (bad) fail(file, at, bad);
+        if (list.length > 1 && !STRUCTURAL.has(t.op as string)) fail(file, at, `${t.op as string} does not compose: only ${[...STRUCTURAL].join(", ")} may form a list`);
+        if (t.op === "split") for (const e of t.sizes as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.sizes`, `unknown dims name '${n}'`);
+      });
+      if (list.filter((x) => ["split", "chunk"].includes((x as { op?: string }).op ?? "")).length > 1) fail(file, `${p}.transform`, "at most one split or chunk per rule");
+      if (list.filter((x) => (x as { op?: string }).op === "transpose").length > 1) fail(file, `${p}.transform`, "at most one transpose per rule");
     }
+    if (rule.layer_type !== undefined && !isStr(rule.layer_type)) fail(file, `${p}.layer_type`, "must be a layer_types value (e.g. full_attention)");
     if (rule.one_of !== undefined && !isStr(rule.one_of)) fail(file, `${p}.one_of`, "must be a group name");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
+      if (s.omit_option !== undefined && !(OMIT_OPTIONS as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the CLI's omit flags: ${OMIT_OPTIONS.join(", ")}`);
     }
     for (const f of ["rope", "shape"] as const) {
       const names = f === "rope" ? [(rule.rope as { heads?: string } | undefined)?.heads] : [];
@@ -153,12 +228,38 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   });
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && x.option === "text-only"))) fail(file, "$.towers", "must be a list of { prefixes, why, option: text-only }");
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || x.option === "text-only")))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only }");
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
     if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
   }
+  if (m.requires !== undefined) validateRequires(m.requires, m.tensors as Record<string, unknown>[], dims, m.targets as string[], file);
   return m as unknown as Mapping;
+}
+
+function validateRequires(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, targets: string[], file: string): void {
+  if (!Array.isArray(raw)) fail(file, "$.requires", "must be a list");
+  const keys = new Set(["targets", "check", "field", "tensor", "why", "hint", "severity"]);
+  const hfNames = new Set(tensors.map((t) => t.hf).filter(isStr));
+  raw.forEach((r: unknown, i: number) => {
+    const p = `$.requires[${i}]`;
+    if (!r || typeof r !== "object" || Array.isArray(r)) fail(file, p, "must be an object");
+    const req = r as Record<string, unknown>;
+    for (const k of Object.keys(req)) if (!keys.has(k)) fail(file, `${p}.${k}`, "unknown field");
+    for (const k of ["check", "field", "tensor", "why"]) if (!isStr(req[k])) fail(file, `${p}.${k}`, "must be a non-empty string");
+    if (req.hint !== undefined && !isStr(req.hint)) fail(file, `${p}.hint`, "must be a string");
+    if (req.severity !== undefined && req.severity !== "refuse" && req.severity !== "warn") fail(file, `${p}.severity`, "must be refuse or warn");
+    if (req.targets !== undefined && (!isStrArr(req.targets) || !req.targets.every((t) => targets.includes(t)))) fail(file, `${p}.targets`, `must list targets of this mapping (${targets.join(", ")})`);
+    // the error names the tensor by its target name, found through the rule with this HF name
+    if (!hfNames.has(req.tensor as string)) fail(file, `${p}.tensor`, "must be the hf name of a tensors[] rule");
+    let parsed;
+    try {
+      parsed = parseCheck(req.check as string);
+    } catch (e) {
+      fail(file, `${p}.check`, (e as Error).message);
+    }
+    if (parsed.kind === "compare") for (const n of parsed.names) if (!(n in dims)) fail(file, `${p}.check`, `unknown dims name '${n}'`);
+  });
 }

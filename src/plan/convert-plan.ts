@@ -5,8 +5,9 @@ import { isCastable, type CastableDType, type DType, DTYPE_ALIASES } from "../dt
 import type { CatalogTensor } from "../catalog-types.js";
 import { evalDimExpr, resolveDims } from "../mapping/load.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
-import type { Mapping, Target, TensorRule } from "../mapping/schema.js";
-import { TARGETS } from "../mapping/schema.js";
+import { failedCheck, parseCheck } from "../mapping/requirements.js";
+import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
+import { splitStep, TARGETS, transformSteps, valueOp } from "../mapping/schema.js";
 import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
@@ -45,11 +46,16 @@ export interface PlanOptions {
   target?: Target;
   dtype?: DTypeChoice;
   allowUnmapped?: boolean;
-  /** Names of synth rules' omit_option flags the user set (e.g. "no-expert-bias"). */
+  /** Synth rules' omit_option names the user set (e.g. "no-expert-bias" for --no-expert-bias): those tensors are left out. */
   omit?: string[];
   configFile?: string;
   /** Opt-in conversions: "mtp" (--mtp: DeepSeek MTP layers → mtp_layers), "text-only" (--text-only: skip towers the target cannot take). */
   features?: ("mtp" | "text-only")[];
+  /**
+   * What to do with a config the target cannot express (the mapping's `requires`): "refuse" (default) before
+   * writing anything; "warn" for verify, which compares checkpoints that already exist.
+   */
+  targetChecks?: "refuse" | "warn";
 }
 
 export interface CatalogLike {
@@ -81,7 +87,9 @@ function ttPattern(rule: TensorRule, target: Target): string | undefined {
 }
 
 function policyOf(rule: TensorRule, target: Target): ShardPolicy {
-  return { tp: rule.tp ?? "replicate", fullChunk: rule.full_chunk?.includes(target) ?? false, experts: rule.experts !== undefined };
+  const experts = rule.experts !== undefined;
+  // torchtitan@main without EP picks FSDP Shard(1) for experts by the dense storage mesh, dp_shard · tp (fsdp.py)
+  return { tp: rule.tp ?? "replicate", fullChunk: rule.full_chunk?.includes(target) ?? false, experts, ...(experts && target === "torchtitan@main" ? { expertsShard1Mesh: "dp_shard_tp" as const } : {}) };
 }
 
 const FLOAT_KEEP_DEFAULT: CastableDType = "BF16";
@@ -122,6 +130,27 @@ function checkShape(rule: TensorRule, name: string, shape: number[], dims: Recor
   if (expect.length !== shape.length || expect.some((v, i) => v !== shape[i])) {
     throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: shape [${shape}] but config implies [${expect}] (${rule.shape.join(", ")})`, { file, tensor: name });
   }
+}
+
+/**
+ * The mapping's `requires` for this target: refuses a config the target's model cannot express (before anything is
+ * written, so no output folder appears), and returns the warnings of the `warn` ones.
+ */
+function checkTargetRequirements(mapping: Mapping, config: Record<string, unknown>, dims: Record<string, number>, target: Target, file: string, mode: PlanOptions["targetChecks"]): string[] {
+  const warnings: string[] = [];
+  for (const req of mapping.requires ?? []) {
+    if (req.targets && !req.targets.includes(target)) continue;
+    const failed = failedCheck(parseCheck(req.check), config, dims);
+    if (!failed) continue;
+    const rule = mapping.tensors.find((r) => r.hf === req.tensor);
+    const tensor = fillPattern((rule && ttPattern(rule, target)) ?? req.tensor, { L: 0, E: 0 });
+    if (req.severity === "warn" || mode === "warn") {
+      warnings.push(`${target} ${mapping.architecture}: config ${failed.found}: ${req.why} (${tensor})${req.hint ? `; ${req.hint}` : ""}`);
+      continue;
+    }
+    throw new CkptError("UNSUPPORTED", `${target} ${mapping.architecture} cannot express config field ${req.field}: ${failed.found} (it needs ${failed.needs}); ${req.why}`, { file, tensor, hint: req.hint });
+  }
+  return warnings;
 }
 
 interface CompiledRule {
@@ -173,6 +202,7 @@ export function sideOf(mapping: Mapping, names: string[], target: Target): "hf" 
 function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
   const rules = compileRules(opts.mapping, opts.target);
   const dims = resolveDims(opts.mapping, opts.config, opts.configFile ?? "config.json");
+  const warnings = checkTargetRequirements(opts.mapping, opts.config, dims, opts.target, opts.configFile ?? "config.json", opts.targetChecks);
   const tensors: TensorPlan[] = [];
   const unmapped: string[] = [];
   const skipped: { name: string; why: string }[] = [];
@@ -188,7 +218,7 @@ function planReshard(catalog: CatalogLike, opts: PlanOptions & { target: Target 
   if (unmapped.length && !opts.allowUnmapped) {
     throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${opts.mapping.architecture} ${opts.target} name: ${unmapped.slice(0, 8).join(", ")}`, { hint: "check --target, or pass --allow-unmapped" });
   }
-  return finish({ direction: "tt_to_tt", mapping: opts.mapping.architecture, target: opts.target, tensors, unmapped, skipped, warnings: [], dims }, catalog);
+  return finish({ direction: "tt_to_tt", mapping: opts.mapping.architecture, target: opts.target, tensors, unmapped, skipped, warnings, dims }, catalog);
 }
 
 function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
@@ -198,13 +228,18 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   const view = sourceView(mapping, source, opts.features);
   const catalog: CatalogLike = { tensors: view.tensors };
   const dims = resolveDims(mapping, config, file);
+  const warnings = checkTargetRequirements(mapping, config, dims, target, file, opts.targetChecks);
+  // towers the target has no module for are skipped whatever the options: said out loud, never silently
+  for (const tw of mapping.towers ?? []) {
+    const names = tw.option ? [] : view.skipped.filter((x) => x.why === tw.why).map((x) => x.name);
+    if (names.length) warnings.push(`skipping ${names.length} tensor(s) (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${tw.why}`);
+  }
   const rules = compileRules(mapping, target);
   const dtypeChoice = opts.dtype ?? "keep";
   const scaleSuffix = mapping.dequant?.scale_suffix;
   const tensors: TensorPlan[] = [];
   const unmapped: string[] = [];
   const skipped: { name: string; why: string }[] = [...view.skipped];
-  const warnings: string[] = [];
   const stacks = new Map<string, { rule: TensorRule; members: Map<number, string>; vals: Map<string, Record<string, number>> }>();
   let int4Outputs = 0;
   const produced = new Set<string>();
@@ -263,7 +298,13 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     const extra = hit.vals.L !== undefined ? extraLayer(mapping, target, hit.vals.L, dims, opts.features ?? []) : undefined;
     if (extra && "skip" in extra) { skipped.push({ name, why: extra.skip }); continue; }
     if (!hit.r.tt) { skipped.push({ name, why: extra ? (mapping.extra_layers?.shared_note ?? `no ${target} counterpart`) : `no ${target} counterpart` }); continue; }
-    const ttOf = (vals: Record<string, number>) => (extra ? extra.rename(fillPattern(hit!.r.tt!.source, vals)) : fillPattern(hit!.r.tt!.source, vals));
+    checkLayerType(rule, name, hit.vals, config, file);
+    const ttOf = (vals: Record<string, number>, r: CompiledRule = hit!.r) => (extra ? extra.rename(fillPattern(r.tt!.source, vals)) : fillPattern(r.tt!.source, vals));
+    if (splitStep(rule)) {
+      // every part of a split HF tensor is its own TorchTitan tensor: one rule per part, all naming this HF tensor
+      for (const r of rules) if (r.rule.hf === rule.hf && r.tt && splitStep(r.rule)) emit(r.rule, ttOf(hit.vals, r), name, hit.vals);
+      continue;
+    }
     if (rule.experts && hit.r.hf!.keys.includes("E")) {
       const key = ttOf(hit.vals);
       let g = stacks.get(key);
@@ -339,15 +380,36 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
 
   // Every expected HF tensor must be there.
   const missing: string[] = [];
+  const layerTypes = Array.isArray(config.layer_types) ? (config.layer_types as unknown[]) : undefined;
+  const inLayer = (r: TensorRule) => (name: string) => {
+    if (!r.layer_type) return true;
+    const L = /\.(\d+)\./.exec(name);
+    return L !== null && layerTypes?.[Number(L[1])] === r.layer_type;
+  };
   for (const r of rules) {
     if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth || r.rule.one_of) continue;
+    if (r.rule.layer_type && !layerTypes) continue; // no layer_types in config.json: which layers hold it is unknown
     if (mapping.tied && r.rule.hf === mapping.tied.hf && tiedFlag) continue;
-    for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts)) if (!catalog.tensors.has(name)) missing.push(name);
+    for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts).filter(inLayer(r.rule))) if (!catalog.tensors.has(name)) missing.push(name);
   }
-  // Alternative layouts of one tensor (`one_of`): each position needs one of them.
+  // Alternative layouts of one tensor (`one_of`), layer by layer: one of them complete (per-expert tensors or one
+  // fused tensor). A group of optional rules may be absent from a layer altogether (a dense layer), never partial.
   for (const group of new Set(rules.map((r) => r.rule.one_of).filter((g): g is string => g !== undefined))) {
-    const lists = rules.filter((r) => r.rule.one_of === group && r.hf).map((r) => expandExpected(r.rule.hf!, dims, r.rule.experts));
-    lists[0]?.forEach((_, i) => { if (!lists.some((l) => catalog.tensors.has(l[i]!))) missing.push(lists.map((l) => l[i]).join(" or ")); });
+    const alts = rules.filter((r) => r.rule.one_of === group && r.hf && !(r.rule.layer_type && !layerTypes));
+    const optional = alts.every((r) => r.rule.optional);
+    const byLayer = (names: string[]) => {
+      const m = new Map<string, string[]>();
+      for (const n of names) { const k = /\.(\d+)\./.exec(n)?.[1] ?? ""; m.set(k, [...(m.get(k) ?? []), n]); }
+      return m;
+    };
+    const lists = alts.map((r) => byLayer(expandExpected(r.rule.hf!, dims, r.rule.experts).filter(inLayer(r.rule))));
+    const layerKeys = new Set(lists.flatMap((l) => [...l.keys()]));
+    for (const k of layerKeys) {
+      const per = lists.map((l) => l.get(k) ?? []);
+      if (per.some((names) => names.length > 0 && names.every((n) => catalog.tensors.has(n)))) continue;
+      if (optional && per.every((names) => names.every((n) => !catalog.tensors.has(n)))) continue;
+      missing.push(per.map((names) => (names.length > 1 ? `${names[0]} … (${names.length})` : names[0])).join(" or "));
+    }
   }
   if (missing.length) {
     throw new CkptError("MISSING_TENSOR", `${missing.length} expected tensor(s) missing from the source: ${missing.slice(0, 8).join(", ")}${missing.length > 8 ? ", …" : ""}`, {
@@ -372,10 +434,11 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
 function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<string> {
   const out = new Set<string>();
   for (const r of rules) {
-    if (r.rule.transform?.op !== "mxfp4" || !r.hf) continue;
+    const t = valueOp(r.rule, "mxfp4");
+    if (!t || !r.hf) continue;
     for (const name of catalog.tensors.keys()) {
       const vals = matchPattern(r.hf, name);
-      if (vals) out.add(fillPattern(r.rule.transform.scales, vals));
+      if (vals) out.add(fillPattern(t.scales, vals));
     }
   }
   return out;
@@ -388,13 +451,14 @@ function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<strin
 function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean },
   ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
   { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType } {
-  const t = rule.transform!;
   const src = catalog.tensors.get(name)!;
-  switch (t.op) {
-    case "int4":
-      if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
-      return int4Leaf(rule, name, vals, catalog, ctx.dims, ctx.config, ctx.file, ctx.stored.get(name) ?? name);
-    case "mxfp4": {
+  if (valueOp(rule, "int4")) {
+    if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
+    return int4Leaf(rule, name, vals, catalog, ctx.dims, ctx.config, ctx.file, ctx.stored.get(name) ?? name);
+  }
+  const t = valueOp(rule, "mxfp4");
+  if (t) {
+    {
       const scales = fillPattern(t.scales, vals);
       const s = catalog.tensors.get(scales);
       if (src.dtype !== "U8" || src.shape.length < 3 || src.shape[src.shape.length - 1] !== 16) {
@@ -406,13 +470,58 @@ function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, nu
       const shape = [...src.shape.slice(0, -2), src.shape[src.shape.length - 2]! * 32];
       return { recipe: { op: "mxfp4", blocks: name, scales }, dequantized: true, hfShape: shape, shape };
     }
-    case "transpose": {
-      const inner = plain();
-      if (inner.recipe.op !== "source" || src.shape.length < 2) throw new CkptError("SHAPE", `transpose needs a stored tensor of 2 or more dims, got [${src.shape}]`, { tensor: name });
-      const shape = [...src.shape];
+  }
+  // structural steps (transpose, split, chunk), in order: whole elements move, nothing is computed
+  const inner = plain();
+  if (inner.recipe.op !== "source") throw new CkptError("SHAPE", `${transformSteps(rule).map((x) => x.op).join(" + ")} applies to a stored tensor, not to ${inner.recipe.op}`, { tensor: name });
+  let recipe: Recipe = inner.recipe;
+  const shape = [...src.shape];
+  for (const step of transformSteps(rule)) {
+    if (step.op === "transpose") {
+      if (shape.length < 2) throw new CkptError("SHAPE", `transpose needs a stored tensor of 2 or more dims, got [${src.shape}]`, { tensor: name });
       [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
-      return { recipe: { op: "transpose", input: inner.recipe }, dequantized: false, hfShape: [...src.shape], shape };
+      recipe = { op: "transpose", input: recipe };
+      continue;
     }
+    if (step.op !== "split" && step.op !== "chunk") throw new CkptError("INTERNAL", `${step.op} in a transform list`);
+    const part = splitPart(step, shape, ctx?.dims ?? {}, name);
+    recipe = { op: "slice", dim: step.dim, start: part.start, size: part.size, input: recipe };
+    shape[step.dim] = part.size;
+  }
+  return { recipe, dequantized: false, hfShape: [...src.shape], shape };
+}
+
+/** Sizes of the parts a split/chunk step cuts `shape[dim]` into (dims expressions evaluated; they must add up). */
+function splitSizes(step: Extract<Transform, { op: "split" | "chunk" }>, shape: number[], dims: Record<string, number>, tensor: string): number[] {
+  const total = shape[step.dim];
+  if (total === undefined) throw new CkptError("SHAPE", `${step.op} along dim ${step.dim} of a ${shape.length}-D tensor [${shape}]`, { tensor });
+  if (step.op === "chunk") {
+    if (total % step.chunks !== 0) throw new CkptError("SHAPE", `chunk into ${step.chunks} along dim ${step.dim}: ${total} does not divide`, { tensor });
+    return Array<number>(step.chunks).fill(total / step.chunks);
+  }
+  const sizes = step.sizes.map((e) => {
+    const v = evalDimExpr(e, dims);
+    if (v === undefined) throw new CkptError("CONFIG", `cannot size the split of ${tensor}: config lacks a dim of '${e}'`, { tensor });
+    return v;
+  });
+  const sum = sizes.reduce((a, b) => a + b, 0);
+  if (sum !== total) {
+    throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: dim ${step.dim} is ${total}, but the split [${step.sizes.join(", ")}] = [${sizes.join(", ")}] adds up to ${sum}`, { tensor });
+  }
+  return sizes;
+}
+
+function splitPart(step: Extract<Transform, { op: "split" | "chunk" }>, shape: number[], dims: Record<string, number>, tensor: string): { start: number; size: number } {
+  const sizes = splitSizes(step, shape, dims, tensor);
+  return { start: sizes.slice(0, step.index).reduce((a, b) => a + b, 0), size: sizes[step.index]! };
+}
+
+/** A tensor of a rule with `layer_type` found in a layer of another type (config `layer_types`): refused. */
+function checkLayerType(rule: TensorRule, name: string, vals: Record<string, number>, config: Record<string, unknown>, file: string): void {
+  if (!rule.layer_type || vals.L === undefined || !Array.isArray(config.layer_types)) return;
+  const t = (config.layer_types as unknown[])[vals.L];
+  if (t !== rule.layer_type) {
+    throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: it belongs to a ${rule.layer_type} layer, but layer_types[${vals.L}] is ${JSON.stringify(t ?? null)}`, { tensor: name, file });
   }
 }
 
@@ -458,6 +567,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   const skipped: { name: string; why: string }[] = [];
   const warnings: string[] = [];
   const tiedFlag = mapping.tied && config[mapping.tied.flag] === true;
+  const parts = new Map<string, SplitGroup>();
 
   for (const stored of [...catalog.tensors.keys()].sort(naturalCompare)) {
     const norm = normalizeTtName(stored);
@@ -465,7 +575,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
       // MXFP4 rules describe the packed HF layout; --to hf writes the decoded one (the rule's `transpose` sibling)
-      if (!r.tt || r.rule.drop || r.rule.transform?.op === "mxfp4" || r.rule.transform?.op === "int4") continue;
+      if (!r.tt || r.rule.drop || valueOp(r.rule, "mxfp4") || valueOp(r.rule, "int4")) continue;
       const vals = matchPattern(r.tt, mainStackName(mapping, target, norm.name, dims));
       if (vals) { hit = { r, vals }; break; }
     }
@@ -485,7 +595,16 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       continue;
     }
     const hfName = fillPattern(rule.hf, hit.vals);
-    if (rule.transform?.op === "transpose") {
+    const split = splitStep(rule);
+    if (split) {
+      // one part of a split HF tensor: gathered, and concatenated once all parts are known
+      let g = parts.get(hfName);
+      if (!g) parts.set(hfName, (g = { rule, step: split, members: new Map() }));
+      if (g.rule.hf !== rule.hf || g.step.dim !== split.dim) throw new CkptError("MAPPING", `${hfName}: split parts disagree on their HF tensor or dim`, { tensor: stored });
+      g.members.set(split.index, { stored, rule, tt: fillPattern(hit.r.tt!.source, hit.vals) });
+      continue;
+    }
+    if (transformSteps(rule).length === 1 && transformSteps(rule)[0]!.op === "transpose") {
       const shape = [...src.shape];
       if (shape.length < 2) throw new CkptError("SHAPE", `transpose needs 2 or more dims, got [${shape}]`, { tensor: stored });
       [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
@@ -501,6 +620,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     }
     tensors.push({ name: hfName, dtype, shape: [...src.shape], recipe, policy: { tp: "replicate" } });
   }
+  for (const [hfName, g] of parts) tensors.push(concatParts(hfName, g, catalog, mapping, target, dims, dtypeChoice, config, file));
   if (unmapped.length && !opts.allowUnmapped) {
     throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${mapping.architecture} ${target} name: ${unmapped.slice(0, 8).join(", ")}${unmapped.length > 8 ? ", …" : ""}`, {
       hint: "check --target, or pass --allow-unmapped",
@@ -508,4 +628,61 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   }
   if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
   return finish({ direction: "tt_to_hf", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+}
+
+interface SplitGroup {
+  rule: TensorRule;
+  step: Extract<Transform, { op: "split" | "chunk" }>;
+  members: Map<number, { stored: string; rule: TensorRule; tt: string }>;
+}
+
+/**
+ * The inverse of a split/chunk (--to hf): each TorchTitan part with the steps after the split undone (a transpose
+ * transposed back), concatenated along the split dim, then the steps before the split undone. Every part must be there.
+ */
+function concatParts(hfName: string, g: SplitGroup, catalog: CatalogLike, mapping: Mapping, target: Target, dims: Record<string, number>,
+  dtypeChoice: DTypeChoice, config: Record<string, unknown>, file: string): TensorPlan {
+  const count = g.step.op === "chunk" ? g.step.chunks : g.step.sizes.length;
+  const siblings = mapping.tensors.filter((r) => r.hf === g.rule.hf && splitStep(r));
+  const inputs: Recipe[] = [];
+  const sizes: number[] = [];
+  let shape: number[] | undefined;
+  let dtype: DType | undefined;
+  for (let i = 0; i < count; i++) {
+    const m = g.members.get(i);
+    if (!m) {
+      const r = siblings.find((x) => splitStep(x)!.index === i);
+      const want = r ? ttPattern(r, target) : undefined;
+      throw new CkptError("MISSING_TENSOR", `${hfName} is the concatenation of ${count} parts; part ${i}${want ? ` (${want})` : ""} is missing from the checkpoint`, { tensor: hfName });
+    }
+    const steps = transformSteps(m.rule);
+    const at = steps.findIndex((x) => x.op === "split" || x.op === "chunk");
+    const src = catalog.tensors.get(m.stored)!;
+    let recipe: Recipe = { op: "source", tensor: m.stored };
+    const s = [...src.shape];
+    const swap = () => ([s[s.length - 2], s[s.length - 1]] = [s[s.length - 1]!, s[s.length - 2]!]);
+    for (const step of steps.slice(at + 1).reverse()) if (step.op === "transpose") { recipe = { op: "transpose", input: recipe }; swap(); }
+    const d = ruleDType(m.rule, dtypeChoice, src.dtype, false, config);
+    if (dtype !== undefined && d !== dtype) throw new CkptError("DTYPE", `parts of ${hfName} differ in dtype: ${m.stored} is ${d}, part 0 is ${dtype}`, { tensor: m.stored });
+    dtype = d;
+    if (shape && (s.length !== shape.length || s.some((v, j) => j !== g.step.dim && v !== shape![j]))) {
+      throw new CkptError("SHAPE", `parts of ${hfName} do not line up along dim ${g.step.dim}: ${m.stored} is [${s}], part 0 [${shape}]`, { tensor: m.stored });
+    }
+    shape ??= [...s];
+    inputs.push(recipe);
+    sizes.push(s[g.step.dim]!);
+  }
+  const out = [...shape!];
+  out[g.step.dim] = sizes.reduce((a, b) => a + b, 0);
+  let recipe: Recipe = { op: "concat", dim: g.step.dim, sizes, inputs };
+  // the sizes the mapping names must be the sizes found (a checkpoint from another config is refused, not glued)
+  const expect = splitSizes(g.step, out, dims, hfName);
+  if (expect.some((v, i) => v !== sizes[i])) throw new CkptError("CONFIG", `parts of ${hfName} have sizes [${sizes}] along dim ${g.step.dim}, config implies [${expect}]`, { tensor: hfName, file });
+  const at = transformSteps(g.rule).findIndex((x) => x.op === "split" || x.op === "chunk");
+  for (const step of transformSteps(g.rule).slice(0, at).reverse()) if (step.op === "transpose") {
+    recipe = { op: "transpose", input: recipe };
+    [out[out.length - 2], out[out.length - 1]] = [out[out.length - 1]!, out[out.length - 2]!];
+  }
+  checkShape(g.rule, hfName, out, dims, file);
+  return { name: hfName, dtype: dtype!, shape: out, recipe, policy: { tp: "replicate" } };
 }

@@ -20,7 +20,7 @@ async function check(env: TorchEnv, py: string, args: Record<string, unknown>): 
 
 const EVEN = { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, ffn: 128, vocab: 256, layers: 2, seed: 41 };
 // rows not divisible by 3, 5 or 8: vocab 250, ffn 100; k/v have 16 rows (5 ranks → 4,4,4,4,0: an empty shard)
-const UNEVEN = { hidden: 48, heads: 4, kvHeads: 2, headDim: 8, ffn: 100, vocab: 250, layers: 2, seed: 42 };
+const UNEVEN = { hidden: 48, heads: 4, kvHeads: 2, headDim: 12, ffn: 100, vocab: 250, layers: 2, seed: 42 };
 
 for (const env of availableSuites()) {
   const newest = env.suite === "sid";

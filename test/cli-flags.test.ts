@@ -1,0 +1,258 @@
+// The command line as users meet it, run through the built CLI (bin/ckpt.js) as a child process:
+// - every option a command's --help lists is accepted (strict mode would say "Unknown argument") and described;
+// - every negatable flag (--no-X: a boolean defaulting to true, or a --no-X the help text mentions) parses and has
+//   its effect, each checked by an entry in NEGATED below, so a new one cannot ship untested;
+// - the README's command summary names only commands and flags that exist.
+// An option declared as `no-expert-bias` once showed in --help yet failed with "Unknown arguments: expert-bias,
+// expertBias" (yargs reads --no-X as X = false): that is the class of bug this file exists for.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { writeTinyLlama } from "../src/fixtures/tiny-llama.js";
+import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const CLI = join(ROOT, "bin", "ckpt.js");
+const tmp = mkdtempSync(join(tmpdir(), "ckpt-cli-flags-"));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+interface Run { status: number | null; stdout: string; stderr: string }
+
+function cli(args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CKPT_NATIVE: process.env.CKPT_NATIVE ?? "" } });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+/** Runs jobs a few at a time: each CLI start costs ~0.4 s, and there are dozens of probes. */
+async function pool<T, R>(items: T[], width: number, job: (x: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all([...Array(Math.min(width, items.length))].map(async () => {
+    while (next < items.length) { const i = next++; out[i] = await job(items[i]!); }
+  }));
+  return out;
+}
+
+const MISSING = join(tmp, "does-not-exist");
+/** Every command, with arguments that make it parse and then fail fast (or, for demo, run into tmp). */
+const COMMANDS: { path: string[]; args: string[] }[] = [
+  { path: ["inspect"], args: [MISSING] },
+  { path: ["convert"], args: [MISSING, join(tmp, "probe-out")] },
+  { path: ["shard"], args: [MISSING, join(tmp, "probe-out"), "--world-size", "2"] },
+  { path: ["verify"], args: [MISSING] },
+  { path: ["lora", "convert"], args: [MISSING, join(tmp, "probe-out"), "--base", MISSING] },
+  { path: ["lora", "export"], args: [MISSING, join(tmp, "probe-out")] },
+  { path: ["lora", "merge"], args: [MISSING, MISSING, join(tmp, "probe-out")] },
+  { path: ["demo"], args: ["--out", join(tmp, "demo")] },
+  { path: ["bench"], args: ["kernels"] },
+];
+const GLOBAL = new Set(["json", "debug", "quiet", "version", "help"]);
+/** yargs' own messages for arguments it could not parse. */
+const PARSE_FAILURE = /Unknown argument|Invalid values|Not enough non-option arguments|Missing required argument|Too many non-option arguments/;
+
+interface HelpOption { name: string; text: string; description: string }
+
+/** The options of a --help page: name, the whole entry (annotations included) and the description alone. */
+function helpOptions(help: string): HelpOption[] {
+  const section = help.split(/^Options:$/m)[1] ?? "";
+  const entries: { name: string; lines: string[] }[] = [];
+  for (const line of section.split("\n")) {
+    const m = /^ {2}--([a-z0-9-]+)(.*)$/.exec(line);
+    if (m) entries.push({ name: m[1]!, lines: [m[2]!] });
+    else if (line.trim() && entries.length) entries.at(-1)!.lines.push(line);
+  }
+  return entries.map((e) => {
+    const text = e.lines.join(" ").replace(/\s+/g, " ").trim();
+    return { name: e.name, text, description: text.replace(/\[[^\]]*\]/g, "").trim() };
+  });
+}
+
+/** The flags a help page makes negatable: booleans that default to true, and any --no-X its text mentions. */
+function negatable(help: string, opts: HelpOption[]): string[] {
+  const fromDefaults = opts.filter((o) => /\[boolean\]/.test(o.text) && /\[default: true\]/.test(o.text)).map((o) => o.name);
+  const mentioned = [...help.matchAll(/--no-([a-z0-9-]+)/g)].map((m) => m[1]!);
+  return [...new Set([...fromDefaults, ...mentioned])].sort();
+}
+
+/** A value of the option's type, so the probe tests the option's name, not its value. */
+function probeArgs(o: HelpOption): string[] {
+  if (/\[boolean\]/.test(o.text)) return [`--${o.name}`];
+  const choice = /\[choices: "([^"]+)"/.exec(o.text);
+  if (choice) return [`--${o.name}`, choice[1]!];
+  return [`--${o.name}`, "1"];
+}
+
+const helps = new Map<string, { help: string; options: HelpOption[] }>();
+let rootHelp = "";
+
+before(async () => {
+  rootHelp = (await cli(["--help"])).stdout;
+  const pages = await pool(COMMANDS, 4, (c) => cli([...c.path, "--help"]));
+  COMMANDS.forEach((c, i) => {
+    const r = pages[i]!;
+    assert.equal(r.status, 0, `${c.path.join(" ")} --help: ${r.stderr}`);
+    helps.set(c.path.join(" "), { help: r.stdout, options: helpOptions(r.stdout) });
+  });
+});
+
+describe("--help lists what each command accepts", () => {
+  test("the root help lists every command, and the no-command message names them all", async () => {
+    const listed = [...rootHelp.matchAll(/^ {2}ckpt ([a-z]+)/gm)].map((m) => m[1]!);
+    assert.deepEqual([...new Set(listed)].sort(), [...new Set(COMMANDS.map((c) => c.path[0]!))].sort());
+    const none = await cli([]);
+    assert.equal(none.status, 1);
+    for (const c of listed) assert.match(none.stderr, new RegExp(`give a command:.*\\b${c}\\b`), `'${c}' missing from: ${none.stderr}`);
+  });
+
+  test("every listed option has a description", () => {
+    for (const [cmd, { options }] of helps) {
+      assert.ok(options.length >= GLOBAL.size, `${cmd}: parsed ${options.length} options from its help`);
+      for (const o of options) assert.ok(o.description.length > 0, `${cmd} --${o.name} has no description in --help`);
+    }
+  });
+
+  test("every listed option parses (no 'Unknown argument'), with a value of its type", async () => {
+    const probes = COMMANDS.flatMap((c) => {
+      const given = new Set(c.args.filter((a) => a.startsWith("--")).map((a) => a.slice(2)));
+      return helps.get(c.path.join(" "))!.options
+        .filter((o) => !GLOBAL.has(o.name) && !given.has(o.name))
+        .map((o) => ({ c, o, args: [...c.path, ...c.args, ...probeArgs(o), "--quiet"] }));
+    });
+    // globals once, on a command that fails fast
+    for (const g of ["json", "debug", "quiet"]) probes.push({ c: COMMANDS[0]!, o: { name: g, text: "[boolean]", description: "" }, args: ["inspect", MISSING, `--${g}`] });
+    assert.ok(probes.length > 40, `only ${probes.length} probes: did the help parsing break?`);
+    const runs = await pool(probes, 4, (p) => cli(p.args));
+    probes.forEach((p, i) => {
+      const r = runs[i]!;
+      assert.doesNotMatch(r.stderr, PARSE_FAILURE, `${p.args.join(" ")}: ${r.stderr}`);
+    });
+  });
+
+  test("an option a command does not declare is refused (strict parsing), naming it", async () => {
+    for (const c of COMMANDS.filter((x) => x.path[0] !== "demo" && x.path[0] !== "bench")) {
+      const r = await cli([...c.path, ...c.args, "--bogus-option"]);
+      assert.equal(r.status, 1, c.path.join(" "));
+      assert.match(r.stderr, /Unknown argument.*bogus-option/, `${c.path.join(" ")}: ${r.stderr}`);
+    }
+  });
+
+  test("the README's command summary names only commands and flags that exist", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const block = /## Commands\s+```bash\n([\s\S]*?)```/.exec(readme)?.[1];
+    assert.ok(block, "README has a ## Commands bash block");
+    const byCommand = new Map<string, string[]>();
+    let current = "";
+    for (const line of block.split("\n")) {
+      const m = /^ckpt\s+([a-z]+)/.exec(line);
+      if (m) current = m[1]!;
+      else if (!/^\s/.test(line)) continue;
+      const flags = [...line.replace(/#.*$/, "").matchAll(/--([a-z0-9-]+)/g)].map((f) => f[1]!);
+      byCommand.set(current, [...(byCommand.get(current) ?? []), ...flags]);
+    }
+    assert.deepEqual([...byCommand.keys()].sort(), [...new Set(COMMANDS.map((c) => c.path[0]!))].sort());
+    for (const [cmd, flags] of byCommand) {
+      // `ckpt lora …` stands for its subcommands
+      const pages = COMMANDS.filter((c) => c.path[0] === cmd).map((c) => helps.get(c.path.join(" "))!);
+      const accepted = new Set(pages.flatMap((p) => [...p.options.map((o) => o.name), ...negatable(p.help, p.options).map((n) => `no-${n}`)]));
+      for (const f of flags) assert.ok(accepted.has(f), `README: ckpt ${cmd} --${f}, but \`ckpt ${cmd} --help\` has no such option`);
+    }
+  });
+});
+
+// ---- negatable flags: each one a command offers must have an effect check here ----
+
+let llama = "";
+let moe = "";
+
+/** The plan of a --dry-run --json run: its output tensor names. */
+async function planNames(args: string[]): Promise<string[]> {
+  const r = await cli([...args, "--dry-run", "--json"]);
+  assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
+  const result = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { event: string; dryRun: boolean; plan: { tensors: { name: string }[] } };
+  assert.equal(result.event, "result");
+  assert.equal(result.dryRun, true);
+  return result.plan.tensors.map((t) => t.name);
+}
+
+/** Every file of a folder with its bytes (hidden files too). */
+function folderBytes(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  const walk = (d: string, rel: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name), rel + e.name + "/");
+      else out.set(rel + e.name, readFileSync(join(d, e.name)));
+    }
+  };
+  walk(dir, "");
+  return out;
+}
+
+const expertBias = async (cmd: string[]) => {
+  const out = join(tmp, `eb-${cmd[0]}`);
+  const args = [cmd[0]!, moe, out, ...cmd.slice(1)];
+  const withBias = await planNames(args);
+  const without = await planNames([...args, "--no-expert-bias"]);
+  const explicit = await planNames([...args, "--expert-bias"]);
+  const bias = withBias.filter((n) => /\.moe\.expert_bias(_E)?$/.test(n));
+  assert.deepEqual(bias, ["layers.1.moe.expert_bias_E", "layers.2.moe.expert_bias_E"], "default: one zero bias per MoE layer");
+  assert.deepEqual(without, withBias.filter((n) => !bias.includes(n)), "--no-expert-bias drops exactly the bias buffers");
+  assert.deepEqual(explicit, withBias);
+  assert.equal(existsSync(out), false, "--dry-run writes nothing");
+};
+
+const noFsync = async (cmd: string[]) => {
+  const synced = join(tmp, `fs-${cmd[0]}-default`);
+  const unsynced = join(tmp, `fs-${cmd[0]}-nofsync`);
+  for (const [out, extra] of [[synced, []], [unsynced, ["--no-fsync"]]] as const) {
+    const r = await cli([cmd[0]!, llama, out, ...cmd.slice(1), ...extra, "--threads", "0", "--quiet"]);
+    assert.equal(r.status, 0, `${cmd[0]} ${extra.join(" ")}: ${r.stderr}`);
+    // (a machine without the native addon prints one line about the TypeScript kernels)
+    assert.deepEqual(r.stderr.split("\n").filter((l) => l && !/native kernels unavailable/.test(l)), [], "no warning or error");
+    assert.equal(existsSync(out + ".partial"), false, "renamed into place");
+  }
+  const v = await cli(["verify", unsynced]);
+  assert.equal(v.status, 0, `verify: ${v.stdout}${v.stderr}`);
+  // fsync only decides when the bytes reach the disk, never which bytes
+  const a = folderBytes(synced);
+  const b = folderBytes(unsynced);
+  assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+  for (const [name, bytes] of a) if (name !== "ckpt-manifest.json") assert.ok(bytes.equals(b.get(name)!), `${name} differs with --no-fsync`);
+};
+
+/** command → negatable flag → its effect check (the command's own extra arguments first). */
+const NEGATED: Record<string, Record<string, () => Promise<void>>> = {
+  convert: { "expert-bias": () => expertBias(["convert"]), fsync: () => noFsync(["convert"]) },
+  shard: { "expert-bias": () => expertBias(["shard", "--world-size", "2"]), fsync: () => noFsync(["shard", "--world-size", "2"]) },
+};
+
+describe("--no-* flags parse and have their effect", () => {
+  before(() => {
+    llama = join(tmp, "llama");
+    moe = join(tmp, "qwen3-moe");
+    writeTinyLlama(llama, { layers: 2 });
+    writeTinyQwen3(moe, { experts: 4, layers: 3, mlpOnlyLayers: [0] });
+  });
+
+  test("every negatable flag any --help offers has an effect check below", () => {
+    for (const c of COMMANDS) {
+      const key = c.path.join(" ");
+      const { help, options } = helps.get(key)!;
+      assert.deepEqual(negatable(help, options), Object.keys(NEGATED[key] ?? {}).sort(), `negatable flags of ckpt ${key}`);
+    }
+  });
+
+  for (const [cmd, flags] of Object.entries(NEGATED)) {
+    for (const [flag, check] of Object.entries(flags)) test(`ckpt ${cmd} --no-${flag}`, check);
+  }
+});
