@@ -6,7 +6,7 @@ import type { DType } from "../dtypes.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { evalDimExpr } from "../mapping/load.js";
 import { fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
-import type { TensorRule } from "../mapping/schema.js";
+import { valueOp, type TensorRule } from "../mapping/schema.js";
 import type { Recipe } from "./recipe.js";
 
 interface WeightArgs {
@@ -68,12 +68,12 @@ export function isIgnored(config: Record<string, unknown>, moduleName: string): 
 /** HF names of the scale and shape companions of packed weights present in the catalog (read with them, not converted alone). */
 export function int4CompanionNames(rules: { rule: TensorRule; hf?: CompiledPattern }[], names: Iterable<string>): Set<string> {
   const out = new Set<string>();
-  const int4 = rules.filter((r) => r.rule.transform?.op === "int4" && r.hf);
+  const int4 = rules.filter((r) => valueOp(r.rule, "int4") && r.hf);
   for (const name of names) {
     for (const r of int4) {
       const vals = matchPattern(r.hf!, name);
       if (!vals) continue;
-      const t = r.rule.transform as { scale: string; shape: string };
+      const t = valueOp(r.rule, "int4")!;
       out.add(fillPattern(t.scale, vals));
       out.add(fillPattern(t.shape, vals));
     }
@@ -90,7 +90,7 @@ export function int4CompanionNames(rules: { rule: TensorRule; hf?: CompiledPatte
 export function int4Leaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: { tensors: Map<string, CatalogTensor> },
   dims: Record<string, number>, config: Record<string, unknown>, file: string, storedName = name):
   { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype: DType } {
-  const t = rule.transform as { op: "int4"; scale: string; shape: string };
+  const t = valueOp(rule, "int4")!;
   const src = catalog.tensors.get(name)!;
   const scaleName = fillPattern(t.scale, vals);
   const s = catalog.tensors.get(scaleName);

@@ -13,6 +13,10 @@ export type Recipe =
   | { op: "int4"; packed: string; scale: string; group: number }
   /** The input with its last two dims swapped. */
   | { op: "transpose"; input: Recipe }
+  /** The input narrowed along `dim`: elements [start, start + size) (a split/chunk part). */
+  | { op: "slice"; dim: number; start: number; size: number; input: Recipe }
+  /** The inputs joined along `dim`, `sizes[i]` elements of input i (the inverse of split/chunk). */
+  | { op: "concat"; dim: number; sizes: number[]; inputs: Recipe[] }
   | { op: "zeros" }
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
@@ -32,8 +36,8 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
     case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
-    case "rope": case "select": case "transpose": recipeLeaves(r.input, out); break;
-    case "stack": for (const i of r.inputs) recipeLeaves(i, out); break;
+    case "rope": case "select": case "transpose": case "slice": recipeLeaves(r.input, out); break;
+    case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
   }
   return out;
 }
@@ -50,5 +54,7 @@ export function describeRecipe(r: Recipe): string {
     case "rope": return `rope_${r.direction}(${describeRecipe(r.input)}, heads=${r.heads}, hd=${r.headDim})`;
     case "stack": return r.inputs.length > 2 ? `stack[${r.inputs.length}](${describeRecipe(r.inputs[0]!)} … ${describeRecipe(r.inputs[r.inputs.length - 1]!)})` : `stack(${r.inputs.map(describeRecipe).join(", ")})`;
     case "select": return `${describeRecipe(r.input)}[${r.index}]`;
+    case "slice": return `${describeRecipe(r.input)}.narrow(${r.dim}, ${r.start}, ${r.size})`;
+    case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
   }
 }

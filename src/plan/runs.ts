@@ -95,30 +95,87 @@ function ropeSourceRow(r: number, heads: number, hd: number, direction: "hf_to_t
   return h * hd + 2 * (i % half) + Math.floor(i / half);
 }
 
-/** Follows the recipe from output row coordinates (all dims but the last, in the view) to a leaf. */
-function resolve(r: Recipe, coords: number[]): Resolved {
+/** A column window of one output row, resolved to a leaf: `dstOff` elements into the row's window. */
+interface Segment {
+  res: Resolved;
+  colStart: number;
+  cols: number;
+  dstOff: number;
+}
+
+/**
+ * Where `dim` of a tensor whose row coordinates are `coords` lies: an index into `coords`, or "col" (the column
+ * window). Below a transpose the coordinates are the input's with its second-to-last dim moved to the columns.
+ */
+function axisOf(dim: number, coords: number[], transposed: boolean): number | "col" {
+  const n = coords.length + 1;
+  if (dim >= n) throw new CkptError("INTERNAL", `dim ${dim} of a ${n}-D view`);
+  if (!transposed) return dim === n - 1 ? "col" : dim;
+  if (dim === n - 1) return n - 2;
+  return dim === n - 2 ? "col" : dim;
+}
+
+/**
+ * Follows the recipe from output row coordinates (all dims but the last, in the view) and a column window to the
+ * leaves: one segment per leaf the window reaches (a concat along the columns splits it).
+ */
+function resolve(r: Recipe, coords: number[], colStart: number, cols: number, transposed = false): Segment[] {
+  const one = (res: Resolved): Segment[] => [{ res, colStart, cols, dstOff: 0 }];
+  const plainOnly = (what: string) => {
+    if (transposed) throw new CkptError("INTERNAL", `${what} below a transpose`);
+  };
   switch (r.op) {
-    case "source": return { leaf: r.tensor, coords };
-    case "dequant": return { leaf: r.tensor, coords, dequant: { scale: r.scale, block: r.block } };
-    case "mxfp4": return { leaf: r.blocks, coords, mxfp4: { scales: r.scales } };
-    case "int4": return { leaf: r.packed, coords, int4: { scale: r.scale, group: r.group } };
+    case "source": return one(transposed ? { leaf: r.tensor, coords, transpose: true } : { leaf: r.tensor, coords });
+    case "dequant": plainOnly("dequant"); return one({ leaf: r.tensor, coords, dequant: { scale: r.scale, block: r.block } });
+    case "mxfp4": plainOnly("mxfp4"); return one({ leaf: r.blocks, coords, mxfp4: { scales: r.scales } });
+    case "int4": plainOnly("int4"); return one({ leaf: r.packed, coords, int4: { scale: r.scale, group: r.group } });
     case "transpose":
-      if (r.input.op !== "source") throw new CkptError("INTERNAL", "transpose applies to a stored tensor only");
-      return { leaf: r.input.tensor, coords, transpose: true };
-    case "zeros": return { coords };
+      plainOnly("a second transpose");
+      return resolve(r.input, coords, colStart, cols, true);
+    case "zeros": return one({ coords });
     case "rope": {
+      plainOnly("rope");
       const c = coords.slice();
       c[0] = ropeSourceRow(c[0]!, r.heads, r.headDim, r.direction);
-      return resolve(r.input, c);
+      return resolve(r.input, c, colStart, cols);
     }
     case "stack": {
+      plainOnly("stack");
       const input = r.inputs[coords[0]!];
       if (!input) throw new CkptError("INTERNAL", `stack index ${coords[0]} out of range`);
       const rest = coords.slice(1);
       // A stacked 2-D input viewed without its leading dim: when the rest is empty the input was 1-D.
-      return resolve(input, rest.length ? rest : [0]);
+      return resolve(input, rest.length ? rest : [0], colStart, cols);
     }
-    case "select": return resolve(r.input, [r.index, ...coords]);
+    case "select": plainOnly("select"); return resolve(r.input, [r.index, ...coords], colStart, cols);
+    case "slice": {
+      const axis = axisOf(r.dim, coords, transposed);
+      if (axis === "col") return resolve(r.input, coords, colStart + r.start, cols, transposed);
+      const c = coords.slice();
+      c[axis] = c[axis]! + r.start;
+      return resolve(r.input, c, colStart, cols, transposed);
+    }
+    case "concat": {
+      const axis = axisOf(r.dim, coords, transposed);
+      const out: Segment[] = [];
+      let off = 0;
+      for (const [i, input] of r.inputs.entries()) {
+        const size = r.sizes[i]!;
+        if (axis !== "col") {
+          if (coords[axis]! < off + size) {
+            const c = coords.slice();
+            c[axis] = c[axis]! - off;
+            return resolve(input, c, colStart, cols, transposed);
+          }
+        } else {
+          const a = Math.max(colStart, off), b = Math.min(colStart + cols, off + size);
+          if (a < b) for (const s of resolve(input, coords, a - off, b - a, transposed)) out.push({ ...s, dstOff: s.dstOff + (a - colStart) });
+        }
+        off += size;
+      }
+      if (axis !== "col") throw new CkptError("INTERNAL", `concat index ${coords[axis]} out of range`);
+      return out;
+    }
   }
 }
 
@@ -195,8 +252,7 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
     runs.push(run);
   };
 
-  for (;;) {
-    const res = resolve(recipe, idx.slice());
+  const emit = (res: Resolved, colStart: number, cols: number, dst: number) => {
     if (!res.leaf) {
       push({ dst, rows: 1, cols });
     } else if (res.mxfp4) {
@@ -250,6 +306,10 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
         throw new CkptError("DCP", `stored pieces of '${res.leaf}' do not cover row ${JSON.stringify(coords)} columns [${colStart}, ${colStart + cols})`, { tensor: res.leaf });
       }
     }
+  };
+
+  for (;;) {
+    for (const seg of resolve(recipe, idx.slice(), colStart, cols)) emit(seg.res, seg.colStart, seg.cols, dst + seg.dstOff);
     dst += cols;
     // advance the row-major index over the box's prefix dims
     let d = prefixDims - 1;

@@ -40,7 +40,8 @@ export function sourceView(mapping: Mapping, catalog: { tensors: Map<string, Cat
   for (const [name, t] of catalog.tensors) {
     const tower = mapping.towers?.find((x) => x.prefixes.some((p) => name.startsWith(p)));
     if (tower) {
-      if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (--${tower.option})` });
+      if (!tower.option) skipped.push({ name, why: tower.why });
+      else if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (--${tower.option})` });
       else refused.set(tower.why, [...(refused.get(tower.why) ?? []), name]);
       continue;
     }
