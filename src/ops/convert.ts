@@ -13,6 +13,7 @@ import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
+import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
@@ -28,6 +29,11 @@ export interface ConvertOptions extends OpenSourceOptions {
   to?: "torchtitan" | "hf";
   target?: Target | string;
   format?: "dcp" | "safetensors";
+  /**
+   * Sharded safetensors only: keep the HF names and row order (per-rank files for TorchTitan's
+   * `initial_load_in_hf = true`, which applies from_hf after the load) instead of TorchTitan names.
+   */
+  hfNames?: boolean;
   dtype?: string;
   /** HF folder or repo id giving config.json (required for --to hf unless the checkpoint carries hf_assets/). */
   config?: string;
@@ -203,16 +209,30 @@ function dropDecodedQuantization(configPath: string, plan: { tensors: { name: st
   writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
 }
 
-export function torchtitanConfigLines(out: string, target: Target, hfAssets: boolean): string {
+/**
+ * TorchTitan config that loads an output: `dcp` (initial_load_in_hf = false: dcp.load through FileSystemReader),
+ * `hf-safetensors` (per-rank HF-named files, initial_load_in_hf = true: HuggingFaceStorageReader + from_hf), or
+ * `tt-safetensors` (per-rank TorchTitan-named files: no TorchTitan config reads them, only a plain dcp.load with
+ * HuggingFaceStorageReader; said as comments).
+ */
+export function torchtitanConfigLines(out: string, target: Target, hfAssets: boolean, kind: "dcp" | "hf-safetensors" | "tt-safetensors" = "dcp"): string {
+  if (kind === "tt-safetensors") {
+    return [
+      "# TorchTitan has no config that reads per-rank safetensors with TorchTitan names (initial_load_in_hf expects HF",
+      "# names and applies from_hf). Load it with dcp.load(state_dict, storage_reader=HuggingFaceStorageReader(path)),",
+      "# or write it with --hf-names for TorchTitan's initial_load_in_hf = true, or as DCP (the default).",
+    ].join("\n");
+  }
+  const hf = kind === "hf-safetensors";
   const lines = [
     "[checkpoint]",
     "enable = true",
     `initial_load_path = "${out}"`,
     "initial_load_model_only = true",
-    "initial_load_in_hf = false",
+    `initial_load_in_hf = ${hf}`,
   ];
   if (hfAssets) lines.push("", "[model]", `hf_assets_path = "${join(out, "hf_assets")}"`);
-  lines.push("", `# layout: ${target}; CLI: --checkpoint.enable --checkpoint.initial_load_path ${out}`);
+  lines.push("", `# layout: ${target}${hf ? ", HF names per rank (TorchTitan's from_hf runs after the load)" : ""}; CLI: --checkpoint.enable --checkpoint.initial_load_path ${out}${hf ? " --checkpoint.initial_load_in_hf" : ""}`);
   return lines.join("\n");
 }
 
@@ -255,6 +275,11 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
     if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
     const format = direction === "tt_to_hf" ? "safetensors" : opts.format ?? "dcp";
+    if (opts.hfNames) {
+      if (format !== "safetensors" || world === 1) throw new CkptError("USAGE", "--hf-names writes per-rank safetensors: use it with --format safetensors and --world-size > 1");
+      plan.tensors = hfNamedTensors(plan);
+    }
+    const ttKind = format === "dcp" ? "dcp" as const : opts.hfNames ? "hf-safetensors" as const : "tt-safetensors" as const;
     const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh)
       : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
       : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3 });
@@ -308,7 +333,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       commitOutputDir(dir, { force: opts.force, fsync });
       return {
         out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
-        torchtitanConfig: direction !== "tt_to_hf" && format === "dcp" ? torchtitanConfigLines(outAbs, plan.target, hfAssets) : undefined,
+        torchtitanConfig: direction !== "tt_to_hf" && (format === "dcp" || world > 1) ? torchtitanConfigLines(outAbs, plan.target, hfAssets, ttKind) : undefined,
       };
     } catch (e) {
       let err = describeFsError(e, dir.partial);
@@ -428,7 +453,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
   }
   return {
     out, dryRun: false, plan: summary, bytesWritten, seconds: (performance.now() - ctx.started) / 1000, f16Overflow: overflow,
-    torchtitanConfig: ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource) : undefined,
+    torchtitanConfig: ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource, layout.format === "dcp" ? "dcp" : ctx.hfNames ? "hf-safetensors" : "tt-safetensors") : undefined,
   };
 }
 

@@ -3,6 +3,7 @@
 // dcp.save, bf16 and f32) on synthetic checkpoints with real Llama shapes, in one run with a warm page cache.
 //
 //   node dist/test/bench/run.js [--8b] [--json] [--rounds N] [--dir /var/tmp/ckpt-bench] [--no-torch] [--only a,b]
+//   node dist/test/bench/run.js --load …   load time into TorchTitan per output kind (test/bench/load.ts)
 //
 // Every case runs as its own child process (peak RSS from /usr/bin/time, else the child's VmHWM), rounds are
 // interleaved (cp, ckpt…, torch…, cp, ckpt…) and the median of the rounds is reported. Source and outputs live
@@ -382,7 +383,8 @@ async function main(): Promise<void> {
 
 // `node --test dist/test/` loads every file under a test/ folder: only run when started directly.
 if (process.env.NODE_TEST_CONTEXT === undefined) {
-  main().catch((e: unknown) => {
+  // --load: time to load each output into TorchTitan (test/bench/load.ts)
+  (process.argv.includes("--load") ? import("./load.js").then((m) => m.mainLoad(process.argv.slice(2))) : main()).catch((e: unknown) => {
     process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
     process.exitCode = 1;
   });
