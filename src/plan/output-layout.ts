@@ -129,9 +129,14 @@ export function layoutRankSafetensors(tensors: TensorPlan[], mesh: Mesh): Output
     mesh: { dims: ["fsdp", "tp"], sizes: [mesh.fsdp, mesh.tp], global_rank: "f * tp + t", ...((mesh.ep ?? 1) > 1 ? { experts: { dims: ["efsdp", "ep"], sizes: [sparseMesh(mesh).efsdp, mesh.ep], global_rank: "f * ep + e" } } : {}) },
     world_size: world,
     files: files.map((f) => f.name),
-    tensors: Object.fromEntries(tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, tp: t.policy.tp }])),
+    tensors: Object.fromEntries(tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, tp: effectiveTp(t, mesh) }])),
   };
   return { format: "safetensors", mesh, files, chunks, extras: new Map([["sharding.json", Buffer.from(JSON.stringify(manifest, null, 2) + "\n")]]) };
+}
+
+/** The TP placement a tensor's boxes use: routed experts take theirs only under TP without EP (moe_sharding.py). */
+function effectiveTp(t: TensorPlan, mesh: Mesh): TensorPlan["policy"]["tp"] {
+  return t.policy.experts && (mesh.tp === 1 || (mesh.ep ?? 1) > 1) ? "replicate" : t.policy.tp;
 }
 
 /** A unit of executor work: rows [rowStart, rowStart + rows) of a chunk's box (first view dim), ≤ maxBytes of output. */

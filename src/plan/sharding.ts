@@ -60,6 +60,12 @@ export interface ShardPolicy {
   fullChunk?: boolean;
   /** Expert-stacked tensor: FSDP shards dim 1 instead of dim 0 when there are fewer experts than FSDP ranks (sharding.md §5). */
   experts?: boolean;
+  /**
+   * Without EP, which mesh TorchTitan compares with num_experts to choose FSDP Shard(1) for experts: "dp_shard"
+   * (the FSDP degree; default) or "dp_shard_tp" (torchtitan@main's apply_fsdp_to_decoder takes the size of the
+   * whole dense storage mesh, dp_shard · tp, when ep = 1).
+   */
+  expertsShard1Mesh?: "dp_shard" | "dp_shard_tp";
 }
 
 /** A chunk of a tensor and the global ranks whose box it is; the file owner is the lowest of them. */
@@ -115,41 +121,48 @@ function expertBoxes(shape: readonly number[], mesh: Mesh): { rank: number; box:
   return boxes;
 }
 
-/** Dense parameters (and experts without EP) on the dense mesh (fsdp, tp), TP innermost (sharding.md §4). */
+/** The tensor dim a TP placement shards (`shardN` → N), or undefined for Replicate. */
+export function tpDim(tp: TpPlacement): number | undefined {
+  return tp === "replicate" ? undefined : Number(tp.slice(5));
+}
+
+/**
+ * Dense parameters (and experts without EP) on the dense mesh (fsdp, tp), TP innermost (sharding.md §4).
+ * TP shards dim `tpDim(policy.tp)` of the full tensor; FSDP then shards dim 0 — or dim 1 for experts when there
+ * are more FSDP (torchtitan@main without EP: dp_shard · tp) ranks than experts — of the TP-local tensor. On one
+ * dim that is (StridedShard(d, T), Shard(d)): rank (f, t) takes FSDP chunk f of TP chunk t (§4a); on different
+ * dims each split is independent (§4b). Routed experts under TP at EP 1 (moe_sharding.py
+ * expert_param_placement_dense): w1/w3 [E, F, D] TP Shard(1), w2 [E, D, F] Shard(2).
+ */
 function denseBoxes(shape: readonly number[], policy: ShardPolicy, mesh: Mesh): { rank: number; box: Box }[] {
   const F = mesh.fsdp;
   const T = mesh.tp;
+  const td = T > 1 ? tpDim(policy.tp) : undefined;
+  if (td !== undefined && td >= shape.length) throw new CkptError("MAPPING", `TP Shard(${td}) on a ${shape.length}-D tensor [${shape}]`);
+  let fd = 0;
+  if (policy.experts && shape.length >= 2) {
+    const storage = policy.expertsShard1Mesh === "dp_shard_tp" ? F * T : F;
+    if (storage > shape[0]!) fd = 1;
+  }
   const boxes: { rank: number; box: Box }[] = [];
   for (let f = 0; f < F; f++) {
     for (let t = 0; t < T; t++) {
-      const rank = f * T + t;
       const offsets = shape.map(() => 0);
       const sizes = [...shape];
-      let fsdpDim = 0;
-      if (policy.experts && shape.length >= 2 && F > shape[0]!) {
-        fsdpDim = 1;
-        if (shape[1]! % F !== 0) throw new CkptError("SHAPE", `expert dim 1 (${shape[1]}) is not divisible by FSDP degree ${F}; FSDP2 forbids uneven shards on dims > 0`);
+      if (td !== undefined) {
+        const a = split(shape[td]!, T, t);
+        offsets[td] = a.start;
+        sizes[td] = a.size;
       }
-      if (T > 1 && policy.tp === "shard0") {
-        // (StridedShard(0, T), Shard(0)): TP splits first, FSDP splits the TP-local rows (§4a)
-        const a = split(shape[0]!, T, t);
-        const b = split(a.size, F, f);
-        offsets[0] = a.start + b.start;
-        sizes[0] = b.size;
-      } else if (T > 1 && policy.tp === "shard1") {
-        if (shape.length < 2) throw new CkptError("MAPPING", `TP Shard(1) on a ${shape.length}-D tensor`);
-        const c = split(shape[1]!, T, t);
-        offsets[1] = c.start;
-        sizes[1] = c.size;
-        const r = split(shape[0]!, F, f);
-        offsets[0] = r.start;
-        sizes[0] = r.size;
-      } else {
-        const r = split(shape[fsdpDim]!, F, f);
-        offsets[fsdpDim] = r.start;
-        sizes[fsdpDim] = r.size;
+      // FSDP2 splits the TP-local tensor; only dim 0 may be uneven
+      if (fd > 0 && sizes[fd]! % F !== 0) {
+        const local = td === fd ? `TP-local dim ${fd} (${sizes[fd]} of ${shape[fd]} over tp ${T})` : `expert dim ${fd} (${sizes[fd]})`;
+        throw new CkptError("SHAPE", `${local} is not divisible by FSDP degree ${F}; FSDP2 forbids uneven shards on dims > 0`);
       }
-      boxes.push({ rank, box: { offsets, sizes } });
+      const b = split(sizes[fd]!, F, f);
+      offsets[fd] = offsets[fd]! + b.start;
+      sizes[fd] = b.size;
+      boxes.push({ rank: f * T + t, box: { offsets, sizes } });
     }
   }
   return boxes;

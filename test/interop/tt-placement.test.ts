@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3 } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
+import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
 import { runConvert } from "../../src/ops/convert.js";
 import { installPy } from "./py-files.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
@@ -26,15 +27,13 @@ interface Result {
   torch: string;
 }
 
-type Arch = "llama3" | "qwen3" | "deepseek_v3";
+type Arch = "llama3" | "qwen3" | "deepseek_v3" | "gpt_oss";
 interface Case { name: string; arch: Arch; model: string; world: number; tp: number; ep: number; todo?: string }
 
-// Found by this judge: with TP > 1 and EP = 1, TorchTitan main TP-shards routed experts too
-// (moe_sharding.expert_param_placement_dense: w1/w3 Shard(1), w2 Shard(2) on tp, under FSDP Shard(0) on dp_shard),
-// while mappings/*.json give experts no TP placement, so ckpt writes them replicated across TP. dcp.load still fills
-// every local shard correctly (DCP reshards), but the boxes are not stored chunks and ranks read 2× their share.
-const EXPERT_TP = "routed experts under TP at EP 1 are TP-sharded on dims 1/2 by TorchTitan main; ckpt replicates them (mapping has no expert TP placement yet)";
-
+// FSDP × TP of MoE models: TorchTitan main TP-shards routed experts at EP 1 too (moe_sharding.py
+// expert_param_placement_dense: w1/w3 Shard(1), w2 Shard(2); gpt_oss mlp1_weight_EGD / mlp1_bias_EG Shard(1),
+// mlp2_weight_EDF Shard(2), mlp2_bias_ED Replicate), and apply_fsdp_to_decoder then picks Shard(1) for experts when
+// its whole dense storage mesh (dp_shard · tp) exceeds num_experts: the 2-expert cases (4 > 2 although dp_shard = 2).
 const CASES: Case[] = [
   { name: "Qwen3-MoE EP 2 × efsdp 2 (world 4)", arch: "qwen3", model: "qwen3-moe", world: 4, tp: 1, ep: 2 },
   { name: "Qwen3-MoE EP 4 × efsdp 2 (world 8)", arch: "qwen3", model: "qwen3-moe", world: 8, tp: 1, ep: 4 },
@@ -44,9 +43,15 @@ const CASES: Case[] = [
   { name: "Qwen3-MoE FSDP 4", arch: "qwen3", model: "qwen3-moe", world: 4, tp: 1, ep: 1 },
   { name: "DeepSeek-V3 FSDP 4", arch: "deepseek_v3", model: "deepseek", world: 4, tp: 1, ep: 1 },
   { name: "Llama3 FSDP 2 × TP 2", arch: "llama3", model: "llama", world: 4, tp: 2, ep: 1 },
-  { name: "Qwen3-MoE FSDP 2 × TP 2", arch: "qwen3", model: "qwen3-moe", world: 4, tp: 2, ep: 1, todo: EXPERT_TP },
-  { name: "DeepSeek-V3 FSDP 2 × TP 2", arch: "deepseek_v3", model: "deepseek", world: 4, tp: 2, ep: 1, todo: EXPERT_TP },
+  { name: "Qwen3-MoE FSDP 2 × TP 2", arch: "qwen3", model: "qwen3-moe", world: 4, tp: 2, ep: 1 },
+  { name: "DeepSeek-V3 FSDP 2 × TP 2", arch: "deepseek_v3", model: "deepseek", world: 4, tp: 2, ep: 1 },
+  { name: "Qwen3-MoE 2 experts FSDP 2 × TP 2 (dp_shard · tp > E: Shard(1))", arch: "qwen3", model: "qwen3-moe-e2", world: 4, tp: 2, ep: 1 },
+  { name: "GPT-OSS bf16 experts FSDP 2 × TP 2", arch: "gpt_oss", model: "gpt-oss-bf16", world: 4, tp: 2, ep: 1 },
+  { name: "GPT-OSS MXFP4 2 experts FSDP 2 × TP 2 (Shard(1))", arch: "gpt_oss", model: "gpt-oss-e2", world: 4, tp: 2, ep: 1 },
 ];
+
+/** The TP placement TorchTitan main gives a routed-expert parameter at EP 1 (moe_sharding.py; gpt_oss/sharding.py). */
+const expertTp = (key: string) => (/\.(w2_EDF|mlp2_weight_EDF)$/.test(key) ? "S(2)" : /\.mlp2_bias_ED$/.test(key) ? "R" : "S(1)");
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
 if (suites.length === 0) {
@@ -63,6 +68,9 @@ for (const env of suites) {
       writeTinyQwen3(h("qwen3-moe"), { experts: 8, layers: 2, mlpOnlyLayers: [0], hidden: 64, moeFfn: 32, seed: 51 });
       writeTinyDeepSeek(h("deepseek"), { qLoraRank: 0, layers: 2, mtp: 0, experts: 8, fp8: false, files: 1, seed: 52 });
       writeTinyLlama(h("llama"), { hidden: 64, heads: 4, kvHeads: 2, headDim: 16, ffn: 128, vocab: 256, layers: 2, seed: 53 });
+      writeTinyQwen3(h("qwen3-moe-e2"), { experts: 2, layers: 2, mlpOnlyLayers: [0], hidden: 64, moeFfn: 32, seed: 54 });
+      writeTinyGptOss(h("gpt-oss-bf16"), { layout: "bf16", experts: 4, topK: 2, seed: 55 });
+      writeTinyGptOss(h("gpt-oss-e2"), { layout: "mxfp4", experts: 2, topK: 2, seed: 56 });
       for (const c of CASES) {
         await t.test(c.name, { todo: c.todo }, async (tt) => {
           const dir = `${c.model}-w${c.world}-tp${c.tp}-ep${c.ep}`;
@@ -81,6 +89,13 @@ for (const env of suites) {
             const experts = Object.entries(res.placements).filter(([k]) => k.includes(".inner_experts."));
             assert.ok(experts.length > 0);
             for (const [k, p] of experts) assert.match(p, /\('efsdp', 'ep'\)\('_S\(0, \d\)', 'S\(0\)'\)/, k);
+          }
+          if (c.ep === 1 && c.tp > 1 && c.arch !== "llama3") {
+            // routed experts really are TP-sharded on TorchTitan's dense mesh, on the dim the mapping names
+            const experts = Object.entries(res.placements).filter(([k]) => k.includes(".inner_experts."));
+            assert.ok(experts.length > 0);
+            tt.diagnostic(`expert placements: ${JSON.stringify(Object.fromEntries(experts.slice(0, 4)))}`);
+            for (const [k, p] of experts) assert.ok(p.endsWith(`'${expertTp(k)}')`) || (expertTp(k) === "R" && p.endsWith("'Replicate()')")), `${k}: ${p}`);
           }
         });
       }

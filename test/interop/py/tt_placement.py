@@ -2,7 +2,7 @@
 #
 # Every rank of a CPU gloo group builds the TorchTitan model (judge.py's config builders, from config.json) on the
 # meta device, builds ParallelDims(dp_shard, tp, ep).build_mesh() and runs the model family's own
-# parallelize_{llama,qwen3,deepseekv3} (Module.parallelize: TP / EP placements from the ShardingConfigs, then
+# parallelize_{llama,qwen3,deepseekv3,gptoss} (Module.parallelize: TP / EP placements from the ShardingConfigs, then
 # apply_fsdp_to_decoder: FSDP2 on dp_shard, and on efsdp for routed experts). Nothing here needs CUDA: the only
 # change is ParallelDims' device_type ("cuda" when no accelerator is found) set to "cpu" so the same meshes are
 # built on gloo. Config.update_from_config is replaced by the set_*_sharding_config call it makes (its Trainer
@@ -111,6 +111,8 @@ def reference(arch, hf, cfg):
     from ref import hf_to_tt
     if arch == "llama3":
         return hf_to_tt(hf, cfg, "torchtitan@main")
+    if arch == "gpt_oss":
+        return gpt_oss_reference(hf, cfg)
     v = lambda n: hf[n]
     out = {"tok_embeddings.weight": v("model.embed_tokens.weight"), "norm.weight": v("model.norm.weight")}
     head = hf.get("lm_head.weight")
@@ -154,6 +156,42 @@ def reference(arch, hf, cfg):
     return out
 
 
+def gpt_oss_reference(hf, cfg):
+    """GPT-OSS → TorchTitan main's gpt_oss model names (model.py, moe.py). Experts in transformers' bf16 layout are
+    transposed ([E, D, 2F] → mlp1_weight_EGD [E, 2F, D], [E, F, D] → mlp2_weight_EDF [E, D, F]); MXFP4 experts are
+    decoded by transformers' own convert_moe_packed_tensors (which returns that HF layout) and transposed the same way."""
+    v = lambda n: hf[n]
+    out = {"tok_embeddings.weight": v("model.embed_tokens.weight"), "norm.weight": v("model.norm.weight"), "lm_head.weight": v("lm_head.weight")}
+
+    def experts(base):
+        if base in hf:
+            return hf[base].transpose(1, 2).contiguous()
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+        return convert_moe_packed_tensors(hf[base + "_blocks"], hf[base + "_scales"], dtype=torch.bfloat16).transpose(1, 2).contiguous()
+
+    for L in range(cfg["num_hidden_layers"]):
+        p, q = f"model.layers.{L}.", f"layers.{L}."
+        a = q + "attention."
+        for x in "qkv":
+            for w in ("weight", "bias"):
+                out[a + f"qkv_linear.w{x}.{w}"] = v(p + f"self_attn.{x}_proj.{w}")
+        out[a + "wo.weight"] = v(p + "self_attn.o_proj.weight")
+        out[a + "wo.bias"] = v(p + "self_attn.o_proj.bias")
+        out[a + "sinks"] = v(p + "self_attn.sinks")
+        out[q + "attention_norm.weight"] = v(p + "input_layernorm.weight")
+        out[q + "ffn_norm.weight"] = v(p + "post_attention_layernorm.weight")
+        m = q + "moe."
+        out[m + "router.gate.weight"] = v(p + "mlp.router.weight")
+        out[m + "router.gate.bias"] = v(p + "mlp.router.bias")
+        out[m + "expert_bias_E"] = torch.zeros(cfg["num_local_experts"], dtype=torch.float32)
+        e, x = p + "mlp.experts.", m + "routed_experts.inner_experts."
+        out[x + "mlp1_weight_EGD"] = experts(e + "gate_up_proj")
+        out[x + "mlp1_bias_EG"] = v(e + "gate_up_proj_bias")
+        out[x + "mlp2_weight_EDF"] = experts(e + "down_proj")
+        out[x + "mlp2_bias_ED"] = v(e + "down_proj_bias")
+    return out
+
+
 def build_parallel_model(arch, cfg, dp_shard, tp, ep, world):
     import judge  # config builders only (its module-level patches touch GroupedExperts' forward, unused here)
     from torchtitan.config import ParallelismConfig, TrainingConfig, CompileConfig
@@ -166,6 +204,10 @@ def build_parallel_model(arch, cfg, dp_shard, tp, ep, world):
         from torchtitan.models.qwen3.sharding import set_qwen3_sharding_config
         from torchtitan.models.qwen3.parallelize import parallelize_qwen3 as parallelize
         set_qwen3_sharding_config(mc, enable_sp=par.enable_sequence_parallel, enable_ep=ep > 1)
+    elif arch == "gpt_oss":
+        from torchtitan.models.gpt_oss.sharding import set_gpt_oss_sharding_config
+        from torchtitan.models.gpt_oss.parallelize import parallelize_gptoss as parallelize
+        set_gpt_oss_sharding_config(mc, enable_sp=par.enable_sequence_parallel, enable_ep=ep > 1)
     elif arch == "deepseek_v3":
         from torchtitan.models.deepseek_v3.sharding import set_deepseek_v3_sharding_config
         from torchtitan.models.deepseek_v3.parallelize import parallelize_deepseekv3 as parallelize
