@@ -568,6 +568,191 @@ def run_case(c, hf_cache):
     return _run_case_base(c, hf_cache)
 
 
+# ---------------------------------------------------------------- qwen3_5 (issue 15; additive: fla shim, builder, offset-norm pass)
+# TorchTitan's Gated DeltaNet (models/qwen3_5/gdn.py) imports `fla` (Triton, GPU only). The shim below provides the
+# names gdn.py imports, each calling the PyTorch reference transformers' modeling_qwen3_5 falls back to without fla
+# (torch_chunk_gated_delta_rule), so both models compute the same recurrence and the comparison judges the weights.
+# The conv path TorchTitan takes for one unpacked sequence is its own F.conv1d (the varlen fla conv is refused here).
+# The shim is in sys.modules only while TorchTitan's qwen3_5 is imported: transformers must keep seeing no fla.
+_tt_qwen35 = None
+
+
+def _import_tt_qwen35():
+    global _tt_qwen35
+    if _tt_qwen35 is not None:
+        return _tt_qwen35
+    import types
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as hf_q35
+
+    def chunk_gated_delta_rule(q, k, v, g, beta, *, use_qk_l2norm_in_kernel=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                               initial_state=None, output_final_state=False, **kw):
+        if cu_seqlens is not None and cu_seqlens.numel() > 2:
+            raise NotImplementedError("fla shim: packed (varlen) sequences are not judged")
+        return hf_q35.torch_chunk_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=initial_state,
+                                                   output_final_state=output_final_state,
+                                                   use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+
+    def fused_recurrent_gated_delta_rule(q, k, v, g, beta=None, *, use_qk_l2norm_in_kernel=False, cu_seqlens=None,
+                                         initial_state=None, output_final_state=False, **kw):
+        if cu_seqlens is not None and cu_seqlens.numel() > 2:
+            raise NotImplementedError("fla shim: packed (varlen) sequences are not judged")
+        return hf_q35.torch_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=initial_state,
+                                                       output_final_state=output_final_state,
+                                                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+
+    class _Unused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *a):
+            raise NotImplementedError("fla shim: GPU kernel")
+
+    mods = {n: types.ModuleType(n) for n in ("fla", "fla.modules", "fla.modules.conv", "fla.modules.conv.triton",
+                                             "fla.modules.conv.triton.ops", "fla.ops", "fla.ops.gated_delta_rule",
+                                             "fla.ops.gated_delta_rule.chunk", "fla.ops.gated_delta_rule.fused_recurrent")}
+    mods["fla.modules.conv.triton.ops"].CausalConv1dFunction = type("CausalConv1dFunction", (_Unused,), {})
+    mods["fla.ops.gated_delta_rule"].chunk_gated_delta_rule = chunk_gated_delta_rule
+    mods["fla.ops.gated_delta_rule"].fused_recurrent_gated_delta_rule = fused_recurrent_gated_delta_rule
+    mods["fla.ops.gated_delta_rule.chunk"].ChunkGatedDeltaRuleFunction = type("ChunkGatedDeltaRuleFunction", (_Unused,), {})
+    mods["fla.ops.gated_delta_rule.fused_recurrent"].FusedRecurrentFunction = type("FusedRecurrentFunction", (_Unused,), {})
+    saved = {n: sys.modules.get(n) for n in mods}
+    sys.modules.update(mods)
+    try:
+        import torchtitan.models.qwen3_5 as m
+        import torchtitan.models.qwen3_5.gdn  # noqa: F401
+    finally:
+        for n, old in saved.items():
+            if old is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = old
+    _tt_qwen35 = m
+    return m
+
+
+def qwen3_5_config(cfg):
+    """TorchTitan's Qwen35Model with config.json's sizes, layer by layer as layer_types says (the package's builders
+    derive it from full_attention_interval; the per-layer configs are theirs: _qwen35_attention_config,
+    _qwen35_deltanet_config, _shared_experts_config). A minimal vision encoder is built and removed after build
+    (qwen3_5_text_only): text-only checkpoints carry no vision weights."""
+    q = _import_tt_qwen35()
+    from torchtitan.models.qwen3_5.rope import MRoPE
+    dim, hd, n = cfg["hidden_size"], head_dim_of(cfg), cfg["num_hidden_layers"]
+    rp = cfg.get("rope_parameters") or {}
+    rot = int(hd * float(rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.25))))
+    base = rope_config(CosSinRoPE, cfg, rot)
+    half = rot // 2
+    rope = MRoPE.Config(dim=rot, max_context_length=base.max_context_length, theta=base.theta,
+                        mrope_section=[half - 2 * (half // 3), half // 3, half // 3])
+    types_ = cfg.get("layer_types") or ["full_attention" if (i + 1) % cfg.get("full_attention_interval", 4) == 0 else "linear_attention" for i in range(n)]
+    lin = q._LINEAR_INIT
+    layers = []
+    for i in range(n):
+        attn = dn = ffn = moe = None
+        if types_[i] == "full_attention":
+            attn = q._qwen35_attention_config(dim=dim, n_heads=cfg["num_attention_heads"], n_kv_heads=cfg["num_key_value_heads"],
+                                              head_dim=hd, rotary_dim=rot, rope=rope, attn_backend="flex", layer_id=i)
+        else:
+            dn = q._qwen35_deltanet_config(dim=dim, n_key_heads=cfg["linear_num_key_heads"], n_value_heads=cfg["linear_num_value_heads"],
+                                           key_head_dim=cfg["linear_key_head_dim"], value_head_dim=cfg["linear_value_head_dim"],
+                                           layer_id=i, conv_kernel_size=cfg.get("linear_conv_kernel_dim", 4))
+        if (cfg.get("num_experts") or 0) > 0:
+            E, K = cfg["num_experts"], cfg["num_experts_per_tok"]
+            moe = make_moe_config(
+                num_experts=E,
+                router=make_router_config(dim=dim, num_experts=E, gate_param_init=lin, top_k=K, score_func="softmax", route_norm=True),
+                routed_experts=make_routed_experts_config(dim=dim, hidden_dim=cfg["moe_intermediate_size"], num_experts=E, top_k=K,
+                                                          param_init=q._depth_experts_init(i), comm_backend="standard"),
+                shared_experts=q._shared_experts_config(dim=dim, hidden_dim=cfg["shared_expert_intermediate_size"], layer_id=i))
+        else:
+            ffn = make_ffn_config(dim=dim, hidden_dim=cfg["intermediate_size"], w1_param_init=lin, w2w3_param_init=lin)
+        layers.append(q.Qwen35TransformerBlock.Config(attention=attn, delta_net=dn, feed_forward=ffn, moe=moe,
+                                                      attention_norm=q._offset_norm(dim), ffn_norm=q._offset_norm(dim)))
+    vocab = cfg["vocab_size"]
+    mc = q.Qwen35Model.Config(
+        dim=dim, vocab_size=vocab, enable_weight_tying=bool(cfg.get("tie_word_embeddings", False)), norm=q._offset_norm(dim),
+        tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, param_init={"weight": torch.nn.init.zeros_}),
+        lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init={"weight": torch.nn.init.zeros_}),
+        layers=layers,
+        vision_encoder=q._qwen35_vision_encoder_config(dim=16, ffn_dim=16, num_layers=1, num_heads=1, patch_size=2, temporal_patch_size=1,
+                                                        spatial_merge_size=1, out_hidden_size=dim, num_position_embeddings=4))
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    for _, c, _, _ in mc.traverse(q.OffsetRMSNorm.Config):
+        c.eps = eps
+    for _, c, _, _ in mc.traverse(q.RMSNormGated.Config):
+        c.eps = eps
+    return mc
+
+
+BUILDERS["qwen3_5"] = qwen3_5_config
+ARCH_OF_MODEL_TYPE.update(qwen3_5_text="qwen3_5", qwen3_5_moe_text="qwen3_5", qwen3_5="qwen3_5", qwen3_5_moe="qwen3_5")
+
+_tt_model_base = tt_model
+
+
+def tt_model(arch, cfg, expert_bias):
+    model = _tt_model_base(arch, cfg, expert_bias)
+    if arch == "qwen3_5":
+        # qwen3_5_text_only: the text forward never reaches the vision encoder; its keys are not in a text checkpoint
+        del model.vision_encoder
+        model.vision_encoder = None
+    return model
+
+
+# Offset RMSNorms compute (1 + w) · x̂ (TorchTitan OffsetRMSNorm, HF Qwen3_5RMSNorm / Qwen3_5MoeRMSNorm), so w × 16
+# would not scale them by 16. The second pass sets w' = fl(16 · (1 + w) − 1) on both sides instead (f32): not an
+# exact ×16 of the scale, but the identical weight on both models (their w are bit-equal), which is all the comparison
+# needs; originals are restored bit for bit afterwards. Plain RMSNorms keep the ×16 of the base pass. The DeltaNet's
+# gated norm (w · x̂ · silu(z)) is left as stored on both sides.
+OFFSET_NORMS = ("OffsetRMSNorm", "Qwen3_5RMSNorm", "Qwen3_5MoeRMSNorm")
+_offset_stash = {}
+
+
+def scale_norms(model, factor):
+    with torch.no_grad():
+        for mod in model.modules():
+            w = getattr(mod, "weight", None)
+            if w is None:
+                continue
+            name = type(mod).__name__
+            if name in OFFSET_NORMS:
+                if factor > 1:
+                    _offset_stash[id(mod)] = w.detach().clone()
+                    w.copy_((factor * (1.0 + w.float()) - 1.0).to(w.dtype))
+                elif factor < 1:
+                    w.copy_(_offset_stash.pop(id(mod)))
+            elif name.endswith("RMSNorm"):
+                w.mul_(factor)
+
+
+# Control: the query and gate halves of each head of Qwen3.5's 2x-wide wq swapped (what a converter that split
+# q_proj into [all queries; all gates], or chunked it the other way round, would load).
+_perturb_base = perturb
+
+
+def perturb(model, what, cfg):
+    if what != "qwen35_q_gate_swapped":
+        return _perturb_base(model, what, cfg)
+    hd = head_dim_of(cfg)
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if k.endswith("attn.wq.weight"):
+                v = t.view(cfg["num_attention_heads"], 2, hd, -1)
+                v.copy_(v.flip(1).clone())
+
+
+# Qwen35Model.forward takes (tokens, *, attention_masks, positions, ...): keyword arguments, like KimiK25Model.
+_forward_tt_kimi = forward_tt
+
+
+def forward_tt(model, tokens):
+    if type(model).__name__ != "Qwen35Model":
+        return _forward_tt_kimi(model, tokens)
+    outs = []
+    for seq in tokens:
+        positions = torch.arange(seq.shape[0])
+        outs.append(model(seq, attention_masks=model.get_attention_masks(positions), positions=positions))
+    return torch.stack(outs)
+
+
 def main():
     if sys.argv[1] == "--hf":
         args = dict(zip([a for a in sys.argv[1:] if a != "--json"][0::2], [a for a in sys.argv[1:] if a != "--json"][1::2]))
