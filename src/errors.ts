@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   SHAPE: "tensor shape mismatch",
   DTYPE: "unsupported dtype conversion",
   OVERFLOW: "values out of range for the target dtype",
+  REQUANTIZE: "values not exactly representable in the requested quantized layout",
   HUB: "Hugging Face Hub error",
   OFFLINE: "offline mode: file not in cache",
   VERIFY: "verification failed",

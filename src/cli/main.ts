@@ -79,6 +79,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     omit: omitted(a),
     features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : [])],
     ranged: a.ranged as boolean | undefined,
+    requantize: a.requantize as "mxfp4" | "int4" | undefined,
   };
 }
 
@@ -134,6 +135,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     // named `no-…` could never be passed.
     .option("expert-bias", { type: "boolean", default: true, describe: "MoE: write the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack (Qwen3-MoE, GPT-OSS); --no-expert-bias leaves them out, like TorchTitan's convert_from_hf.py" })
     .option("mtp", { type: "boolean", describe: "DeepSeek-V3 / Kimi: convert the MTP layers (HF layers ≥ num_hidden_layers) into TorchTitan's mtp_layers (torchtitan@main); without it they are skipped and reported" })
+    .option("requantize", { choices: ["mxfp4", "int4"] as const, describe: "--to hf: write the experts in the source's packed layout (gpt-oss MXFP4 *_blocks/*_scales, Kimi compressed-tensors INT4 weight_packed/weight_scale/weight_shape) with its quantization_config; byte-identical when the values still hold only quantized values, refused with a count otherwise" })
     .option("text-only", { type: "boolean", describe: "Kimi K2.5 / Kimi-VL: convert the language model alone, skipping (and reporting) the vision tower and projector" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (with --ranks a-b: <out>/.ckpt-ranks-a-b.partial); journaled pieces are re-hashed, then skipped" })

@@ -22,6 +22,7 @@ import { unthrottledDirtyBytes } from "../exec/page-cache.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
+import { requantizeHfDir, type RequantizeKind } from "./requantize.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -45,6 +46,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   maxMemory?: number;
   maxShardBytes?: number;
   omit?: string[];
+  /** --to hf: re-encode the decoded experts into the source's packed layout (ops/requantize.ts). */
+  requantize?: RequantizeKind;
   /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
   features?: ("mtp" | "text-only")[];
   /** Digest of every output piece in the manifest (default xxh128; or sha256). */
@@ -191,6 +194,56 @@ function copyAssets(from: Source, dir: string): string[] {
   return copied;
 }
 
+/** A multimodal wrapper's text config merged over its top level (Kimi K2.5 `text_config`), else the config. */
+function flatTextConfig(cfg: Record<string, unknown>): Record<string, unknown> {
+  const t = cfg.text_config as Record<string, unknown> | undefined;
+  return t && typeof t === "object" ? { ...t } : cfg;
+}
+
+/**
+ * --to hf writes the DeepSeek-V3 decoder of a Kimi checkpoint (names model.* / lm_head.*): its config.json must load
+ * in transformers' DeepseekV3ForCausalLM, which has no kimi_k2 model_type. K2.5 nested configs are flattened to the
+ * text config; model_type kimi_k2 becomes deepseek_v3 (the architecture Kimi K2's own config names). With
+ * --requantize a flat config is kept as it is (its quantization_config describes the packed experts) and a nested
+ * one becomes its text config (quantization_config included), architectures DeepseekV3ForCausalLM.
+ */
+function hfLoadableConfig(configPath: string, requantized: boolean): void {
+  let cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
+  const nested = cfg.text_config && typeof cfg.text_config === "object" && (cfg.text_config as { model_type?: string }).model_type === "kimi_k2";
+  if (!nested && (cfg.model_type !== "kimi_k2" || requantized)) return;
+  if (nested && requantized) {
+    // the decoder's names are model.* / lm_head.*: its own (flat K2-style) config, quantization_config kept
+    cfg = { ...(cfg.text_config as Record<string, unknown>), architectures: ["DeepseekV3ForCausalLM"] };
+    writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
+    return;
+  }
+  if (nested) {
+    const t = { ...(cfg.text_config as Record<string, unknown>) };
+    if (t.tie_word_embeddings === undefined && cfg.tie_word_embeddings !== undefined) t.tie_word_embeddings = cfg.tie_word_embeddings;
+    if (t.torch_dtype === undefined && cfg.torch_dtype !== undefined) t.torch_dtype = cfg.torch_dtype;
+    cfg = t;
+    delete cfg.quantization_config; // INT4 experts were written as values
+  }
+  cfg.model_type = "deepseek_v3";
+  cfg.architectures = ["DeepseekV3ForCausalLM"];
+  delete cfg.auto_map;
+  writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
+}
+
+/** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32): from the --config folder's safetensors headers, I64 when unknown. */
+function requantizeShapeDtype(src: Source | undefined): "I32" | "I64" {
+  const dir = src?.localPath?.("config.json");
+  if (!dir) return "I64";
+  const root = dirname(dir);
+  for (const f of readdirSync(root).filter((x) => x.endsWith(".safetensors"))) {
+    const fd = readFileSync(join(root, f));
+    const n = Number(fd.readBigUInt64LE(0));
+    const h = JSON.parse(fd.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype?: string }>;
+    for (const [k, v] of Object.entries(h)) if (k.endsWith(".weight_shape") && (v.dtype === "I32" || v.dtype === "I64")) return v.dtype;
+  }
+  return "I64";
+}
+
 /**
  * HF output whose weights were dequantized on the way in (MXFP4 experts written as values, not `*_blocks`) must not
  * claim the source's quantization: transformers would look for packed tensors that are not there.
@@ -274,6 +327,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
     checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
     if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
+    if (opts.requantize && direction !== "tt_to_hf") throw new CkptError("USAGE", "--requantize re-encodes --to hf output; it needs --to hf");
     const format = direction === "tt_to_hf" ? "safetensors" : opts.format ?? "dcp";
     if (opts.hfNames) {
       if (format !== "safetensors" || world === 1) throw new CkptError("USAGE", "--hf-names writes per-rank safetensors: use it with --format safetensors and --world-size > 1");
@@ -327,7 +381,12 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       if (assetSource) {
         const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
-        if (direction === "tt_to_hf" && assets.includes("config.json")) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
+        if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
+        if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(dir.partial, "config.json"), !!opts.requantize);
+      }
+      if (opts.requantize) {
+        const srcCfg = assetSource?.localPath("config.json");
+        requantizeHfDir(dir.partial, mapping, opts.requantize, flatTextConfig(config), requantizeShapeDtype(assetSource), srcCfg ? dirname(srcCfg) : undefined, opts.onWarning);
       }
       if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       commitOutputDir(dir, { force: opts.force, fsync });

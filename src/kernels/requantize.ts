@@ -1,0 +1,157 @@
+// Requantization encoders (the inverses of the mxfp4 / int4 decode ops, for `--to hf --requantize`): TypeScript
+// only (no native tier; a pass over the expert tensors after they are written, cost ~ a decode in JS). Each group's
+// scale is recovered by the rule the source's own quantizer uses, so a checkpoint whose values still hold only
+// quantized values comes back byte-identical; a group no scale of that rule can express exactly is counted, never
+// rounded.
+//
+// MXFP4 (transformers' quantize_to_mxfp4 → triton_kernels downcast_to_mxfp_torch, the OpenAI quantizer): per 32
+// values, amax/6 rounded UP to a power of two (f32 bits (x + 0x7FFFFF) & 0x7F800000), byte = its biased exponent:
+// so amax / 2^(byte−127) ∈ (3, 6] and byte ≥ 1 for any non-zero group (an f32-subnormal amax/6 rounds to 2^−126);
+// an all-zero group (±0 only) gets byte 0. Sources with other scales over such groups (e.g. 252–254 over ±0, or byte
+// 0 over non-zero values) cannot be told apart from the values: they are refused, counted.
+//
+// INT4 (compressed-tensors 0.17.1 calculate_qparams, symmetric minmax): scale = amax / 7.5 in BF16, q = round(w/s)
+// clamped to [−8, 7]; a zero group gets BF16 eps (2^−7, 0x3C00). Recovery: the positive BF16 s with the largest
+// |q| (8 down to 1, −8 only for a negative amax value) such that every w / s is an integer in [−8, 7]; with F32
+// ckpt output (the exact products) any group compressed-tensors wrote is recovered. Negative or zero source scales
+// over non-zero values (which that quantizer never writes) are refused.
+
+const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+
+/** Nibble of an exact E2M1 value x (sign from the value's sign bit, so −0 → 8), or −1. */
+function e2m1Nibble(x: number): number {
+  const neg = x < 0 || Object.is(x, -0);
+  const i = E2M1.indexOf(Math.abs(x));
+  return i < 0 ? -1 : (neg ? 8 : 0) | i;
+}
+
+/**
+ * MXFP4 encode of values [rows, cols] (cols a multiple of 32, row-major) into blocks [rows, cols/32, 16] (low nibble
+ * first) and E8M0 scales [rows, cols/32]. `bad` counts the groups with no exact encoding under the quantizer's scale.
+ */
+export function mxfp4Encode(values: Float64Array, rows: number, cols: number): { blocks: Uint8Array; scales: Uint8Array; bad: number; firstBad: number; badMask: Uint8Array } {
+  if (cols % 32 !== 0) throw new Error(`mxfp4 encode: ${cols} columns is not a multiple of 32`);
+  const G = cols / 32;
+  const blocks = new Uint8Array(rows * G * 16);
+  const scales = new Uint8Array(rows * G);
+  const badMask = new Uint8Array(rows * G);
+  let bad = 0, firstBad = -1;
+  for (let g = 0; g < rows * G; g++) {
+    const base = g * 32;
+    let amax = 0;
+    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(values[base + i]!));
+    let byte = 0;
+    if (amax > 0) {
+      if (!Number.isFinite(amax)) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; continue; }
+      let e = Math.ceil(Math.log2(amax / 6));
+      while (2 ** e < amax / 6) e++;
+      while (2 ** (e - 1) >= amax / 6) e--;
+      byte = Math.max(1, e + 127);
+      if (byte > 254) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; continue; }
+    }
+    scales[g] = byte;
+    const inv = 2 ** (127 - byte);
+    let ok = true;
+    for (let i = 0; i < 32 && ok; i += 2) {
+      const lo = e2m1Nibble(values[base + i]! * inv), hi = e2m1Nibble(values[base + i + 1]! * inv);
+      if (lo < 0 || hi < 0) ok = false;
+      else blocks[g * 16 + (i >> 1)] = lo | (hi << 4);
+    }
+    if (!ok) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; }
+  }
+  return { blocks, scales, bad, firstBad, badMask };
+}
+
+/** BF16 bits of x when x is exactly a BF16 value, else −1. */
+function exactBf16(x: number): number {
+  const f = new Float32Array([x]);
+  if (f[0] !== x) return -1;
+  const u = new Uint32Array(f.buffer)[0]!;
+  return (u & 0xffff) === 0 ? u >>> 16 : -1;
+}
+
+const BF16_EPS = 0x3c00;
+
+/**
+ * INT4 (compressed-tensors pack-quantized, symmetric) encode of values [rows, cols] with groups of `group` along
+ * cols: weight_packed I32 [rows, ceil(cols/8)] (8 nibbles per word, least significant first, nibble = q + 8) and
+ * BF16 weight_scale bits [rows, ceil(cols/group)]. `bad` counts groups with no exact (q, s).
+ */
+export function int4Encode(values: Float64Array, rows: number, cols: number, group: number): { packed: Uint8Array; scales: Uint16Array; bad: number; firstBad: number; badMask: Uint8Array } {
+  const words = Math.ceil(cols / 8), S = Math.ceil(cols / group);
+  const packed = new Uint32Array(rows * words);
+  const scales = new Uint16Array(rows * S);
+  const q = new Int8Array(group);
+  const badMask = new Uint8Array(rows * S);
+  let bad = 0, firstBad = -1;
+  for (let r = 0; r < rows; r++) {
+    for (let g = 0; g < S; g++) {
+      const c0 = g * group, n = Math.min(group, cols - c0), base = r * cols + c0;
+      let amax = 0, at = 0;
+      for (let i = 0; i < n; i++) { const a = Math.abs(values[base + i]!); if (a > amax) { amax = a; at = i; } }
+      let sBits = -1;
+      let negZero = false;
+      for (let i = 0; i < n; i++) if (Object.is(values[base + i], -0)) negZero = true; // q·s > 0 never makes −0
+      if (negZero) { /* refused below (or taken from the source) */ } else if (amax === 0) {
+        sBits = BF16_EPS;
+        for (let i = 0; i < n; i++) q[i] = 0;
+      } else if (Number.isFinite(amax)) {
+        const neg = values[base + at]! < 0;
+        for (let k = neg ? 8 : 7; k >= 1 && sBits < 0; k--) {
+          const s = amax / k;
+          const bits = exactBf16(s);
+          if (bits < 0 || !(s > 0)) continue;
+          let ok = true;
+          for (let i = 0; i < n && ok; i++) {
+            const v = values[base + i]! / s;
+            if (!Number.isInteger(v) || v < -8 || v > 7 || values[base + i]! !== Math.fround(v * s)) ok = false;
+            else q[i] = v;
+          }
+          if (ok) sBits = bits;
+        }
+      }
+      if (sBits < 0) { bad++; badMask[r * S + g] = 1; if (firstBad < 0) firstBad = r * S + g; continue; }
+      scales[r * S + g] = sBits;
+      for (let i = 0; i < n; i++) {
+        const c = c0 + i;
+        packed[r * words + (c >> 3)]! |= ((q[i]! + 8) & 15) << (4 * (c & 7));
+      }
+    }
+  }
+  return { packed: new Uint8Array(packed.buffer), scales, bad, firstBad, badMask };
+}
+
+/** f64 → the output dtype's value (F32: fround; BF16: round-to-nearest-even of the f32). */
+export function roundTo(x: number, dtype: "F32" | "BF16"): number {
+  const f = Math.fround(x);
+  if (dtype === "F32" || !Number.isFinite(f)) return f;
+  const w = new Uint32Array(new Float32Array([f]).buffer);
+  const u = w[0]!;
+  w[0] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+  return new Float32Array(w.buffer)[0]!;
+}
+
+const same = (a: number, b: number) => a === b && Object.is(a, -0) === Object.is(b, -0);
+
+/** Whether MXFP4 group `g` of (blocks, scales) decodes to values[g·32 ..] in `dtype`. */
+export function mxfp4GroupDecodesTo(blocks: Uint8Array, scales: Uint8Array, g: number, values: Float64Array, dtype: "F32" | "BF16"): boolean {
+  const s = scales[g]!;
+  if (s === 255) return false;
+  for (let i = 0; i < 32; i++) {
+    const nib = (blocks[g * 16 + (i >> 1)]! >> (4 * (i & 1))) & 15;
+    const v = (nib & 8 ? -1 : 1) * E2M1[nib & 7]! * 2 ** (s - 127);
+    if (!same(roundTo(v, dtype), values[g * 32 + i]!)) return false;
+  }
+  return true;
+}
+
+/** Whether INT4 group (r, g) of (packed words, BF16 scale bits) decodes to values[r, g·group ..] in `dtype`. */
+export function int4GroupDecodesTo(packed: Uint32Array, scales: Uint16Array, r: number, g: number, rows: number, cols: number, group: number, values: Float64Array, dtype: "F32" | "BF16"): boolean {
+  const words = Math.ceil(cols / 8), S = Math.ceil(cols / group);
+  const sc = new Float32Array(new Uint32Array([scales[r * S + g]! << 16]).buffer)[0]!;
+  for (let c = g * group; c < Math.min(cols, (g + 1) * group); c++) {
+    const q = ((packed[r * words + (c >> 3)]! >>> (4 * (c & 7))) & 15) - 8;
+    if (!same(roundTo(q * sc, dtype), values[r * cols + c]!)) return false;
+  }
+  return true;
+}
