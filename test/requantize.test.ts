@@ -13,6 +13,7 @@ import { test } from "node:test";
 import { writeTinyGptOss } from "../src/fixtures/tiny-gpt-oss.js";
 import { writeTinyKimi } from "../src/fixtures/tiny-kimi.js";
 import { mxfp4Encode, int4Encode } from "../src/kernels/requantize.js";
+import { runConvert } from "../src/ops/convert.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");
 
@@ -98,6 +99,8 @@ test("gpt-oss --requantize mxfp4: quantizer-scaled fixture round trips byte-iden
     assert.ok(n > 30);
     assert.deepEqual(json(join(t.dir, "back", "config.json")), json(join(src, "config.json")));
     assert.equal((json(join(t.dir, "back", "config.json")).quantization_config as { quant_method: string }).quant_method, "mxfp4");
+    ok(["verify", join(t.dir, "back")]); // the manifest describes the packed tensors
+
   } finally { t.cleanup(); }
 });
 
@@ -151,6 +154,7 @@ for (const layout of ["k2", "k25"] as const) {
       if (layout === "k2") assert.deepEqual(cfg, orig);
       else assert.deepEqual(cfg, { ...(orig.text_config as object), architectures: ["DeepseekV3ForCausalLM"] });
       assert.equal(qfmt, "pack-quantized");
+      ok(["verify", join(t.dir, "back")]);
     } finally { t.cleanup(); }
   });
 }
@@ -206,5 +210,22 @@ test("--requantize needs --to hf", () => {
     const r = ckpt(["convert", src, join(t.dir, "tt"), "--requantize", "mxfp4"]);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /USAGE: --requantize re-encodes --to hf output/);
+  } finally { t.cleanup(); }
+});
+
+test("Kimi --requantize int4 over several output files: index weight_map and total_size rewritten, verify passes, tensors byte-identical", async () => {
+  const t = tmp();
+  try {
+    const src = join(t.dir, "hf");
+    writeTinyKimi(src, { layout: "k2", quantizerScales: true, files: 3 });
+    ok(["convert", src, join(t.dir, "tt")]);
+    await runConvert({ source: join(t.dir, "tt"), out: join(t.dir, "back"), to: "hf", config: configOnly(src, join(t.dir, "cfg")), requantize: "int4", maxShardBytes: 1 << 20 });
+    assert.ok(readdirSync(join(t.dir, "back")).filter((f) => f.endsWith(".safetensors")).length > 1);
+    assertSameTensors(src, join(t.dir, "back"));
+    const idx = json(join(t.dir, "back", "model.safetensors.index.json")) as { weight_map: Record<string, string>; metadata: { total_size: number } };
+    const all = tensorsOf(join(t.dir, "back"));
+    assert.deepEqual(Object.keys(idx.weight_map).sort(), [...all.keys()].sort());
+    assert.equal(idx.metadata.total_size, [...all.values()].reduce((a, x) => a + x.bytes.length, 0));
+    ok(["verify", join(t.dir, "back")]);
   } finally { t.cleanup(); }
 });

@@ -386,7 +386,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       }
       if (opts.requantize) {
         const srcCfg = assetSource?.localPath("config.json");
-        requantizeHfDir(dir.partial, mapping, opts.requantize, flatTextConfig(config), requantizeShapeDtype(assetSource), srcCfg ? dirname(srcCfg) : undefined, opts.onWarning);
+        await requantizeHfDir(dir.partial, mapping, opts.requantize, flatTextConfig(config), requantizeShapeDtype(assetSource), srcCfg ? dirname(srcCfg) : undefined, opts.onWarning);
       }
       if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       commitOutputDir(dir, { force: opts.force, fsync });

@@ -4,11 +4,12 @@
 // tensors with kernels/requantize.ts into the rule's packed HF tensors (mxfp4: `hf` blocks + `scales`; int4: `hf`
 // weight_packed + `scale` + `shape`), so the names and the encoding both come from the rule being inverted. Any
 // group that is not exactly representable under the source quantizer's scale rule refuses the whole conversion with
-// a count (nothing is written). The manifest's entries of replaced tensors are swapped for entries without piece
-// hashes (crc32 only): `ckpt verify` of requantized output checks sizes and CRCs only.
+// a count (nothing is written). The manifest's entries of the replaced tensors are swapped for the packed tensors'
+// (crc32, piece hashes and chunk hash as the executor records them), so `ckpt verify` checks the requantized output.
 import { readFileSync, writeFileSync, readdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { crc32 } from "node:zlib";
+import { crc32 } from "../kernels/checksum.js";
+import { digestOf, parseDigest } from "../exec/digest.js";
 import { CkptError } from "../errors.js";
 import type { Mapping, TensorRule } from "../mapping/schema.js";
 import { valueOp, transformSteps } from "../mapping/schema.js";
@@ -110,8 +111,8 @@ function pairs(mapping: Mapping, kind: RequantizeKind): { plain: TensorRule; pac
  * the (text) config giving the INT4 group size; `shapeDtype` the dtype of int4 weight_shape tensors (the source's).
  * Returns the number of tensors re-encoded; throws REQUANTIZE with a count when values are not representable.
  */
-export function requantizeHfDir(dir: string, mapping: Mapping, kind: RequantizeKind, config: Record<string, unknown>, shapeDtype: "I32" | "I64" = "I64",
-  sourceDir?: string, onWarning?: (msg: string) => void): number {
+export async function requantizeHfDir(dir: string, mapping: Mapping, kind: RequantizeKind, config: Record<string, unknown>, shapeDtype: "I32" | "I64" = "I64",
+  sourceDir?: string, onWarning?: (msg: string) => void): Promise<number> {
   const src = sourceTensors(sourceDir, mapping);
   /** The source's bytes of a packed tensor with this (normalised) name and shape, if the --config folder holds it. */
   const srcBytes = (name: string, shape: number[]): Uint8Array | undefined => {
@@ -205,7 +206,15 @@ export function requantizeHfDir(dir: string, mapping: Mapping, kind: RequantizeK
   if (repl.size === 0) throw new CkptError("REQUANTIZE", `--requantize ${kind}: the output holds no decoded ${kind} expert tensors to re-encode`);
   // rewrite each file holding a replaced tensor, the packed tensors in the place of the decoded one
   const manifestPath = join(dir, "ckpt-manifest.json");
-  const manifest = existsSync(manifestPath) ? (JSON.parse(readFileSync(manifestPath, "utf8")) as { files?: Record<string, { size: number }>; tensors?: Record<string, unknown> }) : undefined;
+  const manifest = existsSync(manifestPath) ? (JSON.parse(readFileSync(manifestPath, "utf8")) as { digest?: string; piece_bytes?: number; files?: Record<string, { size: number; hash?: string }>; tensors?: Record<string, unknown> }) : undefined;
+  const alg = parseDigest(manifest?.digest);
+  const pieceBytes = manifest?.piece_bytes ?? 16 << 20;
+  /** A manifest chunk as the executor records it: pieces of ≤ piece_bytes, hash over their concatenated hex digests. */
+  const chunkOf = async (file: string, t: { shape: number[]; bytes: Uint8Array }) => {
+    const pieces: string[] = [];
+    for (let o = 0; o < Math.max(1, t.bytes.length); o += pieceBytes) pieces.push(await digestOf(alg, t.bytes.subarray(o, Math.min(t.bytes.length, o + pieceBytes))));
+    return { file, offsets: t.shape.map(() => 0), sizes: t.shape, bytes: t.bytes.length, crc32: crc32(t.bytes), hash: await digestOf(alg, Buffer.from(pieces.join(""))), piece_hashes: pieces };
+  };
   const weightMap = new Map<string, string>();
   for (const [f, st] of parsed) {
     if (!st.names.some((n) => repl.has(n))) { for (const n of st.names) weightMap.set(n, f); continue; }
@@ -216,7 +225,7 @@ export function requantizeHfDir(dir: string, mapping: Mapping, kind: RequantizeK
       if (!r) { out.push({ name: n, dtype: e.dtype, shape: e.shape, bytes: st.data.subarray(e.data_offsets[0], e.data_offsets[1]) }); continue; }
       out.push(...r.to);
       if (manifest?.tensors) delete manifest.tensors[n];
-      for (const t of r.to) if (manifest?.tensors) manifest.tensors[t.name] = { dtype: t.dtype, shape: t.shape, requantized: kind, chunks: [{ file: f, offsets: t.shape.map(() => 0), sizes: t.shape, bytes: t.bytes.length, crc32: crc32(t.bytes) }] };
+      for (const t of r.to) if (manifest?.tensors) manifest.tensors[t.name] = { dtype: t.dtype, shape: t.shape, chunks: [await chunkOf(f, t)] };
     }
     const sorted = out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     writeSt(join(dir, f), sorted, st.meta);
@@ -230,7 +239,10 @@ export function requantizeHfDir(dir: string, mapping: Mapping, kind: RequantizeK
     let total = 0;
     for (const f of parsed.keys()) { const st = readSt(join(dir, f)); for (const e of st.entries.values()) total += e.data_offsets[1] - e.data_offsets[0]; }
     idx.metadata = { ...(idx.metadata ?? {}), total_size: total };
-    writeFileSync(indexPath, JSON.stringify(idx, null, 2) + "\n");
+    const text = JSON.stringify(idx, null, 2) + "\n";
+    writeFileSync(indexPath, text);
+    const entry = manifest?.files?.["model.safetensors.index.json"];
+    if (entry) { entry.size = Buffer.byteLength(text); entry.hash = await digestOf(alg, Buffer.from(text)); }
   }
   if (manifest) writeFileSync(manifestPath, JSON.stringify(manifest, null, 1) + "\n");
   return repl.size;
