@@ -60,8 +60,10 @@ export function selectMapping(config: Record<string, unknown> | undefined, file 
   return hit;
 }
 
+/** A number of config.json: `field`, or `nested.field` inside a nested config (e.g. `vision_config.hidden_size`). */
 function configNumber(config: Record<string, unknown>, key: string): number | undefined {
-  const v = config[key];
+  let v: unknown = config;
+  for (const k of key.split(".")) v = v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>)[k] : undefined;
   return typeof v === "number" && Number.isFinite(v) ? v : undefined;
 }
 

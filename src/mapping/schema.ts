@@ -37,13 +37,18 @@ export type TpPlacement = (typeof TP_PLACEMENTS)[number];
  *   (`in_proj_qkv` → `in_proj_q/k/v` by `[kd, kd, vd]`). Inverse: the parts concatenated along `dim`.
  * - `chunk`: `split` into `chunks` equal parts (torch.chunk; the size must divide). Inverse: concatenation.
  * - `transpose` after a split part: e.g. `gate_up_proj [E, D, 2F]` → chunk(dim 2, 2)[0] → transpose → `w1_EFD`.
+ * - `reshape`: the HF tensor viewed as `shape` (dims expressions; the element count must match): a row-major
+ *   contiguous view, so it moves no element and is metadata only (Conv3d patch embedding [out, C, T, P, P] →
+ *   Linear [out, C·T·P·P]). It keeps dim 0 (what FSDP Shard(0) and TP Shard(0) cut), so any box of the output reads
+ *   whole consecutive runs of the source. It stands alone. Inverse: the reshape back to the HF shape.
  */
 export type Transform =
   | { op: "mxfp4"; scales: string }
   | { op: "transpose" }
   | { op: "int4"; scale: string; shape: string }
   | { op: "split"; dim: number; sizes: string[]; index: number }
-  | { op: "chunk"; dim: number; chunks: number; index: number };
+  | { op: "chunk"; dim: number; chunks: number; index: number }
+  | { op: "reshape"; shape: string[] };
 
 /** The rule's transform as a list of steps (HF → TorchTitan order); empty without one. */
 export function transformSteps(rule: { transform?: Transform | Transform[] }): Transform[] {
@@ -70,6 +75,7 @@ const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string
     : "split needs exactly `dim` (an integer ≥ 0), `sizes` (two or more dims expressions) and `index` (this rule's part, < sizes.length)"),
   chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && onlyKeys(t, ["dim", "chunks", "index"]) ? undefined
     : "chunk needs exactly `dim` (an integer ≥ 0), `chunks` (an integer ≥ 2) and `index` (this rule's part, < chunks)"),
+  reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && onlyKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
 };
 const isDim = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
 const isIndex = (v: unknown, n: number) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < n;
@@ -140,8 +146,10 @@ export interface Mapping {
   /**
    * HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's
    * `option`; a tower without `option` is always skipped and reported (e.g. MTP heads the target has no module for).
+   * With `convert: true` the tower's tensors go through the rules (the target has the module), and its `option`
+   * skips and reports them instead (Qwen3.5's vision tower under --text-only).
    */
-  towers?: { prefixes: string[]; why: string; option?: "text-only" }[];
+  towers?: { prefixes: string[]; why: string; option?: "text-only"; convert?: boolean }[];
   /** What config.json must satisfy for a target's model to express it (mapping/requirements.ts). */
   requires?: Requirement<Target>[];
 }
@@ -209,6 +217,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
         const bad = check(t);
         if (bad) fail(file, at, bad);
         if (list.length > 1 && !STRUCTURAL.has(t.op as string)) fail(file, at, `${t.op as string} does not compose: only ${[...STRUCTURAL].join(", ")} may form a list`);
+        if (t.op === "reshape") for (const e of t.shape as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.shape`, `unknown dims name '${n}'`);
         if (t.op === "split") for (const e of t.sizes as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.sizes`, `unknown dims name '${n}'`);
       });
       if (list.filter((x) => ["split", "chunk"].includes((x as { op?: string }).op ?? "")).length > 1) fail(file, `${p}.transform`, "at most one split or chunk per rule");
@@ -228,7 +237,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   });
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || x.option === "text-only")))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only }");
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || x.option === "text-only") && (x.convert === undefined || (x.convert === true && x.option !== undefined))))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only, convert?: true (with an option) }");
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");

@@ -471,6 +471,14 @@ function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, nu
       return { recipe: { op: "mxfp4", blocks: name, scales }, dequantized: true, hfShape: shape, shape };
     }
   }
+  const rs = valueOp(rule, "reshape");
+  if (rs) {
+    // a view of the stored (contiguous) tensor: dim 0 kept, the rest regrouped; no element moves
+    const inner = plain();
+    if (inner.recipe.op !== "source") throw new CkptError("SHAPE", `reshape applies to a stored tensor, not to ${inner.recipe.op}`, { tensor: name });
+    const shape = reshapeTo(rs.shape, src.shape, ctx?.dims ?? {}, name);
+    return { recipe: { op: "reshape", shape, from: [...src.shape], input: inner.recipe }, dequantized: false, hfShape: [...src.shape], shape };
+  }
   // structural steps (transpose, split, chunk), in order: whole elements move, nothing is computed
   const inner = plain();
   if (inner.recipe.op !== "source") throw new CkptError("SHAPE", `${transformSteps(rule).map((x) => x.op).join(" + ")} applies to a stored tensor, not to ${inner.recipe.op}`, { tensor: name });
@@ -489,6 +497,17 @@ function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, nu
     shape[step.dim] = part.size;
   }
   return { recipe, dequantized: false, hfShape: [...src.shape], shape };
+}
+
+/** The shape a `reshape` step views `from` as: its dims expressions evaluated; element count and dim 0 must agree. */
+function reshapeTo(exprs: string[], from: readonly number[], dims: Record<string, number>, tensor: string): number[] {
+  const shape = exprs.map((e) => evalDimExpr(e, dims));
+  if (shape.some((v) => v === undefined)) throw new CkptError("CONFIG", `reshape to [${exprs.join(", ")}]: a dims value is missing from config.json`, { tensor, hint: "a tower's dims come from its nested config (e.g. vision_config); --text-only skips a vision tower" });
+  const n = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+  if (n(shape as number[]) !== n(from) || shape[0] !== from[0]) {
+    throw new CkptError("SHAPE", `reshape [${from}] → [${shape}] (${exprs.join(", ")}): the element count and dim 0 must agree`, { tensor });
+  }
+  return shape as number[];
 }
 
 /** Sizes of the parts a split/chunk step cuts `shape[dim]` into (dims expressions evaluated; they must add up). */
@@ -610,6 +629,15 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
       checkShape(rule, hfName, shape, dims, file);
       tensors.push({ name: hfName, dtype, shape, recipe: { op: "transpose", input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
+      continue;
+    }
+    const rs = valueOp(rule, "reshape");
+    if (rs) {
+      // the inverse view: the TorchTitan tensor back to the HF shape the rule describes
+      const shape = (rule.shape ?? []).map((e) => evalDimExpr(e, dims));
+      if (!rule.shape || shape.some((v) => v === undefined)) throw new CkptError("MAPPING", `${hfName}: a reshape rule needs its HF shape in dims expressions`, { tensor: stored });
+      if (reshapeTo(rs.shape, shape as number[], dims, stored).join() !== src.shape.join()) throw new CkptError("SHAPE", `${stored} is [${src.shape}], not the reshape of ${hfName} [${shape}]`, { tensor: stored });
+      tensors.push({ name: hfName, dtype, shape: shape as number[], recipe: { op: "reshape", shape: shape as number[], from: [...src.shape], input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
       continue;
     }
     checkShape(rule, hfName, src.shape, dims, file);

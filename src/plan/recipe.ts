@@ -17,6 +17,8 @@ export type Recipe =
   | { op: "slice"; dim: number; start: number; size: number; input: Recipe }
   /** The inputs joined along `dim`, `sizes[i]` elements of input i (the inverse of split/chunk). */
   | { op: "concat"; dim: number; sizes: number[]; inputs: Recipe[] }
+  /** The input (of shape `from`, contiguous) viewed as `shape`: same elements in the same order, metadata only. */
+  | { op: "reshape"; shape: number[]; from: number[]; input: Recipe }
   | { op: "zeros" }
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
@@ -36,7 +38,7 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
     case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
-    case "rope": case "select": case "transpose": case "slice": recipeLeaves(r.input, out); break;
+    case "rope": case "select": case "transpose": case "slice": case "reshape": recipeLeaves(r.input, out); break;
     case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
   }
   return out;
@@ -56,5 +58,6 @@ export function describeRecipe(r: Recipe): string {
     case "select": return `${describeRecipe(r.input)}[${r.index}]`;
     case "slice": return `${describeRecipe(r.input)}.narrow(${r.dim}, ${r.start}, ${r.size})`;
     case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
+    case "reshape": return `${describeRecipe(r.input)}.reshape(${r.shape.join(", ")})`;
   }
 }

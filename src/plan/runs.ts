@@ -155,6 +155,26 @@ function resolve(r: Recipe, coords: number[], colStart: number, cols: number, tr
       c[axis] = c[axis]! + r.start;
       return resolve(r.input, c, colStart, cols, transposed);
     }
+    case "reshape": {
+      // a contiguous view: the window's elements are consecutive in the input, cut at the input's row ends
+      plainOnly("reshape");
+      const ov = viewShape(r.shape), iv = viewShape(r.from);
+      let lin = 0;
+      for (let d = 0; d < coords.length; d++) lin = lin * ov[d]! + coords[d]!;
+      lin = lin * ov[ov.length - 1]! + colStart;
+      const icols = iv[iv.length - 1]!;
+      const out: Segment[] = [];
+      for (let done = 0; done < cols;) {
+        let rest = Math.floor((lin + done) / icols);
+        const c0 = (lin + done) % icols;
+        const ic: number[] = Array<number>(iv.length - 1).fill(0);
+        for (let d = iv.length - 2; d >= 0; d--) { ic[d] = rest % iv[d]!; rest = Math.floor(rest / iv[d]!); }
+        const n = Math.min(cols - done, icols - c0);
+        for (const s of resolve(r.input, ic, c0, n)) out.push({ ...s, dstOff: s.dstOff + done });
+        done += n;
+      }
+      return out;
+    }
     case "concat": {
       const axis = axisOf(r.dim, coords, transposed);
       const out: Segment[] = [];

@@ -39,7 +39,8 @@ export function sourceView(mapping: Mapping, catalog: { tensors: Map<string, Cat
   const refused = new Map<string, string[]>();
   for (const [name, t] of catalog.tensors) {
     const tower = mapping.towers?.find((x) => x.prefixes.some((p) => name.startsWith(p)));
-    if (tower) {
+    // a tower the mapping converts (rules of its own) goes through them unless the user's option skips it
+    if (tower && !(tower.convert && !(tower.option && options.includes(tower.option)))) {
       if (!tower.option) skipped.push({ name, why: tower.why });
       else if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (--${tower.option})` });
       else refused.set(tower.why, [...(refused.get(tower.why) ?? []), name]);
