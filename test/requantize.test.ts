@@ -202,7 +202,7 @@ test("Kimi --to hf without --requantize: config.json for DeepseekV3ForCausalLM (
   } finally { t.cleanup(); }
 });
 
-test("--requantize needs --to hf", () => {
+test("--requantize needs --to hf and a mapping with that op", () => {
   const t = tmp();
   try {
     const src = join(t.dir, "hf");
@@ -210,6 +210,11 @@ test("--requantize needs --to hf", () => {
     const r = ckpt(["convert", src, join(t.dir, "tt"), "--requantize", "mxfp4"]);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /USAGE: --requantize re-encodes --to hf output/);
+    ok(["convert", src, join(t.dir, "tt")]);
+    const k = ckpt(["convert", join(t.dir, "tt"), join(t.dir, "back"), "--to", "hf", "--config", src, "--requantize", "int4"]);
+    assert.notEqual(k.status, 0);
+    assert.match(k.stderr, /USAGE: --requantize int4: the gpt_oss mapping has no int4 tensors/);
+    assert.ok(!existsSync(join(t.dir, "back")));
   } finally { t.cleanup(); }
 });
 

@@ -22,7 +22,7 @@ import { unthrottledDirtyBytes } from "../exec/page-cache.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
-import { requantizeHfDir, type RequantizeKind } from "./requantize.js";
+import { checkRequantizable, requantizeHfDir, type RequantizeKind } from "./requantize.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -312,6 +312,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     }
     if (!config) throw new CkptError("CONFIG", "no config.json found", { file: source.id, hint: direction === "tt_to_hf" ? "pass --config <hf-folder-or-repo>" : "the source needs an HF config.json (or pass --config)" });
     const mapping = selectMapping(config, configFile);
+    if (opts.requantize && direction === "tt_to_hf") checkRequantizable(mapping, opts.requantize);
     let target = parseTarget(opts.target);
     // A TorchTitan source asked to become TorchTitan again is an offline reshard.
     if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";

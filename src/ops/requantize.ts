@@ -106,6 +106,11 @@ function pairs(mapping: Mapping, kind: RequantizeKind): { plain: TensorRule; pac
   return out;
 }
 
+/** Refuses --requantize up front when the mapping has no rule of that kind to invert (before anything is written). */
+export function checkRequantizable(mapping: Mapping, kind: RequantizeKind): void {
+  if (pairs(mapping, kind).length === 0) throw new CkptError("USAGE", `--requantize ${kind}: the ${mapping.architecture} mapping has no ${kind} tensors to re-encode`);
+}
+
 /**
  * Re-encodes the decoded experts of an HF output folder (`dir`, before commit) into the packed layout. `config` is
  * the (text) config giving the INT4 group size; `shapeDtype` the dtype of int4 weight_shape tensors (the source's).
