@@ -1,0 +1,69 @@
+// Qwen3.5 VLM vision tower (issue 15): TorchTitan main's qwen3_5 model always builds a vision encoder, so a VLM
+// checkpoint converts with its tower. The tiny VLM fixture (transformers 5.12's model.visual tensor set) converted and
+// sharded for 4 ranks loads STRICTLY into qwen3_5 with its vision encoder built from vision_config (NaN-filled, then
+// ModelWrapper + dcp.load: nothing missing or unexpected, no NaN left), every vision_encoder tensor equals torch's own
+// reshape / chunk of the HF safetensors, and `--to hf` gives the source bytes back (MTP tensors are reported, not
+// converted, so they are the only names missing from the round trip; the text names come back as model.*).
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { writeTinyQwen35 } from "../../src/fixtures/tiny-qwen3-5.js";
+import { installPy } from "./py-files.js";
+import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
+
+const CLI = join(process.cwd(), "bin", "ckpt.js");
+
+function ckpt(args: string[]): void {
+  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });
+  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
+}
+
+function safetensorsOf(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors"))) {
+    const buf = readFileSync(join(dir, f));
+    const n = Number(buf.readBigUInt64LE(0));
+    const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+    for (const [k, v] of Object.entries(h)) if (k !== "__metadata__") out.set(k, Buffer.concat([Buffer.from(`${v.dtype}[${v.shape}]`), buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1])]));
+  }
+  return out;
+}
+
+const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
+if (suites.length === 0) {
+  test("Qwen3.5 VLM vision tower: strict load into TorchTitan's qwen3_5 with its vision encoder", { skip: "no sid root with the judge kit (test/interop/setup-torch-root.sh sid)" }, () => {});
+}
+
+for (const env of suites) {
+  test(`[${env.suite}] Qwen3.5 VLM: vision tower loads strictly into qwen3_5's vision encoder = torch reshape/chunk of the HF tensors; --to hf byte-identical`, { timeout: 600_000 }, async () => {
+    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
+    const tmp = env.tmpdir();
+    const h = (n: string) => join(tmp.host, n);
+    const g = (n: string) => `${tmp.guest}/${n}`;
+    try {
+      const py = installPy(tmp.host, tmp.guest);
+      for (const [name, opts] of [["dense", { seed: 41 }], ["moe", { experts: 6, seed: 42 }]] as const) {
+        writeTinyQwen35(h(name), { ...opts, vlm: true, vision: true });
+        ckpt(["convert", h(name), h(`${name}.convert`)]);
+        ckpt(["shard", h(name), h(`${name}.w4`), "--world-size", "4"]);
+        for (const out of [`${name}.convert`, `${name}.w4`]) {
+          const r = await env.pythonFile(`${py}/qwen35_vision_check.py`, [g(name), g(out)], { timeoutMs: 300_000, env: JUDGE_ENV });
+          const res = JSON.parse(r.trim().split("\n").pop()!) as { ok: boolean; load: unknown; vision_tensors: number; mismatch: string[] };
+          console.log(`# ${out}: ${JSON.stringify(res)}`);
+          assert.ok(res.ok, `${out}: ${JSON.stringify(res)}`);
+          assert.equal(res.vision_tensors, 3 + 3 * 16 + 6);
+        }
+        ckpt(["convert", h(`${name}.w4`), h(`${name}.back`), "--to", "hf", "--config", h(name)]);
+        // --to hf writes the language model under model. (the CausalLM spelling, as for text checkpoints today)
+        const a = new Map([...safetensorsOf(h(name))].map(([k, v]) => [k.replace(/^model\.language_model\./, "model."), v]));
+        const b = safetensorsOf(h(`${name}.back`));
+        assert.deepEqual([...b.keys()].sort(), [...a.keys()].filter((k) => !k.startsWith("mtp.")).sort(), `${name} --to hf names`);
+        for (const [k, v] of b) assert.ok(v.equals(a.get(k)!), `${name} --to hf: ${k} differs from the source`);
+      }
+    } finally {
+      tmp.cleanup();
+    }
+  });
+}
