@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { writeTinyLlama } from "../fixtures/tiny-llama.js";
+import { writeTinyGptOss } from "../fixtures/tiny-gpt-oss.js";
 import { runInspect } from "../ops/inspect.js";
 import { runConvert } from "../ops/convert.js";
 import { openDcp } from "../formats/dcp/reader.js";
@@ -29,7 +30,10 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
   const tt = join(base, "tiny-llama3-torchtitan");
   const sharded = join(base, "tiny-llama3-fsdp8");
   const back = join(base, "tiny-llama3-hf-roundtrip");
-  for (const p of [hf, tt, sharded, back]) rmSync(p, { recursive: true, force: true });
+  const oss = join(base, "tiny-gpt-oss-mxfp4-hf");
+  const ossTt = join(base, "tiny-gpt-oss-torchtitan");
+  const ossW4 = join(base, "tiny-gpt-oss-fsdp4");
+  for (const p of [hf, tt, sharded, back, oss, ossTt, ossW4]) rmSync(p, { recursive: true, force: true });
   try {
     log("1. generating a tiny Llama 3 (GQA 4/2 heads, head_dim 16 ≠ hidden/heads, 2 layers, 2 safetensors files)");
     const gen = writeTinyLlama(hf, { files: 2, layers: 2 });
@@ -90,9 +94,48 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
       same++;
     }
     log(`   ${same}/${gen.tensors.length} tensors identical after HF → TorchTitan → HF`);
+    log("6. a tiny gpt-oss with MXFP4 experts (every nibble, edge scales) → TorchTitan's gpt_oss names, and shard for 4");
+    await checkMxfp4Demo(oss, ossTt, ossW4, log);
     if (conv.torchtitanConfig) log(`\nTorchTitan config for the converted checkpoint:\n${conv.torchtitanConfig}`);
     log(`\ndemo OK${opts.keep || opts.out ? `; files in ${base}` : ""}`);
   } finally {
     if (!opts.keep && !opts.out) rmSync(base, { recursive: true, force: true });
   }
+}
+
+const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+
+/** bf16 bits of a value MXFP4 gives exactly (every E2M1 × 2^k with a normal scale is a bf16 value). */
+function bf16Bits(v: number): number {
+  const f = new Float32Array([v]);
+  return new Uint32Array(f.buffer)[0]! >>> 16;
+}
+
+/** Converts the MXFP4 fixture and checks every expert value against E2M1[nibble] · 2^(scale − 127), worked longhand. */
+async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: string) => void): Promise<void> {
+  const gen = writeTinyGptOss(hf, { layout: "mxfp4" });
+  await runConvert({ source: hf, out: tt, format: "safetensors", threads: 0 });
+  const src = new Map(gen.tensors.map((t) => [t.name, t]));
+  const cat = await buildCatalog(await openLocal(tt));
+  let values = 0;
+  for (const [name, t] of cat.tensors) {
+    const m = /^layers\.(\d+)\.moe\.routed_experts\.inner_experts\.(mlp1_weight_EGD|mlp2_weight_EDF)$/.exec(name);
+    if (!m) continue;
+    const hfName = `model.layers.${m[1]}.mlp.experts.${m[2] === "mlp1_weight_EGD" ? "gate_up_proj" : "down_proj"}`;
+    const blocks = src.get(hfName + "_blocks")!, scales = src.get(hfName + "_scales")!;
+    const p = t.pieces[0]!;
+    const out = readFileSync(join(tt, p.file)).subarray(p.byteOffset, p.byteOffset + p.byteLength);
+    const cols = t.shape[t.shape.length - 1]!;
+    for (let i = 0; i < out.length / 2; i++) {
+      const row = Math.floor(i / cols), c = i % cols;
+      const byte = blocks.data[row * (cols / 2) + (c >> 1)]!;
+      const want = bf16Bits(E2M1[c & 1 ? byte >> 4 : byte & 15]! * 2 ** (scales.data[row * (cols / 32) + (c >> 5)]! - 127));
+      if ((out[2 * i]! | (out[2 * i + 1]! << 8)) !== want) throw new CkptError("VERIFY", `demo: ${name} element ${i} is not E2M1 x 2^(scale - 127)`);
+      values++;
+    }
+  }
+  if (values === 0) throw new CkptError("VERIFY", "demo: no gpt-oss expert tensors were written");
+  log(`   ${values.toLocaleString("en-US")} MXFP4 expert values decoded bit-exact to bf16 (mlp1_weight_EGD / mlp2_weight_EDF, gate/up interleaved)`);
+  const sh = await runConvert({ source: hf, out: w4, worldSize: 4, threads: 0 });
+  log(`   sharded for 4 ranks: ${(sh.plan.perRank ?? []).map((r) => fmtBytes(r.bytes)).join(", ")}`);
 }
