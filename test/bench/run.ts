@@ -4,6 +4,7 @@
 //
 //   node dist/test/bench/run.js [--8b] [--json] [--rounds N] [--dir /var/tmp/ckpt-bench] [--no-torch] [--only a,b]
 //   node dist/test/bench/run.js --load …   load time into TorchTitan per output kind (test/bench/load.ts)
+//   node dist/test/bench/run.js --plan [--rounds N]   planning time and RSS of real-sized models (test/bench/plan.ts)
 //
 // Every case runs as its own child process (peak RSS from /usr/bin/time, else the child's VmHWM), rounds are
 // interleaved (cp, ckpt…, torch…, cp, ckpt…) and the median of the rounds is reported. Source and outputs live
@@ -384,7 +385,10 @@ async function main(): Promise<void> {
 // `node --test dist/test/` loads every file under a test/ folder: only run when started directly.
 if (process.env.NODE_TEST_CONTEXT === undefined) {
   // --load: time to load each output into TorchTitan (test/bench/load.ts)
-  (process.argv.includes("--load") ? import("./load.js").then((m) => m.mainLoad(process.argv.slice(2))) : main()).catch((e: unknown) => {
+  // --plan: planning time and memory of real-sized models (test/bench/plan.ts)
+  const job = process.argv.includes("--load") ? import("./load.js").then((m) => m.mainLoad(process.argv.slice(2)))
+    : process.argv.includes("--plan") ? import("./plan.js").then((m) => m.mainPlan(process.argv.slice(2))) : main();
+  job.catch((e: unknown) => {
     process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
     process.exitCode = 1;
   });

@@ -1,0 +1,43 @@
+// `npm run bench -- --plan`: planning time and memory of real-sized models (headers only, sparse files): the
+// Qwen3.5-35B-A3B VLM (31k tensors) as `convert --dry-run` and `shard --world-size 64 --tp 2 --dry-run`. Wall time,
+// CPU seconds and peak RSS of each CLI run (median of --rounds, default 3).
+import { spawnSync } from "node:child_process";
+import { existsSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { write35bA3bHeaders } from "../helpers/big-headers.js";
+
+const CKPT = resolve(import.meta.dirname ?? ".", "../../../bin/ckpt.js");
+
+interface PlanRow { model: string; command: string; wall: number; cpu: number; rssMiB: number; outputs: number }
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+
+export async function mainPlan(argv: string[]): Promise<void> {
+  const rounds = Number(argv[argv.indexOf("--rounds") + 1] ?? 3) || 3;
+  const dir = argv.includes("--dir") ? resolve(argv[argv.indexOf("--dir") + 1]!) : (process.env.CKPT_BENCH_DIR ?? "/var/tmp/ckpt-bench");
+  const hf = join(dir, "qwen3.5-35b-a3b-headers");
+  if (!existsSync(join(hf, "config.json"))) write35bA3bHeaders(hf);
+  const cases: [string, string[]][] = [
+    ["convert --dry-run", ["convert", hf, join(dir, "plan-out"), "--text-only", "--dry-run", "--json"]],
+    ["shard --world-size 64 --tp 2 --dry-run", ["shard", hf, join(dir, "plan-out"), "--world-size", "64", "--tp", "2", "--text-only", "--dry-run", "--json"]],
+  ];
+  const rows: PlanRow[] = [];
+  for (const [label, args] of cases) {
+    const samples: { wall: number; cpu: number; rss: number; outputs: number }[] = [];
+    for (let i = 0; i < rounds; i++) {
+      const t0 = performance.now();
+      const r = spawnSync("/usr/bin/time", ["-f", "%M %U %S", process.execPath, CKPT, ...args], { encoding: "utf8", maxBuffer: 1 << 30 });
+      const wall = (performance.now() - t0) / 1000;
+      if (r.status !== 0) throw new Error(`bench --plan: ckpt ${label} failed:\n${r.stderr}`);
+      const [rss, u, s] = r.stderr.trim().split("\n").pop()!.split(" ").map(Number) as [number, number, number];
+      const plan = (JSON.parse(r.stdout) as { plan: { tensors: unknown[] } }).plan;
+      samples.push({ wall, cpu: u + s, rss: rss / 1024, outputs: plan.tensors.length });
+    }
+    rows.push({ model: "qwen3.5-35b-a3b (VLM, --text-only)", command: label, wall: median(samples.map((x) => x.wall)), cpu: median(samples.map((x) => x.cpu)),
+      rssMiB: Math.max(...samples.map((x) => x.rss)), outputs: samples[0]!.outputs });
+  }
+  rmSync(join(dir, "plan-out"), { recursive: true, force: true });
+  if (argv.includes("--json")) { process.stdout.write(JSON.stringify(rows, null, 2) + "\n"); return; }
+  process.stdout.write(`ckpt bench --plan — median of ${rounds} round(s)\n\n| model | command | outputs | wall s | CPU s | peak RSS MiB |\n|---|---|---|---|---|---|\n`);
+  for (const r of rows) process.stdout.write(`| ${r.model} | ${r.command} | ${r.outputs} | ${r.wall.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.rssMiB.toFixed(0)} |\n`);
+}
