@@ -5,18 +5,16 @@
 // rolled by one, DeepSeek's rope rows in rotate-half order, expert bias dropped) must fail the same comparison.
 // The judge itself is test/interop/py/judge.py; tolerances and why are documented there and in docs/verification.md.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyLlama, type TinyLlamaOptions } from "../../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3, type TinyQwen3Options } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek, type TinyDeepSeekOptions } from "../../src/fixtures/tiny-deepseek.js";
 import { installPy } from "./py-files.js";
-import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
+import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
+import { ckpt, runJudge, wrongMappings, type JudgeCase } from "./judge-harness.js";
 
-const CLI = join(process.cwd(), "bin", "ckpt.js");
-const REPO_MAPPINGS = join(process.cwd(), "mappings");
 
 type Arch = "llama3" | "qwen3" | "deepseek_v3";
 interface Fixture { name: string; arch: Arch; write(dir: string): void; tp2?: boolean }
@@ -49,26 +47,6 @@ const FIXTURES: Fixture[] = [
   // q_lora_rank = 0 (plain wq), bf16.
   { name: "deepseek-v3-lite-bf16", arch: "deepseek_v3", write: deepseek({ qLoraRank: 0, layers: 2, mtp: 0, experts: 4, fp8: false, files: 1, seed: 16 }) },
 ];
-
-interface JudgeCase { name: string; arch: Arch; hf: string; ckpt: string; perturb?: string; control?: boolean }
-interface Pass { max_abs: number; logit_scale: number; rel: number; kl: number; loss_hf: number; loss_tt: number; norm_scale: number; route_flips: unknown; ok: boolean }
-interface Result { name: string; ok: boolean; load?: unknown; passes?: Pass[] }
-
-function ckpt(args: string[], env: Record<string, string> = {}): void {
-  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8", env: { ...process.env, ...env } });
-  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
-}
-
-/** A copy of mappings/ with one architecture's rules edited: a deliberately wrong converter. */
-function wrongMappings(dir: string, arch: string, edit: (rule: Record<string, unknown>) => void): string {
-  mkdirSync(dir, { recursive: true });
-  for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(dir, f));
-  const p = join(dir, `${arch}.json`);
-  const m = JSON.parse(readFileSync(p, "utf8")) as { tensors: Record<string, unknown>[] };
-  m.tensors.forEach(edit);
-  writeFileSync(p, JSON.stringify(m));
-  return dir;
-}
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
 
@@ -113,25 +91,7 @@ for (const env of suites) {
       cases.push({ name: "CONTROL deepseek rope rows in rotate-half layout", arch: "deepseek_v3", hf: g("deepseek-v3-fp8"), ckpt: g("deepseek-v3-fp8.convert"), perturb: "deepseek_rope_halfsplit", control: true });
       cases.push({ name: "CONTROL deepseek expert bias dropped", arch: "deepseek_v3", hf: g("deepseek-v3-fp8"), ckpt: g("deepseek-v3-fp8.convert"), perturb: "zero_expert_bias", control: true });
 
-      writeFileSync(h("cases.json"), JSON.stringify(cases));
-      const out = await env.pythonFile(`${py}/judge.py`, [g("cases.json")], { timeoutMs: 900_000, env: JUDGE_ENV });
-      const res = JSON.parse(out.trim().split("\n").pop()!) as { torch: string; transformers: string; results: Result[] };
-      const table = res.results.map((r) => `${r.ok ? "ok  " : "FAIL"} ${r.name}: ` + (r.passes
-        ? r.passes.map((p) => `×${p.norm_scale} |Δ|=${p.max_abs.toExponential(2)} (scale ${p.logit_scale.toFixed(1)}) KL=${p.kl.toExponential(2)} loss ${p.loss_hf.toFixed(6)}/${p.loss_tt.toFixed(6)} flips=${JSON.stringify(p.route_flips)}`).join("; ")
-        : JSON.stringify(r.load)));
-      console.log(`# judge: torch ${res.torch}, transformers ${res.transformers}\n# ` + table.join("\n# "));
-      assert.equal(res.results.length, cases.length);
-      for (const [i, c] of cases.entries()) {
-        const r = res.results[i]!;
-        assert.equal(r.name, c.name);
-        if (!c.control) {
-          assert.ok(r.ok, `${c.name} must match transformers:\n${table[i]}`);
-        } else {
-          // A control must be caught by the forward comparison itself, not by a load error.
-          assert.equal(r.load, undefined, `${c.name} failed to load instead of failing the comparison: ${JSON.stringify(r.load)}`);
-          assert.ok(!r.ok, `${c.name} passed the judge: the judge cannot tell right from wrong:\n${table[i]}`);
-        }
-      }
+      await runJudge(env, py, cases, h("cases.json"), g("cases.json"));
     } finally {
       tmp.cleanup();
     }

@@ -14,7 +14,6 @@
 //   load) into TorchTitan's DeepSeek-V3 built with num_nextn_predict_layers MTP layers, its MTP-only tensors equal the
 //   source's; without --mtp the same model reports the mtp_layers keys missing.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -23,14 +22,10 @@ import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
 import { nativeKernelsFrom, referenceKernels, type Kernels } from "../../src/kernels/index.js";
 import { loadNative } from "../../src/kernels/native.js";
 import { installPy } from "./py-files.js";
+import { ckpt, runJudge, type JudgeCase } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
 
-const CLI = join(process.cwd(), "bin", "ckpt.js");
 
-function ckpt(args: string[]): void {
-  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });
-  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
-}
 
 function kernelImpls(): { label: string; k: Kernels; select(): void }[] {
   const out = [{ label: "typescript", k: referenceKernels, select: () => {} }];
@@ -136,23 +131,7 @@ for (const env of suites) {
         { name: "CONTROL Kimi nibbles read high first", hf: g("k2"), ckpt: g("ctl-swapped"), control: true },
         { name: "CONTROL Kimi experts rolled by one", hf: g("k2"), ckpt: g("k2.convert"), perturb: "roll_experts", control: true },
       ];
-      writeFileSync(h("cases.json"), JSON.stringify(cases));
-      const out = await env.pythonFile(`${py}/judge.py`, [g("cases.json")], { timeoutMs: 600_000, env: JUDGE_ENV });
-      const res = lastJson<{ torch: string; transformers: string; results: { name: string; ok: boolean; load?: unknown; passes?: { max_abs: number; logit_scale: number; kl: number; loss_hf: number; loss_tt: number; norm_scale: number; route_flips: unknown; ok: boolean }[] }[] }>(out);
-      const table = res.results.map((r) => `${r.ok ? "ok  " : "FAIL"} ${r.name}: ` + (r.passes
-        ? r.passes.map((p) => `×${p.norm_scale} |Δ|=${p.max_abs.toExponential(2)} (scale ${p.logit_scale.toFixed(1)}) KL=${p.kl.toExponential(2)} loss ${p.loss_hf.toFixed(6)}/${p.loss_tt.toFixed(6)} flips=${JSON.stringify(p.route_flips)}`).join("; ")
-        : JSON.stringify(r.load)));
-      console.log(`# judge: torch ${res.torch}, transformers ${res.transformers}\n# ` + table.join("\n# "));
-      assert.equal(res.results.length, cases.length);
-      for (const [i, c] of cases.entries()) {
-        const r = res.results[i]!;
-        assert.equal(r.name, c.name);
-        if (!c.control) assert.ok(r.ok, `${c.name} must match transformers:\n${table[i]}`);
-        else {
-          assert.equal(r.load, undefined, `${c.name} failed to load instead of failing the comparison`);
-          assert.ok(!r.ok, `${c.name} passed the judge:\n${table[i]}`);
-        }
-      }
+      await runJudge(env, py, cases, h("cases.json"), g("cases.json"), 600_000);
 
       // 4. DeepSeek MTP into TorchTitan's DeepSeek-V3 with MTP layers
       writeTinyDeepSeek(h("ds"), { layers: 2, mtp: 1, experts: 4, files: 2 });

@@ -8,36 +8,17 @@
 // parts of in_proj_qkv swapped, gate and up halves of gate_up_proj swapped, the query and gate halves of wq swapped)
 // must fail the same comparison.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyQwen35, type TinyQwen35Options } from "../../src/fixtures/tiny-qwen3-5.js";
 import { installPy } from "./py-files.js";
-import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
+import { ckpt, runJudge, wrongMappings, type JudgeCase } from "./judge-harness.js";
+import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
 
-const CLI = join(process.cwd(), "bin", "ckpt.js");
-const REPO_MAPPINGS = join(process.cwd(), "mappings");
 
-interface JudgeCase { name: string; hf: string; ckpt: string; perturb?: string; control?: boolean }
-interface Pass { max_abs: number; logit_scale: number; kl: number; loss_hf: number; loss_tt: number; norm_scale: number; route_flips: unknown; ok: boolean }
-interface Result { name: string; ok: boolean; load?: unknown; passes?: Pass[] }
 
-function ckpt(args: string[], env: Record<string, string> = {}): void {
-  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8", env: { ...process.env, ...env } });
-  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
-}
 
-/** A copy of mappings/ with qwen3_5's rules edited: a deliberately wrong converter. */
-function wrongMappings(dir: string, edit: (rule: Record<string, unknown>) => void): string {
-  mkdirSync(dir, { recursive: true });
-  for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(dir, f));
-  const p = join(dir, "qwen3_5.json");
-  const m = JSON.parse(readFileSync(p, "utf8")) as { tensors: Record<string, unknown>[] };
-  m.tensors.forEach(edit);
-  writeFileSync(p, JSON.stringify(m));
-  return dir;
-}
 
 function safetensorsOf(dir: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
@@ -52,6 +33,8 @@ function safetensorsOf(dir: string): Map<string, Buffer> {
 
 const DENSE: TinyQwen35Options = { seed: 31 };
 const MOE: TinyQwen35Options = { experts: 6, seed: 32 };
+
+const wrongMappings_q = (dir: string, edit: (rule: Record<string, unknown>) => void) => wrongMappings(dir, "qwen3_5", edit);
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
 
@@ -91,13 +74,13 @@ for (const env of suites) {
       }
 
       // Negative controls: wrong converters (our pipeline with a broken mapping) and wrong weights in the loaded model.
-      const qkSwapped = wrongMappings(h("maps-qk-swapped"), (r) => {
+      const qkSwapped = wrongMappings_q(h("maps-qk-swapped"), (r) => {
         const t = r.transform as { op?: string; index?: number } | undefined;
         if (r.hf === "model.layers.{L}.linear_attn.in_proj_qkv.weight" && t?.op === "split" && t.index! < 2) t.index = 1 - t.index!;
       });
       ckpt(["convert", h("dense"), h("ctl-qk-swapped")], { CKPT_MAPPINGS_DIR: qkSwapped });
       cases.push({ name: "CONTROL in_proj_qkv split with q and k swapped", hf: g("dense"), ckpt: g("ctl-qk-swapped"), control: true });
-      const gateUpSwapped = wrongMappings(h("maps-gate-up-swapped"), (r) => {
+      const gateUpSwapped = wrongMappings_q(h("maps-gate-up-swapped"), (r) => {
         if (r.hf === "model.layers.{L}.mlp.experts.gate_up_proj") { const c = (r.transform as { index: number }[])[0]!; c.index = 1 - c.index; }
       });
       ckpt(["shard", h("moe-fused"), h("ctl-gate-up-swapped"), "--world-size", "4"], { CKPT_MAPPINGS_DIR: gateUpSwapped });
@@ -105,24 +88,7 @@ for (const env of suites) {
       cases.push({ name: "CONTROL wq query and gate halves swapped", hf: g("dense"), ckpt: g("dense.convert"), perturb: "qwen35_q_gate_swapped", control: true });
       cases.push({ name: "CONTROL moe experts rolled by one", hf: g("moe"), ckpt: g("moe.convert"), perturb: "roll_experts", control: true });
 
-      writeFileSync(h("cases.json"), JSON.stringify(cases));
-      const out = await env.pythonFile(`${py}/judge.py`, [g("cases.json")], { timeoutMs: 600_000, env: JUDGE_ENV });
-      const res = JSON.parse(out.trim().split("\n").pop()!) as { torch: string; transformers: string; results: Result[] };
-      const table = res.results.map((r) => `${r.ok ? "ok  " : "FAIL"} ${r.name}: ` + (r.passes
-        ? r.passes.map((p) => `×${p.norm_scale} |Δ|=${p.max_abs.toExponential(2)} (scale ${p.logit_scale.toFixed(1)}) KL=${p.kl.toExponential(2)} loss ${p.loss_hf.toFixed(6)}/${p.loss_tt.toFixed(6)} flips=${JSON.stringify(p.route_flips)}`).join("; ")
-        : JSON.stringify(r.load)));
-      console.log(`# judge: torch ${res.torch}, transformers ${res.transformers}\n# ` + table.join("\n# "));
-      assert.equal(res.results.length, cases.length);
-      for (const [i, c] of cases.entries()) {
-        const r = res.results[i]!;
-        assert.equal(r.name, c.name);
-        if (!c.control) {
-          assert.ok(r.ok, `${c.name} must match transformers:\n${table[i]}`);
-        } else {
-          assert.equal(r.load, undefined, `${c.name} failed to load instead of failing the comparison: ${JSON.stringify(r.load)}`);
-          assert.ok(!r.ok, `${c.name} passed the judge: the judge cannot tell right from wrong:\n${table[i]}`);
-        }
-      }
+      await runJudge(env, py, cases, h("cases.json"), g("cases.json"), 600_000);
     } finally {
       tmp.cleanup();
     }
