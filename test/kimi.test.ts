@@ -3,7 +3,7 @@
 // (nibble − 8) · scale worked here from the packed words independently of the kernels, the vision tower refused
 // without --text-only, MTP layers skipped or converted to mtp_layers with --mtp, and a Kimi-K2-sized dry run.
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -16,28 +16,15 @@ import { openLocal } from "../src/sources/local.js";
 import { tinyKimiTensors, writeTinyKimi } from "../src/fixtures/tiny-kimi.js";
 import { writeTinyDeepSeek } from "../src/fixtures/tiny-deepseek.js";
 import type { CatalogTensor } from "../src/catalog-types.js";
+import { readFolder, type FullTensor } from "./helpers/read-folder.js";
 
-interface Full { dtype: DType; shape: number[]; data: Buffer }
+type Full = FullTensor;
 
 function tmp(): { dir: string; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), "ckpt-kimi-"));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-async function readFolder(dir: string): Promise<Map<string, Full>> {
-  const src = await openLocal(dir);
-  try {
-    const cat = await buildCatalog(src);
-    const out = new Map<string, Full>();
-    for (const [name, t] of cat.tensors) {
-      const p = t.pieces[0]!;
-      out.set(name, { dtype: t.dtype, shape: t.shape, data: readFileSync(join(dir, p.file)).subarray(p.byteOffset, p.byteOffset + p.byteLength) });
-    }
-    return out;
-  } finally {
-    await src.close();
-  }
-}
 
 /** Catalog of generated tensors without writing them (headers only: what planning needs). */
 function fakeCatalog(tensors: { name: string; dtype: DType; shape: number[] }[]): { tensors: Map<string, CatalogTensor> } {

@@ -2,11 +2,10 @@
 // checkpoints. Plan assertions (names, shapes, numeric expert order, missing experts, FP8 scales consumed, MTP layers
 // reported), and conversions HF → TorchTitan → HF checked byte for byte in TypeScript (torchtitan-layout.md §6–8).
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { buildCatalog } from "../src/catalog.js";
 import type { DType } from "../src/dtypes.js";
 import { elementSize, numelOf } from "../src/dtypes.js";
 import { CkptError } from "../src/errors.js";
@@ -16,32 +15,18 @@ import { validateMapping } from "../src/mapping/schema.js";
 import { runConvert } from "../src/ops/convert.js";
 import { planConversion } from "../src/plan/convert-plan.js";
 import type { Recipe } from "../src/plan/recipe.js";
-import { openLocal } from "../src/sources/local.js";
 import { writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { tinyQwen3Tensors, writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { tinyDeepSeekTensors, writeTinyDeepSeek } from "../src/fixtures/tiny-deepseek.js";
+import { readFolder as readHf, type FullTensor } from "./helpers/read-folder.js";
 
-interface Full { dtype: DType; shape: number[]; data: Buffer }
+type Full = FullTensor;
 
 function tmp(): { dir: string; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), "ckpt-moe-"));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-async function readHf(dir: string): Promise<Map<string, Full>> {
-  const src = await openLocal(dir);
-  try {
-    const cat = await buildCatalog(src);
-    const out = new Map<string, Full>();
-    for (const [name, t] of cat.tensors) {
-      const p = t.pieces[0]!;
-      out.set(name, { dtype: t.dtype, shape: t.shape, data: readFileSync(join(dir, p.file)).subarray(p.byteOffset, p.byteOffset + p.byteLength) });
-    }
-    return out;
-  } finally {
-    await src.close();
-  }
-}
 
 /** Every tensor of a DCP folder assembled from its chunks (which must tile it exactly). */
 async function readDcpFull(dir: string): Promise<{ tensors: Map<string, Full>; chunks: Map<string, { offsets: number[]; sizes: number[]; file: string }[]> }> {

@@ -14,9 +14,9 @@ import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } fro
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
-import { nativeKernelsFrom, referenceKernels, type Kernels } from "../../src/kernels/index.js";
 import { loadNative } from "../../src/kernels/native.js";
 import { installPy } from "./py-files.js";
+import { kernelImpls } from "../helpers/kernel-tiers.js";
 import { ckpt, runJudge, type JudgeCase } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
 
@@ -28,15 +28,6 @@ const REPO_MAPPINGS = join(process.cwd(), "mappings");
 const SEED = 99;
 
 
-function kernelImpls(): { label: string; k: Kernels; select(): void }[] {
-  const out = [{ label: "typescript", k: referenceKernels, select: () => {} }];
-  const addon = loadNative();
-  if (!addon) return out;
-  const tiers = ["scalar", "avx2", "avx512"];
-  const k = nativeKernelsFrom(addon);
-  for (const isa of tiers.slice(0, tiers.indexOf(addon.bestIsa()) + 1)) out.push({ label: `native(${isa})`, k, select: () => void addon.setIsa(isa) });
-  return out;
-}
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
 if (suites.length === 0) {

@@ -19,23 +19,14 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyKimi } from "../../src/fixtures/tiny-kimi.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
-import { nativeKernelsFrom, referenceKernels, type Kernels } from "../../src/kernels/index.js";
 import { loadNative } from "../../src/kernels/native.js";
 import { installPy } from "./py-files.js";
+import { kernelImpls } from "../helpers/kernel-tiers.js";
 import { ckpt, runJudge, type JudgeCase } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
 
 
 
-function kernelImpls(): { label: string; k: Kernels; select(): void }[] {
-  const out = [{ label: "typescript", k: referenceKernels, select: () => {} }];
-  const addon = loadNative();
-  if (!addon) return out;
-  const tiers = ["scalar", "avx2", "avx512"];
-  const k = nativeKernelsFrom(addon);
-  for (const isa of tiers.slice(0, tiers.indexOf(addon.bestIsa()) + 1)) out.push({ label: `native(${isa})`, k, select: () => void addon.setIsa(isa) });
-  return out;
-}
 
 const lastJson = <T>(out: string): T => JSON.parse(out.trim().split("\n").pop()!) as T;
 
