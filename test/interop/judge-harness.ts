@@ -16,6 +16,18 @@ export function ckpt(args: string[], env: Record<string, string> = {}): void {
   assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
 }
 
+/** Every tensor of a safetensors folder as `dtype[shape]` + its bytes: compare two folders for byte identity. */
+export function safetensorsOf(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors"))) {
+    const buf = readFileSync(join(dir, f));
+    const n = Number(buf.readBigUInt64LE(0));
+    const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+    for (const [k, v] of Object.entries(h)) if (k !== "__metadata__") out.set(k, Buffer.concat([Buffer.from(`${v.dtype}[${v.shape}]`), buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1])]));
+  }
+  return out;
+}
+
 /** A copy of mappings/ with one architecture's rules edited: a deliberately wrong converter (CKPT_MAPPINGS_DIR). */
 export function wrongMappings(dir: string, arch: string, edit: (rule: Record<string, unknown>) => void): string {
   mkdirSync(dir, { recursive: true });

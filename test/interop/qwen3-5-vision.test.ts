@@ -5,31 +5,12 @@
 // reshape / chunk of the HF safetensors, and `--to hf` gives the source bytes back (MTP tensors are reported, not
 // converted, so they are the only names missing from the round trip; the text names come back as model.*).
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyQwen35 } from "../../src/fixtures/tiny-qwen3-5.js";
 import { installPy } from "./py-files.js";
+import { ckpt, safetensorsOf } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
-
-const CLI = join(process.cwd(), "bin", "ckpt.js");
-
-function ckpt(args: string[]): void {
-  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });
-  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
-}
-
-function safetensorsOf(dir: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors"))) {
-    const buf = readFileSync(join(dir, f));
-    const n = Number(buf.readBigUInt64LE(0));
-    const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-    for (const [k, v] of Object.entries(h)) if (k !== "__metadata__") out.set(k, Buffer.concat([Buffer.from(`${v.dtype}[${v.shape}]`), buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1])]));
-  }
-  return out;
-}
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
 if (suites.length === 0) {

@@ -8,28 +8,13 @@
 // parts of in_proj_qkv swapped, gate and up halves of gate_up_proj swapped, the query and gate halves of wq swapped)
 // must fail the same comparison.
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyQwen35, type TinyQwen35Options } from "../../src/fixtures/tiny-qwen3-5.js";
 import { installPy } from "./py-files.js";
-import { ckpt, runJudge, wrongMappings, type JudgeCase } from "./judge-harness.js";
+import { ckpt, runJudge, safetensorsOf, wrongMappings, type JudgeCase } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
-
-
-
-
-
-function safetensorsOf(dir: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const f of readdirSync(dir).filter((x) => x.endsWith(".safetensors"))) {
-    const buf = readFileSync(join(dir, f));
-    const n = Number(buf.readBigUInt64LE(0));
-    const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-    for (const [k, v] of Object.entries(h)) if (k !== "__metadata__") out.set(k, Buffer.concat([Buffer.from(`${v.dtype}[${v.shape}]`), buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1])]));
-  }
-  return out;
-}
 
 const DENSE: TinyQwen35Options = { seed: 31 };
 const MOE: TinyQwen35Options = { experts: 6, seed: 32 };

@@ -6,17 +6,12 @@
 //   finite logits.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
 import { writeTinyKimi } from "../../src/fixtures/tiny-kimi.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
+import { ckpt } from "./judge-harness.js";
 
-const CLI = join(process.cwd(), "bin", "ckpt.js");
-function ckpt(args: string[]): void {
-  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });
-  assert.equal(r.status, 0, `ckpt ${args.join(" ")} failed:\n${r.stderr}`);
-}
 
 const PY = String.raw`
 import json, sys, torch
