@@ -82,6 +82,18 @@ __attribute__((target("pclmul,sse4.1"))) inline __m128i fold128(__m128i x, __m12
   return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
 }
 
+/** Folds the remaining 16-byte blocks into the 128-bit remainder `x`, then CRCs it and the tail bytes by table. */
+__attribute__((target("pclmul,sse4.1"))) uint32_t finish128(__m128i x, __m128i k128, const uint8_t* p, size_t n) {
+  while (n >= 16) {
+    x = _mm_xor_si128(fold128(x, k128), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    p += 16;
+    n -= 16;
+  }
+  alignas(16) uint8_t v[16];
+  _mm_store_si128(reinterpret_cast<__m128i*>(v), x);
+  return crc_raw_table(crc_raw_table(0, v, 16), p, n);
+}
+
 /** Raw CRC state update, 4 lanes of 128 bits (64 bytes per step). */
 __attribute__((target("pclmul,sse4.1"))) uint32_t crc_raw_pclmul(uint32_t s, const uint8_t* p, size_t n) {
   if (n < 64) return crc_raw_table(s, p, n);
@@ -104,14 +116,7 @@ __attribute__((target("pclmul,sse4.1"))) uint32_t crc_raw_pclmul(uint32_t s, con
   __m128i x = _mm_xor_si128(fold128(x0, k128), x1);
   x = _mm_xor_si128(fold128(x, k128), x2);
   x = _mm_xor_si128(fold128(x, k128), x3);
-  while (n >= 16) {
-    x = _mm_xor_si128(fold128(x, k128), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    p += 16;
-    n -= 16;
-  }
-  alignas(16) uint8_t v[16];
-  _mm_store_si128(reinterpret_cast<__m128i*>(v), x);
-  return crc_raw_table(crc_raw_table(0, v, 16), p, n);
+  return finish128(x, k128, p, n);
 }
 
 __attribute__((target("avx512f,avx512vl,avx512bw,vpclmulqdq,pclmul,sse4.1"))) inline __m512i fold512(__m512i x, __m512i k) {
@@ -144,14 +149,7 @@ __attribute__((target("avx512f,avx512vl,avx512bw,vpclmulqdq,pclmul,sse4.1"))) ui
   x = _mm_xor_si128(fold128(x, k128), _mm512_extracti32x4_epi32(z, 1));
   x = _mm_xor_si128(fold128(x, k128), _mm512_extracti32x4_epi32(z, 2));
   x = _mm_xor_si128(fold128(x, k128), _mm512_extracti32x4_epi32(z, 3));
-  while (n >= 16) {
-    x = _mm_xor_si128(fold128(x, k128), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    p += 16;
-    n -= 16;
-  }
-  alignas(16) uint8_t v[16];
-  _mm_store_si128(reinterpret_cast<__m128i*>(v), x);
-  return crc_raw_table(crc_raw_table(0, v, 16), p, n);
+  return finish128(x, k128, p, n);
 }
 #endif
 
