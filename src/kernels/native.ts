@@ -44,6 +44,8 @@ export interface NativeAddon {
   xxh3Digest?(state: unknown): string;
   xxh3Tier?(): string;
   setXxh3Tier?(name: string): string;
+  /** A 2 MiB-aligned buffer of `bytes` backed by transparent huge pages where allowed (O_DIRECT I/O). Absent from older addons. */
+  alignedBuffer?(bytes: number): Buffer;
   /** ISA in use: "scalar" | "avx2" | "avx512". */
   isa(): string;
   /** Best ISA this CPU supports. */

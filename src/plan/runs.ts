@@ -220,6 +220,8 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
   const cols = vbox.sizes[nd - 1]!;
   const runs: Run[] = [];
   if (cols === 0 || vbox.sizes.some((s) => s === 0)) return runs;
+  const whole = wholeLeafRun(recipe, vshape, vbox, leaves);
+  if (whole) return [whole];
   const views = new Map<string, ReturnType<typeof leafView>>();
   const viewOf = (name: string) => {
     let v = views.get(name);
@@ -341,6 +343,30 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
     if (d < 0) break;
   }
   return runs;
+}
+
+/**
+ * The run a 2-D box of a tensor copied from one whole stored piece (safetensors) reads: rows × cols from the
+ * piece's row `offsets[0]`, `stride` = the piece's columns. This is what the row-by-row walk below merges to; taking
+ * it directly skips a resolve per row (130 k rows for an embedding). Undefined when the walk is needed.
+ */
+function wholeLeafRun(recipe: Recipe, vshape: number[], vbox: Box, leaves: Record<string, LeafInfo>): Run | undefined {
+  if (recipe.op !== "source" || vshape.length !== 2) return undefined;
+  const leaf = leaves[recipe.tensor];
+  const p = leaf?.pieces.length === 1 ? leaf.pieces[0] : undefined;
+  if (!leaf || !p) return undefined;
+  const lshape = viewShape(leaf.shape);
+  const lbox = viewBox(p, leaf.shape.length);
+  if (lshape.length !== 2 || lshape[0] !== vshape[0] || lshape[1] !== vshape[1]) return undefined;
+  if (lbox.offsets[0] !== 0 || lbox.offsets[1] !== 0 || lbox.sizes[0] !== lshape[0] || lbox.sizes[1] !== lshape[1]) return undefined;
+  const C = lshape[1]!;
+  const es = elementSize(leaf.dtype);
+  return {
+    dst: 0,
+    rows: vbox.sizes[0]!,
+    cols: vbox.sizes[1]!,
+    src: { file: p.file, byteOffset: p.byteOffset + (vbox.offsets[0]! * C + vbox.offsets[1]!) * es, stride: C, dtype: leaf.dtype },
+  };
 }
 
 /** The one stored piece of a tensor that must be read whole-tensor-addressed (safetensors sources). */
