@@ -44,6 +44,7 @@ def status(field):
 
 
 REQUESTED = [0]
+DCP_LOAD_S = [0.0]
 
 
 def count_reads():
@@ -65,6 +66,21 @@ def count_reads():
 
     FileSystemReader.read_data = fs
     HuggingFaceStorageReader.read_data = hf
+
+    # The part of a load the checkpoint's layout decides: dcp.load (planning collectives + the reader). The rest of
+    # CheckpointManager.load() -- ModelWrapper.state_dict() gathering the fused wqkv into wq/wk/wv, from_hf for HF
+    # inputs, ModelWrapper.load_state_dict() -- is TorchTitan's and the same for every way in.
+    import torch.distributed.checkpoint as dcp_mod
+    dcp_load = dcp_mod.load
+
+    def timed_load(*args, **kw):
+        t = time.perf_counter()
+        try:
+            return dcp_load(*args, **kw)
+        finally:
+            DCP_LOAD_S[0] += time.perf_counter() - t
+
+    dcp_mod.load = timed_load
 
 
 def model_spec(flavor):
@@ -157,6 +173,7 @@ def run_case(rank, a, case, model, adapter, dcp, HuggingFaceStorageReader, Check
         rss0 = status("VmRSS")
         io0 = proc_io()
         REQUESTED[0] = 0
+        DCP_LOAD_S[0] = 0.0
         t0 = time.perf_counter()
         if case["kind"] == "st":
             wrapper = ModelWrapper(model)
@@ -174,7 +191,7 @@ def run_case(rank, a, case, model, adapter, dcp, HuggingFaceStorageReader, Check
         dist.barrier()
         t2 = time.perf_counter()
         rounds.append({"rank_s": t1 - t0, "wall_s": t2 - t0, "rchar": io1["rchar"] - io0["rchar"], "read_bytes": io1["read_bytes"] - io0["read_bytes"],
-                       "requested": REQUESTED[0], "rss_before": rss0, "hwm": status("VmHWM")})
+                       "requested": REQUESTED[0], "dcp_load_s": DCP_LOAD_S[0], "rss_before": rss0, "hwm": status("VmHWM")})
     fp = fingerprint(model)
     nan = sum(int(torch.isnan(p.to_local() if hasattr(p, "to_local") else p).sum()) for p in model.parameters())
     return {"rounds": rounds, "fingerprint": fp, "nan": nan}

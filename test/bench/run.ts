@@ -395,6 +395,8 @@ async function main(): Promise<void> {
     }
   } finally {
     if (mounted) spawnSync("umount", [mounted], { stdio: "ignore" });
+    // tmpfs data is RAM: a source left in /dev/shm starves whatever runs next (an 8-rank load bench was OOM-killed so)
+    if (tmpfs) rmSync(a.dir, { recursive: true, force: true });
   }
   if (a.json) {
     const out = { env, torch: torchNote, rounds: a.rounds, statistic: "median wall of the rounds; peak RSS is the max over rounds", rows, targets: Object.fromEntries(models.map((m) => [m, targets(rows, m, tmpfs)])) };
