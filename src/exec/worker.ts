@@ -546,7 +546,12 @@ export default async function runTask(task: WorkerTask): Promise<PieceResult[]> 
   const scaleCache = new Map<string, Uint8Array>();
   try {
     const results: PieceResult[] = [];
-    for (const p of task.pieces) results.push(await runPiece(task, p, fds, dfds, scaleCache));
+    for (const p of task.pieces) {
+      results.push(await runPiece(task, p, fds, dfds, scaleCache));
+      // A macrotask turn between pieces: on the executor's main-thread lane this lets the event loop hand the worker
+      // threads their next tasks (page-cache writes are synchronous, so a batch would otherwise hold the loop).
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
     return results;
   } finally {
     for (const fd of open.values()) closeSync(fd);
