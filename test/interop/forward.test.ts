@@ -11,9 +11,8 @@ import { test } from "node:test";
 import { writeTinyLlama, type TinyLlamaOptions } from "../../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3, type TinyQwen3Options } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek, type TinyDeepSeekOptions } from "../../src/fixtures/tiny-deepseek.js";
-import { installPy } from "./py-files.js";
 import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
-import { ckpt, runJudge, wrongMappings, type JudgeCase } from "./judge-harness.js";
+import { ckpt, runJudge, wrongMappings, type JudgeCase, inJudgeWorkspace } from "./judge-harness.js";
 
 
 type Arch = "llama3" | "qwen3" | "deepseek_v3";
@@ -56,12 +55,7 @@ if (suites.length === 0) {
 
 for (const env of suites) {
   test(`[${env.suite}] forward equivalence: TorchTitan's model loaded from ckpt output = transformers' logits; wrong conversions fail`, { timeout: 1_200_000 }, async () => {
-    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
-    const tmp = env.tmpdir();
-    const h = (n: string) => join(tmp.host, n);
-    const g = (n: string) => `${tmp.guest}/${n}`;
-    try {
-      const py = installPy(tmp.host, tmp.guest);
+    await inJudgeWorkspace(env, async ({ h, g, py }) => {
       const cases: JudgeCase[] = [];
       for (const f of FIXTURES) {
         f.write(h(f.name));
@@ -92,8 +86,6 @@ for (const env of suites) {
       cases.push({ name: "CONTROL deepseek expert bias dropped", arch: "deepseek_v3", hf: g("deepseek-v3-fp8"), ckpt: g("deepseek-v3-fp8.convert"), perturb: "zero_expert_bias", control: true });
 
       await runJudge(env, py, cases, h("cases.json"), g("cases.json"));
-    } finally {
-      tmp.cleanup();
-    }
+    });
   });
 }

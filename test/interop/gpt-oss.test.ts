@@ -15,9 +15,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
 import { loadNative } from "../../src/kernels/native.js";
-import { installPy } from "./py-files.js";
 import { kernelImpls } from "../helpers/kernel-tiers.js";
-import { ckpt, runJudge, type JudgeCase } from "./judge-harness.js";
+import { ckpt, runJudge, type JudgeCase, inJudgeWorkspace } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
 
 const REPO_MAPPINGS = join(process.cwd(), "mappings");
@@ -36,12 +35,7 @@ if (suites.length === 0) {
 
 for (const env of suites) {
   test(`[${env.suite}] gpt-oss: MXFP4 decode = transformers/PyTorch on all 16×256 pairs; TorchTitan's gpt_oss from ckpt output = GptOssForCausalLM`, { timeout: 900_000 }, async () => {
-    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
-    const tmp = env.tmpdir();
-    const h = (n: string) => join(tmp.host, n);
-    const g = (n: string) => `${tmp.guest}/${n}`;
-    try {
-      const py = installPy(tmp.host, tmp.guest);
+    await inJudgeWorkspace(env, async ({ h, g, py }) => {
 
       // 1. every (nibble, scale) pair
       await env.python(`import runpy, sys; sys.argv = ["x", "table", "${g("")}"]; runpy.run_path("${py}/gpt_oss_ref.py", run_name="__main__")`, [], { timeoutMs: 120_000 });
@@ -127,8 +121,6 @@ for (const env of suites) {
       const staleRes = results.find((r) => r.name === "CONTROL gpt-oss stale adapter names")!;
       assert.ok(staleRes.load?.missing?.some((k) => k.endsWith("inner_experts.mlp1_weight_EGD")), "TorchTitan's mlp1_weight_EGD reported missing");
       assert.ok(staleRes.load?.unexpected?.some((k) => k.endsWith("inner_experts.mlp1_weight")), "the stale mlp1_weight reported unexpected");
-    } finally {
-      tmp.cleanup();
-    }
+    });
   });
 }

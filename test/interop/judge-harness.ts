@@ -5,10 +5,26 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { JUDGE_ENV, type TorchEnv } from "./torch.js";
+import { installPy } from "./py-files.js";
+import { hasJudgeKit, JUDGE_ENV, type TorchEnv } from "./torch.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");
 const REPO_MAPPINGS = join(process.cwd(), "mappings");
+
+/**
+ * Runs a judge test's body in a fresh folder of the root (`h(name)`: its host path, `g(name)`: the same file seen
+ * from inside the root) with the judge's Python files installed (`py`, a guest path), after checking that the
+ * root has the judge kit; the folder is removed afterwards, pass or fail.
+ */
+export async function inJudgeWorkspace(env: TorchEnv, body: (w: { h: (n: string) => string; g: (n: string) => string; py: string }) => Promise<void>): Promise<void> {
+  assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
+  const tmp = env.tmpdir();
+  try {
+    await body({ h: (n) => join(tmp.host, n), g: (n) => `${tmp.guest}/${n}`, py: installPy(tmp.host, tmp.guest) });
+  } finally {
+    tmp.cleanup();
+  }
+}
 
 /** Runs the built CLI (quiet) and fails the test, with its stderr, unless it exits 0. */
 export function ckpt(args: string[], env: Record<string, string> = {}): void {

@@ -15,14 +15,12 @@
 //   source's; without --mtp the same model reports the mtp_layers keys missing.
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyKimi } from "../../src/fixtures/tiny-kimi.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
 import { loadNative } from "../../src/kernels/native.js";
-import { installPy } from "./py-files.js";
 import { kernelImpls } from "../helpers/kernel-tiers.js";
-import { ckpt, runJudge, type JudgeCase } from "./judge-harness.js";
+import { ckpt, runJudge, type JudgeCase, inJudgeWorkspace } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
 
 
@@ -37,12 +35,7 @@ if (suites.length === 0) {
 
 for (const env of suites) {
   test(`[${env.suite}] Kimi K2.x: INT4 decode = compressed-tensors bit for bit; kimi_k2_7 from ckpt output = DeepseekV3ForCausalLM; MTP loads strictly`, { timeout: 900_000 }, async () => {
-    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
-    const tmp = env.tmpdir();
-    const h = (n: string) => join(tmp.host, n);
-    const g = (n: string) => `${tmp.guest}/${n}`;
-    try {
-      const py = installPy(tmp.host, tmp.guest);
+    await inJudgeWorkspace(env, async ({ h, g, py }) => {
       const ref = (args: string[], opts = {}) => env.pythonFile(`${py}/kimi_ref.py`, args, { timeoutMs: 300_000, env: JUDGE_ENV, ...opts });
 
       // 1. every nibble × every BF16 scale
@@ -139,9 +132,7 @@ for (const env of suites) {
       }
       const plain = await ref(["mtp-load", g("ds"), g("ds.plain")]).then(() => null, (e: Error) => e.message);
       assert.ok(plain && /"missing": \["mtp_layers\.0\./.test(plain), `without --mtp the MTP model must miss mtp_layers keys: ${plain?.slice(-600)}`);
-    } finally {
-      tmp.cleanup();
-    }
+    });
   });
 }
 

@@ -5,11 +5,9 @@
 // reshape / chunk of the HF safetensors, and `--to hf` gives the source bytes back (MTP tensors are reported, not
 // converted, so they are the only names missing from the round trip; the text names come back as model.*).
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyQwen35 } from "../../src/fixtures/tiny-qwen3-5.js";
-import { installPy } from "./py-files.js";
-import { ckpt, safetensorsOf } from "./judge-harness.js";
+import { ckpt, safetensorsOf, inJudgeWorkspace } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
 
 const suites = availableSuites(["sid"]).filter((e) => hasJudgeKit(e) || torchRequired());
@@ -19,12 +17,7 @@ if (suites.length === 0) {
 
 for (const env of suites) {
   test(`[${env.suite}] Qwen3.5 VLM: vision tower loads strictly into qwen3_5's vision encoder = torch reshape/chunk of the HF tensors; --to hf byte-identical`, { timeout: 600_000 }, async () => {
-    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
-    const tmp = env.tmpdir();
-    const h = (n: string) => join(tmp.host, n);
-    const g = (n: string) => `${tmp.guest}/${n}`;
-    try {
-      const py = installPy(tmp.host, tmp.guest);
+    await inJudgeWorkspace(env, async ({ h, g, py }) => {
       for (const [name, opts] of [["dense", { seed: 41 }], ["moe", { experts: 6, seed: 42 }]] as const) {
         writeTinyQwen35(h(name), { ...opts, vlm: true, vision: true });
         ckpt(["convert", h(name), h(`${name}.convert`)]);
@@ -43,8 +36,6 @@ for (const env of suites) {
         assert.deepEqual([...b.keys()].sort(), [...a.keys()].filter((k) => !k.startsWith("mtp.")).sort(), `${name} --to hf names`);
         for (const [k, v] of b) assert.ok(v.equals(a.get(k)!), `${name} --to hf: ${k} differs from the source`);
       }
-    } finally {
-      tmp.cleanup();
-    }
+    });
   });
 }

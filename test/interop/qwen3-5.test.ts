@@ -9,11 +9,9 @@
 // must fail the same comparison.
 import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
-import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyQwen35, type TinyQwen35Options } from "../../src/fixtures/tiny-qwen3-5.js";
-import { installPy } from "./py-files.js";
-import { ckpt, runJudge, safetensorsOf, wrongMappings, type JudgeCase } from "./judge-harness.js";
+import { ckpt, runJudge, safetensorsOf, wrongMappings, type JudgeCase, inJudgeWorkspace } from "./judge-harness.js";
 import { availableSuites, hasJudgeKit, torchRequired } from "./torch.js";
 
 const DENSE: TinyQwen35Options = { seed: 31 };
@@ -29,12 +27,7 @@ if (suites.length === 0) {
 
 for (const env of suites) {
   test(`[${env.suite}] Qwen3.5 dense and MoE: TorchTitan's qwen3_5 from ckpt output = transformers' logits; --to hf byte-identical; wrong conversions fail`, { timeout: 900_000 }, async () => {
-    assert.ok(hasJudgeKit(env), `judge kit missing in ${env.root}: rerun test/interop/setup-torch-root.sh sid`);
-    const tmp = env.tmpdir();
-    const h = (n: string) => join(tmp.host, n);
-    const g = (n: string) => `${tmp.guest}/${n}`;
-    try {
-      const py = installPy(tmp.host, tmp.guest);
+    await inJudgeWorkspace(env, async ({ h, g, py }) => {
       writeTinyQwen35(h("dense"), DENSE);
       writeTinyQwen35(h("moe"), MOE);
       writeTinyQwen35(h("moe-fused"), { ...MOE, expertLayout: "fused" });
@@ -74,8 +67,6 @@ for (const env of suites) {
       cases.push({ name: "CONTROL moe experts rolled by one", hf: g("moe"), ckpt: g("moe.convert"), perturb: "roll_experts", control: true });
 
       await runJudge(env, py, cases, h("cases.json"), g("cases.json"), 600_000);
-    } finally {
-      tmp.cleanup();
-    }
+    });
   });
 }
