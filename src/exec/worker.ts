@@ -253,11 +253,15 @@ const directAlign = new Map<string, number>();
 let directBufs: Buffer[] | undefined;
 
 function directBuffers(): Buffer[] {
+  return (directBufs ??= allocDirectBuffers());
+}
+
+function allocDirectBuffers(): Buffer[] {
   // The addon's buffers sit on huge pages (a direct write pins one page per 2 MiB instead of 512); without it,
   // WebAssembly memory is page-aligned, which is all O_DIRECT needs. Buffers from the JS heap are not aligned.
   const addon = process.env.CKPT_NATIVE === "0" ? undefined : loadNative();
-  return (directBufs ??= [0, 1].map(() => addon?.alignedBuffer?.(DIRECT_WINDOW)
-    ?? Buffer.from(new WebAssembly.Memory({ initial: DIRECT_WINDOW / 65536, maximum: DIRECT_WINDOW / 65536 }).buffer, 0, DIRECT_WINDOW)));
+  return [0, 1].map(() => addon?.alignedBuffer?.(DIRECT_WINDOW)
+    ?? Buffer.from(new WebAssembly.Memory({ initial: DIRECT_WINDOW / 65536, maximum: DIRECT_WINDOW / 65536 }).buffer, 0, DIRECT_WINDOW));
 }
 
 interface PendingWrite { done: Promise<void>; buf: Buffer; len: number; pos: number }
