@@ -353,12 +353,10 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
 function wholeLeafRun(recipe: Recipe, vshape: number[], vbox: Box, leaves: Record<string, LeafInfo>): Run | undefined {
   if (recipe.op !== "source" || vshape.length !== 2) return undefined;
   const leaf = leaves[recipe.tensor];
-  const p = leaf?.pieces.length === 1 ? leaf.pieces[0] : undefined;
+  const p = leaf && soleWholePiece(leaf);
   if (!leaf || !p) return undefined;
   const lshape = viewShape(leaf.shape);
-  const lbox = viewBox(p, leaf.shape.length);
   if (lshape.length !== 2 || lshape[0] !== vshape[0] || lshape[1] !== vshape[1]) return undefined;
-  if (lbox.offsets[0] !== 0 || lbox.offsets[1] !== 0 || lbox.sizes[0] !== lshape[0] || lbox.sizes[1] !== lshape[1]) return undefined;
   const C = lshape[1]!;
   const es = elementSize(leaf.dtype);
   return {
@@ -369,14 +367,19 @@ function wholeLeafRun(recipe: Recipe, vshape: number[], vbox: Box, leaves: Recor
   };
 }
 
+/** The leaf's only stored piece when it holds the whole tensor (as safetensors stores it), else undefined. */
+function soleWholePiece(leaf: LeafInfo): LeafInfo["pieces"][number] | undefined {
+  const p = leaf.pieces[0];
+  if (leaf.pieces.length !== 1 || !p || p.offsets.some((o) => o !== 0) || p.sizes.some((n, d) => n !== leaf.shape[d])) return undefined;
+  return p;
+}
+
 /** The one stored piece of a tensor that must be read whole-tensor-addressed (safetensors sources). */
 function wholePiece(name: string, leaves: Record<string, LeafInfo>, why: string): { file: string; byteOffset: number; shape: number[] } {
   const leaf = leaves[name];
   if (!leaf) throw new CkptError("INTERNAL", `recipe names unknown tensor ${name}`);
-  const p = leaf.pieces[0];
-  if (leaf.pieces.length !== 1 || !p || p.offsets.some((o) => o !== 0) || p.sizes.some((n, d) => n !== leaf.shape[d])) {
-    throw new CkptError("SHAPE", `${why} needs the tensor stored whole (one piece), as safetensors stores it`, { tensor: name });
-  }
+  const p = soleWholePiece(leaf);
+  if (!p) throw new CkptError("SHAPE", `${why} needs the tensor stored whole (one piece), as safetensors stores it`, { tensor: name });
   return { file: p.file, byteOffset: p.byteOffset, shape: leaf.shape };
 }
 
