@@ -21,6 +21,7 @@
 #include "kernels.h"
 
 void RegisterChecksum(Napi::Env env, Napi::Object exports);  // addon_checksum.cc
+void RegisterCopyPiece(Napi::Env env, Napi::Object exports);  // copy_piece.cc
 
 namespace {
 
@@ -385,6 +386,7 @@ Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ::RegisterChecksum(env, exports);
+  ::RegisterCopyPiece(env, exports);
   exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
   exports.Set("gatherRows", Napi::Function::New(env, GatherRows, "gatherRows"));
   exports.Set("dequantBlock", Napi::Function::New(env, DequantBlock, "dequantBlock"));

@@ -17,6 +17,7 @@ import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
 import { createHasher, DEFAULT_DIGEST, type DigestAlgorithm } from "./digest.js";
+import { copyPiecesNative, nativeCopier, nativeEligible, NativeFiles } from "./native-copy.js";
 
 export interface ProgressEvent {
   phase: "write";
@@ -246,49 +247,66 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const aborted = () => {
     if (opts.signal?.aborted) throw new CkptError("INTERRUPTED", "interrupted");
   };
-  if (threads === 0) {
-    for (const b of batches) {
-      aborted();
-      onBatchDone(b, await runTask(await prepare(b)));
-    }
-  } else {
-    // one abort listener per queued task: not a leak
-    if (opts.signal) setMaxListeners(0, opts.signal);
-    // The main thread is one of the `threads` lanes: it only coordinates otherwise, and each worker thread costs a
-    // V8 isolate of its own (start-up, its own JIT of the same code, message copies): ~0.3 CPU s, a tenth of a 1B
-    // convert's CPU. The local lane runs one batch at a time between dispatches (its reads block the event loop
-    // for at most one batch; the workers' queues hold enough work meanwhile). CKPT_LOCAL_LANE=0 turns it off.
-    const localLane = threads >= 2 && process.env.CKPT_LOCAL_LANE !== "0";
-    const workers = localLane ? threads - 1 : threads;
-    const pool = new Piscina({ filename: new URL("./worker-entry.cjs", import.meta.url).href, minThreads: workers, maxThreads: workers, idleTimeout: 1000 });
-    let localBusy = false;
-    const maxMemory = opts.maxMemory ?? 512 * MiB;
-    let inFlight = 0;
-    const running = new Set<Promise<void>>();
-    let failure: unknown;
-    try {
+  // Batches of dense pieces go to the native lane (exec/native-copy.ts); the rest to runTask / the worker pool.
+  const copy = nativeCopier();
+  const nativeFiles = copy ? new NativeFiles(opts.directIo ?? true) : undefined;
+  const onNativeLane = (task: WorkerTask): boolean => copy !== undefined && task.spans === undefined && task.pieces.every((p) => nativeEligible(p, paths));
+  const runNative = (task: WorkerTask): Promise<PieceResult[]> => copyPiecesNative(copy!, task.pieces, paths, nativeFiles!);
+  try {
+    if (threads === 0) {
       for (const b of batches) {
         aborted();
-        // Staging (source bytes, up to 2x for f32 sources) + output buffer per piece.
-        const cost = b.reduce((s, p) => s + p.byteLength * 3, 0);
-        while (running.size > 0 && inFlight + cost > maxMemory) await Promise.race(running);
-        if (failure) throw failure;
-        inFlight += cost;
-        const local = localLane && !localBusy;
-        if (local) localBusy = true;
-        const pr: Promise<void> = prepare(b)
-          .then((task) => local ? runTask(task) : pool.run(task, { signal: opts.signal, transferList: task.spans?.map((x) => x.data.buffer as ArrayBuffer) }) as Promise<PieceResult[]>)
-          .then((res) => onBatchDone(b, res))
-          .catch((e) => { failure ??= opts.signal?.aborted ? new CkptError("INTERRUPTED", "interrupted") : e; })
-          .finally(() => { inFlight -= cost; running.delete(pr); if (local) localBusy = false; });
-        running.add(pr);
+        const task = await prepare(b);
+        onBatchDone(b, await (onNativeLane(task) ? runNative(task) : runTask(task)));
       }
-      await Promise.all(running);
-      if (failure) throw failure;
-      aborted();
-    } finally {
-      await pool.destroy();
+    } else {
+      // one abort listener per queued task: not a leak
+      if (opts.signal) setMaxListeners(0, opts.signal);
+      // The main thread is one of the `threads` lanes: it only coordinates otherwise, and each worker thread costs a
+      // V8 isolate of its own (start-up, its own JIT of the same code, message copies): ~0.3 CPU s, a tenth of a 1B
+      // convert's CPU. The local lane runs one batch at a time between dispatches (its reads block the event loop
+      // for at most one batch; the workers' queues hold enough work meanwhile). CKPT_LOCAL_LANE=0 turns it off.
+      const localLane = threads >= 2 && process.env.CKPT_LOCAL_LANE !== "0";
+      const workers = localLane ? threads - 1 : threads;
+      // Started on the first batch the native lane cannot take: a dtype-kept run never pays for worker isolates.
+      let pool: Piscina | undefined;
+      const workerPool = (): Piscina => (pool ??= new Piscina({ filename: new URL("./worker-entry.cjs", import.meta.url).href, minThreads: workers, maxThreads: workers, idleTimeout: 1000 }));
+      let localBusy = false;
+      const maxMemory = opts.maxMemory ?? 512 * MiB;
+      let inFlight = 0;
+      const running = new Set<Promise<void>>();
+      let failure: unknown;
+      try {
+        for (const b of batches) {
+          aborted();
+          // Staging (source bytes, up to 2x for f32 sources) + output buffer per piece.
+          const cost = b.reduce((s, p) => s + p.byteLength * 3, 0);
+          while (running.size > 0 && inFlight + cost > maxMemory) await Promise.race(running);
+          if (failure) throw failure;
+          inFlight += cost;
+          let local = false;
+          const pr: Promise<void> = prepare(b)
+            .then((task) => {
+              if (onNativeLane(task)) return runNative(task);
+              if (localLane && !localBusy) { localBusy = local = true; return runTask(task); }
+              return workerPool().run(task, { signal: opts.signal, transferList: task.spans?.map((x) => x.data.buffer as ArrayBuffer) }) as Promise<PieceResult[]>;
+            })
+            .then((res) => onBatchDone(b, res))
+            .catch((e) => { failure ??= opts.signal?.aborted ? new CkptError("INTERRUPTED", "interrupted") : e; })
+            .finally(() => { inFlight -= cost; running.delete(pr); if (local) localBusy = false; });
+          running.add(pr);
+        }
+        await Promise.all(running);
+        if (failure) throw failure;
+        aborted();
+      } finally {
+        // Nothing may still be writing once the descriptors close and the caller discards or commits the output.
+        await Promise.allSettled([...running]);
+        await pool?.destroy();
+      }
     }
+  } finally {
+    nativeFiles?.close();
   }
 
   // 3. per-chunk CRC (combined from pieces in order) → blob tails
