@@ -18,6 +18,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -61,6 +64,19 @@ struct ThreadBuffer {
   }
 };
 thread_local ThreadBuffer t_out, t_stage;
+
+// Page-cache writes of one file are serialised here. The kernel serialises them anyway (the inode's i_rwsem), but a
+// writer waiting for it spins while the owner copies a window: on tmpfs a quarter of a conversion's CPU went to
+// rwsem_spin_on_owner. Waiting on this mutex sleeps instead. Direct writes are not serialised: their time is the
+// device's, and the file system takes the lock shared where it can.
+std::mutex g_locksMu;
+std::unordered_map<int, std::unique_ptr<std::mutex>> g_locks;
+std::mutex& fileLock(int fd) {
+  std::lock_guard<std::mutex> g(g_locksMu);
+  std::unique_ptr<std::mutex>& m = g_locks[fd];
+  if (!m) m.reset(new std::mutex());
+  return *m;
+}
 
 class CopyPiece : public Napi::AsyncWorker {
  public:
@@ -154,6 +170,12 @@ class CopyPiece : public Napi::AsyncWorker {
     return "";
   }
 
+  /** A write through the page cache, under the file's lock. */
+  std::string writeCached(const uint8_t* src, size_t n, uint64_t at) {
+    std::lock_guard<std::mutex> g(*outLock_);
+    return writeAll(outFd_, src, n, at);
+  }
+
   static std::string writeAll(int fd, const uint8_t* src, size_t n, uint64_t at, int* errOut = nullptr) {
     size_t done = 0;
     while (done < n) {
@@ -231,6 +253,7 @@ class CopyPiece : public Napi::AsyncWorker {
   }
 
   std::string Run(const ckpt::Xxh3Ops& ops, void* xs) {
+    outLock_ = &fileLock(outFd_);
     uint8_t* buf = t_out.get(kWindow);
     if (!buf) return "out of memory (output buffer)";
     uint64_t done = 0;
@@ -252,7 +275,7 @@ class CopyPiece : public Napi::AsyncWorker {
       const size_t a1 = a == 0 ? 0 : end / a * a;          // end of the last whole block
       if (a != 0 && a1 > a0) {
         // Partial blocks through the page cache, whole blocks directly: no block is written both ways.
-        if (lead != 0) { e = writeAll(outFd_, w, a0 - lead, pos); if (!e.empty()) return e; }
+        if (lead != 0) { e = writeCached(w, a0 - lead, pos); if (!e.empty()) return e; }
         int werr = 0;
         e = writeAll(directFd_, buf + a0, a1 - a0, base + a0, &werr);
         if (!e.empty()) {
@@ -260,12 +283,12 @@ class CopyPiece : public Napi::AsyncWorker {
           // Alignment rules stricter than the block size: this and the rest of the piece through the page cache.
           directRefused_ = true;
           align_ = 0;
-          e = writeAll(outFd_, buf + a0, a1 - a0, base + a0);
+          e = writeCached(buf + a0, a1 - a0, base + a0);
           if (!e.empty()) return e;
         }
-        if (end > a1) { e = writeAll(outFd_, buf + a1, end - a1, base + a1); if (!e.empty()) return e; }
+        if (end > a1) { e = writeCached(buf + a1, end - a1, base + a1); if (!e.empty()) return e; }
       } else {
-        e = writeAll(outFd_, w, m, pos);
+        e = writeCached(w, m, pos);
         if (!e.empty()) return e;
       }
       done += m;
@@ -279,6 +302,7 @@ class CopyPiece : public Napi::AsyncWorker {
   std::vector<Segment> segs_;
   int outFd_ = -1, directFd_ = -1, outCode_ = -1, outSize_ = 1, flags_ = 0;
   size_t align_ = 0;
+  std::mutex* outLock_ = nullptr;
   uint64_t pos_ = 0, total_ = 0;
   uint32_t crc_ = 0;
   double overflow_ = 0;

@@ -24,6 +24,9 @@ export function nativeCopier(): CopyPieceFn | undefined {
   return addon?.copyPiece?.bind(addon);
 }
 
+/** statfs f_type of tmpfs (linux/magic.h). */
+const TMPFS_MAGIC = 0x01021994;
+
 const codeOf = (d: DType): number => (isCastable(d) ? DTYPE_CODE[d] : -1);
 
 /** Whether the native lane computes this piece exactly as the worker would. */
@@ -44,10 +47,26 @@ export function nativeEligible(p: PieceTask, paths: Record<string, string>): boo
  * read-write plus an O_DIRECT descriptor where the file system takes one.
  */
 export class NativeFiles {
+  /** Pieces running at once (each holds one libuv pool thread); the rest wait here, not in libuv's queue. */
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
   private readonly fds = new Map<string, number>();
   private readonly direct = new Map<string, { fd: number; align: number } | undefined>();
   private readonly refused: number[] = [];
-  constructor(private readonly directIo: boolean) {}
+  constructor(private readonly directIo: boolean, private readonly lanes = 2) {}
+
+  async slot<T>(body: () => Promise<T>): Promise<T> {
+    // A finishing piece hands its slot straight to the next waiter, so `running` never exceeds `lanes`.
+    if (this.running >= this.lanes) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.running++;
+    try {
+      return await body();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running--;
+    }
+  }
 
   fd(path: string, write: boolean): number {
     const key = (write ? "w:" : "r:") + path;
@@ -62,9 +81,11 @@ export class NativeFiles {
     if (!this.direct.has(path)) {
       let d: { fd: number; align: number } | undefined;
       try {
-        const align = Math.max(4096, Number(statfsSync(dirname(path)).bsize));
-        // The addon's window is 4 MiB; an alignment that does not divide it is not worth the special case.
-        if ((4 << 20) % align === 0) d = { fd: openSync(path, fsc.O_RDWR | fsc.O_DIRECT), align };
+        const st = statfsSync(dirname(path));
+        const align = Math.max(4096, Number(st.bsize));
+        // tmpfs takes O_DIRECT (Linux ≥ 6.6) and copies anyway, bypassing the per-file write lock; the addon's window
+        // is 4 MiB, and an alignment that does not divide it is not worth the special case.
+        if (Number(st.type) !== TMPFS_MAGIC && (4 << 20) % align === 0) d = { fd: openSync(path, fsc.O_RDWR | fsc.O_DIRECT), align };
       } catch {
         d = undefined; // no O_DIRECT here (some network file systems, …)
       }
@@ -127,7 +148,7 @@ export function copySpec(p: PieceTask, paths: Record<string, string>, files: Nat
  */
 export async function copyPiecesNative(copy: CopyPieceFn, pieces: PieceTask[], paths: Record<string, string>, files: NativeFiles): Promise<PieceResult[]> {
   const settled = await Promise.allSettled(pieces.map(async (p) => {
-    const r = await copy(copySpec(p, paths, files)).catch((e: Error) => { throw namedError(e, p, files); });
+    const r = await files.slot(() => copy(copySpec(p, paths, files))).catch((e: Error) => { throw namedError(e, p, files); });
     if (r.directRefused) files.refuseDirect(p.outPath);
     return { crc: r.crc, bytes: r.bytes, f16Overflow: r.f16Overflow, digest: r.digest };
   }));
