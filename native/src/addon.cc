@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned_memory.h"
 #include "ckpt_convert.h"
 #include "kernels.h"
 
@@ -360,28 +361,15 @@ Napi::Value CudaDequantJs(const Napi::CallbackInfo& info) {
 }
 
 
-// Page-aligned I/O buffer for O_DIRECT writes, backed by transparent huge pages where the kernel allows them
-// (MADV_HUGEPAGE; THP is usually "madvise"-only). With 4 KiB pages every direct write pins 512 pages per 2 MiB
-// and the copy into the buffer takes a TLB miss per page; one huge page makes both per-2-MiB. The mapping is
-// 2 MiB-aligned (mmap over-allocates and trims) so a huge page can back it at all.
+// Page-aligned I/O buffer for O_DIRECT writes, on transparent huge pages where allowed (aligned_memory.h).
 Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t n = 0;
   if (!getSize(info, 0, "bytes", n)) return env.Undefined();
-  const size_t huge = 2u << 20;
-  size_t len = (n + huge - 1) / huge * huge;
-  if (len == 0) len = huge;
-  void* raw = mmap(nullptr, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return Napi::Error::New(env, "ckpt_native: mmap of an I/O buffer failed").ThrowAsJavaScriptException(), env.Undefined();
-  uintptr_t base = ((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1);
-  if (base > (uintptr_t)raw) munmap(raw, base - (uintptr_t)raw);
-  uintptr_t end = (uintptr_t)raw + len + huge;
-  if (end > base + len) munmap((void*)(base + len), end - (base + len));
-#ifdef MADV_HUGEPAGE
-  madvise((void*)base, len, MADV_HUGEPAGE);
-#endif
-  size_t* cookie = new size_t(len);
-  return Napi::Buffer<uint8_t>::New(env, (uint8_t*)base, n, [](Napi::Env, uint8_t* p, size_t* l) { munmap(p, *l); delete l; }, cookie);
+  uint8_t* base = ckpt::huge_aligned_alloc(n);
+  if (!base) return Napi::Error::New(env, "ckpt_native: mmap of an I/O buffer failed").ThrowAsJavaScriptException(), env.Undefined();
+  size_t* cookie = new size_t(ckpt::huge_rounded(n));
+  return Napi::Buffer<uint8_t>::New(env, base, n, [](Napi::Env, uint8_t* p, size_t* l) { munmap(p, *l); delete l; }, cookie);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

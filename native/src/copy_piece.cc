@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned_memory.h"
 #include "checksum.h"
 #include "ckpt_convert.h"
 #include "kernels.h"
@@ -31,7 +32,6 @@
 namespace {
 
 constexpr size_t kWindow = 4u << 20;  // bytes per output window, as DIRECT_WINDOW in worker.ts
-constexpr size_t kHuge = 2u << 20;
 constexpr size_t kCachedChunk = 1u << 20;  // bytes per page-cache write (see writeCached)
 
 struct Segment {
@@ -42,25 +42,15 @@ struct Segment {
   int srcSize;
 };
 
-/** A per-thread buffer on 2 MiB-aligned anonymous memory (huge pages where allowed), grown on demand, never freed. */
+/** A per-thread buffer on huge-page-backed memory (aligned_memory.h), grown on demand, never freed. */
 struct ThreadBuffer {
   uint8_t* p = nullptr;
   size_t cap = 0;
   uint8_t* get(size_t n) {
     if (n <= cap) return p;
     if (p) munmap(p, cap);
-    size_t len = (n + kHuge - 1) / kHuge * kHuge;
-    void* raw = mmap(nullptr, len + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) { p = nullptr; cap = 0; return nullptr; }
-    uintptr_t base = ((uintptr_t)raw + kHuge - 1) & ~(uintptr_t)(kHuge - 1);
-    if (base > (uintptr_t)raw) munmap(raw, base - (uintptr_t)raw);
-    uintptr_t end = (uintptr_t)raw + len + kHuge;
-    if (end > base + len) munmap((void*)(base + len), end - (base + len));
-#ifdef MADV_HUGEPAGE
-    madvise((void*)base, len, MADV_HUGEPAGE);
-#endif
-    p = (uint8_t*)base;
-    cap = len;
+    p = ckpt::huge_aligned_alloc(n);
+    cap = p ? ckpt::huge_rounded(n) : 0;
     return p;
   }
 };
