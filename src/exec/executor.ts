@@ -249,7 +249,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   };
   // Batches of dense pieces go to the native lane (exec/native-copy.ts); the rest to runTask / the worker pool.
   const copy = nativeCopier();
-  const nativeFiles = copy ? new NativeFiles(opts.directIo ?? true, Number(process.env.CKPT_NATIVE_LANES ?? Math.max(1, threads))) : undefined;
+  const nativeFiles = copy ? new NativeFiles(opts.directIo ?? true, Math.max(1, threads)) : undefined;
   const onNativeLane = (task: WorkerTask): boolean => copy !== undefined && task.spans === undefined && task.pieces.every((p) => nativeEligible(p, paths));
   const runNative = (task: WorkerTask): Promise<PieceResult[]> => copyPiecesNative(copy!, task.pieces, paths, nativeFiles!);
   try {
