@@ -134,8 +134,9 @@ function du(path: string): number {
  * Touches `bytes` of fresh anonymous memory in a child process, which frees it on exit. This VM reports free memory
  * to its host (virtio-balloon free page reporting, DAMON pageout): the first touch of a reported page faults in the
  * host and shows up as several times the guest's own kernel time, at random. A tmpfs run allocates all the pages it
- * writes, so without this its time depends on which pages the allocator hands out; with it every case (cp and ours)
- * starts from pages the host backs.
+ * writes, and a page-cache write on disk (cp, --no-fsync) as many, so without this their time depends on which pages
+ * the allocator hands out (cp + sync of the same file took 1.6 s or 4.1 s); with it every case (cp and ours) starts
+ * from pages the host backs.
  */
 function warmMemory(bytes: number): void {
   const script = `const b = []; for (let i = 0; i < ${Math.ceil(bytes / (256 << 20))}; i++) { const x = Buffer.allocUnsafeSlow(256 << 20); x.fill(1); b.push(x); }`;
@@ -248,7 +249,7 @@ async function benchModel(shape: LlamaShape, a: Args, log: (s: string) => void, 
       rmSync(c.out + ".partial", { recursive: true, force: true });
       sync();
       warm(srcFiles);
-      if (onTmpfs(a.dir)) warmMemory(model.bytes * 1.5);
+      warmMemory(model.bytes * 1.5);
       const s = await c.run();
       if (s.code !== 0) {
         res.error = `exit ${s.code}: ${(s.stderr || s.stdout).trim().split("\n").slice(-3).join(" | ")}`;
