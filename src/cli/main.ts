@@ -72,6 +72,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     fsync: a.fsync as boolean | undefined,
     digest: a.digest as string | undefined,
     threads: a.threads as number | undefined,
+    filesPerRank: a["files-per-rank"] as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     // `--no-X` reaches us as X = false (yargs' boolean negation); OMIT_OPTIONS are spelled as the flag
     omit: omitted(a),
@@ -141,6 +142,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })
     .option("digest", { choices: ["xxh128", "sha256"] as const, default: "xxh128" as const, describe: "content digest of every output piece in ckpt-manifest.json" })
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
+    .option("files-per-rank", { type: "number", describe: "DCP: data files per rank, __{rank}_{k}.distcp, written in parallel (default 2 unsharded, 1 sharded)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
     .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" });
 }
@@ -223,6 +225,10 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       if (err) throw err;
       throw new CkptError("USAGE", msg);
     });
+  // yargs renders the whole help text once a command's handler starts (cacheHelpMessage), ~50 ms of the start-up
+  // every run pays before its first byte. Our fail() never prints the cached text (it points at `ckpt --help`).
+  const usage = (parser as unknown as { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } }).getInternalMethods?.().getUsageInstance?.();
+  if (usage && typeof usage.cacheHelpMessage === "function") usage.cacheHelpMessage = () => {};
   try {
     await parser.parseAsync();
     return 0;

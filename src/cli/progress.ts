@@ -1,5 +1,6 @@
 // Progress reporting: a cli-progress bar on a TTY stderr, line-delimited JSON events with --json, else nothing.
-import cliProgress from "cli-progress";
+import { createRequire } from "node:module";
+import type cliProgressTypes from "cli-progress";
 import { fmtBytes } from "./format.js";
 
 export interface Reporter {
@@ -21,6 +22,8 @@ export function makeReporter(label: string, opts: { json?: boolean; quiet?: bool
     };
   }
   if (opts.quiet || !process.stderr.isTTY) return { update() {}, stop() {} };
+  // cli-progress (17 modules) loads only when a bar is drawn: --quiet, --json and piped runs never pay for it.
+  const cliProgress = createRequire(import.meta.url)("cli-progress") as typeof cliProgressTypes;
   const started = Date.now();
   const bar = new cliProgress.SingleBar({
     format: `${label} [{bar}] {percentage}% | {doneH}/{totalH} | {rate}/s | ETA {eta_formatted} | {tensors}`,

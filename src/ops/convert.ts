@@ -45,6 +45,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   threads?: number;
   maxMemory?: number;
   maxShardBytes?: number;
+  /** DCP: data files per rank (default 2 unsharded, 1 sharded: see layoutDcp). */
+  filesPerRank?: number;
   omit?: string[];
   /** --to hf: re-encode the decoded experts into the source's packed layout (ops/requantize.ts). */
   requantize?: RequantizeKind;
@@ -335,7 +337,12 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       plan.tensors = hfNamedTensors(plan);
     }
     const ttKind = format === "dcp" ? "dcp" as const : opts.hfNames ? "hf-safetensors" as const : "tt-safetensors" as const;
-    const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh)
+    // Unsharded DCP is written as two files, so two lanes can write at once (one file's writes serialise on its
+    // inode lock); sharded outputs have a file per rank already.
+    const filesPerRank = opts.filesPerRank ?? (world === 1 ? 2 : 1);
+    if (!Number.isInteger(filesPerRank) || filesPerRank < 1 || filesPerRank > 64) throw new CkptError("USAGE", `--files-per-rank ${opts.filesPerRank}: expected an integer from 1 to 64`);
+    if (opts.filesPerRank !== undefined && format !== "dcp") throw new CkptError("USAGE", "--files-per-rank applies to DCP output; drop it with --format safetensors");
+    const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh, filesPerRank)
       : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
       : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3 });
     const summary = summarize(plan, layout);
@@ -348,7 +355,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const pieceBytes = 16 * 1024 * 1024;
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(ep > 1 ? { ep } : {}), pieceBytes, digest };
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();

@@ -47,10 +47,18 @@ export interface OutputLayout {
 /** torch.save blobs stay below 4 GiB so no zip64 records are ever needed (dcp-format.md §7.2). */
 const MAX_BLOB_DATA = 4 * 1024 ** 3 - 64 * 1024 ** 2;
 
-/** DCP: `__{rank}_0.distcp` per rank (every rank gets a file, maybe empty) and one `.metadata`. */
-export function layoutDcp(tensors: TensorPlan[], mesh: Mesh): OutputLayout {
+/**
+ * DCP: `__{rank}_{k}.distcp`, `filesPerRank` files per rank (every rank gets them, maybe empty), and one `.metadata`.
+ * Each chunk goes to its rank's file with the fewest bytes so far (ties: the lower k), so the files fill evenly and
+ * consecutive large tensors land in different files. More than one file per rank is for writing: writes to one file
+ * serialise on its inode lock (page-cache writes, and O_DIRECT writes that allocate blocks), so a one-file output
+ * cannot use a second core or queue for its writes. PyTorch's FileSystemWriter names its per-thread files the same
+ * way; readers follow `.metadata`.
+ */
+export function layoutDcp(tensors: TensorPlan[], mesh: Mesh, filesPerRank = 1): OutputLayout {
+  if (!Number.isInteger(filesPerRank) || filesPerRank < 1) throw new Error(`internal: filesPerRank ${filesPerRank}`);
   const world = worldSize(mesh);
-  const cursors = new Array<number>(world).fill(0);
+  const cursors = Array.from({ length: world }, () => new Array<number>(filesPerRank).fill(0));
   const chunks: OutChunk[] = [];
   const md: DcpMetadata = { tensors: new Map(), bytes: new Set(), plannerData: new Map(), storage: [] };
   for (const t of tensors) {
@@ -61,15 +69,17 @@ export function layoutDcp(tensors: TensorPlan[], mesh: Mesh): OutputLayout {
     pieces.forEach((c, index) => {
       const layout = layoutTensorBlob(t.dtype, c.sizes);
       const owner = c.owner;
-      const file = `__${owner}_0.distcp`;
-      const offset = cursors[owner]!;
-      cursors[owner] = offset + layout.totalLength;
+      const sizes = cursors[owner]!;
+      const k = sizes.indexOf(Math.min(...sizes));
+      const file = `__${owner}_${k}.distcp`;
+      const offset = sizes[k]!;
+      sizes[k] = offset + layout.totalLength;
       chunks.push({ tensor: t.name, dtype: t.dtype, shape: t.shape, box: { offsets: c.offsets, sizes: c.sizes }, ranks: c.ranks, file, dataOffset: offset + layout.dataOffset, byteLength: layout.dataLength, blob: { offset, layout } });
       md.tensors.get(t.name)!.chunks.push({ offsets: c.offsets, sizes: c.sizes });
       md.storage.push({ fqn: t.name, offsets: c.offsets, index, file, offset, length: layout.totalLength });
     });
   }
-  const files: OutFile[] = cursors.map((size, rank) => ({ name: `__${rank}_0.distcp`, size, rank }));
+  const files: OutFile[] = cursors.flatMap((sizes, rank) => sizes.map((size, k) => ({ name: `__${rank}_${k}.distcp`, size, rank })));
   return { format: "dcp", mesh, files, chunks, extras: new Map([[".metadata", encodeDcpMetadata(md)]]) };
 }
 

@@ -6,7 +6,10 @@
 // openHubRanged: no download; every read() is one HTTP Range request (lazy Blob from downloadFile).
 import { promises as fsp, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { downloadFile, downloadFileToCacheDir, listFiles, modelInfo } from "@huggingface/hub";
+// @huggingface/hub (and the WASM hashers it pulls in) is loaded when a Hub source is first used, not by every
+// local run: it was 30 of the ~230 modules a local convert loaded before its first byte.
+let hubModule: Promise<typeof import("@huggingface/hub")> | undefined;
+const hubLib = () => (hubModule ??= import("@huggingface/hub"));
 import { CkptError, redactSecrets } from "../errors.js";
 import { COMMIT_SHA_RE, checkRevisionName, hfCacheRoot, hfHome, openHfCache, repoCacheDir, writeRef } from "./hf-cache.js";
 import type { Source } from "./types.js";
@@ -201,6 +204,7 @@ function creds(r: ResolvedHubOptions): { hubUrl: string; accessToken?: string } 
 
 async function resolveCommit(r: ResolvedHubOptions): Promise<string> {
   if (COMMIT_SHA_RE.test(r.revision)) return r.revision;
+  const { modelInfo } = await hubLib();
   const info = await modelInfo({ name: r.repoId, revision: r.revision, additionalFields: ["sha"], ...creds(r) });
   const sha = (info as { sha?: unknown }).sha;
   if (typeof sha !== "string" || !COMMIT_SHA_RE.test(sha)) {
@@ -217,6 +221,7 @@ interface RemoteFile {
 
 async function listRemote(r: ResolvedHubOptions, sha: string): Promise<RemoteFile[]> {
   const out: RemoteFile[] = [];
+  const { listFiles } = await hubLib();
   for await (const f of listFiles({ repo: r.repoId, revision: sha, recursive: true, ...creds(r) })) {
     if (f.type !== "file") continue;
     out.push({ path: f.path, size: f.lfs?.size ?? f.size, etag: f.lfs?.oid ?? f.xetHash ?? f.oid ?? f.path });
@@ -367,6 +372,7 @@ export async function openHub(spec: string, opts: HubOptions = {}): Promise<Sour
     const cached = await pathExists(pointer);
     let path: string;
     try {
+      const { downloadFileToCacheDir } = await hubLib();
       path = await downloadFileToCacheDir({ repo: r.repoId, path: f.path, revision: sha, cacheDir: r.cacheDir, ...creds(r) });
     } catch (e) {
       throw hubError(e, `cannot download ${f.path} of ${r.id}`, r);
@@ -458,7 +464,7 @@ class RangedHubSource implements Source {
       if (!this.remote.has(file)) {
         return Promise.reject(new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file }));
       }
-      b = downloadFile({ repo: this.r.repoId, path: file, revision: this.revision, ...creds(this.r) }).then(
+      b = hubLib().then(({ downloadFile }) => downloadFile({ repo: this.r.repoId, path: file, revision: this.revision, ...creds(this.r) })).then(
         (blob) => {
           if (!blob) throw new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file });
           return blob;

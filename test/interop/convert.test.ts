@@ -2,7 +2,7 @@
 // reference computed in PyTorch from the spec (test/interop/py/ref.py, independent of our code).
 import test from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { availableSuites } from "./torch.js";
 import { installPy } from "./py-files.js";
@@ -49,6 +49,18 @@ for (const env of envs) {
           });
         }
       }
+      await t.test("--files-per-rank 1 and 5 (default 2): PyTorch loads every layout the same", async () => {
+        const hf = join(tmp.host, "hf-fpr");
+        writeTinyLlama(hf, { seed: 5 });
+        for (const filesPerRank of [1, 5]) {
+          const out = join(tmp.host, `fpr${filesPerRank}`);
+          await runConvert({ source: hf, out, filesPerRank });
+          const distcp = readdirSync(out).filter((f) => f.endsWith(".distcp")).sort();
+          assert.deepEqual(distcp, [...Array(filesPerRank).keys()].map((k) => `__0_${k}.distcp`));
+          const res = JSON.parse(await env.python(`import runpy,sys; sys.argv=['x', sys.argv[1]]; runpy.run_path('${py}/convert_check.py', run_name='__main__')`, [JSON.stringify({ hf: `${tmp.guest}/hf-fpr`, dcp: `${tmp.guest}/fpr${filesPerRank}`, target: "torchtitan@main" })]));
+          assert.deepEqual(res.problems, [], `PyTorch ${res.torch}, ${filesPerRank} file(s): differences`);
+        }
+      });
       await t.test("--dtype f32 equals .float(); --dtype bf16 from f32 equals .to(bfloat16)", async () => {
         const hf = join(tmp.host, "hf-bf16");
         writeTinyLlama(hf, { seed: 11 });
