@@ -80,10 +80,6 @@ export interface ExecResult {
 const MiB = 1024 * 1024;
 
 export async function executeLayout(layout: OutputLayout, plan: ConversionPlan, source: Source, opts: ExecOptions): Promise<ExecResult> {
-  if (process.env.TT) process.stderr.write(`exec start ${(performance.now()).toFixed(0)}\n`);
-  try { return await executeLayout0(layout, plan, source, opts); } finally { if (process.env.TT) process.stderr.write(`exec end ${(performance.now()).toFixed(0)}\n`); }
-}
-async function executeLayout0(layout: OutputLayout, plan: ConversionPlan, source: Source, opts: ExecOptions): Promise<ExecResult> {
   const holder: { journal?: Journal } = {};
   try {
     return await executeJournaled(layout, plan, source, opts, holder);
@@ -227,7 +223,6 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     }
   }
   const todo = interleaveByFile(pieces.filter((_, i) => results[i] === undefined), (p) => chunks[p.chunk]!.file);
-  if (process.env.TT) process.stderr.write(`pieces ${todo.length} ${(performance.now()).toFixed(0)}\n`);
 
   // small pieces are batched so each message carries at least ~4 MiB of work
   const batches: (typeof pieces)[] = [];
