@@ -6,13 +6,14 @@
 // openHubRanged: no download; every read() is one HTTP Range request (lazy Blob from downloadFile).
 import { promises as fsp, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { CkptError, redactSecrets } from "../errors.js";
+import { COMMIT_SHA_RE, checkRevisionName, hfCacheRoot, hfHome, openHfCache, repoCacheDir, writeRef } from "./hf-cache.js";
+import type { Source } from "./types.js";
+
 // @huggingface/hub (and the WASM hashers it pulls in) is loaded when a Hub source is first used, not by every
 // local run: it was 30 of the ~230 modules a local convert loaded before its first byte.
 let hubModule: Promise<typeof import("@huggingface/hub")> | undefined;
 const hubLib = () => (hubModule ??= import("@huggingface/hub"));
-import { CkptError, redactSecrets } from "../errors.js";
-import { COMMIT_SHA_RE, checkRevisionName, hfCacheRoot, hfHome, openHfCache, repoCacheDir, writeRef } from "./hf-cache.js";
-import type { Source } from "./types.js";
 
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
 

@@ -114,7 +114,7 @@ async function benchShape(shape: LlamaShape, a: Args, root: string, log: (s: str
   const flavor = shape === LLAMA_3_1_8B ? "8B" : "1B";
   const rows: LoadRow[] = [];
   for (const world of a.worlds) {
-    const list = ways(shape, model.dir, world, a.dir, log).filter((w) => !a.only || a.only.has(w.id) || w.id === "hf" || (w.id === "floor" && a.only.has("converter")));
+    const list = ways(shape, model.dir, world, a.dir, log).filter((w) => !a.only || a.only.has(w.id) || w.id === "hf");
     for (const w of list) {
       const done = join(w.dir, ".ckpt-load-bench-complete");
       if (w.dir === model.dir || (existsSync(done) && !a.regen)) continue;
