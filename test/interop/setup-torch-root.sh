@@ -2,8 +2,9 @@
 # Creates (or reuses) a Debian root with PyTorch, used only as the judge of our output in interop tests.
 # usage: setup-torch-root.sh trixie|sid   -> prints the root's path on stdout
 # Roots are cached outside the repository: $CKPT_TORCH_CACHE (default /var/cache/ckpt-torch-roots).
-# The sid root is also the model judge: transformers 5.12 + TorchTitan main (b5bcd76) + spmd_types, unpacked from
-# test/interop/judges/ into /opt/tt, /opt/spmd, with the stubs' sitecustomize.py in /opt/stubs (PYTHONPATH order).
+# The sid root is also the model judge: transformers 5.12 + TorchTitan main (b5bcd76) + spmd_types + PEFT (5d602fd)
+# + diffusers (58eb52c), unpacked from test/interop/judges/ into /opt/tt, /opt/spmd, /opt/peft, /opt/diffusers, with
+# the stubs' sitecustomize.py in /opt/stubs (PYTHONPATH order).
 set -euo pipefail
 suite="${1:-trixie}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,7 +15,8 @@ stamp="$root/.ckpt-ready"
 packages="python3-torch python3-safetensors python3-xxhash"
 kit=""
 if [ "$suite" = sid ]; then
-  packages="$packages python3-transformers python3-compressed-tensors"
+  # PEFT needs accelerate, yaml, psutil, tqdm; huggingface_hub (PEFT, diffusers) needs the real fsspec.
+  packages="$packages python3-transformers python3-compressed-tensors python3-accelerate python3-yaml python3-psutil python3-tqdm python3-fsspec"
   kit="$(cat "$here"/judges/*.tar.gz "$here"/judges/*.py | sha256sum | cut -c1-16)"
 fi
 want="$packages${kit:+ kit=$kit}"
@@ -26,13 +28,15 @@ log="$cache/$suite.log"
 
 install_kit() {
   [ -n "$kit" ] || return 0
-  rm -rf "$root/opt/tt" "$root/opt/spmd" "$root/opt/stubs"
-  mkdir -p "$root/opt/tt" "$root/opt/spmd" "$root/opt/stubs"
+  rm -rf "$root/opt/tt" "$root/opt/spmd" "$root/opt/stubs" "$root/opt/peft" "$root/opt/diffusers"
+  mkdir -p "$root/opt/tt" "$root/opt/spmd" "$root/opt/stubs" "$root/opt/peft" "$root/opt/diffusers"
   tar xzf "$here"/judges/torchtitan-*.tar.gz -C "$root/opt/tt" --strip-components=1
   tar xzf "$here"/judges/spmd_types-*.tar.gz -C "$root/opt/spmd"   # no top folder in this tarball
+  tar xzf "$here"/judges/peft-*.tar.gz -C "$root/opt/peft"
+  tar xzf "$here"/judges/diffusers-*.tar.gz -C "$root/opt/diffusers"
   cp "$here"/judges/torchtitan_stubs_sitecustomize.py "$root/opt/stubs/sitecustomize.py"
-  chroot "$root" env PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt TORCHDYNAMO_DISABLE=1 python3 -c \
-    'import transformers, torchtitan.models.llama3, spmd_types; print("transformers", transformers.__version__)'
+  chroot "$root" env PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt:/opt/peft:/opt/diffusers TORCHDYNAMO_DISABLE=1 python3 -c \
+    'import transformers, torchtitan.models.llama3, spmd_types, peft, diffusers; print("transformers", transformers.__version__, "peft", peft.__version__, "diffusers", diffusers.__version__)'
 }
 
 # Each step runs in a plain subshell with its own errexit: `{ …; } || handler` would switch errexit off for the

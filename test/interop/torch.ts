@@ -25,7 +25,7 @@ export interface PythonOptions {
 }
 
 /** Environment for TorchTitan's models in the sid root (installed by setup-torch-root.sh): stubs first. */
-export const JUDGE_ENV: Record<string, string> = { PYTHONPATH: "/opt/stubs:/opt/spmd:/opt/tt", TORCHDYNAMO_DISABLE: "1" };
+export const JUDGE_ENV: Record<string, string> = { PYTHONPATH: "/opt/stubs:/opt/spmd:/opt/tt:/opt/peft:/opt/diffusers", TORCHDYNAMO_DISABLE: "1" };
 
 /** True when the sid root carries the judge kit (TorchTitan + transformers). */
 export function hasJudgeKit(env: TorchEnv): boolean {
