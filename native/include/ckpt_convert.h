@@ -1,4 +1,4 @@
-// Scalar dtype conversions, bit-exact with PyTorch 2.6 CPU Tensor.to() (shared/spec/numerics.md).
+// Scalar dtype conversions, bit-exact with PyTorch 2.6 CPU Tensor.to(); the § numbers below are docs/numerics.md's.
 // This header is the single C/C++/CUDA definition of the cast contract: every SIMD loop (native/src) and
 // every CUDA kernel (native/cuda) must reproduce these functions bit for bit. Integer arithmetic only, so the
 // result never depends on the FPU mode (FTZ/DAZ) or on compiler flags.

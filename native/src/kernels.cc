@@ -5,7 +5,7 @@
 //           than AVX2 on Zen 4: the word permutes cost more than they save)
 // Every tier is bit-exact with the header (test/kernels.test.ts runs the vectors and random data through each).
 // The LoRA merge at the end has the same tiers and is bit-exact with mergeWeight in src/lora/merge.ts.
-// AVX512-BF16 VCVTNEPS2BF16 is deliberately not used: it flushes subnormals (numerics.md §1).
+// AVX512-BF16 VCVTNEPS2BF16 is deliberately not used: it flushes subnormals (docs/numerics.md §1).
 
 #include "kernels.h"
 

@@ -120,7 +120,7 @@ export function resetKernelsForTests(): void {
 }
 
 /**
- * Row order of the q/k RoPE permutation (torchtitan-layout.md §3.2) as a gather index: dst row i takes src row
+ * Row order of the q/k RoPE permutation (docs/torchtitan-layout.md §3.2) as a gather index: dst row i takes src row
  * index[i]. HF -> TT: tt[h*hd + 2j + c] = hf[h*hd + c*hd/2 + j]; TT -> HF is the inverse.
  */
 export function ropeRowIndex(heads: number, headDim: number, direction: "hf_to_tt" | "tt_to_hf"): Int32Array {

@@ -1,4 +1,4 @@
-// Pure-TypeScript reference kernels: the executable form of shared/spec/numerics.md, bit-exact with PyTorch 2.6
+// Pure-TypeScript reference kernels: the executable form of docs/numerics.md, bit-exact with PyTorch 2.6
 // CPU Tensor.to() and with native/include/ckpt_convert.h (same integer algorithms, function for function).
 // Also the fallback when the native addon is not built, so the loops avoid per-element allocation.
 
@@ -354,7 +354,7 @@ export function mxfp4DecodeRef(
 // ---- INT4 pack-quantized (compressed-tensors `pack-quantized`, num_bits 4, symmetric, group strategy) ---------
 
 /**
- * Exactness (issue 16): the decoded value is q · s with q = nibble − 8 ∈ [−8, 7] and s a BF16 scale. |q| has at most
+ * Exactness: the decoded value is q · s with q = nibble − 8 ∈ [−8, 7] and s a BF16 scale. |q| has at most
  * 3 significant bits and s at most 8, so q · s has at most 11 significant bits and is a multiple of s's ulp ≥ 2⁻¹³³:
  * f32 (24 bits, spacing ≥ 2⁻¹⁴⁹) holds it exactly whenever |q · s| < 2¹²⁸, i.e. the f32 product is the exact value
  * and F32 output is exact. BF16 (8 bits) is NOT exact in general: q = 7, s = 0x3F81 (1 + 2⁻⁷) gives

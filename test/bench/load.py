@@ -1,4 +1,4 @@
-# `npm run bench -- --load` (issue 17): how long TorchTitan main takes to load a checkpoint into its model at world N.
+# `npm run bench -- --load`: how long TorchTitan main takes to load a checkpoint into its model at world N.
 # Runs in the sid root (PyTorch 2.14 + TorchTitan main; env PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt
 # TORCHDYNAMO_DISABLE=1), driven by test/bench/load.ts.
 #

@@ -1,4 +1,4 @@
-// `npm run bench -- --load` (issue 17): time to load each way into TorchTitan main at world N (gloo, CPU), in the sid
+// `npm run bench -- --load`: time to load each way into TorchTitan main at world N (gloo, CPU), in the sid
 // root (PyTorch 2.14 + TorchTitan main), on the Llama-3.2-1B shape (--8b: Llama-3.1-8B).
 //
 //   node dist/test/bench/run.js --load [--8b] [--json] [--worlds 8,4] [--rounds 2] [--cold] [--only a,b] [--dir D]
@@ -176,7 +176,7 @@ function table(head: string[], rows: string[][]): string {
 const TORCHTITAN_WAYS = ["shard-dcp", "shard-hfst"];
 
 /**
- * Issue 17's bar per world/cache group: the fastest ckpt output TorchTitan loads through its checkpointer takes no
+ * The load goals per world/cache group: the fastest ckpt output TorchTitan loads through its checkpointer takes no
  * longer than the HF original + from_hf and at most half the converter-style DCP's time.
  */
 export function loadTargets(rows: LoadRow[]): { what: string; value: string; goal: string; ok: boolean }[] {
@@ -229,7 +229,7 @@ export function loadReport(rows: LoadRow[], modelBytes: Record<string, number>):
   const targets = loadTargets(rows);
   if (targets.length) {
     parts.push("");
-    parts.push(table(["target (issue 17)", "measured", "goal", ""], targets.map((t) => [t.what, t.value, t.goal, t.ok ? "ok" : "MISSED"])));
+    parts.push(table(["target", "measured", "goal", ""], targets.map((t) => [t.what, t.value, t.goal, t.ok ? "ok" : "MISSED"])));
   }
   parts.push("\nin dcp.load = seconds inside dcp.load (planning collectives + the storage reader), max over ranks; the rest of the load is TorchTitan's own state_dict() / from_hf / load_state_dict, the same for every way in.");
   parts.push("asked = bytes the reader was asked for (FileSystemReader torch.loads whole blobs; HuggingFaceStorageReader copies slices out of an mmap, which rchar does not see). Max over ranks.");

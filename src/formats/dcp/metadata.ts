@@ -1,4 +1,4 @@
-// DCP `.metadata`: encoder (protocol-2 grammar of shared/spec/dcp-format.md §5) and decoder (protocols 2–5 as
+// DCP `.metadata`: encoder (protocol-2 grammar of docs/dcp-format.md §5) and decoder (protocols 2–5 as
 // PyTorch writes them, §3–§6) to and from a plain model.
 import { type DType, TORCH_DTYPE, dtypeFromTorch } from "../../dtypes.js";
 import { CkptError } from "../../errors.js";

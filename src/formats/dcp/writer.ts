@@ -60,7 +60,7 @@ export async function writeDcp(
       }
       meta.chunks.push({ offsets: [...c.offsets], sizes: [...c.sizes] });
       const k = c.offsets.join(",");
-      if (seen.has(k)) return; // empty chunks sharing one MetadataIndex: one storage entry (sharding.md §7)
+      if (seen.has(k)) return; // empty chunks sharing one MetadataIndex: one storage entry (docs/sharding.md §7)
       seen.add(k);
       const blob = encodeTensorBlob(t.dtype, c.sizes, c.data);
       const file = c.file ?? DEFAULT_DCP_FILE;

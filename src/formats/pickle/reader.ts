@@ -1,4 +1,4 @@
-// Restricted pickle parser (shared/spec/dcp-format.md §6, plus BINPERSID for torch.save's data.pkl). It never
+// Restricted pickle parser (docs/dcp-format.md §6, plus BINPERSID for torch.save's data.pkl). It never
 // executes anything: GLOBAL/REDUCE/NEWOBJ/BUILD only build tagged plain-data nodes, and only an allowlist of
 // globals is accepted. Stack, memo and nesting sizes are bounded; truncated input is an error.
 import { CkptError } from "../../errors.js";

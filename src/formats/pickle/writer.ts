@@ -1,4 +1,4 @@
-// Protocol-2 pickle emitter (shared/spec/dcp-format.md §5). No memo opcodes, so the output is a pure function of
+// Protocol-2 pickle emitter (docs/dcp-format.md §5). No memo opcodes, so the output is a pure function of
 // the calls made. Only what DCP `.metadata`, tensor `data.pkl` records and simple BYTE_IO values need.
 
 export const OP = {

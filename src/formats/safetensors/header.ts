@@ -1,4 +1,4 @@
-// safetensors header parsing and validation: shared/spec/safetensors.md §1–3, strict.
+// safetensors header parsing and validation: docs/safetensors.md §1–3, strict.
 import { DTYPE_BITS, DTYPES, isDType, type DType } from "../../dtypes.js";
 import { CkptError } from "../../errors.js";
 import { isJsonObject, jsonKind, JsonSyntaxError, parseStrictJson, safeUint, type JsonValue } from "./json-strict.js";

@@ -1,4 +1,5 @@
-// model.safetensors.index.json: parsing (strict) and cross-checks against the shards' headers (spec §5).
+// model.safetensors.index.json: parsing (strict) and cross-checks against the shards' headers
+// (docs/safetensors.md §5).
 import { CkptError } from "../../errors.js";
 import { findEntry, quote, type SafetensorsHeader } from "./header.js";
 import { isJsonObject, jsonKind, JsonSyntaxError, parseStrictJson, safeUint, type JsonValue } from "./json-strict.js";

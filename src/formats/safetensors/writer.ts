@@ -1,5 +1,5 @@
-// Planning and writing safetensors files byte-identical to safetensors.torch.save_file (spec §4), and sharded
-// checkpoints with a model.safetensors.index.json (spec §5).
+// Planning and writing safetensors files byte-identical to safetensors.torch.save_file (docs/safetensors.md §4),
+// and sharded checkpoints with a model.safetensors.index.json (§5).
 import { writeFile } from "node:fs/promises";
 import { DTYPE_ORDER, isDType, type DType } from "../../dtypes.js";
 import { CkptError } from "../../errors.js";

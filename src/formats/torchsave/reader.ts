@@ -1,4 +1,4 @@
-// torch.save archive reader (shared/spec/dcp-format.md §7–8): only the zip directory, the small records and
+// torch.save archive reader (docs/dcp-format.md §7–8): only the zip directory, the small records and
 // `data.pkl` are read, never the tensor data. `data.pkl` goes through the restricted pickle parser.
 import { type DType, dtypeFromTorch, elementSize, numelOf } from "../../dtypes.js";
 import { CkptError } from "../../errors.js";

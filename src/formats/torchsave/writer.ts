@@ -1,4 +1,4 @@
-// torch.save archive writer (shared/spec/dcp-format.md §7–8): records `data.pkl`, `byteorder`, `data/0`, `version`
+// torch.save archive writer (docs/dcp-format.md §7–8): records `data.pkl`, `byteorder`, `data/0`, `version`
 // under `archive/`, stored (no compression), every record's data 64-byte aligned via an "FB" extra field, data
 // descriptors, then central directory, zip64 EOCD, zip64 locator and EOCD, exactly as PyTorch's miniz writer lays
 // them out. The layout of a tensor blob depends only on dtype and shape, so it can be computed before the data exists.
