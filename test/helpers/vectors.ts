@@ -1,8 +1,8 @@
-// Reads shared/vectors/casts.safetensors (expected PyTorch 2.6 casts) with a minimal safetensors parser:
+// Reads test/vectors/casts.safetensors (expected casts computed by PyTorch 2.6, committed in the repo) with a minimal safetensors parser:
 // 8-byte little-endian header length N, N bytes of JSON, then the data. Independent of src/formats on purpose.
 
 import { existsSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export interface VectorTensor {
@@ -13,7 +13,7 @@ export interface VectorTensor {
   bytes: Uint8Array;
 }
 
-/** CKPT_VECTORS, else shared/vectors/casts.safetensors in or next to the package root. */
+/** CKPT_VECTORS, else test/vectors/casts.safetensors in the package root. */
 export function vectorsPath(): string | undefined {
   if (process.env.CKPT_VECTORS) return process.env.CKPT_VECTORS;
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -23,11 +23,8 @@ export function vectorsPath(): string | undefined {
     if (up === dir) return undefined;
     dir = up;
   }
-  for (const base of [dir, resolve(dir, "..")]) {
-    const p = join(base, "shared", "vectors", "casts.safetensors");
-    if (existsSync(p)) return p;
-  }
-  return undefined;
+  const p = join(dir, "test", "vectors", "casts.safetensors");
+  return existsSync(p) ? p : undefined;
 }
 
 let cache: Map<string, VectorTensor> | undefined;
