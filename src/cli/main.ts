@@ -47,6 +47,12 @@ function printPlan(r: ConvertResult): void {
   out(`\nfiles: ${p.files.length}, ${fmtBytes(p.files.reduce((s, f) => s + f.size, 0))}`);
 }
 
+function printLora(l: NonNullable<ConvertResult["lora"]>): void {
+  const t = l.torchtitan;
+  out(`\nLoRA: ${l.modules.length} Linear(s) adapted, LoRAConverter rank = ${t.rank}, alpha = ${t.alpha} (alpha / rank = ${l.scale}), target_modules = ${t.target_modules === null ? "None (every Linear)" : JSON.stringify(t.target_modules)}`);
+  out(table(["TorchTitan Linear", "rank", "adapter"], l.modules.map((m) => [m.module, String(m.rank), m.init === "fresh" ? `fresh (kaiming-uniform A, seed ${l.seed}; B = 0)` : m.from.join(" + ")]), [1]));
+}
+
 export function printRankTable(r: ConvertResult): void {
   const ranks = r.plan.perRank ?? [];
   if (!ranks.length) return;
@@ -79,6 +85,11 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : [])],
     ranged: a.ranged as boolean | undefined,
     requantize: a.requantize as "mxfp4" | "int4" | undefined,
+    lora: a.lora as string | undefined,
+    loraRank: a["lora-rank"] as number | undefined,
+    loraAlpha: a["lora-alpha"] as number | undefined,
+    loraTargets: a["lora-targets"] !== undefined ? String(a["lora-targets"]).split(",").map((x) => x.trim()).filter((x) => x) : undefined,
+    seed: a.seed as number | undefined,
   };
 }
 
@@ -111,9 +122,10 @@ async function doConvert(a: Record<string, unknown> & GlobalArgs, extra: Partial
     });
     rep.stop();
     if (a.json) { out(JSON.stringify({ event: "result", ...r })); return; }
-    if (r.dryRun) { printPlan(r); return; }
+    if (r.dryRun) { printPlan(r); if (r.lora) printLora(r.lora); return; }
     out(`wrote ${r.out} (${r.plan.files.length} file(s), ${fmtBytes(r.bytesWritten)}, ${r.plan.tensors.length} tensors) in ${r.seconds.toFixed(2)} s`);
     if (r.plan.perRank) printRankTable(r);
+    if (r.lora) printLora(r.lora);
     if (r.torchtitanConfig) out(`\nTorchTitan config to load it:\n${r.torchtitanConfig}`);
   } finally {
     rep.stop();
@@ -144,7 +156,12 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
     .option("files-per-rank", { type: "number", describe: "DCP: data files per rank, __{rank}_{k}.distcp, written in parallel (default 2 unsharded, 1 sharded)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
-    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" });
+    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" })
+    .option("lora", { type: "string", describe: "TorchTitan's LoRA model: base + this PEFT adapter's weights under the names and shapes of its LoRAConverter model (q/k/v stacked into the fused wqkv adapter), one checkpoint for a strict initial load; prints the LoRAConverter settings" })
+    .option("lora-rank", { type: "number", describe: "TorchTitan's LoRA model with fresh adapters of this rank (lora_a kaiming-uniform, lora_b zeros, as LoRALinear initialises them)" })
+    .option("lora-alpha", { type: "number", describe: "with --lora-rank: LoRAConverter alpha (default 16.0; scale alpha / rank)" })
+    .option("lora-targets", { type: "string", describe: "with --lora-rank: LoRAConverter target_modules, last name segments, e.g. wqkv,wo (default: every Linear)" })
+    .option("seed", { type: "number", describe: "with --lora-rank (and Linears --lora does not cover): seed of the lora_a initialisation (default 0)" });
 }
 
 export async function main(argv = hideBin(process.argv)): Promise<number> {

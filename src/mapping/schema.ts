@@ -152,6 +152,21 @@ export interface Mapping {
   towers?: { prefixes: string[]; why: string; option?: "text-only"; convert?: boolean }[];
   /** What config.json must satisfy for a target's model to express it (mapping/requirements.ts). */
   requires?: Requirement<Target>[];
+  /** TorchTitan main's Linear modules (what its LoRAConverter adapts), see LinearsSpec. */
+  linears?: LinearsSpec;
+}
+
+/**
+ * TorchTitan main's Linear modules by TorchTitan name without `.weight`; each names a tensors[] rule's torchtitan@main
+ * weight, whose HF name is the PEFT module. A fused Linear's output rows are, per group (`groups`, a dims name), the
+ * rows of each part in order: FusedQKVLinear's wqkv is [n_heads / n_kv_heads q heads, 1 k head, 1 v head] per KV group.
+ */
+export interface LinearsSpec {
+  description?: string;
+  /** TorchTitan's model module (`--module`), when it is not the architecture's name. */
+  torchtitan_module?: string;
+  modules: string[];
+  fused?: { module: string; groups: string; parts: string[] }[];
 }
 
 function fail(file: string, path: string, what: string): never {
@@ -164,7 +179,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -244,8 +259,28 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
     if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
   }
+  if (m.linears !== undefined) validateLinears(m.linears, m.tensors as Record<string, unknown>[], dims, file);
   if (m.requires !== undefined) validateRequires(m.requires, m.tensors as Record<string, unknown>[], dims, m.targets as string[], file);
   return m as unknown as Mapping;
+}
+
+function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, file: string): void {
+  const l = raw as Record<string, unknown>;
+  if (!l || typeof l !== "object" || Array.isArray(l)) fail(file, "$.linears", "must be an object");
+  for (const k of Object.keys(l)) if (!["description", "torchtitan_module", "modules", "fused"].includes(k)) fail(file, `$.linears.${k}`, "unknown field");
+  if (!isStrArr(l.modules)) fail(file, "$.linears.modules", "must be a list of TorchTitan module names");
+  // every module is the torchtitan@main weight of a rule, so its HF name (the PEFT module) and shape are known
+  const weights = new Set(tensors.map((t) => (typeof t.tt === "string" ? t.tt : (t.tt as Record<string, string> | undefined)?.["torchtitan@main"])).filter(isStr));
+  const known = (m: string, at: string) => { if (!weights.has(m + ".weight")) fail(file, at, `'${m}.weight' is no rule's torchtitan@main name`); };
+  l.modules.forEach((m, i) => known(m, `$.linears.modules[${i}]`));
+  if (l.fused === undefined) return;
+  if (!Array.isArray(l.fused)) fail(file, "$.linears.fused", "must be a list");
+  l.fused.forEach((f: Record<string, unknown>, i: number) => {
+    const p = `$.linears.fused[${i}]`;
+    if (!f || typeof f !== "object" || !isStr(f.module) || !isStr(f.groups) || !isStrArr(f.parts) || f.parts.length < 2) fail(file, p, "needs module, groups (a dims name) and two or more parts");
+    if (!(f.groups in dims)) fail(file, `${p}.groups`, `unknown dims name '${f.groups}'`);
+    f.parts.forEach((m, j) => known(m, `${p}.parts[${j}]`));
+  });
 }
 
 function validateRequires(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, targets: string[], file: string): void {

@@ -23,6 +23,7 @@ import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { checkRequantizable, requantizeHfDir, type RequantizeKind } from "./requantize.js";
+import { withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -70,6 +71,13 @@ export interface ConvertOptions extends OpenSourceOptions {
   ranks?: string;
   /** Write the checkpoint-level files (`.metadata`, manifest) after per-rank runs. */
   finalize?: boolean;
+  /** TorchTitan's LoRA model: base + adapters of this PEFT adapter (src/lora/tt-model.ts). */
+  lora?: string;
+  /** …or fresh adapters of this rank (`loraAlpha`, `loraTargets`, `seed`). */
+  loraRank?: number;
+  loraAlpha?: number;
+  loraTargets?: string[];
+  seed?: number;
   onProgress?: (e: ProgressEvent) => void;
   onWarning?: (msg: string) => void;
   signal?: AbortSignal;
@@ -97,6 +105,8 @@ export interface ConvertResult {
   f16Overflow: number;
   /** TorchTitan config lines that load this output. */
   torchtitanConfig?: string;
+  /** --lora / --lora-rank: the LoRAConverter settings and where each adapter came from. */
+  lora?: LoraModelSummary;
 }
 
 const MANIFEST = "ckpt-manifest.json";
@@ -295,6 +305,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
   const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
+  let lora: Awaited<ReturnType<typeof withLoraModel>>;
   try {
     // size + mtime of every local source file, compared after the run (SOURCE_CHANGED) and part of the resume plan
     const stamps = stampFiles(source.files(), (f) => source.localPath(f));
@@ -321,6 +332,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
     for (const w of plan.warnings) opts.onWarning?.(w);
+    // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
+    lora = await withLoraModel(plan, source, opts, { config, file: configFile });
+    const execSource = lora?.source ?? source;
 
     const world = opts.worldSize ?? 1;
     const tp = opts.tp ?? 1;
@@ -348,14 +362,14 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const summary = summarize(plan, layout);
     const outAbs = resolve(opts.out);
     if (opts.dryRun) {
-      return { out: outAbs, dryRun: true, plan: summary, bytesWritten: 0, seconds: (performance.now() - started) / 1000, f16Overflow: 0 };
+      return { out: outAbs, dryRun: true, plan: summary, bytesWritten: 0, seconds: (performance.now() - started) / 1000, f16Overflow: 0, ...(lora ? { lora: lora.summary } : {}) };
     }
 
     const ranks = opts.ranks !== undefined ? parseRanks(opts.ranks, world) : undefined;
     const pieceBytes = 16 * 1024 * 1024;
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest };
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}) };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
@@ -363,7 +377,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
 
     if (opts.resume && opts.finalize && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
-    if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started });
+    if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started, execSource, loraConfig: lora?.config(outAbs) });
 
     if (!opts.resume && existsSync(outAbs + ".partial")) opts.onWarning?.(`removing the partial output of an earlier run in ${outAbs}.partial (pass --resume to continue it instead)`);
     let dir: ReturnType<typeof prepareOutputDir>;
@@ -376,7 +390,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     try {
       checkFreeSpace(dir.partial, Math.max(0, layout.files.reduce((s, f) => s + f.size, 0) - (opts.resume ? allocatedBytes(dir.partial) : 0)));
       writing = true;
-      const exec = await executeLayout(layout, plan, source, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
+      const exec = await executeLayout(layout, plan, execSource, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
       warnResumed(exec, opts.onWarning);
       if (exec.f16Overflow > 0 && !opts.allowOverflow) {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
@@ -400,7 +414,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       commitOutputDir(dir, { force: opts.force, fsync });
       return {
         out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
-        torchtitanConfig: direction !== "tt_to_hf" && (format === "dcp" || world > 1) ? torchtitanConfigLines(outAbs, plan.target, hfAssets, ttKind) : undefined,
+        torchtitanConfig: lora && format === "dcp" ? lora.config(outAbs) : direction !== "tt_to_hf" && (format === "dcp" || world > 1) ? torchtitanConfigLines(outAbs, plan.target, hfAssets, ttKind) : undefined,
+        ...(lora ? { lora: lora.summary } : {}),
       };
     } catch (e) {
       let err = describeFsError(e, dir.partial);
@@ -424,6 +439,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       throw err;
     }
   } finally {
+    await lora?.close();
     if (typeof opts.source === "string") await source.close();
   }
 }
@@ -457,6 +473,9 @@ interface PartialCtx extends ConvertOptions {
   journalPlan: string;
   assetSource?: Source;
   started: number;
+  /** What the executor reads: the source, plus LoRA adapters with --lora / --lora-rank. */
+  execSource: Source;
+  loraConfig?: string;
 }
 
 /**
@@ -483,7 +502,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
     mkdirSync(tmp, { recursive: true });
     let keep = false;
     try {
-      const exec = await executeLayout(layout, plan, catalog.source, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
+      const exec = await executeLayout(layout, plan, ctx.execSource, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
       warnResumed(exec, ctx.onWarning);
       overflow = exec.f16Overflow;
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
@@ -520,7 +539,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
   }
   return {
     out, dryRun: false, plan: summary, bytesWritten, seconds: (performance.now() - ctx.started) / 1000, f16Overflow: overflow,
-    torchtitanConfig: ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource, layout.format === "dcp" ? "dcp" : ctx.hfNames ? "hf-safetensors" : "tt-safetensors") : undefined,
+    torchtitanConfig: ctx.finalize && ctx.loraConfig && layout.format === "dcp" ? ctx.loraConfig : ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource, layout.format === "dcp" ? "dcp" : ctx.hfNames ? "hf-safetensors" : "tt-safetensors") : undefined,
   };
 }
 
