@@ -8,7 +8,7 @@ import { CkptError } from "../errors.js";
 import { ropeRowIndex } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
 import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-import { naturalCompare } from "../plan/convert-plan.js";
+import { naturalCompare, normalizeTtName } from "../plan/convert-plan.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { elementSize } from "../dtypes.js";
@@ -18,13 +18,17 @@ import {
 } from "./config.js";
 import { ModuleResolver, lastSegment, parsePeftName, parseTtName, type LoraModule, type LoraPart } from "./names.js";
 import { gatherRowBytes, readTensorBytes } from "./tensors.js";
+import { FusedLinears } from "./tt-linears.js";
 
 export type Layout = "hf" | "tt";
 
 export interface AdapterEntry {
   module: LoraModule;
   a: CatalogTensor;
+  /** lora_B as this module sees it (a fused Linear's part: its rows' shape, the stored tensor in `fused`). */
   b: CatalogTensor;
+  /** One part of a fused Linear's adapter (TorchTitan's wqkv): the stored lora_b and the rows that are this part's. */
+  fused?: { b: CatalogTensor; rows: Int32Array };
   m?: CatalogTensor;
   rank: number;
   alpha: number;
@@ -192,6 +196,8 @@ async function openAdapterFrom(source: Source, opts: OpenAdapterOptions): Promis
   const items: { module: string; part: LoraPart; name: string }[] = [];
   const others: string[] = [];
   for (const n of names) {
+    // a TorchTitan step checkpoint: optimizer / lr_scheduler / dataloader / train_state beside the model keys
+    if (normalizeTtName(n).name === undefined) continue;
     const p = parseTtName(n);
     if (p) items.push({ ...p, name: n });
     else others.push(n);
@@ -209,7 +215,20 @@ async function openAdapterFrom(source: Source, opts: OpenAdapterOptions): Promis
   let peft: PeftLoraConfig;
   const entries: AdapterEntry[] = [];
   const ranks = new Map<number, number>();
+  const linears = new FusedLinears(mapping, resolver);
   for (const [mod, parts] of grouped) {
+    const fused = linears.split(mod);
+    if (fused) {
+      if (!parts.A || !parts.B) throw new CkptError("MISSING_TENSOR", `LoRA module '${mod}' has lora_${parts.A ? "b" : "a"} missing`, { file: source.id });
+      if (parts.M) throw new CkptError("UNMAPPED", `'${mod}' has a magnitude vector: TorchTitan's fused Linear has no DoRA`, { file: source.id, tensor: parts.M });
+      const a = catalog.tensors.get(parts.A)!, b = catalog.tensors.get(parts.B)!;
+      if (b.shape[0] !== fused.rows) throw new CkptError("SHAPE", `lora_b has ${b.shape[0]} rows, the fused Linear ${fused.rows}`, { file: source.id, tensor: b.name });
+      ranks.set(a.shape[0]!, (ranks.get(a.shape[0]!) ?? 0) + fused.parts.length);
+      for (const p of fused.parts) {
+        entries.push({ module: p.module, a, b: { ...b, shape: [p.rows.length, b.shape[1]!] }, fused: { b, rows: p.rows }, rank: a.shape[0]!, alpha: NaN, scale: NaN });
+      }
+      continue;
+    }
     const module = resolver.fromTt(mod);
     if (!module) throw new CkptError("UNMAPPED", `LoRA module '${mod}' adapts no ${mapping.architecture} ${target} weight`, { file: source.id, tensor: parts.A ?? parts.B ?? parts.M });
     if (!parts.A || !parts.B) throw new CkptError("MISSING_TENSOR", `LoRA module '${mod}' has lora_${parts.A ? "b" : "a"} missing`, { file: source.id });
@@ -263,7 +282,9 @@ export function bRowIndex(e: AdapterEntry, from: Layout, to: Layout): Int32Array
 export async function readEntry(ad: OpenedAdapter, e: AdapterEntry, layout: Layout): Promise<{ a: Uint8Array; b: Uint8Array; m?: Uint8Array }> {
   const idx = bRowIndex(e, ad.layout, layout);
   const a = await readTensorBytes(ad.source, e.a);
-  let b = await readTensorBytes(ad.source, e.b);
+  let b = e.fused
+    ? gatherRowBytes(await readTensorBytes(ad.source, e.fused.b), e.b.shape[1]! * elementSize(e.b.dtype), e.fused.rows)
+    : await readTensorBytes(ad.source, e.b);
   let m = e.m ? await readTensorBytes(ad.source, e.m) : undefined;
   if (idx) {
     b = gatherRowBytes(b, e.b.shape[1]! * elementSize(e.b.dtype), idx);

@@ -53,10 +53,11 @@ export async function readTensorBytes(source: Source, t: CatalogTensor): Promise
   return out;
 }
 
-/** dst row i = src row index[i] (whole rows of `rowBytes` bytes): a permutation with no arithmetic. */
+/** dst row i = src row index[i] (whole rows of `rowBytes` bytes): a permutation or selection, no arithmetic. */
 export function gatherRowBytes(src: Uint8Array, rowBytes: number, index: Int32Array): Uint8Array {
-  if (src.byteLength !== rowBytes * index.length) throw new CkptError("INTERNAL", `row gather: ${src.byteLength} bytes is not ${index.length} rows of ${rowBytes}`);
-  const out = new Uint8Array(new ArrayBuffer(src.byteLength));
+  const rows = src.byteLength / rowBytes;
+  if (!Number.isInteger(rows) || index.some((i) => i < 0 || i >= rows)) throw new CkptError("INTERNAL", `row gather: ${src.byteLength} bytes in rows of ${rowBytes}, index out of range`);
+  const out = new Uint8Array(new ArrayBuffer(rowBytes * index.length));
   for (let i = 0; i < index.length; i++) out.set(src.subarray(index[i]! * rowBytes, (index[i]! + 1) * rowBytes), i * rowBytes);
   return out;
 }

@@ -7,7 +7,7 @@ import { CkptError } from "../errors.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import type { Mapping, TpPlacement } from "../mapping/schema.js";
 import { naturalCompare } from "../plan/convert-plan.js";
-import { lastSegment, ModuleResolver } from "./names.js";
+import { lastSegment, ModuleResolver, type LoraModule } from "./names.js";
 
 export interface LinearPart {
   /** TorchTitan module whose `.weight` the checkpoint stores (a fused Linear's split part, or the Linear itself). */
@@ -85,4 +85,36 @@ export function isLoraTarget(lin: TtLinear, targets: readonly string[] | null): 
 /** The distinct last segments, for messages ("wqkv, wo, w1, …"). */
 export function linearNames(linears: TtLinear[]): string[] {
   return [...new Set(linears.map((l) => lastSegment(l.module)))];
+}
+
+/**
+ * A fused Linear's adapter read back (TorchTitan → PEFT, merge): `split(module)` gives each part's module and the rows
+ * of the fused lora_b that are its own, in the fused layout's order (per group, the parts' rows in turn).
+ */
+export class FusedLinears {
+  private readonly fused: { module: CompiledPattern; parts: string[]; groups: string }[];
+  constructor(mapping: Mapping, private readonly resolver: ModuleResolver) {
+    this.fused = (mapping.linears?.fused ?? []).map((f) => ({ module: compilePattern(f.module), parts: f.parts, groups: f.groups }));
+  }
+
+  split(module: string): { rows: number; parts: { module: LoraModule; rows: Int32Array }[] } | undefined {
+    for (const f of this.fused) {
+      const vals = matchPattern(f.module, module);
+      if (!vals) continue;
+      const G = this.resolver.dims[f.groups];
+      const mods = f.parts.map((p) => this.resolver.fromTt(fillPattern(p, vals)));
+      if (G === undefined || mods.some((m) => !m?.shape)) throw new CkptError("CONFIG", `cannot split ${module}: config.json lacks ${f.groups} or its parts' shapes`, { tensor: module });
+      const per = mods.map((m) => m!.shape![0]! / G);
+      const block = per.reduce((s, n) => s + n, 0);
+      let off = 0;
+      const parts = mods.map((m, i) => {
+        const rows = new Int32Array(per[i]! * G);
+        for (let g = 0; g < G; g++) for (let r = 0; r < per[i]!; r++) rows[g * per[i]! + r] = g * block + off + r;
+        off += per[i]!;
+        return { module: m!, rows };
+      });
+      return { rows: block * G, parts };
+    }
+    return undefined;
+  }
 }
