@@ -55,7 +55,7 @@ export interface LoraModelSummary {
 
 const PEFT_FILES = "@peft-adapter/";
 const INIT_FILE = "@lora-init/lora_a.f32";
-const HELP_MERGE = "merge it into the base weights with `ckpt lora merge <base> <adapter> <out>`, then convert the merged model";
+const HELP_MERGE = "merge it into the base weights (`ckpt lora merge <base> <adapter> <out>`, or PEFT's merge_and_unload), then convert the merged model";
 
 /** Adds the LoRA model's adapter tensors to `plan` (torchtitan@main, HF → TorchTitan); returns the source the executor reads. */
 export async function addLoraModel(plan: ConversionPlan, base: Source, opts: LoraModelOptions): Promise<{ source: Source; summary: LoraModelSummary; close: () => Promise<void> }> {

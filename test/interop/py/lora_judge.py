@@ -1,7 +1,7 @@
 # TorchTitan's own LoRA model judges ckpt's LoRA checkpoints against real PEFT on transformers.
 #
 # usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt:/opt/peft, TORCHDYNAMO_DISABLE=1):
-#   lora_judge.py make-peft HF OUT SPEC_JSON      PEFT adapter made by PEFT itself (get_peft_model + save_pretrained)
+#   lora_judge.py make-peft LIST_JSON             PEFT adapters made by PEFT itself (get_peft_model + save_pretrained), [{hf, out, spec}]
 #   lora_judge.py cases CASES_JSON                each case {name, mode, hf, ckpt, lora:{rank,alpha,target_modules}, ...}
 # Prints one JSON line; exits 1 when a case does not come out as it must (controls must fail).
 #
@@ -192,6 +192,27 @@ def run_export_check(c):
     return res
 
 
+def run_merged_check(c):
+    """`ckpt lora merge` of TorchTitan's checkpoint, loaded into TorchTitan's plain model, computes the LoRA model's logits."""
+    cfg = cfg_of(c["hf"])
+    want = torch.load(c["tt_logits"])
+    arch = c.get("arch") or ARCH[cfg["model_type"]]
+    tt = judge.tt_model(arch, cfg, True)
+    err = judge.load_like_torchtitan(tt, c["ckpt"])
+    if err:
+        return {"name": c["name"], "ok": False, "load": err}
+    tokens = torch.randint(0, cfg["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1234))
+    res = {"name": c["name"], "passes": []}
+    for factor in (1.0, 16.0):
+        judge.scale_norms(tt, factor)
+        with torch.no_grad():
+            got = judge.forward_tt(tt, tokens).to(judge.DTYPE)
+        judge.scale_norms(tt, 1 / factor)
+        res["passes"].append(compare(want[factor], got, factor))
+    res["ok"] = all(p["ok"] for p in res["passes"])
+    return res
+
+
 def make_peft(hf, out, spec):
     """A PEFT adapter made by PEFT: get_peft_model on transformers' model, random (trained-looking) A and B, save_pretrained."""
     from peft import LoraConfig, get_peft_model
@@ -213,12 +234,12 @@ def make_peft(hf, out, spec):
 def main():
     torch.set_num_threads(1)
     if sys.argv[1] == "make-peft":
-        print(json.dumps(make_peft(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))))
+        print(json.dumps([make_peft(x["hf"], x["out"], x["spec"]) for x in json.load(open(sys.argv[2]))]))
         return
     cases = json.load(open(sys.argv[2]))
     results = []
     for c in cases:
-        results.append(run_export_check(c) if c["mode"] == "export-check" else run_case(c))
+        results.append(run_export_check(c) if c["mode"] == "export-check" else run_merged_check(c) if c["mode"] == "merged-check" else run_case(c))
     import transformers
     import peft
     print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "results": results}))
