@@ -286,7 +286,8 @@ export function analyzeHealth(source: string, format: "safetensors" | "dcp", ten
   }
   const paramDtypes = new Map<DType, string[]>();
   for (const t of tensors) {
-    if (!isFloatDType(t.dtype) || isNonParameter(t.name)) continue;
+    // LoRA adapters are their own (trainable) parameters: f32 adapters beside a bf16 base are the usual layout
+    if (!isFloatDType(t.dtype) || isNonParameter(t.name) || loraPart(t.name)) continue;
     const l = paramDtypes.get(t.dtype) ?? [];
     l.push(t.name);
     paramDtypes.set(t.dtype, l);

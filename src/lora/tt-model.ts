@@ -13,7 +13,8 @@
 import type { CatalogTensor, StoredPiece } from "../catalog-types.js";
 import type { DType } from "../dtypes.js";
 import { CkptError, isCkptError } from "../errors.js";
-import type { ConversionPlan, DTypeChoice, TensorPlan } from "../plan/convert-plan.js";
+import { parseDTypeChoice, type ConversionPlan, type DTypeChoice, type TensorPlan } from "../plan/convert-plan.js";
+import { mappingByName } from "../mapping/load.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import type { ShardPolicy } from "../plan/sharding.js";
 import type { Source } from "../sources/types.js";
@@ -59,9 +60,8 @@ const HELP_MERGE = "merge it into the base weights (`ckpt lora merge <base> <ada
 
 /** Adds the LoRA model's adapter tensors to `plan` (torchtitan@main, HF → TorchTitan); returns the source the executor reads. */
 export async function addLoraModel(plan: ConversionPlan, base: Source, opts: LoraModelOptions): Promise<{ source: Source; summary: LoraModelSummary; close: () => Promise<void> }> {
-  if (plan.direction !== "hf_to_tt") throw new CkptError("USAGE", "--lora / --lora-rank build TorchTitan's LoRA model from an HF checkpoint");
-  if (plan.target !== "torchtitan@main") throw new CkptError("USAGE", `--lora / --lora-rank: TorchTitan's LoRAConverter is in torchtitan@main, not ${plan.target}`);
-  const mapping = (await import("../mapping/load.js")).mappingByName(plan.mapping);
+  loraRequested({ loraRank: 1 }, plan.direction, plan.target);
+  const mapping = mappingByName(plan.mapping);
   const linears = ttLinears(mapping, opts.base.config, plan.tensors, opts.base.file);
   if (!linears || linears.length === 0) throw new CkptError("UNMAPPED", `ckpt has no TorchTitan Linear list for ${plan.mapping}: it cannot build its LoRA model`);
   const seed = opts.seed ?? 0;
@@ -354,20 +354,27 @@ export interface LoraOptionsLike {
   onWarning?: (msg: string) => void;
 }
 
-/** `convert|shard --lora / --lora-rank`: the plan extended with the LoRA model's adapters, or undefined without those options. */
-export async function withLoraModel(plan: ConversionPlan, source: Source, o: LoraOptionsLike, base: BaseConfig): Promise<{
-  source: Source; summary: LoraModelSummary; record: Record<string, unknown>; config: (out: string) => string; close: () => Promise<void>;
-} | undefined> {
+/** Checks the LoRA options before anything is planned; true when TorchTitan's LoRA model was asked for. */
+export function loraRequested(o: LoraOptionsLike, direction: string, target: string | undefined): boolean {
   if (o.lora === undefined && o.loraRank === undefined) {
     if (o.loraAlpha !== undefined || o.loraTargets !== undefined || o.seed !== undefined) throw new CkptError("USAGE", "--lora-alpha, --lora-targets and --seed go with --lora-rank");
-    return undefined;
+    return false;
   }
   if (o.lora !== undefined && o.loraRank !== undefined) throw new CkptError("USAGE", "--lora takes the PEFT adapter's ranks; drop --lora-rank (or drop --lora for fresh adapters)");
   if (o.lora !== undefined && (o.loraAlpha !== undefined || o.loraTargets !== undefined)) throw new CkptError("USAGE", "--lora-alpha / --lora-targets are for fresh adapters (--lora-rank); --lora takes the PEFT adapter's");
   if (o.hfNames) throw new CkptError("USAGE", "--hf-names has no HF names for TorchTitan's fused adapters; write DCP (the default) with --lora / --lora-rank");
-  const { parseDTypeChoice } = await import("../plan/convert-plan.js");
+  if (direction !== "hf_to_tt") throw new CkptError("USAGE", "--lora / --lora-rank build TorchTitan's LoRA model from an HF checkpoint");
+  if (target !== undefined && target !== "torchtitan@main") throw new CkptError("USAGE", `--lora / --lora-rank: TorchTitan's LoRAConverter is in torchtitan@main, not ${target}`);
+  return true;
+}
+
+/** `convert|shard --lora / --lora-rank`: the plan extended with the LoRA model's adapters, or undefined without those options. */
+export async function withLoraModel(plan: ConversionPlan, source: Source, o: LoraOptionsLike, base: BaseConfig): Promise<{
+  source: Source; summary: LoraModelSummary; record: Record<string, unknown>; config: (out: string) => string; close: () => Promise<void>;
+} | undefined> {
+  if (!loraRequested(o, plan.direction, plan.target)) return undefined;
   const r = await addLoraModel(plan, source, { adapter: o.lora, rank: o.loraRank, alpha: o.loraAlpha, targets: o.loraTargets, seed: o.seed, dtype: parseDTypeChoice(o.dtype), base, onWarning: o.onWarning });
-  const mapping = (await import("../mapping/load.js")).mappingByName(plan.mapping);
+  const mapping = mappingByName(plan.mapping);
   const module = mapping.linears?.torchtitan_module ?? mapping.architecture;
   return {
     ...r,

@@ -23,7 +23,7 @@ import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { checkRequantizable, requantizeHfDir, type RequantizeKind } from "./requantize.js";
-import { withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
+import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -330,6 +330,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     // A TorchTitan source asked to become TorchTitan again is an offline reshard.
     if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
+    loraRequested(opts, direction, target);
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
