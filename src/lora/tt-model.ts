@@ -13,7 +13,7 @@
 import type { CatalogTensor, StoredPiece } from "../catalog-types.js";
 import type { DType } from "../dtypes.js";
 import { CkptError, isCkptError } from "../errors.js";
-import { parseDTypeChoice, type ConversionPlan, type DTypeChoice, type TensorPlan } from "../plan/convert-plan.js";
+import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import { mappingByName } from "../mapping/load.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import type { ShardPolicy } from "../plan/sharding.js";
@@ -39,7 +39,6 @@ export interface LoraModelOptions {
   targets?: string[];
   /** Seed of the lora_a initialisation (default 0). */
   seed?: number;
-  dtype: DTypeChoice;
   base: BaseConfig;
   onWarning?: (msg: string) => void;
 }
@@ -67,7 +66,7 @@ export async function addLoraModel(plan: ConversionPlan, base: Source, opts: Lor
   const seed = opts.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0) throw new CkptError("USAGE", `--seed ${seed}: expected a non-negative integer`);
   const init = new InitFile(seed);
-  const b = new PlanBuilder(plan, opts.dtype);
+  const b = new PlanBuilder(plan);
   let summary: LoraModelSummary;
   let adapterSource: Source | undefined;
   const names = linearNames(linears);
@@ -157,15 +156,15 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
 
 /** Appends adapter tensors and their leaves to a plan. */
 class PlanBuilder {
-  constructor(private readonly plan: ConversionPlan, private readonly dtype: DTypeChoice) {}
+  constructor(private readonly plan: ConversionPlan) {}
 
   leaf(name: string, dtype: DType, shape: number[], pieces: StoredPiece[]): string {
     this.plan.leaves[name] ??= { dtype, shape: [...shape], pieces } satisfies LeafInfo;
     return name;
   }
 
-  private add(name: string, shape: number[], sourceDType: DType, recipe: Recipe, tp: ShardPolicy["tp"]): void {
-    const dtype = this.dtype === "keep" ? sourceDType : this.dtype;
+  /** Adapters keep their values exactly (PEFT's dtype; f32 when fresh) whatever --dtype does to the base weights. */
+  private add(name: string, shape: number[], dtype: DType, recipe: Recipe, tp: ShardPolicy["tp"]): void {
     this.plan.tensors.push({ name, dtype, shape, recipe, policy: { tp } } satisfies TensorPlan);
   }
 
@@ -349,7 +348,6 @@ export interface LoraOptionsLike {
   loraAlpha?: number;
   loraTargets?: string[];
   seed?: number;
-  dtype?: string;
   hfNames?: boolean;
   onWarning?: (msg: string) => void;
 }
@@ -373,7 +371,7 @@ export async function withLoraModel(plan: ConversionPlan, source: Source, o: Lor
   source: Source; summary: LoraModelSummary; record: Record<string, unknown>; config: (out: string) => string; close: () => Promise<void>;
 } | undefined> {
   if (!loraRequested(o, plan.direction, plan.target)) return undefined;
-  const r = await addLoraModel(plan, source, { adapter: o.lora, rank: o.loraRank, alpha: o.loraAlpha, targets: o.loraTargets, seed: o.seed, dtype: parseDTypeChoice(o.dtype), base, onWarning: o.onWarning });
+  const r = await addLoraModel(plan, source, { adapter: o.lora, rank: o.loraRank, alpha: o.loraAlpha, targets: o.loraTargets, seed: o.seed, base, onWarning: o.onWarning });
   const mapping = mappingByName(plan.mapping);
   const module = mapping.linears?.torchtitan_module ?? mapping.architecture;
   return {
