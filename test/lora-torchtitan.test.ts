@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { buildCatalog } from "../src/catalog.js";
 import { writeTinyLlama, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
+import { writeTinyQwen35 } from "../src/fixtures/tiny-qwen3-5.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
 import { runHealth } from "../src/health/index.js";
 import { loraExport } from "../src/lora/index.js";
@@ -217,6 +218,13 @@ test("refused with one line, nothing written: DoRA, lora bias, modules_to_save, 
       ["both", { }, ["--lora-rank", "8"], /drop --lora-rank/],
       ["alpha-alone", undefined, ["--lora-alpha", "8"], /go with --lora-rank/],
     ];
+    // Qwen3.5's fused in_proj_qkv: TorchTitan splits it into three Linears
+    const q35 = join(t.dir, "q35");
+    writePeftAdapter(join(t.dir, "peft-qkv"), tinyPeftAdapter(writeTinyQwen35(q35, { seed: 41 }).tensors, { targets: ["in_proj_qkv"] }));
+    const qkv = spawnSync(process.execPath, [CLI, "convert", q35, join(t.dir, "out-qkv"), "--lora", join(t.dir, "peft-qkv"), "--quiet"], { encoding: "utf8" });
+    assert.equal(qkv.status, 1);
+    assert.match(qkv.stderr, /^ckpt: UNMAPPED: .*in_proj_qkv updates a \[\d+, \d+\] weight, but TorchTitan's layers\.0\.attn\.in_proj_q is .*ckpt lora merge/);
+    assert.ok(!existsSync(join(t.dir, "out-qkv")) && !existsSync(join(t.dir, "out-qkv.partial")));
     for (const [name, peft, extra, re] of cases) {
       const args = ["convert", base, join(t.dir, `out-${name}`), ...extra];
       if (peft) {

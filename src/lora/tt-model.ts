@@ -116,6 +116,13 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
     for (const e of ad.entries) {
       const at = byPart.get(e.module.tt);
       if (!at) throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} adapts ${e.module.tt}, which is not a Linear of TorchTitan's model`, { file: ad.source.id, tensor: e.a.name, hint: HELP_MERGE });
+      const part = at.lin.parts[at.part]!;
+      if (e.b.shape[0] !== part.rows || e.a.shape[1] !== at.lin.inFeatures) {
+        // e.g. Qwen3.5's in_proj_qkv, which TorchTitan holds as three Linears (in_proj_q / _k / _v)
+        throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} updates a [${e.b.shape[0]}, ${e.a.shape[1]}] weight, but TorchTitan's ${part.tt} is [${part.rows}, ${at.lin.inFeatures}]: TorchTitan splits or reshapes this weight, so its adapter has no LoRALinear to go to`, {
+          file: ad.source.id, tensor: e.b.name, hint: HELP_MERGE,
+        });
+      }
       const list = covered.get(at.lin) ?? new Array<AdapterEntry | undefined>(at.lin.parts.length).fill(undefined);
       list[at.part] = e;
       covered.set(at.lin, list);

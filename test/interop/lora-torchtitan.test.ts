@@ -1,5 +1,5 @@
 // TorchTitan's own LoRA judges ckpt's LoRA checkpoints (sid root: TorchTitan b5bcd76, transformers 5.12, PEFT 5d602fd),
-// on llama3, qwen3 dense and MoE, deepseek_v3, gpt_oss and kimi_k2_7 (the Linears PEFT can target on each).
+// on llama3, qwen3 dense and MoE, deepseek_v3, gpt_oss, kimi_k2_7 and qwen3_5 MoE (the Linears PEFT can target on each).
 //  - PEFT adapters made by PEFT itself (get_peft_model + save_pretrained) → `ckpt convert --lora` and `ckpt shard
 //    --world-size 4 --lora` → TorchTitan's model rewritten by its LoRAConverter with the settings ckpt printed, loaded
 //    strictly (every tensor NaN first), computes the logits transformers + PeftModel compute on the HF base + adapter,
@@ -19,6 +19,7 @@ import { writeTinyQwen3 } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
 import { writeTinyKimi } from "../../src/fixtures/tiny-kimi.js";
+import { writeTinyQwen35 } from "../../src/fixtures/tiny-qwen3-5.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired, type TorchEnv } from "./torch.js";
 import { inJudgeWorkspace } from "./judge-harness.js";
 
@@ -78,6 +79,7 @@ for (const env of suites) {
       writeTinyDeepSeek(h("dsv3"), { qLoraRank: 0, layers: 2, mtp: 0, experts: 4, fp8: false, files: 1, seed: 24 });
       writeTinyGptOss(h("gptoss"), { layout: "bf16", seed: 25 });
       writeTinyKimi(h("kimi"), { layout: "k2", layers: 3, experts: 4, files: 1, seed: 26 });
+      writeTinyQwen35(h("qwen35"), { experts: 4, seed: 27 });
       // PEFT adapters, made by PEFT: every attention and MLP Linear (llama); q and v only, rsLoRA (qwen3: k's rows
       // of the fused adapter stay zero); attention of layer 1 only (qwen3 MoE: TorchTitan's target_modules adapt every
       // layer's wqkv / wo, the others start fresh); MLA's Linears (deepseek: PEFT on transformers 5 turns MLP targets of an MoE model into
@@ -89,6 +91,7 @@ for (const env of suites) {
         { hf: g("dsv3"), out: g("peft-dsv3"), spec: { targets: ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], r: 4, alpha: 8 } },
         { hf: g("gptoss"), out: g("peft-gptoss"), spec: { targets: ["q_proj", "k_proj", "v_proj", "o_proj"], r: 4, alpha: 8 } },
         { hf: g("kimi"), out: g("peft-kimi"), spec: { targets: ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], r: 4, alpha: 8 } },
+        { hf: g("qwen35"), out: g("peft-qwen35"), spec: { targets: ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj"], r: 4, alpha: 8 } },
         { hf: g("llama"), out: g("peft-dora"), spec: { targets: ["q_proj", "v_proj"], r: 4, alpha: 8, dora: true } },
         { hf: g("qwen3moe"), out: g("peft-experts"), spec: { targets: ["gate_proj", "up_proj", "down_proj"], r: 4, alpha: 8 } },
       ];
@@ -99,7 +102,7 @@ for (const env of suites) {
       const add = (name: string, mode: string, hf: string, peft: string | undefined, ckpt: string, lora: Settings, extra: Record<string, unknown> = {}) =>
         cases.push({ name, mode, hf: g(hf), ...(peft ? { peft: g(peft) } : {}), ckpt: g(ckpt), lora, ...extra });
       const s: Record<string, Settings> = {};
-      for (const m of ["llama", "qwen3", "qwen3moe", "dsv3", "gptoss", "kimi"]) {
+      for (const m of ["llama", "qwen3", "qwen3moe", "dsv3", "gptoss", "kimi", "qwen35"]) {
         // Kimi's INT4 experts: transformers decompresses them to bf16, which --dtype bf16 writes bit for bit
         s[m] = convertLora(["convert", h(m), h(`${m}.lora`), "--lora", h(`peft-${m}`), ...(m === "kimi" ? ["--dtype", "bf16"] : [])]);
         add(`${m} convert --lora ${JSON.stringify(s[m])}`, "peft", m, `peft-${m}`, `${m}.lora`, s[m]!);
