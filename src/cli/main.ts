@@ -234,6 +234,14 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       if (a.json) out(JSON.stringify(rows, null, 1));
       else out(formatBenchTable(rows));
     })
+    .epilogue([
+      "LoRA round trip with TorchTitan (docs/lora.md):",
+      "  ckpt convert <hf> <out> --lora <peft-adapter>  # prints the LoRAConverter",
+      "  torchrun … -m torchtitan.train --module <m> --config <yours> \\",
+      "      --checkpoint.enable --checkpoint.initial_load_path <out>",
+      "  ckpt inspect --health <step-checkpoint>  # untrained / exploding adapters",
+      "  ckpt lora export <step-checkpoint> <peft-out> --config <hf> --alpha <A>",
+    ].join("\n"))
     .demandCommand(1, "give a command: inspect, convert, shard, verify, lora, demo, bench")
     .strict()
     .version(VERSION)

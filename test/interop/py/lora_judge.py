@@ -3,7 +3,7 @@
 # usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt:/opt/peft, TORCHDYNAMO_DISABLE=1):
 #   lora_judge.py make-peft LIST_JSON             PEFT adapters made by PEFT itself (get_peft_model + save_pretrained), [{hf, out, spec}]
 #   lora_judge.py cases CASES_JSON                each case {name, mode, hf, ckpt, lora:{rank,alpha,target_modules}, ...}
-# Prints one JSON line; exits 1 when a case does not come out as it must (controls must fail).
+# Prints one JSON line with every case's figures (the caller judges them: real cases ok, controls not ok).
 #
 # The TorchTitan model: the judge's Config for the architecture (judge.py, fuse_qkv=True as every flavor builds it),
 # rewritten by TorchTitan's own LoRAConverter(LoRAConverter.Config(rank, alpha, target_modules)).convert(config),
@@ -247,7 +247,7 @@ def main():
     import transformers
     import peft
     print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "results": results}))
-    sys.exit(0 if all(r["ok"] != bool(c.get("control")) for r, c in zip(results, cases)) else 1)
+    # the caller (test/interop/lora-torchtitan.test.ts) asserts per case, with controls that must fail
 
 
 if __name__ == "__main__":
