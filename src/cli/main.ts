@@ -50,7 +50,8 @@ function printPlan(r: ConvertResult): void {
 function printLora(l: NonNullable<ConvertResult["lora"]>): void {
   const t = l.torchtitan;
   out(`\nLoRA: ${l.modules.length} Linear(s) adapted, LoRAConverter rank = ${t.rank}, alpha = ${t.alpha} (alpha / rank = ${l.scale}), target_modules = ${t.target_modules === null ? "None (every Linear)" : JSON.stringify(t.target_modules)}`);
-  out(table(["TorchTitan Linear", "rank", "adapter"], l.modules.map((m) => [m.module, String(m.rank), m.init === "fresh" ? `fresh (kaiming-uniform A, seed ${l.seed}; B = 0)` : m.from.join(" + ")]), [1]));
+  const rank = (r: number) => (r < t.rank ? `${r} (+${t.rank - r} zero)` : String(r));
+  out(table(["TorchTitan Linear", "rank", "adapter"], l.modules.map((m) => [m.module, rank(m.rank), m.init === "fresh" ? `fresh (kaiming-uniform A, seed ${l.seed}; B = 0)` : `PEFT ${m.from.join(" + ")}`]), [1]));
 }
 
 export function printRankTable(r: ConvertResult): void {

@@ -7,7 +7,7 @@ import { CkptError } from "../errors.js";
 import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
 import { writeSingleFileDcp } from "../formats/dcp/writer.js";
 import { buildSafetensors } from "../formats/safetensors/writer.js";
-import { TARGETS, type Target } from "../mapping/schema.js";
+import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
 import { naturalCompare } from "../plan/convert-plan.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "./adapter.js";
@@ -70,7 +70,7 @@ export function parseTargetOption(t: string | undefined): Target | undefined {
 }
 
 /** ckpt's metadata for a TorchTitan-layout adapter: the PEFT settings plus every module's rank, alpha and scale. */
-export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], target: Target): TtLoraMetadata {
+export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], target: Target, mapping?: Mapping): TtLoraMetadata {
   const modules: TtLoraMetadata["modules"] = {};
   for (const e of entries) modules[e.module.tt] = { rank: e.rank, alpha: e.alpha, scale: e.scale };
   const pairs = new Set(entries.map((e) => `${e.rank}/${e.alpha}`));
@@ -80,6 +80,10 @@ export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], t
     const notes: string[] = [];
     if (peft.use_rslora) notes.push(`rsLoRA: alpha ${e.alpha} / √${e.rank} becomes alpha' = alpha·√r for TorchTitan's alpha / rank`);
     if (peft.use_dora) notes.push("TorchTitan's LoRA has no DoRA: merge it (ckpt lora merge) to train on");
+    const fusedParts = new Set((mapping?.linears?.fused ?? []).flatMap((f) => f.parts.map(lastSegment)));
+    if (target === "torchtitan@main" && entries.some((x) => fusedParts.has(lastSegment(x.module.tt)))) {
+      notes.push("TorchTitan main builds q/k/v as one fused Linear (qkv_linear.wqkv): these separate wq/wk/wv adapters do not reach its LoRA model; `ckpt convert <hf> <out> --lora <peft>` writes base + adapters as its LoRAConverter model holds them");
+    }
     torchtitan = {
       rank: e.rank,
       alpha: peft.use_rslora ? e.alpha * Math.sqrt(e.rank) : e.alpha,
@@ -159,7 +163,7 @@ export async function loraConvert(opts: LoraConvertOptions): Promise<LoraConvert
     if (ad.kind !== "peft") throw new CkptError("USAGE", "this adapter is already in TorchTitan layout", { file: ad.source.id, hint: "use `ckpt lora export` to go to PEFT" });
     for (const w of ad.warnings) opts.onWarning?.(w);
     const { tensors, rows } = await adapterTensors(ad, "tt");
-    const metadata = buildTtMetadata(ad.peft, ad.entries, target);
+    const metadata = buildTtMetadata(ad.peft, ad.entries, target, ad.mapping);
     const metaJson = stableStringify(metadata);
     const out = format === "dcp"
       ? await writeOutput(opts.out, "dcp", tensors, { [LORA_CONFIG_FILE]: metaJson }, undefined, opts.force)

@@ -19,7 +19,7 @@ import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import type { ShardPolicy } from "../plan/sharding.js";
 import type { Source } from "../sources/types.js";
 import { closeAdapter, openAdapter, type AdapterEntry, type BaseConfig } from "./adapter.js";
-import { lastSegment, peftName } from "./names.js";
+import { lastSegment } from "./names.js";
 import { isLoraTarget, linearNames, ttLinears, type TtLinear } from "./tt-linears.js";
 
 /** TorchTitan's LoRAConverter.Config fields that build this model (target_modules null = every Linear). */
@@ -148,7 +148,7 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
         continue;
       }
       b.stacked(lin, R, parts.map((e) => e && { a: leafOf(e.a), b: leafOf(e.b), rank: e.rank, dtype: e.a.dtype }));
-      modules.push({ module: lin.module, from: parts.filter((e) => e).map((e) => peftName(e!.module.hf, "A").replace(/\.lora_A\.weight$/, "")), rank: rankOf(parts), init: "peft" });
+      modules.push({ module: lin.module, from: parts.filter((e) => e).map((e) => e!.module.hf), rank: rankOf(parts), init: "peft" });
     }
     if (modules.some((m) => m.init === "fresh")) {
       const fresh = modules.filter((m) => m.init === "fresh");
