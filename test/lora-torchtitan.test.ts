@@ -191,6 +191,10 @@ test("--lora-rank: fresh adapters on every Linear (lora_a kaiming-uniform, lora_
     const [b2, b3] = [await tensorsOf(join(t.dir, "f2")), await tensorsOf(join(t.dir, "f3"))];
     assert.deepEqual([...b2.get("lm_head.lora_a.weight")!.v], [...out.get("lm_head.lora_a.weight")!.v]);
     assert.notDeepEqual([...b3.get("lm_head.lora_a.weight")!.v], [...out.get("lm_head.lora_a.weight")!.v]);
+    // sharded reads start inside a module's values: the same values at any mesh
+    await runConvert({ source: base, out: join(t.dir, "f-ws3"), loraRank: 8, loraAlpha: 16, worldSize: 3, threads: 0 });
+    const ws3 = await tensorsOf(join(t.dir, "f-ws3"));
+    for (const [k, v] of out) assert.deepEqual([...ws3.get(k)!.v], [...v.v], k);
     const s = await runConvert({ source: base, out: join(t.dir, "f4"), loraRank: 4, loraTargets: ["wqkv", "wo"], threads: 0 });
     assert.deepEqual(s.lora?.torchtitan, { rank: 4, alpha: 16, target_modules: ["wo", "wqkv"] });
     assert.equal([...(await tensorsOf(join(t.dir, "f4"))).keys()].filter((k) => k.includes(".lora_")).length, 8);

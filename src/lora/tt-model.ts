@@ -90,7 +90,7 @@ export async function addLoraModel(plan: ConversionPlan, base: Source, opts: Lor
     }
     summary = { torchtitan: { rank, alpha, target_modules: targets }, scale: alpha / rank, adapter: null, seed, modules };
   }
-  return { source: new LoraSource(base, adapterSource, init.bytes()), summary, close: async () => { await adapterSource?.close(); } };
+  return { source: new LoraSource(base, adapterSource, init), summary, close: async () => { await adapterSource?.close(); } };
 }
 
 async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init: InitFile, opts: LoraModelOptions): Promise<{ summary: Omit<LoraModelSummary, "seed">; source: Source }> {
@@ -234,31 +234,41 @@ function columns(sizes: number[], inputs: Recipe[]): Recipe {
 }
 
 /**
- * lora_a initial values, f32, held in memory (a model's adapters are small): nn.init.kaiming_uniform_(w, a=√5) draws
- * U(−1/√in, 1/√in) for a [rank, in] weight (gain √(2/(1+a²)) = √(1/3), bound gain·√(3/in)). The generator is
+ * lora_a initial values, f32, generated when the executor reads them (never all held at once): nn.init.kaiming_uniform_(w,
+ * a=√5) draws U(−1/√in, 1/√in) for a [rank, in] weight (gain √(2/(1+a²)) = √(1/3), bound gain·√(3/in)). The generator is
  * mulberry32 seeded from (seed, module name), so a module's values do not depend on which others are written; they
  * are not PyTorch's random stream (nothing needs them to be).
  */
 class InitFile {
-  private readonly chunks: Float32Array[] = [];
+  private readonly modules: { module: string; inFeatures: number; byteOffset: number; byteLength: number }[] = [];
   private length = 0;
   constructor(private readonly seed: number) {}
 
   add(module: string, rank: number, inFeatures: number): StoredPiece {
-    const v = new Float32Array(rank * inFeatures);
-    const bound = 1 / Math.sqrt(inFeatures);
-    const next = mulberry32(hash32(`${this.seed}:${module}`));
-    for (let i = 0; i < v.length; i++) v[i] = Math.fround((2 * (next() / 2 ** 32) - 1) * bound);
-    const piece: StoredPiece = { offsets: [0, 0], sizes: [rank, inFeatures], file: INIT_FILE, byteOffset: this.length, byteLength: v.byteLength };
-    this.chunks.push(v);
-    this.length += v.byteLength;
+    const byteLength = rank * inFeatures * 4;
+    const piece: StoredPiece = { offsets: [0, 0], sizes: [rank, inFeatures], file: INIT_FILE, byteOffset: this.length, byteLength };
+    this.modules.push({ module, inFeatures, byteOffset: this.length, byteLength });
+    this.length += byteLength;
     return piece;
   }
 
-  bytes(): Uint8Array {
-    const out = new Uint8Array(this.length);
-    let o = 0;
-    for (const c of this.chunks) { out.set(new Uint8Array(c.buffer, c.byteOffset, c.byteLength), o); o += c.byteLength; }
+  get size(): number {
+    return this.length;
+  }
+
+  /** Bytes [offset, offset + length) of the file: each module's values generated from its start up to what is asked. */
+  read(offset: number, length: number): Buffer {
+    if (offset < 0 || offset + length > this.length) throw new CkptError("INTERNAL", `read past the end of ${INIT_FILE}`);
+    const out = Buffer.alloc(length);
+    for (const m of this.modules) {
+      const a = Math.max(offset, m.byteOffset), b = Math.min(offset + length, m.byteOffset + m.byteLength);
+      if (a >= b) continue;
+      const v = new Float32Array((b - m.byteOffset) / 4);
+      const bound = 1 / Math.sqrt(m.inFeatures);
+      const next = mulberry32(hash32(`${this.seed}:${m.module}`));
+      for (let i = 0; i < v.length; i++) v[i] = Math.fround((2 * (next() / 2 ** 32) - 1) * bound);
+      Buffer.from(v.buffer, a - m.byteOffset, b - a).copy(out, a - offset);
+    }
     return out;
   }
 }
@@ -281,14 +291,14 @@ function mulberry32(seed: number): () => number {
 }
 
 /**
- * The base checkpoint's files, the PEFT adapter's under `@peft-adapter/`, and the in-memory lora_a init as
+ * The base checkpoint's files, the PEFT adapter's under `@peft-adapter/`, and the generated lora_a init as
  * `@lora-init/…` (no local path: the executor fetches its byte ranges through read(), as it does for Hub files).
  */
 class LoraSource implements Source {
   readonly id: string;
   readonly kind: Source["kind"];
   readonly revision?: string;
-  constructor(private readonly base: Source, private readonly adapter: Source | undefined, private readonly init: Uint8Array) {
+  constructor(private readonly base: Source, private readonly adapter: Source | undefined, private readonly init: InitFile) {
     this.id = base.id; this.kind = base.kind; this.revision = base.revision;
   }
   private route(file: string): { s?: Source; f: string } {
@@ -305,13 +315,11 @@ class LoraSource implements Source {
   }
   async size(file: string): Promise<number> {
     const r = this.route(file);
-    return r.s ? r.s.size(r.f) : this.init.byteLength;
+    return r.s ? r.s.size(r.f) : this.init.size;
   }
   async read(file: string, offset: number, length: number): Promise<Buffer> {
     const r = this.route(file);
-    if (r.s) return r.s.read(r.f, offset, length);
-    if (offset + length > this.init.byteLength) throw new CkptError("INTERNAL", `read past the end of ${file}`);
-    return Buffer.from(this.init.subarray(offset, offset + length));
+    return r.s ? r.s.read(r.f, offset, length) : this.init.read(offset, length);
   }
   async readText(file: string): Promise<string | undefined> {
     const r = this.route(file);
