@@ -1,6 +1,6 @@
 // Unit tests for TorchTitan's LoRA model from `convert|shard --lora / --lora-rank` (src/lora/tt-model.ts): the fused
 // wqkv adapter reassembled here independently from the PEFT tensors (per KV group: q heads, k head, v head; q/k rows
-// RoPE-permuted by the formula of torchtitan-layout §3.2; A's stacked, ranks zero-padded), the LoRAConverter settings,
+// RoPE-permuted by the formula of docs/torchtitan-layout.md §3.2; A's stacked, ranks zero-padded), the LoRAConverter settings,
 // byte-identical outputs, every mesh holding the same values, fresh adapters as LoRALinear initialises them, export
 // back to PEFT, health on the result, and the refusals (one line, nothing written).
 import { test } from "node:test";
@@ -49,7 +49,7 @@ function f32(t: GeneratedTensor): Float32Array {
   return toF32(t.data, t.dtype as DType, t.shape.reduce((a, b) => a * b, 1));
 }
 
-/** TorchTitan row h·hd + 2j + c takes HF row h·hd + c·hd/2 + j (torchtitan-layout §3.2). */
+/** TorchTitan row h·hd + 2j + c takes HF row h·hd + c·hd/2 + j (docs/torchtitan-layout.md §3.2). */
 function ttRow(r: number, hd: number): number {
   const h = Math.floor(r / hd), i = r % hd, j = Math.floor(i / 2), c = i % 2;
   return h * hd + c * (hd / 2) + j;
