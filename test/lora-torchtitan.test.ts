@@ -6,10 +6,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildCatalog } from "../src/catalog.js";
+import { buildSafetensors } from "../src/formats/safetensors/writer.js";
 import { writeTinyLlama, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { writeTinyQwen35 } from "../src/fixtures/tiny-qwen3-5.js";
@@ -255,3 +256,27 @@ function readBase(dir: string): GeneratedTensor[] {
   const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
   return Object.entries(h).filter(([k]) => k !== "__metadata__").map(([name, v]) => ({ name, dtype: v.dtype as DType, shape: v.shape, data: new Uint8Array(buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1])) }) as GeneratedTensor);
 }
+
+test("export: untrained adapters on Linears PEFT cannot adapt (MoE routers) are left out; trained ones refused", async () => {
+  const t = tmp();
+  try {
+    const moe = join(t.dir, "moe");
+    writeTinyQwen3(moe, { experts: 4, layers: 2 });
+    await runConvert({ source: moe, out: join(t.dir, "fresh"), loraRank: 4, threads: 0 });
+    const warnings: string[] = [];
+    const r = await loraExport({ input: join(t.dir, "fresh"), out: join(t.dir, "peft"), config: moe, alpha: 16, onWarning: (w) => warnings.push(w) });
+    assert.ok(!r.tensors.some((x) => x.name.includes(".mlp.gate.")), "router adapters left out");
+    assert.ok(r.tensors.some((x) => x.name.includes(".self_attn.q_proj.lora_B")));
+    assert.ok(warnings.some((w) => /untrained adapter\(s\) .* PEFT cannot adapt .*moe\.router\.gate/.test(w)), warnings.join("\n"));
+    // a trained router adapter: refused, nothing written
+    const f32 = (n: number, v: number) => new Uint8Array(new Float32Array(n).fill(v).buffer);
+    writeFileSync(join(t.dir, "trained.safetensors"), buildSafetensors([
+      { name: "layers.1.moe.router.gate.lora_a.weight", dtype: "F32", shape: [4, 64], data: f32(256, 0.1) },
+      { name: "layers.1.moe.router.gate.lora_b.weight", dtype: "F32", shape: [4, 4], data: f32(16, 0.5) },
+    ], { format: "pt" }));
+    await assert.rejects(loraExport({ input: join(t.dir, "trained.safetensors"), out: join(t.dir, "peft2"), config: moe, alpha: 16 }), /trained adapter, but PEFT cannot adapt model\.layers\.1\.mlp\.gate/);
+    assert.ok(!existsSync(join(t.dir, "peft2")));
+  } finally {
+    t.done();
+  }
+});

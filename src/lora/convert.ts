@@ -16,6 +16,7 @@ import {
   type PeftLoraConfig, type TtLoraMetadata,
 } from "./config.js";
 import { lastSegment, peftName, ttName } from "./names.js";
+import { withoutPeftUnsupported } from "./tt-linears.js";
 
 export interface OutTensor { name: string; dtype: DType; shape: number[]; data: Uint8Array }
 
@@ -198,6 +199,7 @@ export async function loraExport(opts: LoraExportOptions): Promise<LoraExportRes
     if (ad.kind !== "tt") throw new CkptError("USAGE", "this adapter is already a PEFT adapter", { file: ad.source.id, hint: "use `ckpt lora convert` to go to TorchTitan" });
     for (const w of ad.warnings) opts.onWarning?.(w);
     if (ad.others.length > 0) opts.onWarning?.(`${ad.others.length} non-LoRA tensor(s) in the input are not part of the adapter and were left out (e.g. ${ad.others[0]})`);
+    ad.entries = await withoutPeftUnsupported(ad, opts.onWarning);
     const peft: PeftLoraConfig = { ...ad.peft };
     if (opts.baseModel !== undefined) peft.base_model_name_or_path = opts.baseModel;
     if (peft.target_modules === null) peft.target_modules = [...new Set(ad.entries.map((e) => lastSegment(e.module.hf)))].sort();

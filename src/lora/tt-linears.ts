@@ -8,6 +8,8 @@ import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from 
 import type { Mapping, TpPlacement } from "../mapping/schema.js";
 import { naturalCompare } from "../plan/convert-plan.js";
 import { lastSegment, ModuleResolver, type LoraModule } from "./names.js";
+import type { AdapterEntry, OpenedAdapter } from "./adapter.js";
+import { readTensorBytes, toF32 } from "./tensors.js";
 
 export interface LinearPart {
   /** TorchTitan module whose `.weight` the checkpoint stores (a fused Linear's split part, or the Linear itself). */
@@ -118,3 +120,28 @@ export class FusedLinears {
     return undefined;
   }
 }
+
+/**
+ * Export to PEFT: adapters on Linears PEFT cannot adapt on transformers' side (the mapping's `peft_unsupported`, e.g.
+ * routers transformers implements as their own module types) are left out when their lora_b is all zero (an
+ * untrained adapter changes nothing), and refused otherwise.
+ */
+export async function withoutPeftUnsupported(ad: OpenedAdapter, onWarning?: (m: string) => void): Promise<AdapterEntry[]> {
+  const pats = (ad.mapping.linears?.peft_unsupported ?? []).map((m) => compilePattern(m));
+  const keep: AdapterEntry[] = [];
+  const dropped: string[] = [];
+  for (const e of ad.entries) {
+    if (!pats.some((p) => matchPattern(p, e.module.tt))) { keep.push(e); continue; }
+    const t = e.fused?.b ?? e.b;
+    const b = toF32(await readTensorBytes(ad.source, t), t.dtype, t.shape.reduce((x, y) => x * y, 1));
+    if (b.some((x) => x !== 0)) {
+      throw new CkptError("UNMAPPED", `${e.module.tt} has a trained adapter, but PEFT cannot adapt ${e.module.hf} (transformers does not implement it as nn.Linear)`, {
+        file: ad.source.id, tensor: t.name, hint: "merge the adapters into the base instead: ckpt lora merge <checkpoint> - <out>",
+      });
+    }
+    dropped.push(e.module.tt);
+  }
+  if (dropped.length) onWarning?.(`${dropped.length} untrained adapter(s) (lora_b = 0) on Linears PEFT cannot adapt were left out (e.g. ${dropped[0]})`);
+  return keep;
+}
+

@@ -167,6 +167,8 @@ export interface LinearsSpec {
   torchtitan_module?: string;
   modules: string[];
   fused?: { module: string; groups: string; parts: string[] }[];
+  /** Linears whose HF module PEFT cannot adapt (transformers implements it as another module type, e.g. a router). */
+  peft_unsupported?: string[];
 }
 
 function fail(file: string, path: string, what: string): never {
@@ -267,12 +269,13 @@ export function validateMapping(raw: unknown, file: string): Mapping {
 function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, file: string): void {
   const l = raw as Record<string, unknown>;
   if (!l || typeof l !== "object" || Array.isArray(l)) fail(file, "$.linears", "must be an object");
-  for (const k of Object.keys(l)) if (!["description", "torchtitan_module", "modules", "fused"].includes(k)) fail(file, `$.linears.${k}`, "unknown field");
+  for (const k of Object.keys(l)) if (!["description", "torchtitan_module", "modules", "fused", "peft_unsupported"].includes(k)) fail(file, `$.linears.${k}`, "unknown field");
   if (!isStrArr(l.modules)) fail(file, "$.linears.modules", "must be a list of TorchTitan module names");
   // every module is the torchtitan@main weight of a rule, so its HF name (the PEFT module) and shape are known
   const weights = new Set(tensors.map((t) => (typeof t.tt === "string" ? t.tt : (t.tt as Record<string, string> | undefined)?.["torchtitan@main"])).filter(isStr));
   const known = (m: string, at: string) => { if (!weights.has(m + ".weight")) fail(file, at, `'${m}.weight' is no rule's torchtitan@main name`); };
   l.modules.forEach((m, i) => known(m, `$.linears.modules[${i}]`));
+  if (l.peft_unsupported !== undefined && !(isStrArr(l.peft_unsupported) && l.peft_unsupported.every((m) => (l.modules as string[]).includes(m)))) fail(file, "$.linears.peft_unsupported", "must list modules of $.linears.modules");
   if (l.fused === undefined) return;
   if (!Array.isArray(l.fused)) fail(file, "$.linears.fused", "must be a list");
   l.fused.forEach((f: Record<string, unknown>, i: number) => {
