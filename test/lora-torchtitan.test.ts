@@ -212,12 +212,13 @@ test("refused with one line, nothing written: DoRA, lora bias, modules_to_save, 
   const t = tmp();
   try {
     const { base } = fixture(t.dir);
-    const cases: [string, Parameters<typeof tinyPeftAdapter>[1] | undefined, string[], RegExp][] = [
+    const cases: [string, (Parameters<typeof tinyPeftAdapter>[1] & { rename?: boolean }) | undefined, string[], RegExp][] = [
       ["dora", { dora: true }, [], /DoRA.*ckpt lora merge/],
       ["bias", { extraConfig: { lora_bias: true } }, [], /lora_bias.*ckpt lora merge/],
       ["save", { extraConfig: { modules_to_save: ["lm_head"] } }, [], /modules_to_save.*ckpt lora merge/],
       ["pattern", { extraConfig: { rank_pattern: { q_proj: 4 } } }, [], /different scales.*ckpt lora merge/],
       ["embedding", { targets: ["embed_tokens"] }, [], /tok_embeddings, which is not a Linear.*ckpt lora merge/],
+      ["embedding-peft", { targets: ["embed_tokens"], rename: true }, [], /embeddings \(lora_embedding_A\/B\).*ckpt lora merge/],
       ["targets", undefined, ["--lora-rank", "8", "--lora-targets", "wq,wo"], /--lora-targets wq: no Linear .*wqkv/],
       ["old-target", undefined, ["--lora-rank", "8", "--target", "torchtitan@0.2"], /LoRAConverter is in torchtitan@main/],
       ["both", { }, ["--lora-rank", "8"], /drop --lora-rank/],
@@ -234,7 +235,10 @@ test("refused with one line, nothing written: DoRA, lora bias, modules_to_save, 
       const args = ["convert", base, join(t.dir, `out-${name}`), ...extra];
       if (peft) {
         const dir = join(t.dir, `peft-${name}`);
-        writePeftAdapter(dir, tinyPeftAdapter(readBase(base), { r: 8, alpha: 16, ...peft }));
+        const a = tinyPeftAdapter(readBase(base), { r: 8, alpha: 16, ...peft });
+        // PEFT's own names for an embedding's adapter
+        if ((peft as { rename?: boolean }).rename) for (const x of a.tensors) x.name = x.name.replace(".lora_A.", ".lora_embedding_A.").replace(".lora_B.", ".lora_embedding_B.");
+        writePeftAdapter(dir, a);
         args.push("--lora", dir);
       }
       const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8" });

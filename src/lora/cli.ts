@@ -86,10 +86,10 @@ export function loraCommand(out: Out): CommandModule<object, object> {
         .option("force", { type: "boolean", describe: "replace an existing output" }),
       (a) => convertCmd(a as Args, out))
       .command("export <input> <out>", "TorchTitan-layout adapter → PEFT folder", (c) => c
-        .positional("input", { type: "string", demandOption: true, describe: "TorchTitan adapter: DCP folder or safetensors (or a checkpoint holding lora_a/lora_b)" })
+        .positional("input", { type: "string", demandOption: true, describe: "TorchTitan adapter: DCP folder or safetensors, or a checkpoint holding lora_a/lora_b (a TorchTitan step checkpoint: optimizer / train state ignored, fused wqkv split into q/k/v)" })
         .positional("out", { type: "string", demandOption: true, describe: "PEFT adapter folder to write" })
         .option("config", { type: "string", describe: "base model's HF folder / config.json / repo id (default: the input's hf_assets/)" })
-        .option("alpha", { type: "number", describe: "adapters without ckpt metadata: LoRA alpha (scale alpha / rank)" })
+        .option("alpha", { type: "number", describe: "adapters without ckpt metadata (TorchTitan checkpoints): the LoRAConverter alpha (scale alpha / rank)" })
         .option("rslora", { type: "boolean", describe: "…and that alpha is an rsLoRA alpha (scale alpha / √r)" })
         .option("base-model", { type: "string", describe: "base_model_name_or_path to record" })
         .option("force", { type: "boolean", describe: "replace an existing output" }),
