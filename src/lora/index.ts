@@ -7,3 +7,5 @@ export {
   LORA_CONFIG_FILE, LORA_FORMAT, type PeftLoraConfig, type TtLoraMetadata, type ModuleScale,
 } from "./config.js";
 export { ModuleResolver, parsePeftName, parseTtName, peftName, ttName, type LoraModule, type LoraPart } from "./names.js";
+export { torchtitanLoraConfig, type LoraModelSummary, type LoraSettings } from "./tt-model.js";
+export { ttLinears, type TtLinear, type LinearPart } from "./tt-linears.js";
