@@ -19,6 +19,7 @@ import { runHealth } from "../src/health/index.js";
 import { loraExport } from "../src/lora/index.js";
 import { readTensorBytes, toF32 } from "../src/lora/tensors.js";
 import { runConvert } from "../src/ops/convert.js";
+import { runVerify } from "../src/ops/verify.js";
 import { openSource } from "../src/sources/resolve.js";
 import type { DType } from "../src/dtypes.js";
 
@@ -103,6 +104,9 @@ test("convert --lora: fused wqkv adapter = PEFT's q/k/v stacked, rows per KV gro
     const plain = await tensorsOf(join(t.dir, "plain"));
     for (const [k, v] of plain) assert.deepEqual([...out.get(k)!.v], [...v.v], k);
     assert.equal(out.size, plain.size + 8);
+    const v = await runVerify(base, join(t.dir, "out"));
+    assert.ok(v.ok, JSON.stringify(v));
+    assert.ok(v.notes.some((n) => /^8 LoRA adapter tensor\(s\) of b .* not compared/.test(n)), v.notes.join("; "));
 
     // health reads TorchTitan's adapters: four trained pairs
     const health = await runHealth(join(t.dir, "out"));
