@@ -116,6 +116,11 @@ for (const env of suites) {
         assert.deepEqual(w4, s[m]);
         add(`${m} shard --world-size 4 --lora`, "peft", m, `peft-${m}`, `${m}.lora.ws4`, w4);
       }
+      // TP-sharded adapters (colwise: lora_b Shard(0); rowwise: lora_a Shard(1)) and an expert-parallel MoE mesh
+      const tp = convertLora(["shard", h("llama"), h("llama.lora.tp2"), "--world-size", "4", "--tp", "2", "--lora", h("peft-llama")]);
+      add("llama shard --world-size 4 --tp 2 --lora", "peft", "llama", "peft-llama", "llama.lora.tp2", tp);
+      const ep = convertLora(["shard", h("qwen3moe"), h("qwen3moe.lora.ep2"), "--world-size", "4", "--ep", "2", "--lora", h("peft-qwen3moe")]);
+      add("qwen3moe shard --world-size 4 --ep 2 --lora", "peft", "qwen3moe", "peft-qwen3moe", "qwen3moe.lora.ep2", ep);
       add("CONTROL llama lora_b zeroed", "peft", "llama", "peft-llama", "llama.lora", s.llama!, { perturb: "zero_lora_b", control: true });
       add("CONTROL llama q/k rows of lora_b in HF order", "peft", "llama", "peft-llama", "llama.lora", s.llama!, { perturb: "qk_hf_order", control: true });
       add("CONTROL qwen3 lora_b zeroed", "peft", "qwen3", "peft-qwen3", "qwen3.lora", s.qwen3!, { perturb: "zero_lora_b", control: true });
