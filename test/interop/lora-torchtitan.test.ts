@@ -57,7 +57,7 @@ async function judge(env: TorchEnv, py: string, h: (n: string) => string, g: (n:
   const res = JSON.parse(line) as { torch: string; transformers: string; peft: string; results: Result[] };
   console.log(`# lora judge: torch ${res.torch}, transformers ${res.transformers}, peft ${res.peft}`);
   for (const r of res.results) {
-    console.log(`# ${r.ok ? "ok  " : "FAIL"} ${r.name}: ${r.passes ? r.passes.map((p) => `×${p.norm_scale} rel |Δlogit| ${p.rel.toExponential(2)} (max ${p.max_abs.toExponential(2)}, scale ${p.logit_scale.toFixed(1)}, bound ${p.tol})`).join("; ") : JSON.stringify(r.load ?? r)}`);
+    console.log(`# ${r.ok ? "ok  " : "FAIL"} ${r.name}: ${r.passes ? r.passes.map((p) => `×${p.norm_scale} rel |Δlogit| ${p.rel.toExponential(2)} (max ${p.max_abs.toExponential(2)}, scale ${p.logit_scale.toFixed(1)}, bound ${p.tol})`).join("; ") : JSON.stringify(r.load ?? r)}${r.a_max_over_bound !== undefined ? `; B nonzero ${r.b_nonzero}, max|A|/bound ${Number(r.a_max_over_bound).toFixed(5)}, std(A)/(bound/√3) ${Number(r.a_std_ratio).toFixed(3)} (min over Linears)` : ""}`);
   }
   for (const [i, c] of cases.entries()) {
     const r = res.results[i]!;
