@@ -271,17 +271,20 @@ export async function loraMerge(opts: LoraMergeOptions): Promise<LoraMergeResult
     // output tensors: base tensors (TorchTitan names normalised), LoRA tensors of a combined checkpoint left out
     const skip = new Set<string>(adapterInBase ? ad.entries.flatMap((e) => [e.a.name, e.b.name, ...(e.m ? [e.m.name] : [])]) : []);
     const outputs: { name: string; tensor: CatalogTensor; dtype: DType }[] = [];
+    const leftOut: string[] = [];
     for (const t of base.catalog.tensors.values()) {
       if (skip.has(t.name)) continue;
       let name = t.name;
       if (base.layout === "tt") {
         const n = normalizeTtName(t.name);
-        if (!n.name) { warn(`${t.name}: ${n.why}; left out of the merged checkpoint`); continue; }
+        if (!n.name) { leftOut.push(`${t.name}: ${n.why}`); continue; }
         name = n.name;
       }
       const dtype = dtypeChoice !== "keep" && isCastable(t.dtype) ? dtypeChoice : t.dtype;
       outputs.push({ name, tensor: t, dtype });
     }
+    // a TorchTitan step checkpoint holds optimizer / lr_scheduler / dataloader / train_state beside the model: one line
+    if (leftOut.length) warn(`${leftOut.length} tensor(s) left out of the merged checkpoint (e.g. ${leftOut[0]})`);
     outputs.sort((x, y) => naturalCompare(x.name, y.name));
     const byName = new Map(outputs.map((o) => [o.name, o]));
 
