@@ -83,7 +83,8 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
     // `--no-X` reaches us as X = false (yargs' boolean negation); OMIT_OPTIONS are spelled as the flag
     omit: omitted(a),
-    features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : [])],
+    features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : []), ...dropped(a)],
+    hfLayout: a["hf-layout"] as string | undefined,
     ranged: a.ranged as boolean | undefined,
     requantize: a.requantize as "mxfp4" | "int4" | undefined,
     lora: a.lora as string | undefined,
@@ -92,6 +93,14 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     loraTargets: a["lora-targets"] !== undefined ? String(a["lora-targets"]).split(",").map((x) => x.trim()).filter((x) => x) : undefined,
     seed: a.seed as number | undefined,
   };
+}
+
+/** `--drop <name>` (repeatable): towers the user leaves out on purpose (FLUX.1-dev's guidance_embedder). */
+function dropped(a: Record<string, unknown>): `drop:${string}`[] {
+  const v = a.drop;
+  const names = v === undefined ? [] : (Array.isArray(v) ? v : [v]).map(String);
+  for (const n of names) if (!/^[a-z0-9_]+$/.test(n)) throw new CkptError("USAGE", `--drop ${n}: expected a part name such as guidance_embedder`);
+  return names.map((n) => `drop:${n}` as const);
 }
 
 /** The OMIT_OPTIONS whose negatable option (`no-expert-bias` → `expert-bias`) the user turned off. */
@@ -150,6 +159,8 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("mtp", { type: "boolean", describe: "DeepSeek-V3 / Kimi: convert the MTP layers (HF layers ≥ num_hidden_layers) into TorchTitan's mtp_layers (torchtitan@main); without it they are skipped and reported" })
     .option("requantize", { choices: ["mxfp4", "int4"] as const, describe: "--to hf: write the experts in the source's packed layout (gpt-oss MXFP4 *_blocks/*_scales, Kimi compressed-tensors INT4 weight_packed/weight_scale/weight_shape) with its quantization_config; byte-identical when the values still hold only quantized values, refused with a count otherwise" })
     .option("text-only", { type: "boolean", describe: "Kimi K2.5 / Kimi-VL: convert the language model alone, skipping (and reporting) the vision tower and projector" })
+    .option("drop", { type: "string", array: true, describe: "leave out a part the TorchTitan model has no module for, recorded in the manifest: guidance_embedder (FLUX.1-dev's guidance embedder; refused without it)" })
+    .option("hf-layout", { type: "string", describe: "--to hf of a model with several HF layouts: FLUX diffusers (default: the transformer/ folder's names) or bfl (Black Forest Labs' single-file names)" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (with --ranks a-b: <out>/.ckpt-ranks-a-b.partial); journaled pieces are re-hashed, then skipped" })
     .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })

@@ -49,10 +49,13 @@ export function selectMapping(config: Record<string, unknown> | undefined, file 
   if (!config) throw new CkptError("CONFIG", "no config.json: cannot tell the architecture", { file, hint: "pass --config <hf-folder>" });
   const archs = Array.isArray(config.architectures) ? (config.architectures as unknown[]).map(String) : [];
   const modelType = typeof config.model_type === "string" ? config.model_type : undefined;
+  // a diffusers model config names its class in `_class_name` (FluxTransformer2DModel) and has no architectures
+  const className = typeof config._class_name === "string" ? config._class_name : undefined;
   const all = loadMappings();
-  const hit = all.find((m) => archs.some((a) => m.match.architectures?.includes(a))) ?? all.find((m) => modelType !== undefined && m.match.model_type?.includes(modelType));
+  const hit = all.find((m) => archs.some((a) => m.match.architectures?.includes(a))) ?? all.find((m) => modelType !== undefined && m.match.model_type?.includes(modelType))
+    ?? all.find((m) => className !== undefined && m.match.class_name?.includes(className));
   if (!hit) {
-    throw new CkptError("CONFIG", `unsupported architecture ${JSON.stringify(archs)} / model_type ${JSON.stringify(modelType)}`, {
+    throw new CkptError("CONFIG", `unsupported architecture ${JSON.stringify(archs)} / model_type ${JSON.stringify(modelType)}${className ? ` / _class_name ${JSON.stringify(className)}` : ""}`, {
       file,
       hint: `supported: ${all.map((m) => m.architecture).join(", ")}; add a mappings/*.json file`,
     });

@@ -4,6 +4,7 @@
 import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 import { parseCheck, type Requirement } from "./requirements.js";
+import { validateConcatGroups } from "../plan/concat.js";
 
 export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
 export type Target = (typeof TARGETS)[number];
@@ -41,6 +42,11 @@ export type TpPlacement = (typeof TP_PLACEMENTS)[number];
  *   contiguous view, so it moves no element and is metadata only (Conv3d patch embedding [out, C, T, P, P] →
  *   Linear [out, C·T·P·P]). It keeps dim 0 (what FSDP Shard(0) and TP Shard(0) cut), so any box of the output reads
  *   whole consecutive runs of the source. It stands alone. Inverse: the reshape back to the HF shape.
+ * - `concat`: several HF tensors are one TorchTitan tensor, joined along `dim` (FLUX `to_q/to_k/to_v` →
+ *   `img_attn.qkv`): every rule naming the same `tt` pattern with a `concat` step is one part, `index` its place.
+ *   The parts' `shape`s (dims expressions) size the exact split back for --to hf. It stands alone (plan/concat.ts).
+ * - `swap_halves`: the two halves of `dim` exchanged (diffusers' AdaLayerNormContinuous keeps [scale, shift] where
+ *   BFL and TorchTitan keep [shift, scale]). Its own inverse. It stands alone (plan/concat.ts).
  */
 export type Transform =
   | { op: "mxfp4"; scales: string }
@@ -48,7 +54,9 @@ export type Transform =
   | { op: "int4"; scale: string; shape: string }
   | { op: "split"; dim: number; sizes: string[]; index: number }
   | { op: "chunk"; dim: number; chunks: number; index: number }
-  | { op: "reshape"; shape: string[] };
+  | { op: "reshape"; shape: string[] }
+  | { op: "concat"; dim: number; index: number }
+  | { op: "swap_halves"; dim: number };
 
 /** The rule's transform as a list of steps (HF → TorchTitan order); empty without one. */
 export function transformSteps(rule: { transform?: Transform | Transform[] }): Transform[] {
@@ -76,6 +84,8 @@ const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string
   chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && onlyKeys(t, ["dim", "chunks", "index"]) ? undefined
     : "chunk needs exactly `dim` (an integer ≥ 0), `chunks` (an integer ≥ 2) and `index` (this rule's part, < chunks)"),
   reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && onlyKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
+  concat: (t) => (isDim(t.dim) && isDim(t.index) && onlyKeys(t, ["dim", "index"]) ? undefined : "concat needs exactly `dim` (an integer ≥ 0) and `index` (this HF tensor's place among the parts, ≥ 0)"),
+  swap_halves: (t) => (isDim(t.dim) && onlyKeys(t, ["dim"]) ? undefined : "swap_halves needs exactly `dim` (an integer ≥ 0)"),
 };
 const isDim = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
 const isIndex = (v: unknown, n: number) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < n;
@@ -88,6 +98,15 @@ const STRUCTURAL = new Set(["transpose", "split", "chunk"]);
  * nobody can pass.
  */
 export const OMIT_OPTIONS = ["no-expert-bias"] as const;
+
+/**
+ * A tower's opt-in: `text-only` (--text-only), or `drop:<name>` (--drop <name>: tensors the target has no module for,
+ * left out only when the user says so, and recorded in the manifest).
+ */
+export type TowerOption = "text-only" | `drop:${string}`;
+export const isTowerOption = (v: unknown): v is TowerOption => v === "text-only" || (typeof v === "string" && /^drop:[a-z0-9_]+$/.test(v));
+/** The CLI spelling of a tower option. */
+export const towerFlag = (o: TowerOption): string => (o.startsWith("drop:") ? `--drop ${o.slice(5)}` : `--${o}`);
 
 export interface TensorRule {
   /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
@@ -120,12 +139,22 @@ export interface TensorRule {
   layer_type?: string;
   /** Alternative HF layouts of one tensor share a group name: per layer exactly one of them must be present. */
   one_of?: string;
+  /** The dims entry counting the layers `{L}` ranges over (default `layers`): FLUX's double and single blocks differ. */
+  layers?: string;
+  /**
+   * The source layout (of the mapping's `layouts`) this rule belongs to; rules without one hold in every layout. A
+   * source is read in the layout whose rules match its names; --to hf writes the one `--hf-layout` names.
+   */
+  layout?: string;
 }
 
 export interface Mapping {
   architecture: string;
   description?: string;
-  match: { architectures?: string[]; model_type?: string[] };
+  /** `class_name`: diffusers' `_class_name` (a diffusers model config has no `architectures`). */
+  match: { architectures?: string[]; model_type?: string[]; class_name?: string[] };
+  /** Named source layouts (the first is --to hf's default), e.g. FLUX's `diffusers` folder and BFL's single file. */
+  layouts?: string[];
   /** Named dimensions: each is a list of alternatives, each a config field or `a / b` of two fields. */
   dims: Record<string, string[]>;
   tied?: { flag: string; hf: string; from: string };
@@ -149,7 +178,7 @@ export interface Mapping {
    * With `convert: true` the tower's tensors go through the rules (the target has the module), and its `option`
    * skips and reports them instead (Qwen3.5's vision tower under --text-only).
    */
-  towers?: { prefixes: string[]; why: string; option?: "text-only"; convert?: boolean }[];
+  towers?: { prefixes: string[]; why: string; option?: TowerOption; convert?: boolean }[];
   /** What config.json must satisfy for a target's model to express it (mapping/requirements.ts). */
   requires?: Requirement<Target>[];
   /** TorchTitan main's Linear modules (what its LoRAConverter adapts), see LinearsSpec. */
@@ -181,12 +210,12 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
   if (!match || typeof match !== "object") fail(file, "$.match", "must be an object");
-  for (const k of ["architectures", "model_type"]) if (match[k] !== undefined && !isStrArr(match[k])) fail(file, `$.match.${k}`, "must be a list of strings");
+  for (const k of ["architectures", "model_type", "class_name"]) if (match[k] !== undefined && !isStrArr(match[k])) fail(file, `$.match.${k}`, "must be a list of strings");
   const dims = m.dims as Record<string, unknown> | undefined;
   if (!dims || typeof dims !== "object") fail(file, "$.dims", "must be an object");
   for (const [k, v] of Object.entries(dims)) if (!isStrArr(v) || v.length === 0) fail(file, `$.dims.${k}`, "must be a non-empty list of strings");
@@ -200,13 +229,16 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
-  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type"]);
+  if (m.layouts !== undefined && !(isStrArr(m.layouts) && m.layouts.length >= 2)) fail(file, "$.layouts", "must list two or more layout names (the first is --to hf's default)");
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type", "layers", "layout"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;
     if (!r || typeof r !== "object") fail(file, p, "must be an object");
     const rule = r as Record<string, unknown>;
     for (const k of Object.keys(rule)) if (!ruleKeys.has(k)) fail(file, `${p}.${k}`, "unknown field");
     if (rule.hf !== undefined && !isStr(rule.hf)) fail(file, `${p}.hf`, "must be a string");
+    if (rule.layers !== undefined && (!isStr(rule.layers) || !(rule.layers in dims))) fail(file, `${p}.layers`, "must name a dims entry");
+    if (rule.layout !== undefined && !(Array.isArray(m.layouts) && m.layouts.includes(rule.layout))) fail(file, `${p}.layout`, "must name one of $.layouts");
     if (rule.drop === true) {
       if (!isStr(rule.hf)) fail(file, p, "a dropped rule needs hf");
       return;
@@ -252,9 +284,10 @@ export function validateMapping(raw: unknown, file: string): Mapping {
       for (const n of names) if (n && !(n in dims)) fail(file, `${p}.${f}`, `unknown dims name '${n}'`);
     }
   });
+  validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || x.option === "text-only") && (x.convert === undefined || (x.convert === true && x.option !== undefined))))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only, convert?: true (with an option) }");
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined))))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option) }");
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");

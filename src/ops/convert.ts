@@ -11,7 +11,7 @@ import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
-import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
+import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
@@ -52,7 +52,9 @@ export interface ConvertOptions extends OpenSourceOptions {
   /** --to hf: re-encode the decoded experts into the source's packed layout (ops/requantize.ts). */
   requantize?: RequantizeKind;
   /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
-  features?: ("mtp" | "text-only")[];
+  features?: PlanFeature[];
+  /** --to hf: which HF layout to write for a mapping with several (FLUX: diffusers, bfl). */
+  hfLayout?: string;
   /** Digest of every output piece in the manifest (default xxh128; or sha256). */
   digest?: string;
   /**
@@ -179,6 +181,8 @@ async function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: Output
     mapping: plan.mapping,
     target: plan.target,
     direction: plan.direction,
+    // tensors left out on the user's --drop: the output is not the whole source, and says so
+    ...(Array.isArray(options.drop) ? { dropped: plan.skipped.filter((s) => /\(--drop /.test(s.why)).map((s) => ({ name: s.name, why: s.why })) } : {}),
     mesh: layout.mesh,
     digest,
     chunk_hash: `${digest} over the concatenated hex ${digest} of the chunk's pieces, each ≤ piece_bytes of output`,
@@ -331,7 +335,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     loraRequested(opts, direction, target);
-    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
+    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features, hfLayout: opts.hfLayout });
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
@@ -370,7 +374,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const pieceBytes = 16 * 1024 * 1024;
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}) };
+    const drops = (opts.features ?? []).filter((f) => f.startsWith("drop:")).map((f) => f.slice("drop:".length));
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), ...(plan.layout ? { layout: plan.layout } : {}), ...(drops.length ? { drop: drops } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}) };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();

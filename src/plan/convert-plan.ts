@@ -12,10 +12,12 @@ import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
-import { effectiveConfig, extraLayer, mainStackName, sourceView } from "./source-names.js";
+import { detectLayout, effectiveConfig, extraLayer, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
+import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
 export type DTypeChoice = "keep" | CastableDType;
+export type PlanFeature = "mtp" | "text-only" | `drop:${string}`;
 
 export interface TensorPlan {
   name: string;
@@ -37,6 +39,8 @@ export interface ConversionPlan {
   skipped: { name: string; why: string }[];
   warnings: string[];
   dims: Record<string, number>;
+  /** The source layout read (HF → TorchTitan) or written (--to hf), for mappings with several (FLUX diffusers / bfl). */
+  layout?: string;
 }
 
 export interface PlanOptions {
@@ -49,8 +53,13 @@ export interface PlanOptions {
   /** Synth rules' omit_option names the user set (e.g. "no-expert-bias" for --no-expert-bias): those tensors are left out. */
   omit?: string[];
   configFile?: string;
-  /** Opt-in conversions: "mtp" (--mtp: DeepSeek MTP layers → mtp_layers), "text-only" (--text-only: skip towers the target cannot take). */
-  features?: ("mtp" | "text-only")[];
+  /**
+   * Opt-in conversions: "mtp" (--mtp: DeepSeek MTP layers → mtp_layers), "text-only" (--text-only: skip towers the
+   * target cannot take), "drop:<name>" (--drop <name>: leave out a tower the target has no module for).
+   */
+  features?: PlanFeature[];
+  /** --to hf: which of the mapping's `layouts` to write (default its first). */
+  hfLayout?: string;
   /**
    * What to do with a config the target cannot express (the mapping's `requires`): "refuse" (default) before
    * writing anything; "warn" for verify, which compares checkpoints that already exist.
@@ -186,8 +195,21 @@ export function planConversion(catalog: CatalogLike, opts: PlanOptions): Convers
   const target = opts.target ?? "torchtitan@main";
   if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
   opts = { ...opts, config: effectiveConfig(opts.mapping, opts.config) };
-  if (opts.direction === "tt_to_tt") return planReshard(catalog, { ...opts, target });
-  return opts.direction === "hf_to_tt" ? planHfToTt(catalog, { ...opts, target }) : planTtToHf(catalog, { ...opts, target });
+  if (opts.direction === "tt_to_tt") return planReshard(catalog, { ...opts, mapping: inLayout(opts.mapping, opts.mapping.layouts?.[0]), target });
+  if (opts.direction === "tt_to_hf") {
+    const layout = opts.mapping.layouts ? opts.hfLayout ?? opts.mapping.layouts[0] : undefined;
+    if (opts.hfLayout !== undefined && !opts.mapping.layouts) throw new CkptError("USAGE", `--hf-layout ${opts.hfLayout}: ${opts.mapping.architecture} has one HF layout`);
+    return withLayout(planTtToHf(catalog, { ...opts, mapping: inLayout(opts.mapping, layout), target }), layout);
+  }
+  // a source is read in the layout its names are spelled in
+  const mapping = opts.mapping;
+  const patterns = new Map(mapping.tensors.filter((r) => r.hf && r.layout).map((r) => [r, compilePattern(r.hf!)]));
+  const layout = detectLayout(mapping, [...catalog.tensors.keys()].map((n) => normalizedName(mapping, n)), (r, n) => matchPattern(patterns.get(r)!, n) !== undefined);
+  return withLayout(planHfToTt(catalog, { ...opts, mapping: inLayout(mapping, layout), target }), layout);
+}
+
+function withLayout(plan: ConversionPlan, layout: string | undefined): ConversionPlan {
+  return layout === undefined ? plan : { ...plan, layout };
 }
 
 /** Counts source names matching the HF side vs the TorchTitan side of a mapping (which way to convert). */
@@ -241,6 +263,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   const unmapped: string[] = [];
   const skipped: { name: string; why: string }[] = [...view.skipped];
   const stacks = new Map<string, { rule: TensorRule; members: Map<number, string>; vals: Map<string, Record<string, number>> }>();
+  const fused = new Map<string, { rule: TensorRule; members: Map<number, ConcatMember>; dequantized?: boolean }>();
   let int4Outputs = 0;
   const produced = new Set<string>();
   /** Outputs whose dtype the mapping fixes (float32 buffers): not FSDP parameters, so left out of the mixed-dtype warning. */
@@ -300,6 +323,19 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     if (!hit.r.tt) { skipped.push({ name, why: extra ? (mapping.extra_layers?.shared_note ?? `no ${target} counterpart`) : `no ${target} counterpart` }); continue; }
     checkLayerType(rule, name, hit.vals, config, file);
     const ttOf = (vals: Record<string, number>, r: CompiledRule = hit!.r) => (extra ? extra.rename(fillPattern(r.tt!.source, vals)) : fillPattern(r.tt!.source, vals));
+    const cs = concatStep(rule);
+    if (cs) {
+      // one part of a TorchTitan tensor joined from several HF tensors: gathered, joined once all parts are known
+      const key = ttOf(hit.vals);
+      let g = fused.get(key);
+      if (!g) fused.set(key, (g = { rule, members: new Map() }));
+      const src = catalog.tensors.get(name)!;
+      checkShape(rule, name, src.shape, dims, file);
+      const lr = leafRecipe(name);
+      g.dequantized ||= lr.dequantized;
+      g.members.set(cs.index, { name, recipe: lr.recipe, shape: [...src.shape], dtype: src.dtype });
+      continue;
+    }
     if (splitStep(rule)) {
       // every part of a split HF tensor is its own TorchTitan tensor: one rule per part, all naming this HF tensor
       for (const r of rules) if (r.rule.hf === rule.hf && r.tt && splitStep(r.rule)) emit(r.rule, ttOf(hit.vals, r), name, hit.vals);
@@ -314,6 +350,13 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       continue;
     }
     emit(rule, ttOf(hit.vals), name, hit.vals);
+  }
+
+  for (const [ttName, g] of fused) {
+    const parts = concatGroup(mapping, g.rule, target);
+    const { recipe, shape } = joinParts(ttName, parts, g.members);
+    tensors.push({ name: ttName, dtype: ruleDType(g.rule, dtypeChoice, g.members.get(0)!.dtype as DType, !!g.dequantized, config), shape, recipe, policy: policyOf(g.rule, target) });
+    produced.add(ttName);
   }
 
   for (const [ttName, g] of stacks) {
@@ -390,7 +433,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth || r.rule.one_of) continue;
     if (r.rule.layer_type && !layerTypes) continue; // no layer_types in config.json: which layers hold it is unknown
     if (mapping.tied && r.rule.hf === mapping.tied.hf && tiedFlag) continue;
-    for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts).filter(inLayer(r.rule))) if (!catalog.tensors.has(name)) missing.push(name);
+    for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts, r.rule.layers).filter(inLayer(r.rule))) if (!catalog.tensors.has(name)) missing.push(name);
   }
   // Alternative layouts of one tensor (`one_of`), layer by layer: one of them complete (per-expert tensors or one
   // fused tensor). A group of optional rules may be absent from a layer altogether (a dense layer), never partial.
@@ -402,7 +445,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       for (const n of names) { const k = /\.(\d+)\./.exec(n)?.[1] ?? ""; m.set(k, [...(m.get(k) ?? []), n]); }
       return m;
     };
-    const lists = alts.map((r) => byLayer(expandExpected(r.rule.hf!, dims, r.rule.experts).filter(inLayer(r.rule))));
+    const lists = alts.map((r) => byLayer(expandExpected(r.rule.hf!, dims, r.rule.experts, r.rule.layers).filter(inLayer(r.rule))));
     const layerKeys = new Set(lists.flatMap((l) => [...l.keys()]));
     for (const k of layerKeys) {
       const per = lists.map((l) => l.get(k) ?? []);
@@ -452,6 +495,11 @@ function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, nu
   ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
   { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType } {
   const src = catalog.tensors.get(name)!;
+  const sw = swapHalvesDim(rule);
+  if (sw !== undefined) {
+    const inner = plain();
+    return { recipe: swapHalves(inner.recipe, src.shape, sw, name), dequantized: inner.dequantized, hfShape: [...src.shape], shape: [...src.shape] };
+  }
   if (valueOp(rule, "int4")) {
     if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
     return int4Leaf(rule, name, vals, catalog, ctx.dims, ctx.config, ctx.file, ctx.stored.get(name) ?? name);
@@ -545,10 +593,10 @@ function checkLayerType(rule: TensorRule, name: string, vals: Record<string, num
 }
 
 /** Concrete names a pattern implies: layers 0..layers-1 (and experts 0..E-1). */
-function expandExpected(pattern: string, dims: Record<string, number>, expertsDim?: string): string[] {
+function expandExpected(pattern: string, dims: Record<string, number>, expertsDim?: string, layersDim = "layers"): string[] {
   const hasL = pattern.includes("{L}");
   const hasE = pattern.includes("{E}");
-  const Ls = hasL ? [...Array(dims.layers ?? 0).keys()] : [0];
+  const Ls = hasL ? [...Array(dims[layersDim] ?? 0).keys()] : [0];
   const Es = hasE ? [...Array(dims[expertsDim ?? "experts"] ?? 0).keys()] : [0];
   const out: string[] = [];
   for (const L of Ls) for (const E of Es) out.push(fillPattern(pattern, { L, E }));
@@ -614,6 +662,13 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       continue;
     }
     const hfName = fillPattern(rule.hf, hit.vals);
+    if (concatStep(rule)) {
+      // the joined TorchTitan tensor back into its HF parts, each a slice sized by its rule's shape
+      const partRules = concatGroup(mapping, rule, target);
+      const names = partRules.map((r) => fillPattern(r.hf!, hit!.vals));
+      for (const p of splitParts(stored, src.shape, partRules, dims, names)) tensors.push({ name: p.name, dtype, shape: p.shape, recipe: p.recipe, policy: { tp: "replicate" } });
+      continue;
+    }
     const split = splitStep(rule);
     if (split) {
       // one part of a split HF tensor: gathered, and concatenated once all parts are known
@@ -642,6 +697,8 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     }
     checkShape(rule, hfName, src.shape, dims, file);
     let recipe: Recipe = { op: "source", tensor: stored };
+    const sw = swapHalvesDim(rule);
+    if (sw !== undefined) recipe = swapHalves(recipe, src.shape, sw, stored);
     if (rule.rope) {
       const { heads, headDim } = checkRope(rule, stored, src.shape, dims, file);
       recipe = { op: "rope", heads, headDim, direction: "tt_to_hf", input: recipe };

@@ -4,7 +4,7 @@
 // (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp).
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
-import type { Mapping, Target } from "../mapping/schema.js";
+import { towerFlag, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
 
 /** The config the mapping's dims and checks read: the nested config's fields over the top level's. */
 export function effectiveConfig(mapping: Mapping, config: Record<string, unknown>): Record<string, unknown> {
@@ -42,7 +42,7 @@ export function sourceView(mapping: Mapping, catalog: { tensors: Map<string, Cat
     // a tower the mapping converts (rules of its own) goes through them unless the user's option skips it
     if (tower && !(tower.convert && !(tower.option && options.includes(tower.option)))) {
       if (!tower.option) skipped.push({ name, why: tower.why });
-      else if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (--${tower.option})` });
+      else if (options.includes(tower.option)) skipped.push({ name, why: `${tower.why} (${towerFlag(tower.option)})` });
       else refused.set(tower.why, [...(refused.get(tower.why) ?? []), name]);
       continue;
     }
@@ -54,6 +54,11 @@ export function sourceView(mapping: Mapping, catalog: { tensors: Map<string, Cat
   }
   for (const [why, names] of refused) {
     const option = mapping.towers!.find((x) => x.why === why)!.option;
+    if (option !== "text-only") {
+      throw new CkptError("UNSUPPORTED", `${names.length} source tensor(s) ${mapping.architecture} cannot convert (${names.slice(0, 4).join(", ")}${names.length > 4 ? ", …" : ""}): ${why}`, {
+        tensor: names[0], hint: `pass ${towerFlag(option!)} to convert without them (recorded in the output's manifest)`,
+      });
+    }
     throw new CkptError("CONFIG", `${names.length} tensor(s) of a tower ${mapping.architecture} does not convert (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${why}`, {
       tensor: names[0], hint: `pass --${option} to convert the language model alone (the tower is skipped and reported)`,
     });
@@ -89,4 +94,29 @@ export function mainStackName(mapping: Mapping, target: Target, name: string, di
   if (!prefix || n === undefined || !name.startsWith(prefix + ".")) return name;
   const m = /^(\d+)\.(.*)$/.exec(name.slice(prefix.length + 1));
   return m ? `layers.${n + Number(m[1])}.${m[2]}` : name;
+}
+
+/**
+ * The source layout a mapping with `layouts` reads these (normalised) names in: the layout whose own rules match the
+ * most names (FLUX: diffusers `transformer_blocks.*` vs BFL `double_blocks.*`); undefined for single-layout mappings.
+ */
+export function detectLayout(mapping: Mapping, names: Iterable<string>, matches: (rule: TensorRule, name: string) => boolean): string | undefined {
+  if (!mapping.layouts) return undefined;
+  const list = [...names];
+  let best = mapping.layouts[0]!, hits = -1;
+  for (const layout of mapping.layouts) {
+    const rules = mapping.tensors.filter((r) => r.layout === layout && r.hf);
+    const n = list.filter((name) => rules.some((r) => matches(r, name))).length;
+    if (n > hits) { best = layout; hits = n; }
+  }
+  return best;
+}
+
+/** The mapping as one layout reads it: its rules plus the rules every layout shares. */
+export function inLayout(mapping: Mapping, layout: string | undefined): Mapping {
+  if (!mapping.layouts) return mapping;
+  if (layout === undefined || !mapping.layouts.includes(layout)) {
+    throw new CkptError("USAGE", `--hf-layout ${layout}: ${mapping.architecture} has layouts ${mapping.layouts.join(", ")}`);
+  }
+  return { ...mapping, tensors: mapping.tensors.filter((r) => r.layout === undefined || r.layout === layout) };
 }

@@ -8,6 +8,7 @@ import { openHfCache } from "./hf-cache.js";
 import { openHub, openHubRanged, parseRepoSpec, type HubOptions } from "./hub.js";
 import { openLocal } from "./local.js";
 import type { Source } from "./types.js";
+import { diffusersTransformer } from "./diffusers.js";
 
 export interface OpenSourceOptions extends HubOptions {
   /** Hub repos only: read in place with HTTP Range requests instead of downloading into the cache. */
@@ -40,7 +41,12 @@ async function openCacheRepoFolder(path: string, opts: OpenSourceOptions): Promi
   });
 }
 
+/** What the user named as a Source; a diffusers pipeline root is read through its `transformer/` component. */
 export async function openSource(spec: string, opts: OpenSourceOptions = {}): Promise<Source> {
+  return diffusersTransformer(await openAny(spec, opts));
+}
+
+async function openAny(spec: string, opts: OpenSourceOptions): Promise<Source> {
   if (spec.trim() === "") throw new CkptError("USAGE", "empty source: give a file, a folder or org/name");
   const path = expandHome(spec);
   if (await exists(path)) {
