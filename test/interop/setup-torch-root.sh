@@ -16,7 +16,8 @@ packages="python3-torch python3-safetensors python3-xxhash"
 kit=""
 if [ "$suite" = sid ]; then
   # PEFT needs accelerate, yaml, psutil, tqdm; huggingface_hub (PEFT, diffusers) needs the real fsspec.
-  packages="$packages python3-transformers python3-compressed-tensors python3-accelerate python3-yaml python3-psutil python3-tqdm python3-fsspec"
+  # einops: TorchTitan's flux model (layers.py rearrange).
+  packages="$packages python3-transformers python3-compressed-tensors python3-accelerate python3-yaml python3-psutil python3-tqdm python3-fsspec python3-einops"
   kit="$(cat "$here"/judges/*.tar.gz "$here"/judges/*.py | sha256sum | cut -c1-16)"
 fi
 want="$packages${kit:+ kit=$kit}"
