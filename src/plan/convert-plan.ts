@@ -429,8 +429,11 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     const L = /\.(\d+)\./.exec(name);
     return L !== null && layerTypes?.[Number(L[1])] === r.layer_type;
   };
+  // a tower the user skipped (--text-only, --drop) is not expected either
+  const skippedTowers = (mapping.towers ?? []).filter((tw) => tw.option && opts.features?.includes(tw.option)).flatMap((tw) => tw.prefixes);
+  const inSkippedTower = (hf: string) => skippedTowers.some((p) => hf.startsWith(p));
   for (const r of rules) {
-    if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth || r.rule.one_of) continue;
+    if (!r.hf || r.rule.drop || r.rule.optional || r.rule.synth || r.rule.one_of || inSkippedTower(r.rule.hf!)) continue;
     if (r.rule.layer_type && !layerTypes) continue; // no layer_types in config.json: which layers hold it is unknown
     if (mapping.tied && r.rule.hf === mapping.tied.hf && tiedFlag) continue;
     for (const name of expandExpected(r.rule.hf!, dims, r.rule.experts, r.rule.layers).filter(inLayer(r.rule))) if (!catalog.tensors.has(name)) missing.push(name);

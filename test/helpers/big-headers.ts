@@ -3,6 +3,7 @@
 import { mkdirSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { planSafetensorsFile } from "../../src/formats/safetensors/writer.js";
+import { fluxShapes, tinyFluxConfig } from "../../src/fixtures/tiny-flux.js";
 
 /** Qwen3.5-35B-A3B's tensor headers (per-expert experts, vision tower, MTP layer), as sparse safetensors files. */
 export function write35bA3bHeaders(dir: string): { config: Record<string, unknown>; count: number } {
@@ -67,3 +68,28 @@ export function write35bA3bHeaders(dir: string): { config: Record<string, unknow
   return { config, count: t.length };
 }
 
+
+/**
+ * FLUX.1-dev's transformer as published (black-forest-labs/FLUX.1-dev: model_index.json at the root, transformer/
+ * with config.json, three BF16 diffusion_pytorch_model shards and their index; 11.9 B parameters), headers only.
+ */
+export function writeFluxDevHeaders(dir: string): { config: Record<string, unknown>; count: number } {
+  const o = { heads: 24, headDim: 128, layers: 19, singleLayers: 38, inChannels: 64, contextDim: 4096, pooledDim: 768, guidance: true };
+  const config = { ...tinyFluxConfig(o), axes_dims_rope: [16, 56, 56], _diffusers_version: "0.30.0.dev0" };
+  const t = fluxShapes(o).map((x) => ({ ...x, dtype: "BF16" as const }));
+  const tr = join(dir, "transformer");
+  mkdirSync(tr, { recursive: true });
+  writeFileSync(join(dir, "model_index.json"), JSON.stringify({ _class_name: "FluxPipeline", transformer: ["diffusers", "FluxTransformer2DModel"] }));
+  writeFileSync(join(tr, "config.json"), JSON.stringify(config));
+  const files = 3, per = Math.ceil(t.length / files), weightMap: Record<string, string> = {};
+  for (let i = 0; i < files; i++) {
+    const part = t.slice(i * per, (i + 1) * per);
+    const name = `diffusion_pytorch_model-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
+    const f = planSafetensorsFile(name, part, { format: "pt" });
+    writeFileSync(join(tr, name), f.header);
+    truncateSync(join(tr, name), f.totalSize);
+    for (const x of part) weightMap[x.name] = name;
+  }
+  writeFileSync(join(tr, "diffusion_pytorch_model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  return { config, count: t.length };
+}
