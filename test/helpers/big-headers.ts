@@ -4,6 +4,7 @@ import { mkdirSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { planSafetensorsFile } from "../../src/formats/safetensors/writer.js";
 import { fluxShapes, tinyFluxConfig } from "../../src/fixtures/tiny-flux.js";
+import { MUSE_GLIMMER_30B, museGlimmerConfig, museGlimmerShapes } from "../../src/fixtures/tiny-muse-glimmer.js";
 
 /** Qwen3.5-35B-A3B's tensor headers (per-expert experts, vision tower, MTP layer), as sparse safetensors files. */
 export function write35bA3bHeaders(dir: string): { config: Record<string, unknown>; count: number } {
@@ -91,5 +92,24 @@ export function writeFluxDevHeaders(dir: string): { config: Record<string, unkno
     for (const x of part) weightMap[x.name] = name;
   }
   writeFileSync(join(tr, "diffusion_pytorch_model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  return { config, count: t.length };
+}
+
+/** Muse-Glimmer-30B (text decoder + vision tower, BF16) as published names and shapes, headers only, 13 shards. */
+export function writeMuseGlimmer30bHeaders(dir: string): { config: Record<string, unknown>; count: number } {
+  const config = museGlimmerConfig(MUSE_GLIMMER_30B);
+  const t = museGlimmerShapes(MUSE_GLIMMER_30B).map(({ name, shape }) => ({ name, shape, dtype: "BF16" as const }));
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+  const files = 13, per = Math.ceil(t.length / files), weightMap: Record<string, string> = {};
+  for (let i = 0; i < files; i++) {
+    const part = t.slice(i * per, (i + 1) * per);
+    const name = `model-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
+    const f = planSafetensorsFile(name, part, { format: "pt" });
+    writeFileSync(join(dir, name), f.header);
+    truncateSync(join(dir, name), f.totalSize);
+    for (const x of part) weightMap[x.name] = name;
+  }
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
   return { config, count: t.length };
 }
