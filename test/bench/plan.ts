@@ -1,10 +1,11 @@
 // `npm run bench -- --plan`: planning time and memory of real-sized models (headers only, sparse files): the
-// Qwen3.5-35B-A3B VLM (31k tensors) as `convert --dry-run` and `shard --world-size 64 --tp 2 --dry-run`. Wall time,
-// CPU seconds and peak RSS of each CLI run (median of --rounds, default 3).
+// Qwen3.5-35B-A3B VLM (31k tensors), FLUX.1-dev (the diffusers pipeline repo, 12B) and Muse-Glimmer-30B as
+// `convert --dry-run` and `shard --world-size 64 --tp 2 --dry-run`. Wall time, CPU seconds and peak RSS of each CLI
+// run (median of --rounds, default 3).
 import { spawnSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { write35bA3bHeaders } from "../helpers/big-headers.js";
+import { write35bA3bHeaders, writeFluxDevHeaders, writeMuseGlimmer30bHeaders } from "../helpers/big-headers.js";
 
 const CKPT = resolve(import.meta.dirname ?? ".", "../../../bin/ckpt.js");
 
@@ -15,14 +16,20 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 export async function mainPlan(argv: string[]): Promise<void> {
   const rounds = Number(argv[argv.indexOf("--rounds") + 1] ?? 3) || 3;
   const dir = argv.includes("--dir") ? resolve(argv[argv.indexOf("--dir") + 1]!) : (process.env.CKPT_BENCH_DIR ?? "/var/tmp/ckpt-bench");
-  const hf = join(dir, "qwen3.5-35b-a3b-headers");
-  if (!existsSync(join(hf, "config.json"))) write35bA3bHeaders(hf);
-  const cases: [string, string[]][] = [
-    ["convert --dry-run", ["convert", hf, join(dir, "plan-out"), "--text-only", "--dry-run", "--json"]],
-    ["shard --world-size 64 --tp 2 --dry-run", ["shard", hf, join(dir, "plan-out"), "--world-size", "64", "--tp", "2", "--text-only", "--dry-run", "--json"]],
+  const models: { model: string; folder: string; write: (d: string) => unknown; args: string[] }[] = [
+    { model: "qwen3.5-35b-a3b (VLM, --text-only)", folder: "qwen3.5-35b-a3b-headers", write: write35bA3bHeaders, args: ["--text-only"] },
+    { model: "FLUX.1-dev (diffusers repo, --drop guidance_embedder)", folder: "flux.1-dev-headers", write: writeFluxDevHeaders, args: ["--drop", "guidance_embedder"] },
+    { model: "Muse-Glimmer-30B (text + vision)", folder: "muse-glimmer-30b-headers", write: writeMuseGlimmer30bHeaders, args: [] },
   ];
+  const cases: [string, string, string[]][] = [];
+  for (const m of models) {
+    const hf = join(dir, m.folder);
+    if (!existsSync(join(hf, m.folder.startsWith("flux") ? "model_index.json" : "config.json"))) m.write(hf);
+    cases.push([m.model, "convert --dry-run", ["convert", hf, join(dir, "plan-out"), ...m.args, "--dry-run", "--json"]]);
+    cases.push([m.model, "shard --world-size 64 --tp 2 --dry-run", ["shard", hf, join(dir, "plan-out"), "--world-size", "64", "--tp", "2", ...m.args, "--dry-run", "--json"]]);
+  }
   const rows: PlanRow[] = [];
-  for (const [label, args] of cases) {
+  for (const [model, label, args] of cases) {
     const samples: { wall: number; cpu: number; rss: number; outputs: number }[] = [];
     for (let i = 0; i < rounds; i++) {
       const t0 = performance.now();
@@ -33,7 +40,7 @@ export async function mainPlan(argv: string[]): Promise<void> {
       const plan = (JSON.parse(r.stdout) as { plan: { tensors: unknown[] } }).plan;
       samples.push({ wall, cpu: u + s, rss: rss / 1024, outputs: plan.tensors.length });
     }
-    rows.push({ model: "qwen3.5-35b-a3b (VLM, --text-only)", command: label, wall: median(samples.map((x) => x.wall)), cpu: median(samples.map((x) => x.cpu)),
+    rows.push({ model, command: label, wall: median(samples.map((x) => x.wall)), cpu: median(samples.map((x) => x.cpu)),
       rssMiB: Math.max(...samples.map((x) => x.rss)), outputs: samples[0]!.outputs });
   }
   rmSync(join(dir, "plan-out"), { recursive: true, force: true });
