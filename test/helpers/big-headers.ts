@@ -56,16 +56,7 @@ export function write35bA3bHeaders(dir: string): { config: Record<string, unknow
   layer("mtp.layers.0.", "full_attention");
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "config.json"), JSON.stringify(config));
-  const files = 14, per = Math.ceil(t.length / files), weightMap: Record<string, string> = {};
-  for (let i = 0; i < files; i++) {
-    const part = t.slice(i * per, (i + 1) * per);
-    const name = `model.safetensors-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
-    const f = planSafetensorsFile(name, part, { format: "pt" });
-    writeFileSync(join(dir, name), f.header);
-    truncateSync(join(dir, name), f.totalSize); // sparse: headers are all planning reads
-    for (const x of part) weightMap[x.name] = name;
-  }
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  writeSparseShards(dir, t, 14, "model.safetensors", "model.safetensors.index.json");
   return { config, count: t.length };
 }
 
@@ -82,16 +73,7 @@ export function writeFluxDevHeaders(dir: string): { config: Record<string, unkno
   mkdirSync(tr, { recursive: true });
   writeFileSync(join(dir, "model_index.json"), JSON.stringify({ _class_name: "FluxPipeline", transformer: ["diffusers", "FluxTransformer2DModel"] }));
   writeFileSync(join(tr, "config.json"), JSON.stringify(config));
-  const files = 3, per = Math.ceil(t.length / files), weightMap: Record<string, string> = {};
-  for (let i = 0; i < files; i++) {
-    const part = t.slice(i * per, (i + 1) * per);
-    const name = `diffusion_pytorch_model-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
-    const f = planSafetensorsFile(name, part, { format: "pt" });
-    writeFileSync(join(tr, name), f.header);
-    truncateSync(join(tr, name), f.totalSize);
-    for (const x of part) weightMap[x.name] = name;
-  }
-  writeFileSync(join(tr, "diffusion_pytorch_model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  writeSparseShards(tr, t, 3, "diffusion_pytorch_model", "diffusion_pytorch_model.safetensors.index.json");
   return { config, count: t.length };
 }
 
@@ -101,15 +83,20 @@ export function writeMuseGlimmer30bHeaders(dir: string): { config: Record<string
   const t = museGlimmerShapes(MUSE_GLIMMER_30B).map(({ name, shape }) => ({ name, shape, dtype: "BF16" as const }));
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "config.json"), JSON.stringify(config));
-  const files = 13, per = Math.ceil(t.length / files), weightMap: Record<string, string> = {};
+  writeSparseShards(dir, t, 13, "model", "model.safetensors.index.json");
+  return { config, count: t.length };
+}
+
+/** `tensors` as `files` sparse shards `{stem}-0000i-of-0000n.safetensors` (headers only: all planning reads) + index. */
+function writeSparseShards(dir: string, tensors: { name: string; dtype: "BF16" | "F32"; shape: number[] }[], files: number, stem: string, index: string): void {
+  const per = Math.ceil(tensors.length / files), weightMap: Record<string, string> = {};
   for (let i = 0; i < files; i++) {
-    const part = t.slice(i * per, (i + 1) * per);
-    const name = `model-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
+    const part = tensors.slice(i * per, (i + 1) * per);
+    const name = `${stem}-${String(i + 1).padStart(5, "0")}-of-${String(files).padStart(5, "0")}.safetensors`;
     const f = planSafetensorsFile(name, part, { format: "pt" });
     writeFileSync(join(dir, name), f.header);
     truncateSync(join(dir, name), f.totalSize);
     for (const x of part) weightMap[x.name] = name;
   }
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
-  return { config, count: t.length };
+  writeFileSync(join(dir, index), JSON.stringify({ metadata: {}, weight_map: weightMap }));
 }
