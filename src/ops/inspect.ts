@@ -65,15 +65,17 @@ function num(c: Record<string, unknown>, k: string): number | undefined {
 export function summarizeConfig(c: Record<string, unknown> | undefined): ConfigSummary | undefined {
   if (!c) return undefined;
   const heads = num(c, "num_attention_heads");
-  const hidden = num(c, "hidden_size");
+  // diffusers model configs (FluxTransformer2DModel): _class_name, num_layers, attention_head_dim, no hidden_size
+  const diffusersHd = num(c, "attention_head_dim");
+  const hidden = num(c, "hidden_size") ?? (diffusersHd && heads ? diffusersHd * heads : undefined);
   return {
-    architecture: Array.isArray(c.architectures) ? String(c.architectures[0]) : undefined,
+    architecture: Array.isArray(c.architectures) ? String(c.architectures[0]) : typeof c._class_name === "string" ? c._class_name : undefined,
     modelType: typeof c.model_type === "string" ? c.model_type : undefined,
-    layers: num(c, "num_hidden_layers"),
+    layers: num(c, "num_hidden_layers") ?? num(c, "num_layers"),
     hidden,
     heads,
     kvHeads: num(c, "num_key_value_heads") ?? heads,
-    headDim: num(c, "head_dim") ?? (hidden && heads ? hidden / heads : undefined),
+    headDim: num(c, "head_dim") ?? diffusersHd ?? (hidden && heads ? hidden / heads : undefined),
     vocab: num(c, "vocab_size"),
     tiedEmbeddings: c.tie_word_embeddings === true,
     torchDtype: typeof c.torch_dtype === "string" ? c.torch_dtype : undefined,
