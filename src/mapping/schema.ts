@@ -155,6 +155,8 @@ export interface Mapping {
   match: { architectures?: string[]; model_type?: string[]; class_name?: string[] };
   /** Named source layouts (the first is --to hf's default), e.g. FLUX's `diffusers` folder and BFL's single file. */
   layouts?: string[];
+  /** --to hf file name prefix per layout (default `model`): diffusers loads `diffusion_pytorch_model*.safetensors`. */
+  hf_file_prefix?: Record<string, string>;
   /** Named dimensions: each is a list of alternatives, each a config field or `a / b` of two fields. */
   dims: Record<string, string[]>;
   tied?: { flag: string; hf: string; from: string };
@@ -210,7 +212,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -230,6 +232,9 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
   if (m.layouts !== undefined && !(isStrArr(m.layouts) && m.layouts.length >= 2)) fail(file, "$.layouts", "must list two or more layout names (the first is --to hf's default)");
+  if (m.hf_file_prefix !== undefined && !(m.hf_file_prefix && typeof m.hf_file_prefix === "object" && Object.entries(m.hf_file_prefix).every(([k, v]) => Array.isArray(m.layouts) && m.layouts.includes(k) && isStr(v) && /^[A-Za-z0-9_.-]+$/.test(v)))) {
+    fail(file, "$.hf_file_prefix", "must map layouts of $.layouts to file name prefixes");
+  }
   const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type", "layers", "layout"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;

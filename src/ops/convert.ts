@@ -363,7 +363,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (opts.filesPerRank !== undefined && format !== "dcp") throw new CkptError("USAGE", "--files-per-rank applies to DCP output; drop it with --format safetensors");
     const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh, filesPerRank)
       : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
-      : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3 });
+      : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3, prefix: direction === "tt_to_hf" && plan.layout ? mapping.hf_file_prefix?.[plan.layout] : undefined });
     const summary = summarize(plan, layout);
     const outAbs = resolve(opts.out);
     if (opts.dryRun) {

@@ -83,10 +83,14 @@ export function layoutDcp(tensors: TensorPlan[], mesh: Mesh, filesPerRank = 1): 
   return { format: "dcp", mesh, files, chunks, extras: new Map([[".metadata", encodeDcpMetadata(md)]]) };
 }
 
-/** Unsharded safetensors (TorchTitan or HF names), split into `model-0000i-of-0000n` files past maxShardBytes. */
-export function layoutSafetensors(tensors: TensorPlan[], opts: { maxShardBytes: number; metadata?: Record<string, string> }): OutputLayout {
+/**
+ * Unsharded safetensors (TorchTitan or HF names), split into `{prefix}-0000i-of-0000n` files past maxShardBytes
+ * (prefix `model`; diffusers names its files `diffusion_pytorch_model`).
+ */
+export function layoutSafetensors(tensors: TensorPlan[], opts: { maxShardBytes: number; metadata?: Record<string, string>; prefix?: string }): OutputLayout {
   const specs = tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
-  const { files: planned, index } = planShardedSafetensors(specs, { maxShardBytes: opts.maxShardBytes, metadata: opts.metadata ?? { format: "pt" } });
+  const prefix = opts.prefix ?? "model";
+  const { files: planned, index } = planShardedSafetensors(specs, { maxShardBytes: opts.maxShardBytes, metadata: opts.metadata ?? { format: "pt" }, prefix });
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const chunks: OutChunk[] = [];
   const files: OutFile[] = [];
@@ -98,7 +102,7 @@ export function layoutSafetensors(tensors: TensorPlan[], opts: { maxShardBytes: 
     }
   }
   const extras = new Map<string, Buffer>();
-  if (index) extras.set("model.safetensors.index.json", Buffer.from(serializeIndex(index)));
+  if (index) extras.set(`${prefix}.safetensors.index.json`, Buffer.from(serializeIndex(index)));
   return { format: "safetensors", mesh: { fsdp: 1, tp: 1 }, files, chunks, extras };
 }
 

@@ -25,8 +25,12 @@ interface FluxResult { name: string; ok: boolean; rel_max_abs?: number; rel_vs_f
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");
 
-async function judge(env: TorchEnv, py: string, args: string[]): Promise<string> {
-  return env.pythonFile(`${py}/flux_judge.py`, args, { timeoutMs: 300_000, env: JUDGE_ENV });
+/** Runs flux_judge.py commands in one process (torch and diffusers import once): one parsed JSON line each. */
+async function judge(env: TorchEnv, py: string, ...cmds: string[][]): Promise<unknown[]> {
+  const out = await env.pythonFile(`${py}/flux_judge.py`, cmds.flatMap((c, i) => (i ? ["--", ...c] : c)), { timeoutMs: 300_000, env: JUDGE_ENV });
+  const lines = out.trim().split("\n").filter((l) => /^[[{]/.test(l));
+  assert.equal(lines.length, cmds.length, out);
+  return lines.map((l) => JSON.parse(l) as unknown);
 }
 
 /** Every file of a DCP folder but the manifest (which names its source), as bytes. */
@@ -46,10 +50,10 @@ function retransform(dir: string, edits: Record<string, Record<string, unknown> 
 for (const env of suites) {
   test(`[${env.suite}] FLUX.1: TorchTitan FluxModel loaded from ckpt's output = diffusers FluxTransformer2DModel; controls fail; --to hf byte-identical; guidance embedder refused / --drop`, { timeout: 900_000 }, async () => {
     await inJudgeWorkspace(env, async ({ h, g, py }) => {
-      // schnell-like (no guidance embedder)
-      console.log(`# make: ${(await judge(env, py, ["make", g("repo"), "0"])).trim()}`);
+      // schnell-like (no guidance embedder), FLUX.1-dev-like (with it), and the schnell weights in BFL's layout
       mkdirSync(h("bflsrc"));
-      const made = JSON.parse((await judge(env, py, ["bfl", g("repo"), g("bflsrc/flux1-dev.safetensors")])).trim().split("\n").pop()!) as { diffusers_converter_roundtrip: boolean };
+      const [schnell, dev0, made] = (await judge(env, py, ["make", g("repo"), "0"], ["make", g("dev"), "1"], ["bfl", g("repo"), g("bflsrc/flux1-dev.safetensors")])) as [unknown, unknown, { diffusers_converter_roundtrip: boolean }];
+      console.log(`# make: ${JSON.stringify(schnell)} ${JSON.stringify(dev0)}`);
       console.log(`# bfl: ${JSON.stringify(made)}`);
       assert.ok(made.diffusers_converter_roundtrip, "diffusers' own converter maps the BFL file back to the fixture");
       ckpt(["convert", h("repo"), h("root")]);
@@ -69,7 +73,6 @@ for (const env of suites) {
       for (const [name, edits] of controls) ckpt(["convert", h("repo"), h(name)], { CKPT_MAPPINGS_DIR: retransform(h(`maps-${name}`), edits) });
 
       // FLUX.1-dev-like: the guidance embedder is refused, nothing written; converted with --drop and recorded
-      await judge(env, py, ["make", g("dev"), "1"]);
       const refused = spawnSync(process.execPath, [CLI, "convert", h("dev"), h("dev.tt")], { encoding: "utf8" });
       assert.notEqual(refused.status, 0);
       const line = refused.stderr.trim();
@@ -90,10 +93,11 @@ for (const env of suites) {
       ];
       writeFileSync(h("cases.json"), JSON.stringify(cases));
       writeFileSync(h("dev-cases.json"), JSON.stringify([{ name: "dev --drop guidance_embedder", ckpt: g("dev.tt"), zero_guidance: true }]));
-      const res = [
-        ...(JSON.parse((await judge(env, py, ["check", g("repo"), g("cases.json")])).trim().split("\n").pop()!) as FluxResult[]),
-        ...(JSON.parse((await judge(env, py, ["check", g("dev"), g("dev-cases.json")])).trim().split("\n").pop()!) as FluxResult[]),
-      ];
+      // back to both HF layouts (checked byte for byte below), then every forward and the diffusers load in one run
+      ckpt(["convert", h("w4"), h("back"), "--to", "hf", "--config", h("repo")]);
+      ckpt(["convert", h("w4"), h("back-bfl"), "--to", "hf", "--hf-layout", "bfl", "--config", h("repo")]);
+      const [main, devRes, loaded] = (await judge(env, py, ["check", g("repo"), g("cases.json")], ["check", g("dev"), g("dev-cases.json")], ["load", g("repo"), g("back")])) as [FluxResult[], FluxResult[], { ok: boolean }];
+      const res = [...main, ...devRes];
       for (const r of res) console.log(`# ${r.name}: ${JSON.stringify(r)}`);
       for (const c of cases) {
         const r = res.find((x) => x.name === c.name)!;
@@ -104,12 +108,11 @@ for (const env of suites) {
       assert.ok(dev.ok, JSON.stringify(dev));
       assert.ok(dev.rel_vs_full_guidance! > 1e-3, `the dropped guidance embedder must matter: ${JSON.stringify(dev)}`);
 
-      // back to both HF layouts, byte for byte
-      ckpt(["convert", h("w4"), h("back"), "--to", "hf", "--config", h("repo")]);
       const src = safetensorsOf(h("repo/transformer")), back = safetensorsOf(h("back"));
       assert.deepEqual([...back.keys()].sort(), [...src.keys()].sort());
       for (const [k, v] of src) assert.ok(v.equals(back.get(k)!), `--to hf (diffusers): ${k} differs`);
-      ckpt(["convert", h("w4"), h("back-bfl"), "--to", "hf", "--hf-layout", "bfl", "--config", h("repo")]);
+      console.log(`# --to hf loads in diffusers: ${JSON.stringify(loaded)}`);
+      assert.ok(loaded.ok, "FluxTransformer2DModel.from_pretrained(--to hf output) holds the fixture's tensors, nothing missing or unexpected");
       const bsrc = safetensorsOf(h("bflsrc")), bback = safetensorsOf(h("back-bfl"));
       assert.deepEqual([...bback.keys()].sort(), [...bsrc.keys()].sort());
       for (const [k, v] of bsrc) assert.ok(v.equals(bback.get(k)!), `--to hf (bfl): ${k} differs`);

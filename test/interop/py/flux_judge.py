@@ -2,12 +2,15 @@
 built from its Config with the fixture's dims and loaded from ckpt's output as its checkpointer loads (NaN-filled,
 ModelWrapper + dcp.load), must compute the same output on the same inputs.
 
+Commands (several in one run, separated by --; each prints one JSON line):
   make <repo> <guidance 0|1>      diffusers model (seeded, f32) saved as a FLUX.1 pipeline repo: model_index.json at
                                   <repo>, the transformer in <repo>/transformer (save_pretrained, 2 shards + index)
   bfl <repo> <file>               the same weights in Black Forest Labs' single-file layout, assembled here with torch
                                   (cat of q/k/v and [q, k, v, proj_mlp], `.scale` norms, norm_out halves swapped back);
                                   diffusers' own convert_flux_transformer_checkpoint_to_diffusers must map it back to
                                   the diffusers state dict exactly
+  load <repo> <dir>               ckpt's --to hf output loads in diffusers (FluxTransformer2DModel.from_pretrained,
+                                  nothing missing or unexpected) and holds exactly the fixture's tensors
   check <repo> <case.json>        case: {"ckpt": dcp dir, "name": ..., "zero_guidance": bool}; prints one JSON line
                                   with the relative max |Δ| against diffusers (guidance embedder's output zeroed when
                                   the checkpoint was converted with --drop guidance_embedder) and against the full model
@@ -180,11 +183,29 @@ def check(repo, case):
     return res
 
 
+def load(repo, folder):
+    from diffusers import FluxTransformer2DModel
+    m, info = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32, output_loading_info=True)
+    ref = diffusers_sd(repo)
+    got = m.state_dict()
+    same = set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    bad = {k: v for k, v in info.items() if v}
+    print(json.dumps({"loading_info": bad, "tensors": len(got), "equal": same, "ok": same and not bad}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "make":
-        make(sys.argv[2], int(sys.argv[3]))
-    elif sys.argv[1] == "bfl":
-        make_bfl(sys.argv[2], sys.argv[3])
-    else:
-        cases = json.load(open(sys.argv[3]))
-        print(json.dumps([check(sys.argv[2], c) for c in cases]))
+    # several commands in one process (torch and diffusers load once), separated by "--"; one JSON line each
+    args, cmds = sys.argv[1:], []
+    while args:
+        cut = args.index("--") if "--" in args else len(args)
+        cmds.append(args[:cut])
+        args = args[cut + 1:]
+    for c in cmds:
+        if c[0] == "make":
+            make(c[1], int(c[2]))
+        elif c[0] == "load":
+            load(c[1], c[2])
+        elif c[0] == "bfl":
+            make_bfl(c[1], c[2])
+        else:
+            print(json.dumps([check(c[1], x) for x in json.load(open(c[2]))]))
