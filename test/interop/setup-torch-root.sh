@@ -37,7 +37,7 @@ install_kit() {
   tar xzf "$here"/judges/diffusers-*.tar.gz -C "$root/opt/diffusers"
   cp "$here"/judges/torchtitan_stubs_sitecustomize.py "$root/opt/stubs/sitecustomize.py"
   chroot "$root" env PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt:/opt/peft:/opt/diffusers TORCHDYNAMO_DISABLE=1 python3 -c \
-    'import transformers, torchtitan.models.llama3, spmd_types, peft, diffusers; print("transformers", transformers.__version__, "peft", peft.__version__, "diffusers", diffusers.__version__)'
+    'import transformers, torchtitan.models.llama3, torchtitan.models.flux, torchtitan.models.muse_glimmer, spmd_types, peft, diffusers; print("transformers", transformers.__version__, "peft", peft.__version__, "diffusers", diffusers.__version__)'
 }
 
 # Each step runs in a plain subshell with its own errexit: `{ …; } || handler` would switch errexit off for the
