@@ -26,6 +26,9 @@ for (const env of suites) {
       writeTinyMuseGlimmer(h("hf"));
       ckpt(["convert", h("hf"), h("convert")]);
       ckpt(["shard", h("hf"), h("w4"), "--world-size", "4", "--tp", "2"]);
+      // FSDP over 4 ranks with 2 KV heads: TorchTitan's own adapter gathers wk whole on every rank here (its #4118)
+      ckpt(["shard", h("hf"), h("w4-fsdp"), "--world-size", "4"]);
+      ckpt(["convert", h("hf"), h("text-only"), "--text-only"]);
       const noRope = wrongMappings(h("maps-no-rope"), "muse_glimmer", (r) => { delete r.rope; });
       const swapped = wrongMappings(h("maps-gate-swap"), "muse_glimmer", (r) => {
         if (r.hf === "model.language_model.layers.{L}.self_attn.gate_proj.weight") r.tt = "layers.{L}.feed_forward.w1.weight";
@@ -33,7 +36,8 @@ for (const env of suites) {
       });
       ckpt(["convert", h("hf"), h("qk-not-permuted")], { CKPT_MAPPINGS_DIR: noRope });
       ckpt(["convert", h("hf"), h("o-gate-mlp-gate-swapped")], { CKPT_MAPPINGS_DIR: swapped });
-      const cases = [{ name: "convert", ckpt: g("convert") }, { name: "shard-w4-tp2", ckpt: g("w4") },
+      const cases = [{ name: "convert", ckpt: g("convert") }, { name: "shard-w4-tp2", ckpt: g("w4") }, { name: "shard-w4-fsdp", ckpt: g("w4-fsdp") },
+        { name: "text-only (text flavour, no vision)", ckpt: g("text-only"), text_only: true },
         { name: "qk-not-permuted", ckpt: g("qk-not-permuted"), control: true }, { name: "o-gate-mlp-gate-swapped", ckpt: g("o-gate-mlp-gate-swapped"), control: true }];
       writeFileSync(h("cases.json"), JSON.stringify(cases));
       const out = await env.pythonFile(`${py}/muse_glimmer_check.py`, [g("hf"), g("cases.json")], { timeoutMs: 300_000, env: JUDGE_ENV });
