@@ -94,6 +94,9 @@ test("FLUX --to hf: diffusers and BFL layouts byte-identical to their sources, f
   ok(["convert", join(dir, "w4"), join(dir, "back-bfl"), "--to", "hf", "--hf-layout", "bfl", "--config", join(dir, "repo")]);
   sameTensors(readSafetensors(join(dir, "repo", "transformer")), readSafetensors(join(dir, "back")), "--to hf diffusers");
   sameTensors(readSafetensors(bfl), readSafetensors(join(dir, "back-bfl")), "--to hf bfl");
+  // verify compares a TorchTitan checkpoint with either HF layout, each in its own names
+  assert.match(ok(["verify", join(dir, "w4"), bfl, "--config", join(dir, "repo")]), /OK: .* 88 tensor\(s\)/);
+  assert.match(ok(["verify", join(dir, "w4"), join(dir, "repo")]), /OK: .* 122 tensor\(s\)/);
   const m = JSON.parse(readFileSync(join(dir, "back-bfl", "ckpt-manifest.json"), "utf8")) as { options: { layout?: string } };
   assert.equal(m.options.layout, "bfl");
   const bad = ckpt(["convert", join(dir, "w4"), join(dir, "x"), "--to", "hf", "--hf-layout", "comfy", "--config", join(dir, "repo")]);

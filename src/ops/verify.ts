@@ -14,7 +14,7 @@ import { CkptError } from "../errors.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET } from "../mapping/schema.js";
-import { detectTarget, naturalCompare, normalizeTtName, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
+import { detectTarget, hfLayoutOf, naturalCompare, normalizeTtName, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import { runsForBox, type Box, type Run } from "../plan/runs.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
@@ -420,7 +420,9 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
         const target = detectTarget(mapping, ttNames(sideB === "tt" ? namesB : namesA));
         // the checkpoints exist already: what their target cannot express is a note (those warnings start with the
         // target and architecture), not a reason not to compare
-        plan = planConversion(ca, { mapping, config: cfg.config, direction, target, dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn" });
+        // an HF side in one of several layouts (FLUX diffusers / BFL) is compared in its own
+        const hfLayout = direction === "tt_to_hf" ? hfLayoutOf(mapping, namesB) : undefined;
+        plan = planConversion(ca, { mapping, config: cfg.config, direction, target, dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn", hfLayout });
         result.notes.push(...plan.warnings.filter((w) => w.startsWith(`${target} ${mapping.architecture}`)));
         if (plan.unmapped.length) result.notes.push(`${plan.unmapped.length} tensor(s) of a have no mapping and were not compared: ${plan.unmapped.slice(0, 4).join(", ")}`);
       }

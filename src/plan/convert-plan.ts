@@ -202,10 +202,15 @@ export function planConversion(catalog: CatalogLike, opts: PlanOptions): Convers
     return withLayout(planTtToHf(catalog, { ...opts, mapping: inLayout(opts.mapping, layout), target }), layout);
   }
   // a source is read in the layout its names are spelled in
-  const mapping = opts.mapping;
+  const layout = hfLayoutOf(opts.mapping, catalog.tensors.keys());
+  return withLayout(planHfToTt(catalog, { ...opts, mapping: inLayout(opts.mapping, layout), target }), layout);
+}
+
+/** Which of the mapping's HF layouts these HF names are spelled in (undefined for a mapping with one layout). */
+export function hfLayoutOf(mapping: Mapping, names: Iterable<string>): string | undefined {
+  if (!mapping.layouts) return undefined;
   const patterns = new Map(mapping.tensors.filter((r) => r.hf && r.layout).map((r) => [r, compilePattern(r.hf!)]));
-  const layout = detectLayout(mapping, [...catalog.tensors.keys()].map((n) => normalizedName(mapping, n)), (r, n) => matchPattern(patterns.get(r)!, n) !== undefined);
-  return withLayout(planHfToTt(catalog, { ...opts, mapping: inLayout(mapping, layout), target }), layout);
+  return detectLayout(mapping, [...names].map((n) => normalizedName(mapping, n)), (r, n) => matchPattern(patterns.get(r)!, n) !== undefined);
 }
 
 function withLayout(plan: ConversionPlan, layout: string | undefined): ConversionPlan {
