@@ -144,6 +144,10 @@ test("FLUX.1-dev guidance embedder: refused in one line naming the tensors and F
   assert.deepEqual(m.options.drop, ["guidance_embedder"]);
   assert.deepEqual(m.dropped!.map((x) => x.name).sort(), ["linear_1.bias", "linear_1.weight", "linear_2.bias", "linear_2.weight"].map((n) => `time_text_embed.guidance_embedder.${n}`));
   assert.ok(!Object.keys(m.tensors).some((n) => n.includes("guidance")));
+  // and back: the output cannot hold what TorchTitan never had, and says so
+  const back = ckpt(["convert", join(dir, "tt"), join(dir, "back"), "--to", "hf"]);
+  assert.equal(back.status, 0, back.stderr);
+  assert.match(back.stderr, /warning: config\.json has guidance_embeds = true, but the output has no time_text_embed\.guidance_embedder\.\*/);
   const u = ckpt(["convert", join(dir, "dev"), join(dir, "u"), "--drop", "Guidance"]);
   assert.match(u.stderr, /USAGE: --drop Guidance/);
 }));

@@ -178,9 +178,11 @@ export interface Mapping {
    * HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's
    * `option`; a tower without `option` is always skipped and reported (e.g. MTP heads the target has no module for).
    * With `convert: true` the tower's tensors go through the rules (the target has the module), and its `option`
-   * skips and reports them instead (Qwen3.5's vision tower under --text-only).
+   * skips and reports them instead (Qwen3.5's vision tower under --text-only). `config_flag`: the config field that
+   * says the HF model has the tower (FLUX `guidance_embeds`); --to hf warns when it is set, since the output cannot
+   * hold the tower the target never had.
    */
-  towers?: { prefixes: string[]; why: string; option?: TowerOption; convert?: boolean }[];
+  towers?: { prefixes: string[]; why: string; option?: TowerOption; convert?: boolean; config_flag?: string }[];
   /** What config.json must satisfy for a target's model to express it (mapping/requirements.ts). */
   requires?: Requirement<Target>[];
   /** TorchTitan main's Linear modules (what its LoRAConverter adapts), see LinearsSpec. */
@@ -292,7 +294,9 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined))))) fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option) }");
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
+    fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option), config_flag?: field }");
+  }
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");

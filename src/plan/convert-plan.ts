@@ -643,6 +643,11 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
   const warnings: string[] = [];
   const tiedFlag = mapping.tied && config[mapping.tied.flag] === true;
   const parts = new Map<string, SplitGroup>();
+  // a tower the target never had cannot come back: a config that declares it describes a model this output is not
+  for (const tw of mapping.towers ?? []) {
+    if (!tw.config_flag || !config[tw.config_flag] || tw.convert) continue;
+    warnings.push(`config.json has ${tw.config_flag} = ${JSON.stringify(config[tw.config_flag])}, but the output has no ${tw.prefixes.map((p) => p + "*").join(" / ")} (${tw.why}); loading it builds that part at random: restore those tensors from the source checkpoint, or set ${tw.config_flag} to false`);
+  }
 
   for (const stored of [...catalog.tensors.keys()].sort(naturalCompare)) {
     const norm = normalizeTtName(stored);
