@@ -9,8 +9,8 @@
 // TP box of the output reads only the source rows inside it (a rank holding rows of `k` reads `to_k` alone).
 import { CkptError } from "../errors.js";
 import { evalDimExpr } from "../mapping/load.js";
+import type { DType } from "../dtypes.js";
 import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
-import { transformSteps } from "../mapping/schema.js";
 import type { Recipe } from "./recipe.js";
 
 export type ConcatStep = Extract<Transform, { op: "concat" }>;
@@ -82,7 +82,7 @@ export interface ConcatMember {
   name: string;
   recipe: Recipe;
   shape: number[];
-  dtype: string;
+  dtype: DType;
 }
 
 /**
@@ -139,9 +139,4 @@ export function swapHalves(input: Recipe, shape: readonly number[], dim: number,
   if (n === undefined || n % 2 !== 0) throw new CkptError("SHAPE", `swap_halves along dim ${dim} needs an even size, got [${shape}]`, { tensor });
   const h = n / 2;
   return { op: "concat", dim, sizes: [h, h], inputs: [{ op: "slice", dim, start: h, size: h, input }, { op: "slice", dim, start: 0, size: h, input }] };
-}
-
-/** True when the rule's transform is one of this module's ops (they stand alone: no list). */
-export function isJoinOp(rule: { transform?: Transform | Transform[] }): boolean {
-  return transformSteps(rule).some((s) => s.op === "concat" || s.op === "swap_halves");
 }

@@ -360,7 +360,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   for (const [ttName, g] of fused) {
     const parts = concatGroup(mapping, g.rule, target);
     const { recipe, shape } = joinParts(ttName, parts, g.members);
-    tensors.push({ name: ttName, dtype: ruleDType(g.rule, dtypeChoice, g.members.get(0)!.dtype as DType, !!g.dequantized, config), shape, recipe, policy: policyOf(g.rule, target) });
+    tensors.push({ name: ttName, dtype: ruleDType(g.rule, dtypeChoice, g.members.get(0)!.dtype, !!g.dequantized, config), shape, recipe, policy: policyOf(g.rule, target) });
     produced.add(ttName);
   }
 
