@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   SHAPE: "tensor shape mismatch",
   DTYPE: "unsupported dtype conversion",
   OVERFLOW: "values out of range for the target dtype",
+  VALUE: "stored values contradict the format (non-finite scales, decoded NaN/inf, a shape tensor that lies)",
   REQUANTIZE: "values not exactly representable in the requested quantized layout",
   HUB: "Hugging Face Hub error",
   OFFLINE: "offline mode: file not in cache",
@@ -53,6 +54,23 @@ export class CkptError extends Error {
     const hint = this.hint ? ` (${this.hint})` : "";
     return `ckpt: ${this.code}: ${where ? where + ": " : ""}${this.message}${hint}`;
   }
+}
+
+// Worker threads hand errors back through structured clone, which keeps an Error's message and drops everything
+// else: an input error raised there travels as "[ckpt:CODE] message" and becomes a CkptError again in the executor.
+const WORKER_CODE = /^\[ckpt:([A-Z_]+)\] ([^]*)$/;
+
+/** An input error raised where only plain Errors can travel (worker threads); see fromWorkerError. */
+export function workerInputError(code: ErrorCode, message: string): Error {
+  return new Error(`[ckpt:${code}] ${message}`);
+}
+
+/** The CkptError a worker meant (workerInputError), or the error itself. */
+export function fromWorkerError(e: unknown): unknown {
+  if (e instanceof CkptError || !(e instanceof Error)) return e;
+  const m = WORKER_CODE.exec(e.message);
+  if (!m || !(m[1]! in ERROR_CODES)) return e;
+  return new CkptError(m[1] as ErrorCode, m[2]!, { cause: e });
 }
 
 export function isCkptError(e: unknown): e is CkptError {

@@ -14,6 +14,7 @@ import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
+import { checkStoredShapes } from "../plan/quant-checks.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
@@ -42,6 +43,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   dryRun?: boolean;
   allowUnmapped?: boolean;
   allowOverflow?: boolean;
+  /** Write NaN/inf produced by decoding quantized sources (recorded in the manifest's options) instead of refusing. */
+  allowNonfinite?: boolean;
   force?: boolean;
   threads?: number;
   maxMemory?: number;
@@ -333,6 +336,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     loraRequested(opts, direction, target);
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
     for (const w of plan.warnings) opts.onWarning?.(w);
+    if (plan.storedShapes) await checkStoredShapes(plan.storedShapes, catalog.source);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
     const execSource = lora?.source ?? source;
@@ -370,11 +374,11 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const pieceBytes = 16 * 1024 * 1024;
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}) };
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}), ...(opts.allowNonfinite ? { allow_nonfinite: true } : {}) };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
-    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
+    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, allowNonfinite: opts.allowNonfinite, onProgress: opts.onProgress, signal: opts.signal };
 
     if (opts.resume && opts.finalize && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
@@ -397,6 +401,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
+      if (exec.nonfinite) opts.onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
       checkSourceUnchanged(source, stamps);
       writeExtras(layout, dir.partial);
       writeFileSync(join(dir.partial, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord, digest));

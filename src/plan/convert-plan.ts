@@ -12,6 +12,7 @@ import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
+import { checkQuantizedSources, type StoredShapeCheck } from "./quant-checks.js";
 import { effectiveConfig, extraLayer, mainStackName, sourceView } from "./source-names.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
@@ -37,6 +38,8 @@ export interface ConversionPlan {
   skipped: { name: string; why: string }[];
   warnings: string[];
   dims: Record<string, number>;
+  /** Stored shape tensors (INT4 weight_shape) whose values must match what the plan decodes (checkStoredShapes). */
+  storedShapes?: StoredShapeCheck[];
 }
 
 export interface PlanOptions {
@@ -235,6 +238,8 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     if (names.length) warnings.push(`skipping ${names.length} tensor(s) (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${tw.why}`);
   }
   const rules = compileRules(mapping, target);
+  checkQuantizedSources(catalog.tensors, mapping, config, rules, file, view.stored);
+  const storedShapes: StoredShapeCheck[] = [];
   const dtypeChoice = opts.dtype ?? "keep";
   const scaleSuffix = mapping.dequant?.scale_suffix;
   const tensors: TensorPlan[] = [];
@@ -274,6 +279,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     }
     const dtype = t?.keepDtype && dtypeChoice === "keep" && !rule.dtype ? t.keepDtype : ruleDType(rule, dtypeChoice, src.dtype, dequantized, config);
     if (t?.keepDtype) int4Outputs++;
+    if (t?.shapeCheck) storedShapes.push(t.shapeCheck);
     tensors.push({ name: ttName, dtype, shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
     if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
@@ -338,6 +344,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       checkShape(g.rule, hfName, tl?.hfShape ?? t.shape, dims, file);
       const lr = tl ?? leafRecipe(hfName);
       if (tl) { memberShape = tl.shape; keepDtype = tl.keepDtype; }
+      if (tl?.shapeCheck) storedShapes.push(tl.shapeCheck);
       dequantized ||= lr.dequantized;
       inputs.push(lr.recipe);
     }
@@ -427,7 +434,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   }
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
-  return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+  return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims, ...(storedShapes.length ? { storedShapes } : {}) }, catalog);
 }
 
 /** HF names of MXFP4 scales whose blocks are in the catalog: read through the blocks' rule, not converted alone. */
@@ -450,7 +457,7 @@ function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<strin
  */
 function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean },
   ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
-  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType } {
+  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType; shapeCheck?: StoredShapeCheck } {
   const src = catalog.tensors.get(name)!;
   if (valueOp(rule, "int4")) {
     if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
