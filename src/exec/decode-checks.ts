@@ -60,7 +60,7 @@ export function fp8DecodeError(p: { tensor?: string; outPath: string; outDtype: 
     const byte = src[row * r.src.stride + col]!;
     const sv = scale && scaleCols ? f32(scale, Math.floor(gr / b) * scaleCols + Math.floor(gc / b)) : NaN;
     return workerInputError("VALUE", `${tensor}: FP8 dequantization gives a non-finite ${p.outDtype} value at weight element [${gr}, ${gc}] (block [${Math.floor(gr / b)}, ${Math.floor(gc / b)}], ` +
-      `fp8 byte 0x${byte.toString(16).padStart(2, "0")} at offset ${r.src.byteOffset + row * r.src.stride + col} of ${r.src.file}, scale ${sv}): the stored value is NaN or value × scale overflows ${p.outDtype} (writing ${p.outPath}; --allow-nonfinite writes it)`);
+      `fp8 byte 0x${byte.toString(16).padStart(2, "0")} at offset ${r.src.byteOffset + row * r.src.stride + col} of ${r.src.file}, scale ${sv} in ${r.dequant.scale}): the stored value is NaN or value × scale overflows ${p.outDtype} (writing ${p.outPath}; --allow-nonfinite writes it)`);
   }
   return workerInputError("VALUE", `${tensor}: ${kind} decoding gives a value ${p.outDtype} cannot hold at element ${i} of the run (row ${row}, column ${col}; source ${r.src?.file ?? "?"} from byte ${r.src?.byteOffset ?? "?"}, writing ${p.outPath}); use --dtype f32 or bf16 (--allow-nonfinite writes ±inf)`);
 }

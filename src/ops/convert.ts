@@ -346,6 +346,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
     if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
     const ep = opts.ep ?? 1;
+    if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
     const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
     checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
     if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
