@@ -6,9 +6,11 @@
 // tile (recorded in the manifest). The same families built by torch are in test/interop/quant-refusal.test.ts.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { runConvert, type ConvertOptions } from "../src/ops/convert.js";
 import { loraConvert } from "../src/lora/index.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
@@ -298,4 +300,38 @@ describe("quantized / MoE / adapter hostile corpus", () => {
     await assert.rejects(runConvert({ source: join(dir, "hf"), out: join(dir, "out", "x"), threads: 2 }), (e: unknown) => e instanceof CkptError && e.code === "VALUE" && /FP8 block scale \[0, 0\] is NaN/.test(e.message));
     assert.deepEqual(readdirSync(join(dir, "out")), []);
   });
+});
+
+// The issue's five inputs through the CLI as a user runs it: one line on stderr, a non-zero exit, no <out> and no
+// <out>.partial, with the native kernels and with the TypeScript ones (CKPT_NATIVE=0), through worker threads.
+const CLI = fileURLToPath(new URL("../../bin/ckpt.js", import.meta.url));
+const FIVE: { name: string; code: ErrorCode; message: RegExp }[] = [
+  { name: "FP8 weight without its weight_scale_inv", code: "MISSING_TENSOR", message: /FP8 weight without its block scale/ },
+  { name: "block scale NaN", code: "VALUE", message: /FP8 block scale \[0, 1\] is NaN/ },
+  { name: "INT4 weight_shape 32 columns wider than weight_packed", code: "VALUE", message: /32 columns wider than the packed data/ },
+  { name: "MXFP4 scale byte 0xFF (E8M0 NaN)", code: "VALUE", message: /scale 0xFF is the E8M0 NaN/ },
+  { name: "PEFT modules for layers the base lacks", code: "MISSING_TENSOR", message: /adapts layer 2, but the base model has 2 layers/ },
+];
+
+describe("the issue's five inputs through the CLI", () => {
+  for (const tier of ["native", "typescript"] as const) {
+    for (const f of FIVE) {
+      test(`${tier}: ${f.name}`, () => {
+        const c = CASES.find((x) => x.name === f.name)!;
+        const dir = join(tmp, "cli", tier, f.name.replace(/\W+/g, "-"));
+        const out = join(dir, "out", "converted");
+        mkdirSync(join(dir, "out"), { recursive: true });
+        build(c, dir, out);
+        const args = c.adapter ? ["lora", "convert", join(dir, "peft"), out, "--base", join(dir, "base")] : ["convert", join(dir, "hf"), out, "--threads", "2"];
+        const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8", env: { ...process.env, ...(tier === "typescript" ? { CKPT_NATIVE: "0" } : {}) } });
+        assert.notEqual(r.status, 0, r.stderr);
+        const lines = r.stderr.split("\n").filter((l) => l.length > 0);
+        assert.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
+        assert.match(lines[0]!, new RegExp(`^ckpt: ${f.code}: `));
+        assert.match(lines[0]!, f.message);
+        assert.ok(!existsSync(out) && !existsSync(out + ".partial"), "no <out>, no <out>.partial");
+        assert.deepEqual(readdirSync(join(dir, "out")), []);
+      });
+    }
+  }
 });

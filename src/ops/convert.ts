@@ -335,8 +335,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     loraRequested(opts, direction, target);
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features });
-    for (const w of plan.warnings) opts.onWarning?.(w);
     if (plan.storedShapes) await checkStoredShapes(plan.storedShapes, catalog.source);
+    for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
     const execSource = lora?.source ?? source;
