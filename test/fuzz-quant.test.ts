@@ -105,15 +105,15 @@ function mutateSeed(seed: Seed, ms: PlanMutation[]): { config: Record<string, un
     }
   }
   const tensors = new Map<string, CatalogTensor>();
-  const blobs: Uint8Array[] = [];
+  const at = new Map<number, Uint8Array>();
   let offset = 0;
   for (const t of list) {
     tensors.set(t.name, { name: t.name, dtype: t.dtype, shape: t.shape, pieces: [{ offsets: t.shape.map(() => 0), sizes: t.shape, file: "model.safetensors", byteOffset: offset, byteLength: t.data.length }] });
-    blobs.push(t.data);
-    offset += t.data.length;
+    at.set(offset, t.data);
+    offset += t.data.length + 1;
   }
-  const data = Buffer.concat(blobs);
-  const source = { id: "fuzz", read: async (_f: string, o: number, l: number) => data.subarray(o, o + l) } as unknown as Source;
+  // reads are whole tensors (weight_shape values): found by their offset, never copied
+  const source = { id: "fuzz", read: async (_f: string, o: number, l: number) => Buffer.from(at.get(o)!.buffer, at.get(o)!.byteOffset, l) } as unknown as Source;
   return { config, tensors, source };
 }
 
