@@ -68,7 +68,7 @@ type PlanMutation =
   | { kind: "config"; key: string; value: unknown }
   | { kind: "quant"; key: string; value: unknown };
 
-const DTYPES: DType[] = ["F8_E4M3", "F8_E5M2", "BF16", "F32", "F16", "U8", "I8", "I32", "I64", "F8_E8M0"];
+const DTYPES: DType[] = ["F8_E4M3", "F8_E5M2", "BF16", "F32", "F16", "U8", "I8", "I32", "I64", "F8_E8M0", "F4", "F6_E2M3", "BOOL", "U16", "F64"];
 const CONFIG_KEYS = ["n_routed_experts", "num_local_experts", "num_hidden_layers", "first_k_dense_replace", "moe_intermediate_size", "intermediate_size", "hidden_size", "num_experts_per_tok", "n_shared_experts"];
 const QUANT_KEYS = ["quant_method", "weight_block_size", "fmt", "modules_to_not_convert", "ignore", "format", "config_groups"];
 const anyValue: fc.Arbitrary<unknown> = fc.oneof(

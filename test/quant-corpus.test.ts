@@ -23,7 +23,7 @@ import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js"
 const tmp = mkdtempSync(join(tmpdir(), "ckpt-qcorpus-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-type Family = "fp8" | "mxfp4" | "int4" | "moe" | "ep-tp" | "adapter";
+type Family = "fp8" | "mxfp4" | "int4" | "other-quant" | "moe" | "ep-tp" | "adapter";
 type Model = { config: Record<string, unknown>; tensors: GeneratedTensor[] };
 
 interface Case {
@@ -134,6 +134,17 @@ const CASES: Case[] = [
   }, code: "CONFIG", message: /quantizes module model\.layers\.1\.mlp\.experts\.0\.down_proj, which is not in its ignore list, but it is stored unquantized \(BF16\)/, where: [tensorIs(KIMI + ".weight")] },
   { family: "int4", name: "ignored module stored packed", base: "kimi", edit: (m) => { (quant(m).ignore as string[]).push("re:.*experts.*"); },
     code: "CONFIG", message: /is in quantization_config\.ignore but stored packed/, where: [/weight_packed/] },
+  // ---- weights stored in a quantized dtype ckpt has no decoder (or scale) for
+  { family: "other-quant", name: "an int8 weight (bitsandbytes-style, no SCB)", base: "llama", edit: (m) => { const t = get(m, "model.layers.0.mlp.gate_proj.weight"); t.dtype = "I8"; t.data = new Uint8Array(t.data.length / 4); },
+    code: "DTYPE", message: /stored as I8, which is not a float dtype a model weight can hold/, where: [tensorIs("model.layers.0.mlp.gate_proj.weight")] },
+  { family: "other-quant", name: "a raw F4 (sub-byte) weight", base: "llama", edit: (m) => { const t = get(m, "model.layers.0.mlp.up_proj.weight"); t.dtype = "F4"; t.data = new Uint8Array(t.data.length / 8); },
+    code: "DTYPE", message: /stored as F4/, where: [tensorIs("model.layers.0.mlp.up_proj.weight")] },
+  { family: "other-quant", name: "an E8M0 (scale dtype) weight", base: "llama", edit: (m) => { const t = get(m, "model.layers.0.self_attn.o_proj.weight"); t.dtype = "F8_E8M0"; t.data = new Uint8Array(t.data.length / 4); },
+    code: "DTYPE", message: /stored as F8_E8M0/, where: [tensorIs("model.layers.0.self_attn.o_proj.weight")] },
+  { family: "other-quant", name: "FP8 weights on an architecture without block dequantization", base: "llama", edit: (m) => {
+    const t = get(m, "model.layers.0.mlp.down_proj.weight"); t.dtype = "F8_E4M3"; t.data = new Uint8Array(t.data.length / 4);
+    m.config.quantization_config = { quant_method: "fp8", weight_block_size: [128, 128] };
+  }, code: "UNSUPPORTED", message: /config\.json says quant_method fp8, but the llama3 mapping has no FP8 block dequantization/, where: [tensorIs("model.layers.0.mlp.down_proj.weight")] },
   // ---- MoE configs that contradict the expert tensors
   { family: "moe", name: "n_routed_experts larger than the experts stored", base: "deepseek", edit: (m) => { m.config.n_routed_experts = 16; },
     code: "CONFIG", message: /config\.json is inconsistent with the tensor: shape \[8\] but config implies \[16\] \(experts\)/, where: [/config\.json/, /e_score_correction_bias/] },
@@ -235,7 +246,7 @@ describe("quantized / MoE / adapter hostile corpus", () => {
 
   test(`corpus size by family: ${JSON.stringify(corpusFamilies())}`, () => {
     assert.equal(new Set(CASES.map((c) => c.name)).size, CASES.length);
-    for (const f of ["fp8", "mxfp4", "int4", "moe", "ep-tp", "adapter"] as const) assert.ok((corpusFamilies()[f] ?? 0) >= 3, f);
+    for (const f of ["fp8", "mxfp4", "int4", "other-quant", "moe", "ep-tp", "adapter"] as const) assert.ok((corpusFamilies()[f] ?? 0) >= 3, f);
   });
 
   let n = 0;

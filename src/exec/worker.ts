@@ -75,7 +75,7 @@ function readExact(fd: number, buf: Uint8Array, position: number, path: string):
   let done = 0;
   while (done < buf.length) {
     const n = readSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) throw new Error(`short read: ${path} ends before byte ${position + buf.length} (file truncated or changed during the run?)`);
+    if (n === 0) throw workerInputError("IO", `short read: ${path} ends before byte ${position + buf.length} (file truncated or changed during the run?)`);
     done += n;
   }
 }

@@ -12,7 +12,7 @@ import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
-import { checkQuantizedSources, type StoredShapeCheck } from "./quant-checks.js";
+import { checkQuantizedSources, checkValueLeaves, type StoredShapeCheck } from "./quant-checks.js";
 import { effectiveConfig, extraLayer, mainStackName, sourceView } from "./source-names.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
@@ -432,6 +432,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   if (int4Outputs && dtypeChoice === "keep") {
     warnings.push(`${int4Outputs} INT4 (compressed-tensors) tensor(s) decoded to F32, the exact value q · scale (BF16 cannot hold every product); --dtype bf16 writes compressed-tensors' own BF16 decompression bit for bit at half the size`);
   }
+  checkValueLeaves({ tensors }, catalog.tensors, file);
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
   return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims, ...(storedShapes.length ? { storedShapes } : {}) }, catalog);

@@ -11,6 +11,7 @@ import type { Source } from "../sources/types.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { valueOp, type Mapping, type TensorRule } from "../mapping/schema.js";
 import { isIgnored } from "./int4.js";
+import type { Recipe } from "./recipe.js";
 
 interface Rule { rule: TensorRule; hf?: CompiledPattern }
 type Tensors = Map<string, CatalogTensor>;
@@ -154,6 +155,29 @@ function checkInt4(tensors: Tensors, config: Record<string, unknown>, rules: Rul
     throw new CkptError("CONFIG", `the checkpoint holds ${packed} INT4 weight_packed tensor(s), but config.json's quantization_config ${q ? `has quant_method ${JSON.stringify(q.quant_method)}` : "is absent"}, not compressed-tensors`, { file, hint: "the checkpoint and its config.json disagree" });
   }
 }
+
+/**
+ * Leaves a plan reads as plain values (a `source` recipe, not a decode): model weights are floats, so an integer,
+ * bool, sub-byte or E8M0 tensor there is a quantized weight whose scale or format ckpt does not know (bitsandbytes,
+ * GPTQ, AWQ, raw MXFP4 …); writing its stored integers as the weight would be garbage.
+ */
+export function checkValueLeaves(plan: { tensors: { name: string; recipe: Recipe }[] }, tensors: Tensors, file: string): void {
+  const visit = (r: Recipe, out: string): void => {
+    if (r.op === "source") {
+      const t = tensors.get(r.tensor);
+      if (t && !VALUE_DTYPES.includes(t.dtype)) {
+        throw new CkptError("DTYPE", `stored as ${t.dtype}, which is not a float dtype a model weight can hold: a quantized weight whose scale or format ckpt does not decode (only FP8 block, MXFP4 and compressed-tensors INT4 are)`, { file, tensor: r.tensor, hint: `it would become ${out} holding the stored integers` });
+      }
+      return;
+    }
+    if ("input" in r) visit(r.input, out);
+    if ("inputs" in r) for (const i of r.inputs) visit(i, out);
+  };
+  for (const t of plan.tensors) visit(t.recipe, t.name);
+}
+
+/** Dtypes a weight's values may be stored in (FP8 only with a scale: checkFp8). */
+const VALUE_DTYPES: readonly DType[] = ["F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2"];
 
 /** A stored integer tensor whose values the plan relies on (INT4 weight_shape = [out, in] of the decoded weight). */
 export interface StoredShapeCheck {
