@@ -7,7 +7,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,6 +19,7 @@ import { tinyGptOssTensors } from "../src/fixtures/tiny-gpt-oss.js";
 import { tinyKimiTensors } from "../src/fixtures/tiny-kimi.js";
 import { tinyLlamaTensors, writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
+import { tree } from "./helpers/tree.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "ckpt-qcorpus-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -195,18 +196,8 @@ function fixture(base: Case["base"]): Model {
   return { config: structuredClone(g.config), tensors: g.tensors.map((t) => ({ ...t, shape: [...t.shape] })) };
 }
 
-function listTree(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string, rel: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(join(d, e.name), r);
-      else out.push(`${r}:${statSync(join(d, e.name)).size}`);
-    }
-  };
-  walk(dir, "");
-  return out.sort();
-}
+/** Every file below dir with its content hash: the source must come out of a refusal untouched. */
+const listTree = (dir: string) => [...tree(dir)].sort();
 
 /** Builds the case's input folders; returns the call that should be refused. */
 function build(c: Case, dir: string, out: string): () => Promise<unknown> {

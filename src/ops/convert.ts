@@ -512,6 +512,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       const exec = await executeLayout(layout, plan, ctx.execSource, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
       warnResumed(exec, ctx.onWarning);
       overflow = exec.f16Overflow;
+      if (exec.nonfinite) ctx.onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
       for (const f of wanted) renameSync(join(tmp, f), join(out, f));
