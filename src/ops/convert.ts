@@ -402,7 +402,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
-      if (exec.nonfinite) opts.onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
+      warnNonfinite(exec, opts.onWarning);
       checkSourceUnchanged(source, stamps);
       writeExtras(layout, dir.partial);
       writeFileSync(join(dir.partial, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord, digest));
@@ -449,6 +449,10 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     await lora?.close();
     if (typeof opts.source === "string") await source.close();
   }
+}
+
+function warnNonfinite(exec: ExecResult, onWarning?: (msg: string) => void): void {
+  if (exec.nonfinite) onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
 }
 
 function warnResumed(exec: ExecResult, onWarning?: (msg: string) => void): void {
@@ -512,7 +516,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       const exec = await executeLayout(layout, plan, ctx.execSource, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
       warnResumed(exec, ctx.onWarning);
       overflow = exec.f16Overflow;
-      if (exec.nonfinite) ctx.onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
+      warnNonfinite(exec, ctx.onWarning);
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
       for (const f of wanted) renameSync(join(tmp, f), join(out, f));
