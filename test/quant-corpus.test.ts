@@ -19,6 +19,7 @@ import { tinyGptOssTensors } from "../src/fixtures/tiny-gpt-oss.js";
 import { tinyKimiTensors } from "../src/fixtures/tiny-kimi.js";
 import { tinyLlamaTensors, writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
+import { tinyQwen35Tensors } from "../src/fixtures/tiny-qwen3-5.js";
 import { tree } from "./helpers/tree.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "ckpt-qcorpus-"));
@@ -31,7 +32,7 @@ interface Case {
   family: Family;
   name: string;
   /** The checkpoint (edited in memory) or, for adapters, the base and the adapter. */
-  base: "deepseek" | "gptoss" | "kimi" | "llama";
+  base: "deepseek" | "gptoss" | "kimi" | "llama" | "qwen35";
   edit?: (m: Model) => void;
   options?: Partial<ConvertOptions>;
   /** Adapter cases: the adapter's model (default the base) and edits of the base folder / adapter. */
@@ -182,6 +183,9 @@ const CASES: Case[] = [
     code: "SHAPE", message: /LoRA module model\.layers\.0\.self_attn\.o_proj: lora_B × lora_A is \[32, 32\], but the base weight .* is \[16,64\]/, where: [/o_proj\.lora_A/] },
   { family: "adapter", name: "PEFT adapter for a wider model", base: "llama", adapter: { on: () => tinyLlamaTensors({ ...LLAMA, hidden: 64, heads: 8, kvHeads: 4 }) },
     code: "SHAPE", message: /adapter implies a \[\d+, 64\] base weight, but config\.json gives \[\d+, 32\]/, where: [/lora_B/] },
+  { family: "adapter", name: "PEFT attention module in a linear-attention layer (layer_types)", base: "qwen35",
+    adapter: { on: (b) => ({ ...b, tensors: [...b.tensors, { ...get(b, "model.layers.1.self_attn.q_proj.weight"), name: "model.layers.0.self_attn.q_proj.weight" }] }), targets: ["q_proj"] },
+    code: "MISSING_TENSOR", message: /LoRA module model\.layers\.0\.self_attn\.q_proj adapts a full_attention layer, but layer_types\[0\] of the base model is "linear_attention"/, where: [/layers\.0\.self_attn\.q_proj\.lora_A/] },
   { family: "adapter", name: "PEFT module no rule knows", base: "llama", adapter: { on: (b) => ({ ...b, tensors: [...b.tensors, { name: "model.layers.0.self_attn.rotary.weight", dtype: "F32", shape: [4, 4], data: new Uint8Array(64) }] }), targets: ["rotary"] },
     code: "UNMAPPED", message: /LoRA module 'model\.layers\.0\.self_attn\.rotary' adapts no llama3 weight ckpt knows/, where: [/rotary/] },
 ];
@@ -192,6 +196,7 @@ function fixture(base: Case["base"]): Model {
   const g = base === "deepseek" ? tinyDeepSeekTensors({ layers: 3, mtp: 0 })
     : base === "gptoss" ? tinyGptOssTensors({ layout: "mxfp4" })
     : base === "kimi" ? tinyKimiTensors({ layout: "k2" })
+    : base === "qwen35" ? tinyQwen35Tensors({})
     : tinyLlamaTensors(LLAMA);
   return { config: structuredClone(g.config), tensors: g.tensors.map((t) => ({ ...t, shape: [...t.shape] })) };
 }
