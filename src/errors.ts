@@ -57,20 +57,22 @@ export class CkptError extends Error {
 }
 
 // Worker threads hand errors back through structured clone, which keeps an Error's message and drops everything
-// else: an input error raised there travels as "[ckpt:CODE] message" and becomes a CkptError again in the executor.
-const WORKER_CODE = /^\[ckpt:([A-Z_]+)\] ([^]*)$/;
+// else: an input error raised there travels as "[ckpt:CODE file@offset] message" and becomes a CkptError again in
+// the executor, which names the source tensor holding that byte.
+const WORKER_CODE = /^\[ckpt:([A-Z_]+)(?: (.+)@(\d+))?\] ([^]*)$/;
 
-/** An input error raised where only plain Errors can travel (worker threads); see fromWorkerError. */
-export function workerInputError(code: ErrorCode, message: string): Error {
-  return new Error(`[ckpt:${code}] ${message}`);
+/** An input error raised where only plain Errors can travel (worker threads); `at`: the source byte it is about. */
+export function workerInputError(code: ErrorCode, message: string, at?: { file: string; offset: number }): Error {
+  return new Error(`[ckpt:${code}${at ? ` ${at.file}@${at.offset}` : ""}] ${message}`);
 }
 
-/** The CkptError a worker meant (workerInputError), or the error itself. */
-export function fromWorkerError(e: unknown): unknown {
+/** The CkptError a worker meant (workerInputError), or the error itself; `tensorAt` names the tensor holding a byte. */
+export function fromWorkerError(e: unknown, tensorAt?: (file: string, offset: number) => string | undefined): unknown {
   if (e instanceof CkptError || !(e instanceof Error)) return e;
   const m = WORKER_CODE.exec(e.message);
   if (!m || !(m[1]! in ERROR_CODES)) return e;
-  return new CkptError(m[1] as ErrorCode, m[2]!, { cause: e });
+  const tensor = m[2] !== undefined ? tensorAt?.(m[2], Number(m[3])) : undefined;
+  return new CkptError(m[1] as ErrorCode, m[4]!, { cause: e, file: m[2], tensor });
 }
 
 export function isCkptError(e: unknown): e is CkptError {

@@ -42,7 +42,8 @@ export function checkScaleFinite(scale: Uint8Array, name: string, where: { file:
     const v = f32(scale, i);
     if (Number.isFinite(v)) continue;
     const bi = Math.floor(i / where.cols), bj = i % where.cols;
-    throw workerInputError("VALUE", `${name}: FP8 block scale [${bi}, ${bj}] is ${v} (weight rows ${bi * block}…${(bi + 1) * block - 1}, columns ${bj * block}…${(bj + 1) * block - 1}; at byte ${where.byteOffset + i * 4} of ${where.file}, for ${p.tensor ?? "?"} in ${p.outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`);
+    const offset = where.byteOffset + i * 4;
+    throw workerInputError("VALUE", `FP8 block scale [${bi}, ${bj}] of ${name} is ${v} (weight rows ${bi * block}…${(bi + 1) * block - 1}, columns ${bj * block}…${(bj + 1) * block - 1}; at byte ${offset} of ${where.file}; writing ${p.tensor ?? "?"} into ${p.outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, { file: where.file, offset });
   }
 }
 
@@ -59,8 +60,9 @@ export function fp8DecodeError(p: { tensor?: string; outPath: string; outDtype: 
     const b = r.dequant.block;
     const byte = src[row * r.src.stride + col]!;
     const sv = scale && scaleCols ? f32(scale, Math.floor(gr / b) * scaleCols + Math.floor(gc / b)) : NaN;
-    return workerInputError("VALUE", `${tensor}: FP8 dequantization gives a non-finite ${p.outDtype} value at weight element [${gr}, ${gc}] (block [${Math.floor(gr / b)}, ${Math.floor(gc / b)}], ` +
-      `fp8 byte 0x${byte.toString(16).padStart(2, "0")} at offset ${r.src.byteOffset + row * r.src.stride + col} of ${r.src.file}, scale ${sv} in ${r.dequant.scale}): the stored value is NaN or value × scale overflows ${p.outDtype} (writing ${p.outPath}; --allow-nonfinite writes it)`);
+    const offset = r.src.byteOffset + row * r.src.stride + col;
+    return workerInputError("VALUE", `FP8 dequantization gives a non-finite ${p.outDtype} value at weight element [${gr}, ${gc}] (block [${Math.floor(gr / b)}, ${Math.floor(gc / b)}], ` +
+      `fp8 byte 0x${byte.toString(16).padStart(2, "0")} at offset ${offset} of ${r.src.file}, scale ${sv} in ${r.dequant.scale}): the stored value is NaN or value × scale overflows ${p.outDtype} (writing ${tensor} into ${p.outPath}; --allow-nonfinite writes it)`, { file: r.src.file, offset });
   }
-  return workerInputError("VALUE", `${tensor}: ${kind} decoding gives a value ${p.outDtype} cannot hold at element ${i} of the run (row ${row}, column ${col}; source ${r.src?.file ?? "?"} from byte ${r.src?.byteOffset ?? "?"}, writing ${p.outPath}); use --dtype f32 or bf16 (--allow-nonfinite writes ±inf)`);
+  return workerInputError("VALUE", `${kind} decoding gives a value ${p.outDtype} cannot hold at element ${i} of the run (row ${row}, column ${col}; source ${r.src?.file ?? "?"} from byte ${r.src?.byteOffset ?? "?"}; writing ${tensor} into ${p.outPath}); use --dtype f32 or bf16 (--allow-nonfinite writes ±inf)`, r.src ? { file: r.src.file, offset: r.src.byteOffset } : undefined);
 }

@@ -337,7 +337,12 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
       }
     }
   } catch (e) {
-    throw fromWorkerError(e);
+    throw fromWorkerError(e, (file, offset) => {
+      for (const [name, leaf] of Object.entries(plan.leaves)) {
+        if (leaf.pieces.some((p) => p.file === file && offset >= p.byteOffset && offset < p.byteOffset + p.byteLength)) return name;
+      }
+      return undefined;
+    });
   } finally {
     nativeFiles?.close();
   }

@@ -155,13 +155,14 @@ function scratchTranspose(bytes: number): Buffer {
 
 /** A value MXFP4 cannot give as a finite number: name the scale byte and where it is (never write it as inf). */
 function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string, tensor = "?"): Error {
+  const at = { file: r.mxfp4!.file, offset: r.mxfp4!.byteOffset + Math.floor(bad / r.cols) * r.mxfp4!.stride + ((r.mxfp4!.skip + (bad % r.cols)) >>> 5) };
   const row = Math.floor(bad / r.cols), col = bad % r.cols;
   const v = r.mxfp4!.skip + col;
   const scale = scales[row * r.mxfp4!.stride + (v >>> 5)]!;
   const byte = blocks[row * r.src!.stride + (v >>> 1)]!;
   const nibble = v & 1 ? byte >>> 4 : byte & 15;
   const what = scale === 0xff ? "scale 0xFF is the E8M0 NaN" : `E2M1 nibble 0x${nibble.toString(16)} x 2^(${scale} - 127) overflows float32`;
-  return workerInputError("VALUE", `${tensor}: MXFP4 value is not finite: ${what} (row ${row} of the run, block ${v >>> 5}; scale byte at offset ${r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5)} of ${r.mxfp4!.file}, writing ${outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`);
+  return workerInputError("VALUE", `MXFP4 value is not finite: ${what} (scale byte at offset ${at.offset} of ${at.file}: row ${row}, 32-value block ${v >>> 5} of the run; writing ${tensor} into ${outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, at);
 }
 
 /** An INT4 value that is not finite: name the BF16 scale and where it is (never write it as inf). */
@@ -169,7 +170,7 @@ function int4Error(r: Run, bad: number, scales: Uint8Array, outPath: string, ten
   const row = Math.floor(bad / r.cols), col = bad % r.cols;
   const at = row * r.int4!.stride + 2 * Math.floor((r.int4!.skip + col) / r.int4!.group);
   const s = scales[at]! | (scales[at + 1]! << 8);
-  return workerInputError("VALUE", `${tensor}: INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} of group ${Math.floor((r.int4!.skip + col) / r.int4!.group)} (row ${row} of the run; at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}, writing ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt (--allow-nonfinite writes them)`);
+  return workerInputError("VALUE", `INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} (at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}: row ${row}, group ${Math.floor((r.int4!.skip + col) / r.int4!.group)} of the run; writing ${tensor} into ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, { file: r.int4!.file, offset: r.int4!.byteOffset + at });
 }
 
 function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, es: number, dst: Uint8Array): void {

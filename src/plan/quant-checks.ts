@@ -62,7 +62,7 @@ function checkFp8(tensors: Tensors, mapping: Mapping, config: Record<string, unk
   }
   const unscaled = f8.filter((t) => !tensors.has(t.name + suffix)).map((t) => t.name);
   if (unscaled.length) {
-    throw new CkptError("MISSING_TENSOR", `FP8 weight without its block scale ${unscaled[0]}${suffix}${more(unscaled)}: its values would be written without the scale, wrong by that factor`, { tensor: unscaled[0], file, hint: "the checkpoint is incomplete; re-download the shard holding the scale" });
+    throw new CkptError("MISSING_TENSOR", `FP8 weight without its block scale ${unscaled[0]}${suffix}${more(unscaled)}: its values would be written without the scale, wrong by that factor`, { tensor: unscaled[0], hint: "the checkpoint is incomplete; re-download the shard holding the scale" });
   }
   if (!f8.length) return;
   const w0 = f8[0]!.name;

@@ -71,11 +71,11 @@ const LLAMA = { vocab: 64, hidden: 32, heads: 4, kvHeads: 2, headDim: 8, ffn: 48
 const INPUTS: Input[] = [
   { kind: "fp8-missing-scale", code: "MISSING_TENSOR", message: /FP8 weight without its block scale model\.layers\.1\.self_attn\.q_a_proj\.weight_scale_inv/,
     make: (d) => { writeTinyDeepSeek(join(d, "hf"), { mtp: 0 }); return { file: join(d, "hf"), args: (o) => ["convert", join(d, "hf"), o] }; } },
-  { kind: "fp8-nan-scale", code: "VALUE", message: /model\.layers\.1\.self_attn\.q_a_proj\.weight_scale_inv: FP8 block scale \[0, 1\] is NaN/,
+  { kind: "fp8-nan-scale", code: "VALUE", message: /tensor 'model\.layers\.1\.self_attn\.q_a_proj\.weight_scale_inv': FP8 block scale \[0, 1\] of .* is NaN/,
     make: (d) => { writeTinyDeepSeek(join(d, "hf"), { mtp: 0 }); return { file: join(d, "hf"), args: (o) => ["convert", join(d, "hf"), o] }; } },
   { kind: "int4-wide-shape", code: "VALUE", message: /weight_shape is \[224,128\], .* \(32 columns wider than the packed data\)/,
     make: (d) => { writeTinyKimi(join(d, "hf"), { layout: "k2" }); return { file: join(d, "hf"), args: (o) => ["convert", join(d, "hf"), o] }; } },
-  { kind: "mxfp4-nan-scale", code: "VALUE", message: /MXFP4 value is not finite: scale 0xFF is the E8M0 NaN/,
+  { kind: "mxfp4-nan-scale", code: "VALUE", message: /tensor 'model\.layers\.1\.mlp\.experts\.down_proj_scales': MXFP4 value is not finite: scale 0xFF is the E8M0 NaN/,
     make: (d) => { writeTinyGptOss(join(d, "hf"), { layout: "mxfp4" }); return { file: join(d, "hf"), args: (o) => ["convert", join(d, "hf"), o] }; } },
   { kind: "peft-extra-layers", code: "MISSING_TENSOR", message: /LoRA module model\.layers\.2\.self_attn\.(q|v)_proj adapts layer 2, but the base model has 2 layers/,
     make: (d) => {
