@@ -51,7 +51,7 @@ export function checkScaleFinite(scale: Uint8Array, name: string, where: { file:
  * The error for a run whose decoded output holds a NaN/inf the kernel did not flag itself: for FP8, the weight
  * element, its block, its byte and scale; for MXFP4/INT4, a finite value the output dtype cannot hold.
  */
-export function fp8DecodeError(p: { tensor?: string; outPath: string; outDtype: string }, r: Run, dst: Uint8Array, kind: "FP8" | "MXFP4" | "INT4", src?: Uint8Array, scale?: Uint8Array, scaleCols = 0): Error {
+export function nonfiniteDecodeError(p: { tensor?: string; outPath: string; outDtype: string }, r: Run, dst: Uint8Array, kind: "FP8" | "MXFP4" | "INT4", src?: Uint8Array, scale?: Uint8Array, scaleCols = 0): Error {
   const i = Math.max(0, firstNonfinite(dst, p.outDtype as CastableDType, r.rows * r.cols));
   const row = Math.floor(i / r.cols), col = i % r.cols;
   const tensor = p.tensor ?? "?";

@@ -9,7 +9,7 @@ import { elementSize, isCastable, type CastableDType, type DType } from "../dtyp
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { loadNative } from "../kernels/native.js";
 import { workerInputError } from "../errors.js";
-import { checkScaleFinite, decodedNonfinite, fp8DecodeError } from "./decode-checks.js";
+import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
 
 export interface PieceTask {
@@ -155,9 +155,9 @@ function scratchTranspose(bytes: number): Buffer {
 
 /** A value MXFP4 cannot give as a finite number: name the scale byte and where it is (never write it as inf). */
 function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string, tensor = "?"): Error {
-  const at = { file: r.mxfp4!.file, offset: r.mxfp4!.byteOffset + Math.floor(bad / r.cols) * r.mxfp4!.stride + ((r.mxfp4!.skip + (bad % r.cols)) >>> 5) };
   const row = Math.floor(bad / r.cols), col = bad % r.cols;
   const v = r.mxfp4!.skip + col;
+  const at = { file: r.mxfp4!.file, offset: r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5) };
   const scale = scales[row * r.mxfp4!.stride + (v >>> 5)]!;
   const byte = blocks[row * r.src!.stride + (v >>> 1)]!;
   const nibble = v & 1 ? byte >>> 4 : byte & 15;
@@ -201,13 +201,13 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
     if (r.mxfp4) {
       const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
       const bad = k.mxfp4Decode(src, scales, r.rows, r.cols, r.mxfp4.skip, r.src.stride, r.mxfp4.stride, dst, p.outDtype as CastableDType);
-      decoded(r, dst, () => (bad >= 0 ? mxfp4Error(r, bad, src, scales, p.outPath, p.tensor) : fp8DecodeError(p, r, dst, "MXFP4")));
+      decoded(r, dst, () => (bad >= 0 ? mxfp4Error(r, bad, src, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "MXFP4")));
       return;
     }
     if (r.int4) {
       const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
       const bad = k.int4Decode(src, scales, r.rows, r.cols, r.int4.skip, r.int4.group, r.src.stride, r.int4.stride, dst, p.outDtype as CastableDType);
-      decoded(r, dst, () => (bad >= 0 ? int4Error(r, bad, scales, p.outPath, p.tensor) : fp8DecodeError(p, r, dst, "INT4")));
+      decoded(r, dst, () => (bad >= 0 ? int4Error(r, bad, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "INT4")));
       return;
     }
     if (r.transpose) {
@@ -228,7 +228,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
         const drow = dst.subarray(row * r.cols * oes, (row + 1) * r.cols * oes);
         k.dequantBlock(wrow, r.src.dtype as "F8_E4M3" | "F8_E5M2", 1, r.cols, r.dequant.rowStart + row, r.dequant.colStart, scale, s.cols, r.dequant.block, drow, p.outDtype as CastableDType);
       }
-      decoded(r, dst, () => fp8DecodeError(p, r, dst, "FP8", src, scale, s.cols));
+      decoded(r, dst, () => nonfiniteDecodeError(p, r, dst, "FP8", src, scale, s.cols));
       return;
     }
     if (r.src.dtype === p.outDtype || !isCastable(r.src.dtype) || !isCastable(p.outDtype)) {
