@@ -7,7 +7,7 @@
 // - decode: random FP8 / MXFP4 / INT4 bytes and scales on both kernel tiers: identical output bytes, identical
 //   first-bad index, and the worker's non-finite check fires exactly when the output holds a NaN/inf.
 // - adapters: random PEFT modules (layer indices, A/B shapes) against a base: refused exactly when the base lacks the
-//   module or its shape differs, always with an input code.
+//   module or its shape differs or a LoRA weight is not a float, always with an input code.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
@@ -241,20 +241,20 @@ describe(`fuzz: quantized, MoE and adapter inputs (${RUNS} runs per property${SE
       }), params);
   });
 
-  test("adapters: refused exactly when the base lacks the module or its shape differs", { timeout }, async () => {
+  test("adapters: refused exactly when the base lacks the module, its shape differs or a weight is not a float", { timeout }, async () => {
     const resolver = new ModuleResolver(llamaMapping, llama.config, "torchtitan@main");
     const proj = fc.constantFrom("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj");
-    const mod = fc.record({ layer: fc.nat({ max: 5 }), proj, dOut: fc.constantFrom(0, 0, 0, 1, -8), dIn: fc.constantFrom(0, 0, 0, 1, 16), rank: fc.constantFrom(1, 4, 8) });
+    const mod = fc.record({ layer: fc.nat({ max: 5 }), proj, dOut: fc.constantFrom(0, 0, 0, 1, -8), dIn: fc.constantFrom(0, 0, 0, 1, 16), rank: fc.constantFrom(1, 4, 8), dtype: fc.constantFrom<DType>("F32", "F32", "BF16", "F16", "I8", "F8_E8M0") });
     await fc.assert(fc.asyncProperty(fc.array(mod, { minLength: 1, maxLength: 4 }), fc.boolean(), async (mods, withWeights) => {
       const entries = mods.map((m) => {
         const hf = `model.layers.${m.layer}.${m.proj.endsWith("_proj") && ["gate_proj", "up_proj", "down_proj"].includes(m.proj) ? "mlp" : "self_attn"}.${m.proj}`;
         const module = resolver.fromHf(hf)!;
         const base = llama.tensors.find((t) => t.name === `model.layers.0.${hf.split(".").slice(3).join(".")}.weight`)!;
         const out = base.shape[0]! + m.dOut, inn = base.shape[1]! + m.dIn;
-        return { m, module, a: { name: hf + ".lora_A.weight", dtype: "F32" as DType, shape: [m.rank, inn], pieces: [] }, b: { name: hf + ".lora_B.weight", dtype: "F32" as DType, shape: [out, m.rank], pieces: [] } };
+        return { module, a: { name: hf + ".lora_A.weight", dtype: "F32" as DType, shape: [m.rank, inn], pieces: [] }, b: { name: hf + ".lora_B.weight", dtype: m.dtype, shape: [out, m.rank], pieces: [] } };
       });
       const r = await inputErrorOrResult("validateAdapterAgainstBase", () => validateAdapterAgainstBase(entries, { mapping: llamaMapping, config: llama.config, file: "base/config.json", tensors: withWeights ? baseTensors : undefined }));
-      const shouldRefuse = mods.some((m) => m.layer >= LLAMA.layers || (withWeights && (m.dOut !== 0 || m.dIn !== 0)));
+      const shouldRefuse = mods.some((m) => m.layer >= LLAMA.layers || (withWeights && (m.dOut !== 0 || m.dIn !== 0)) || !["F32", "BF16", "F16"].includes(m.dtype));
       assert.equal(r instanceof CkptError, shouldRefuse, `${JSON.stringify(mods)} (weights: ${withWeights}): ${r instanceof CkptError ? r.oneLine() : "accepted"}`);
     }), params);
   });

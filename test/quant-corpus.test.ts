@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 import { runConvert, type ConvertOptions } from "../src/ops/convert.js";
 import { loraConvert } from "../src/lora/index.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
+import type { DType } from "../src/dtypes.js";
 import { tinyDeepSeekTensors } from "../src/fixtures/tiny-deepseek.js";
 import { tinyGptOssTensors } from "../src/fixtures/tiny-gpt-oss.js";
 import { tinyKimiTensors } from "../src/fixtures/tiny-kimi.js";
@@ -36,7 +37,7 @@ interface Case {
   edit?: (m: Model) => void;
   options?: Partial<ConvertOptions>;
   /** Adapter cases: the adapter's model (default the base) and edits of the base folder / adapter. */
-  adapter?: { on?: (base: Model) => Model; editBase?: (m: Model) => void; targets?: string[] };
+  adapter?: { on?: (base: Model) => Model; editBase?: (m: Model) => void; targets?: string[]; dtypeB?: DType };
   code: ErrorCode;
   message: RegExp;
   /** Must appear in oneLine(). */
@@ -186,6 +187,10 @@ const CASES: Case[] = [
   { family: "adapter", name: "PEFT attention module in a linear-attention layer (layer_types)", base: "qwen35",
     adapter: { on: (b) => ({ ...b, tensors: [...b.tensors, { ...get(b, "model.layers.1.self_attn.q_proj.weight"), name: "model.layers.0.self_attn.q_proj.weight" }] }), targets: ["q_proj"] },
     code: "MISSING_TENSOR", message: /LoRA module model\.layers\.0\.self_attn\.q_proj adapts a full_attention layer, but layer_types\[0\] of the base model is "linear_attention"/, where: [/layers\.0\.self_attn\.q_proj\.lora_A/] },
+  { family: "adapter", name: "PEFT lora_B stored int8", base: "llama", adapter: { dtypeB: "I8" },
+    code: "DTYPE", message: /LoRA weights are floats \(F32, BF16, F16, F64\), not I8/, where: [/lora_B/] },
+  { family: "adapter", name: "PEFT lora_B stored F4 (sub-byte)", base: "llama", adapter: { dtypeB: "F4" },
+    code: "DTYPE", message: /not F4/, where: [/lora_B/] },
   { family: "adapter", name: "PEFT module no rule knows", base: "llama", adapter: { on: (b) => ({ ...b, tensors: [...b.tensors, { name: "model.layers.0.self_attn.rotary.weight", dtype: "F32", shape: [4, 4], data: new Uint8Array(64) }] }), targets: ["rotary"] },
     code: "UNMAPPED", message: /LoRA module 'model\.layers\.0\.self_attn\.rotary' adapts no llama3 weight ckpt knows/, where: [/rotary/] },
 ];
@@ -211,7 +216,10 @@ function build(c: Case, dir: string, out: string): () => Promise<unknown> {
     c.adapter.editBase?.(m);
     writeHfFolder(join(dir, "base"), m.config, m.tensors);
     const on = c.adapter.on ? c.adapter.on(fixture(c.base)) : fixture(c.base);
-    writePeftAdapter(join(dir, "peft"), tinyPeftAdapter(on.tensors, { targets: c.adapter.targets }));
+    const a = tinyPeftAdapter(on.tensors, { targets: c.adapter.targets });
+    const dtypeB = c.adapter.dtypeB;
+    if (dtypeB) for (const t of a.tensors.filter((x) => x.name.includes("lora_B"))) { t.dtype = dtypeB; t.data = new Uint8Array(t.data.length / (dtypeB === "F4" ? 8 : 4)); }
+    writePeftAdapter(join(dir, "peft"), a);
     return () => loraConvert({ adapter: join(dir, "peft"), out, base: join(dir, "base") });
   }
   c.edit?.(m);
