@@ -7,7 +7,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,6 +15,7 @@ import { runConvert, type ConvertOptions } from "../src/ops/convert.js";
 import { loraConvert } from "../src/lora/index.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
 import type { DType } from "../src/dtypes.js";
+import { buildSafetensors } from "../src/formats/safetensors/index.js";
 import { tinyDeepSeekTensors } from "../src/fixtures/tiny-deepseek.js";
 import { tinyGptOssTensors } from "../src/fixtures/tiny-gpt-oss.js";
 import { tinyKimiTensors } from "../src/fixtures/tiny-kimi.js";
@@ -291,6 +292,28 @@ describe("quantized / MoE / adapter hostile corpus", () => {
     writePeftAdapter(join(dir, "peft"), tinyPeftAdapter(m.tensors));
     await loraConvert({ adapter: join(dir, "peft"), out: join(dir, "out"), base: join(dir, "base") });
     assert.ok(existsSync(join(dir, "out")));
+  });
+
+  test("a sub-byte (F4) tensor in a TorchTitan source is refused on --to hf and on reshard (DTYPE, not INTERNAL)", async () => {
+    const dir = join(tmp, "tt-f4");
+    const m = fixture("llama");
+    writeHfFolder(join(dir, "hf"), m.config, m.tensors);
+    await runConvert({ source: join(dir, "hf"), out: join(dir, "tt"), format: "safetensors", threads: 0 });
+    const file = readdirSync(join(dir, "tt")).find((f) => f.endsWith(".safetensors"))!;
+    const b = readFileSync(join(dir, "tt", file));
+    const n = Number(b.readBigUInt64LE(0));
+    const { __metadata__: meta, ...h } = JSON.parse(b.subarray(8, 8 + n).toString("utf8")) as { __metadata__?: Record<string, string> } & Record<string, { dtype: DType; shape: number[]; data_offsets: [number, number] }>;
+    const key = Object.keys(h).find((k) => k.includes("feed_forward.w1"))!;
+    const tensors = Object.entries(h as Record<string, { dtype: DType; shape: number[]; data_offsets: [number, number] }>).map(([name, v]) => {
+      const data = b.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]);
+      return name === key ? { name, dtype: "F4" as DType, shape: v.shape, data: data.subarray(0, data.length / 8) } : { name, dtype: v.dtype, shape: v.shape, data };
+    });
+    writeFileSync(join(dir, "tt", file), buildSafetensors(tensors, meta));
+    mkdirSync(join(dir, "out"));
+    for (const opts of [{ to: "hf" as const, config: join(dir, "hf") }, { worldSize: 2 }]) {
+      await assert.rejects(runConvert({ source: join(dir, "tt"), out: join(dir, "out", "x"), threads: 0, ...opts }), (e: unknown) => e instanceof CkptError && e.code === "DTYPE" && /stored as F4 \(4 bits per value\)/.test(e.message) && e.tensor === key);
+      assert.deepEqual(readdirSync(join(dir, "out")), []);
+    }
   });
 
   test("--allow-nonfinite writes a NaN scale's tile, counts it and records it in the manifest", async () => {

@@ -12,7 +12,7 @@ import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
-import { checkQuantizedSources, checkValueLeaves, type StoredShapeCheck } from "./quant-checks.js";
+import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves, type StoredShapeCheck } from "./quant-checks.js";
 import { effectiveConfig, extraLayer, mainStackName, sourceView } from "./source-names.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
@@ -177,6 +177,7 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
   plan.tensors.sort((a, b) => naturalCompare(a.name, b.name));
   const leaves: Record<string, LeafInfo> = {};
   for (const t of plan.tensors) for (const l of recipeLeaves(t.recipe)) leaves[l] = leafInfo(catalog.tensors.get(l)!);
+  checkWholeByteLeaves(leaves);
   const seen = new Set<string>();
   for (const t of plan.tensors) {
     if (seen.has(t.name)) throw new CkptError("MAPPING", `two source tensors map to the same output '${t.name}'`, { tensor: t.name });

@@ -5,7 +5,7 @@
 // of weight_shape are checked by checkStoredShapes once the plan exists (they are tensor bytes, not headers).
 // The formats' rules are in docs/quantized-sources.md.
 import { CkptError } from "../errors.js";
-import type { DType } from "../dtypes.js";
+import { DTYPE_BITS, type DType } from "../dtypes.js";
 import type { CatalogTensor, StoredPiece } from "../catalog-types.js";
 import type { Source } from "../sources/types.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
@@ -174,6 +174,13 @@ export function checkValueLeaves(plan: { tensors: { name: string; recipe: Recipe
     if ("inputs" in r) for (const i of r.inputs) visit(i, out);
   };
   for (const t of plan.tensors) visit(t.recipe, t.name);
+}
+
+/** Sub-byte leaves (F4, F6) in any direction: ckpt slices and casts whole elements only, so they cannot be read. */
+export function checkWholeByteLeaves(leaves: Record<string, { dtype: DType }>): void {
+  for (const [name, l] of Object.entries(leaves)) {
+    if (DTYPE_BITS[l.dtype] % 8 !== 0) throw new CkptError("DTYPE", `stored as ${l.dtype} (${DTYPE_BITS[l.dtype]} bits per value): sub-byte tensors cannot be sliced or converted`, { tensor: name, hint: "packed microscaling weights need their own decoder (MXFP4 is read from U8 _blocks + _scales)" });
+  }
 }
 
 /** Dtypes a weight's values may be stored in (FP8 only with a scale: checkFp8). */
