@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   SHAPE: "tensor shape mismatch",
   DTYPE: "unsupported dtype conversion",
   OVERFLOW: "values out of range for the target dtype",
+  VALUE: "stored values contradict the format (non-finite scales, decoded NaN/inf, a shape tensor that lies)",
   REQUANTIZE: "values not exactly representable in the requested quantized layout",
   HUB: "Hugging Face Hub error",
   OFFLINE: "offline mode: file not in cache",
@@ -53,6 +54,25 @@ export class CkptError extends Error {
     const hint = this.hint ? ` (${this.hint})` : "";
     return `ckpt: ${this.code}: ${where ? where + ": " : ""}${this.message}${hint}`;
   }
+}
+
+// Worker threads hand errors back through structured clone, which keeps an Error's message and drops everything
+// else: an input error raised there travels as "[ckpt:CODE file@offset] message" and becomes a CkptError again in
+// the executor, which names the source tensor holding that byte.
+const WORKER_CODE = /^\[ckpt:([A-Z_]+)(?: (.+)@(\d+))?\] ([^]*)$/;
+
+/** An input error raised where only plain Errors can travel (worker threads); `at`: the source byte it is about. */
+export function workerInputError(code: ErrorCode, message: string, at?: { file: string; offset: number }): Error {
+  return new Error(`[ckpt:${code}${at ? ` ${at.file}@${at.offset}` : ""}] ${message}`);
+}
+
+/** The CkptError a worker meant (workerInputError), or the error itself; `tensorAt` names the tensor holding a byte. */
+export function fromWorkerError(e: unknown, tensorAt?: (file: string, offset: number) => string | undefined): unknown {
+  if (e instanceof CkptError || !(e instanceof Error)) return e;
+  const m = WORKER_CODE.exec(e.message);
+  if (!m || !(m[1]! in ERROR_CODES)) return e;
+  const tensor = m[2] !== undefined ? tensorAt?.(m[2], Number(m[3])) : undefined;
+  return new CkptError(m[1] as ErrorCode, m[4]!, { cause: e, file: m[2], tensor });
 }
 
 export function isCkptError(e: unknown): e is CkptError {

@@ -74,6 +74,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     dryRun: a["dry-run"] as boolean | undefined,
     allowUnmapped: a["allow-unmapped"] as boolean | undefined,
     allowOverflow: a["allow-overflow"] as boolean | undefined,
+    allowNonfinite: a["allow-nonfinite"] as boolean | undefined,
     force: a.force as boolean | undefined,
     resume: a.resume as boolean | undefined,
     fsync: a.fsync as boolean | undefined,
@@ -153,6 +154,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("dry-run", { type: "boolean", describe: "print the plan, write nothing" })
     .option("allow-unmapped", { type: "boolean", describe: "skip source tensors the mapping does not know (with a warning)" })
     .option("allow-overflow", { type: "boolean", describe: "accept fp16 overflow to ±inf with --dtype f16" })
+    .option("allow-nonfinite", { type: "boolean", describe: "write NaN/±inf that decoding FP8 / MXFP4 / INT4 produces (corrupt scales, products the output dtype cannot hold) instead of refusing them; counted, and recorded in the manifest" })
     // Declared as `expert-bias` (default true), not `no-expert-bias`: yargs reads `--no-X` as X = false, so an option
     // named `no-…` could never be passed.
     .option("expert-bias", { type: "boolean", default: true, describe: "MoE: write the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack (Qwen3-MoE, GPT-OSS); --no-expert-bias leaves them out, like TorchTitan's convert_from_hf.py" })

@@ -7,7 +7,7 @@ import { availableParallelism } from "node:os";
 import { setMaxListeners } from "node:events";
 import type { Piscina } from "piscina";
 import { elementSize, numelOf } from "../dtypes.js";
-import { CkptError } from "../errors.js";
+import { CkptError, fromWorkerError } from "../errors.js";
 import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
@@ -42,6 +42,8 @@ export interface ExecOptions {
   /** Write block-aligned output with O_DIRECT where possible (default true). */
   directIo?: boolean;
   allowOverflow?: boolean;
+  /** Write values that decoding made NaN/inf (FP8, MXFP4, INT4) instead of refusing them; they are counted. */
+  allowNonfinite?: boolean;
   onProgress?: (e: ProgressEvent) => void;
   signal?: AbortSignal;
   /**
@@ -69,6 +71,8 @@ export interface ExecResult {
   files: { name: string; size: number }[];
   chunks: ChunkDigest[];
   f16Overflow: number;
+  /** Non-finite values decoding produced and wrote (only with allowNonfinite; pieces of this run, not resumed ones). */
+  nonfinite?: number;
   threads: number;
   /** --resume: pieces (and their bytes) taken over from an earlier run after re-hashing them from disk. */
   resumedPieces?: number;
@@ -174,11 +178,13 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     paths,
     scales,
     directIo: opts.directIo ?? true,
+    ...(opts.allowNonfinite ? { allowNonfinite: true } : {}),
     pieces: batch.map((p): PieceTask => {
       const c = chunks[p.chunk]!;
       const t = tensorByName.get(c.tensor)!;
       return {
         outPath: join(opts.dir, c.file),
+        tensor: c.tensor,
         outOffset: p.outOffset,
         outDtype: c.dtype,
         elems: numelOf(p.box.sizes),
@@ -330,6 +336,13 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
         await (await pool?.catch(() => undefined))?.destroy();
       }
     }
+  } catch (e) {
+    throw fromWorkerError(e, (file, offset) => {
+      for (const [name, leaf] of Object.entries(plan.leaves)) {
+        if (leaf.pieces.some((p) => p.file === file && offset >= p.byteOffset && offset < p.byteOffset + p.byteLength)) return name;
+      }
+      return undefined;
+    });
   } finally {
     nativeFiles?.close();
   }
@@ -338,9 +351,11 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const digests: ChunkDigest[] = [];
   const perChunk = new Map<number, { crc: number; digests: string[]; bytes: number }>();
   let overflow = 0;
+  let nonfinite = 0;
   pieces.forEach((p, i) => {
     const r = results[i]!;
     overflow += r.f16Overflow;
+    nonfinite += r.nonfinite ?? 0;
     const acc = perChunk.get(p.chunk) ?? { crc: 0, digests: [], bytes: 0 };
     acc.crc = acc.bytes === 0 ? r.crc : crc32Combine(acc.crc, r.crc, r.bytes);
     acc.bytes += r.bytes;
@@ -367,6 +382,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     files: files.map((f) => ({ name: f.name, size: f.size })),
     chunks: digests,
     f16Overflow: overflow,
+    ...(nonfinite ? { nonfinite } : {}),
     threads,
     resumedPieces,
     resumedBytes,

@@ -8,10 +8,14 @@ import { crc32 } from "../kernels/checksum.js";
 import { elementSize, isCastable, type CastableDType, type DType } from "../dtypes.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { loadNative } from "../kernels/native.js";
+import { workerInputError } from "../errors.js";
+import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
 
 export interface PieceTask {
   outPath: string;
+  /** The output tensor the piece belongs to (named in errors). */
+  tensor?: string;
   outOffset: number;
   outDtype: DType;
   /** Output elements of the piece. */
@@ -40,12 +44,16 @@ export interface WorkerTask {
    * unthrottled dirty-page ceiling (exec/page-cache.ts): that output is meant to land in the page cache like `cp`'s.
    */
   directIo?: boolean;
+  /** Write values decoding made NaN/inf (counted) instead of refusing them (--allow-nonfinite). */
+  allowNonfinite?: boolean;
 }
 
 export interface PieceResult {
   crc: number;
   bytes: number;
   f16Overflow: number;
+  /** Non-finite values decoding produced (written only with allowNonfinite). */
+  nonfinite?: number;
   digest?: string;
 }
 
@@ -67,7 +75,7 @@ function readExact(fd: number, buf: Uint8Array, position: number, path: string):
   let done = 0;
   while (done < buf.length) {
     const n = readSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) throw new Error(`short read: ${path} ends before byte ${position + buf.length} (file truncated or changed during the run?)`);
+    if (n === 0) throw workerInputError("IO", `short read: ${path} ends before byte ${position + buf.length} (file truncated or changed during the run?)`);
     done += n;
   }
 }
@@ -146,22 +154,23 @@ function scratchTranspose(bytes: number): Buffer {
 }
 
 /** A value MXFP4 cannot give as a finite number: name the scale byte and where it is (never write it as inf). */
-function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string): Error {
+function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string, tensor = "?"): Error {
   const row = Math.floor(bad / r.cols), col = bad % r.cols;
   const v = r.mxfp4!.skip + col;
+  const at = { file: r.mxfp4!.file, offset: r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5) };
   const scale = scales[row * r.mxfp4!.stride + (v >>> 5)]!;
   const byte = blocks[row * r.src!.stride + (v >>> 1)]!;
   const nibble = v & 1 ? byte >>> 4 : byte & 15;
   const what = scale === 0xff ? "scale 0xFF is the E8M0 NaN" : `E2M1 nibble 0x${nibble.toString(16)} x 2^(${scale} - 127) overflows float32`;
-  return new Error(`MXFP4 value is not finite: ${what} (scale byte at offset ${r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5)} of ${r.mxfp4!.file}, writing ${outPath}); the checkpoint's scales are corrupt`);
+  return workerInputError("VALUE", `MXFP4 value is not finite: ${what} (scale byte at offset ${at.offset} of ${at.file}: row ${row}, 32-value block ${v >>> 5} of the run; writing ${tensor} into ${outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, at);
 }
 
 /** An INT4 value that is not finite: name the BF16 scale and where it is (never write it as inf). */
-function int4Error(r: Run, bad: number, scales: Uint8Array, outPath: string): Error {
+function int4Error(r: Run, bad: number, scales: Uint8Array, outPath: string, tensor = "?"): Error {
   const row = Math.floor(bad / r.cols), col = bad % r.cols;
   const at = row * r.int4!.stride + 2 * Math.floor((r.int4!.skip + col) / r.int4!.group);
   const s = scales[at]! | (scales[at + 1]! << 8);
-  return new Error(`INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} (at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}, writing ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt`);
+  return workerInputError("VALUE", `INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} (at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}: row ${row}, group ${Math.floor((r.int4!.skip + col) / r.int4!.group)} of the run; writing ${tensor} into ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, { file: r.int4!.file, offset: r.int4!.byteOffset + at });
 }
 
 function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, es: number, dst: Uint8Array): void {
@@ -174,6 +183,14 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
   if (streamable(p)) return streamPiece(task, p, fds, dfds, k);
   const out = scratchBuffer("out", p.elems * oes);
   let overflow = 0;
+  let nonfinite = 0;
+  // Decoding (FP8 × scale, MXFP4, INT4) must give finite values in the output dtype: checked on every tier's output.
+  const decoded = (r: Run, dst: Uint8Array, why: () => Error): void => {
+    const bad = decodedNonfinite(k, dst, p.outDtype as CastableDType, r.rows * r.cols);
+    if (bad === 0) return;
+    if (task.allowNonfinite) nonfinite += bad;
+    else throw why();
+  };
   const { staging, where } = stageSources(task, p.runs, fds);
   p.runs.forEach((r, i) => {
     const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
@@ -184,13 +201,13 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
     if (r.mxfp4) {
       const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
       const bad = k.mxfp4Decode(src, scales, r.rows, r.cols, r.mxfp4.skip, r.src.stride, r.mxfp4.stride, dst, p.outDtype as CastableDType);
-      if (bad >= 0) throw mxfp4Error(r, bad, src, scales, p.outPath);
+      decoded(r, dst, () => (bad >= 0 ? mxfp4Error(r, bad, src, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "MXFP4")));
       return;
     }
     if (r.int4) {
       const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
       const bad = k.int4Decode(src, scales, r.rows, r.cols, r.int4.skip, r.int4.group, r.src.stride, r.int4.stride, dst, p.outDtype as CastableDType);
-      if (bad >= 0) throw int4Error(r, bad, scales, p.outPath);
+      decoded(r, dst, () => (bad >= 0 ? int4Error(r, bad, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "INT4")));
       return;
     }
     if (r.transpose) {
@@ -203,6 +220,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
       if (!scale) {
         scale = Buffer.allocUnsafe(s.byteLength);
         readSource(task, fds, s.file, scale, s.byteOffset);
+        if (!task.allowNonfinite) checkScaleFinite(scale, r.dequant.scale, s, r.dequant.block, p);
         scaleCache.set(r.dequant.scale, scale);
       }
       for (let row = 0; row < r.rows; row++) {
@@ -210,6 +228,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
         const drow = dst.subarray(row * r.cols * oes, (row + 1) * r.cols * oes);
         k.dequantBlock(wrow, r.src.dtype as "F8_E4M3" | "F8_E5M2", 1, r.cols, r.dequant.rowStart + row, r.dequant.colStart, scale, s.cols, r.dequant.block, drow, p.outDtype as CastableDType);
       }
+      decoded(r, dst, () => nonfiniteDecodeError(p, r, dst, "FP8", src, scale, s.cols));
       return;
     }
     if (r.src.dtype === p.outDtype || !isCastable(r.src.dtype) || !isCastable(p.outDtype)) {
@@ -230,7 +249,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
       }
     }
   });
-  return finishPiece(p, out, fds, dfds, overflow);
+  return finishPiece(p, out, fds, dfds, overflow, nonfinite);
 }
 
 // Output leaves a worker in windows of WINDOW bytes: the CRC, the hash and the pwrite of a window all hit the
@@ -510,11 +529,12 @@ async function streamPiece(task: WorkerTask, p: PieceTask, fds: (path: string) =
   }
 }
 
-async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, dfds: (path: string) => number | undefined, overflow: number): Promise<PieceResult> {
+async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => number, dfds: (path: string) => number | undefined, overflow: number, nonfinite = 0): Promise<PieceResult> {
   const sink = await PieceSink.open(p, fds, dfds);
   try {
     for (let o = 0; o < out.length; o += WINDOW) await sink.write(out.subarray(o, Math.min(out.length, o + WINDOW)));
-    return await sink.result(overflow);
+    const res = await sink.result(overflow);
+    return nonfinite ? { ...res, nonfinite } : res;
   } catch (e) {
     await sink.abandon();
     throw e;

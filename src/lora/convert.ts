@@ -17,6 +17,7 @@ import {
 } from "./config.js";
 import { lastSegment, peftName, ttName } from "./names.js";
 import { withoutPeftUnsupported } from "./tt-linears.js";
+import { baseTensors, validateAdapterAgainstBase } from "./validate.js";
 
 export interface OutTensor { name: string; dtype: DType; shape: number[]; data: Uint8Array }
 
@@ -163,6 +164,7 @@ export async function loraConvert(opts: LoraConvertOptions): Promise<LoraConvert
   try {
     if (ad.kind !== "peft") throw new CkptError("USAGE", "this adapter is already in TorchTitan layout", { file: ad.source.id, hint: "use `ckpt lora export` to go to PEFT" });
     for (const w of ad.warnings) opts.onWarning?.(w);
+    validateAdapterAgainstBase(ad.entries, { mapping: ad.mapping, config: base.config, file: base.file, tensors: await baseTensors(base.source, ad.mapping) }, { file: ad.source.id, fanInFanOut: ad.fanInFanOut });
     const { tensors, rows } = await adapterTensors(ad, "tt");
     const metadata = buildTtMetadata(ad.peft, ad.entries, target, ad.mapping);
     const metaJson = stableStringify(metadata);
@@ -198,6 +200,7 @@ export async function loraExport(opts: LoraExportOptions): Promise<LoraExportRes
   try {
     if (ad.kind !== "tt") throw new CkptError("USAGE", "this adapter is already a PEFT adapter", { file: ad.source.id, hint: "use `ckpt lora convert` to go to TorchTitan" });
     for (const w of ad.warnings) opts.onWarning?.(w);
+    validateAdapterAgainstBase(ad.entries, { mapping: ad.mapping, config: base.config, file: base.file, tensors: await baseTensors(base.source, ad.mapping) }, { file: ad.source.id });
     if (ad.others.length > 0) opts.onWarning?.(`${ad.others.length} non-LoRA tensor(s) in the input are not part of the adapter and were left out (e.g. ${ad.others[0]})`);
     ad.entries = await withoutPeftUnsupported(ad, opts.onWarning);
     const peft: PeftLoraConfig = { ...ad.peft };

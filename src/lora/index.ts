@@ -9,3 +9,4 @@ export {
 export { ModuleResolver, parsePeftName, parseTtName, peftName, ttName, type LoraModule, type LoraPart } from "./names.js";
 export { torchtitanLoraConfig, type LoraModelSummary, type LoraSettings } from "./tt-model.js";
 export { ttLinears, type TtLinear, type LinearPart } from "./tt-linears.js";
+export { validateAdapterAgainstBase, baseTensors, type AdapterBase } from "./validate.js";

@@ -14,6 +14,7 @@ import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
+import { checkStoredShapes } from "../plan/quant-checks.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
@@ -42,6 +43,8 @@ export interface ConvertOptions extends OpenSourceOptions {
   dryRun?: boolean;
   allowUnmapped?: boolean;
   allowOverflow?: boolean;
+  /** Write NaN/inf produced by decoding quantized sources (recorded in the manifest's options) instead of refusing. */
+  allowNonfinite?: boolean;
   force?: boolean;
   threads?: number;
   maxMemory?: number;
@@ -336,6 +339,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     loraRequested(opts, direction, target);
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features, hfLayout: opts.hfLayout });
+    if (plan.storedShapes) await checkStoredShapes(plan.storedShapes, catalog.source);
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
@@ -346,6 +350,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
     if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
     const ep = opts.ep ?? 1;
+    if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
     const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
     checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
     if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
@@ -375,11 +380,11 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const digest = parseDigest(opts.digest);
     const fsync = opts.fsync ?? true;
     const drops = (opts.features ?? []).filter((f) => f.startsWith("drop:")).map((f) => f.slice("drop:".length));
-    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), ...(plan.layout ? { layout: plan.layout } : {}), ...(drops.length ? { drop: drops } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}) };
+    const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), ...(plan.layout ? { layout: plan.layout } : {}), ...(drops.length ? { drop: drops } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}), ...(opts.allowNonfinite ? { allow_nonfinite: true } : {}) };
     // Without fsync the output should land in the page cache like cp's (O_DIRECT would make the run wait for the
     // disk), as long as it fits under the kernel's unthrottled dirty-page ceiling (see exec/page-cache.ts).
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
-    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, onProgress: opts.onProgress, signal: opts.signal };
+    const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, allowNonfinite: opts.allowNonfinite, onProgress: opts.onProgress, signal: opts.signal };
 
     if (opts.resume && opts.finalize && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
@@ -402,6 +407,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
       if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
+      warnNonfinite(exec, opts.onWarning);
       checkSourceUnchanged(source, stamps);
       writeExtras(layout, dir.partial);
       writeFileSync(join(dir.partial, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord, digest));
@@ -448,6 +454,10 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     await lora?.close();
     if (typeof opts.source === "string") await source.close();
   }
+}
+
+function warnNonfinite(exec: ExecResult, onWarning?: (msg: string) => void): void {
+  if (exec.nonfinite) onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
 }
 
 function warnResumed(exec: ExecResult, onWarning?: (msg: string) => void): void {
@@ -511,6 +521,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       const exec = await executeLayout(layout, plan, ctx.execSource, { ...(ctx.execOpts as object), dir: tmp, onlyFiles: wanted, journal: { plan: ctx.journalPlan, resume: !!ctx.resume }, onWarning: ctx.onWarning });
       warnResumed(exec, ctx.onWarning);
       overflow = exec.f16Overflow;
+      warnNonfinite(exec, ctx.onWarning);
       if (overflow > 0 && !ctx.allowOverflow) throw new CkptError("OVERFLOW", `${overflow} value(s) exceed the fp16 range`, { hint: "use --dtype bf16, or --allow-overflow" });
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
       for (const f of wanted) renameSync(join(tmp, f), join(out, f));

@@ -12,6 +12,7 @@ import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
+import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves, type StoredShapeCheck } from "./quant-checks.js";
 import { detectLayout, effectiveConfig, extraLayer, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
 
@@ -41,6 +42,8 @@ export interface ConversionPlan {
   dims: Record<string, number>;
   /** The source layout read (HF → TorchTitan) or written (--to hf), for mappings with several (FLUX diffusers / bfl). */
   layout?: string;
+  /** Stored shape tensors (INT4 weight_shape) whose values must match what the plan decodes (checkStoredShapes). */
+  storedShapes?: StoredShapeCheck[];
 }
 
 export interface PlanOptions {
@@ -183,6 +186,7 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
   plan.tensors.sort((a, b) => naturalCompare(a.name, b.name));
   const leaves: Record<string, LeafInfo> = {};
   for (const t of plan.tensors) for (const l of recipeLeaves(t.recipe)) leaves[l] = leafInfo(catalog.tensors.get(l)!);
+  checkWholeByteLeaves(leaves);
   const seen = new Set<string>();
   for (const t of plan.tensors) {
     if (seen.has(t.name)) throw new CkptError("MAPPING", `two source tensors map to the same output '${t.name}'`, { tensor: t.name });
@@ -262,6 +266,8 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     if (names.length) warnings.push(`skipping ${names.length} tensor(s) (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${tw.why}`);
   }
   const rules = compileRules(mapping, target);
+  checkQuantizedSources(catalog.tensors, mapping, config, rules, file, view.stored);
+  const storedShapes: StoredShapeCheck[] = [];
   const dtypeChoice = opts.dtype ?? "keep";
   const scaleSuffix = mapping.dequant?.scale_suffix;
   const tensors: TensorPlan[] = [];
@@ -302,6 +308,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     }
     const dtype = t?.keepDtype && dtypeChoice === "keep" && !rule.dtype ? t.keepDtype : ruleDType(rule, dtypeChoice, src.dtype, dequantized, config);
     if (t?.keepDtype) int4Outputs++;
+    if (t?.shapeCheck) storedShapes.push(t.shapeCheck);
     tensors.push({ name: ttName, dtype, shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
     if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
@@ -386,6 +393,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       checkShape(g.rule, hfName, tl?.hfShape ?? t.shape, dims, file);
       const lr = tl ?? leafRecipe(hfName);
       if (tl) { memberShape = tl.shape; keepDtype = tl.keepDtype; }
+      if (tl?.shapeCheck) storedShapes.push(tl.shapeCheck);
       dequantized ||= lr.dequantized;
       inputs.push(lr.recipe);
     }
@@ -476,9 +484,10 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   if (int4Outputs && dtypeChoice === "keep") {
     warnings.push(`${int4Outputs} INT4 (compressed-tensors) tensor(s) decoded to F32, the exact value q · scale (BF16 cannot hold every product); --dtype bf16 writes compressed-tensors' own BF16 decompression bit for bit at half the size`);
   }
+  checkValueLeaves({ tensors }, catalog.tensors, file);
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
-  return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+  return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims, ...(storedShapes.length ? { storedShapes } : {}) }, catalog);
 }
 
 /** HF names of MXFP4 scales whose blocks are in the catalog: read through the blocks' rule, not converted alone. */
@@ -501,7 +510,7 @@ function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<strin
  */
 function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean },
   ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
-  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType } {
+  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType; shapeCheck?: StoredShapeCheck } {
   const src = catalog.tensors.get(name)!;
   const sw = swapHalvesDim(rule);
   if (sw !== undefined) {

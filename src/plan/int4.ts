@@ -8,6 +8,7 @@ import { evalDimExpr } from "../mapping/load.js";
 import { fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { valueOp, type TensorRule } from "../mapping/schema.js";
 import type { Recipe } from "./recipe.js";
+import type { StoredShapeCheck } from "./quant-checks.js";
 
 interface WeightArgs {
   num_bits?: unknown; symmetric?: unknown; strategy?: unknown; group_size?: unknown; type?: unknown; actorder?: unknown;
@@ -89,7 +90,7 @@ export function int4CompanionNames(rules: { rule: TensorRule; hf?: CompiledPatte
  */
 export function int4Leaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: { tensors: Map<string, CatalogTensor> },
   dims: Record<string, number>, config: Record<string, unknown>, file: string, storedName = name):
-  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype: DType } {
+  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype: DType; shapeCheck: StoredShapeCheck } {
   const t = valueOp(rule, "int4")!;
   const src = catalog.tensors.get(name)!;
   const scaleName = fillPattern(t.scale, vals);
@@ -110,9 +111,8 @@ export function int4Leaf(rule: TensorRule, name: string, vals: Record<string, nu
   if (s.dtype !== "BF16" || s.shape.join() !== wantScale.join()) {
     throw new CkptError("SHAPE", `INT4 weight_scale must be BF16 [${wantScale}] (one scale per ${group} inputs of a [${out}, ${inn}] weight), got ${s.dtype} [${s.shape}]`, { tensor: scaleName });
   }
-  const shapeName = fillPattern(t.shape, vals);
-  const ws = catalog.tensors.get(shapeName);
-  if (ws && (ws.shape.length !== 1 || ws.shape[0] !== 2)) throw new CkptError("SHAPE", `weight_shape must hold 2 dims, got [${ws.shape}]`, { tensor: shapeName });
+  // weight_shape's presence, dtype and dims are checked by quant-checks.ts; its values once the plan exists
   const shape = [out, inn];
-  return { recipe: { op: "int4", packed: name, scale: scaleName, group }, dequantized: true, hfShape: shape, shape, keepDtype: "F32" };
+  const ws = catalog.tensors.get(fillPattern(t.shape, vals))!;
+  return { recipe: { op: "int4", packed: name, scale: scaleName, group }, dequantized: true, hfShape: shape, shape, keepDtype: "F32", shapeCheck: { tensor: fillPattern(t.shape, vals), of: name, expect: shape, dtype: ws.dtype, pieces: ws.pieces } };
 }
