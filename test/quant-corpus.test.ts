@@ -372,4 +372,18 @@ describe("the issue's five inputs through the CLI", () => {
       });
     }
   }
+  // the same adapter offered to `convert --lora` (TorchTitan's LoRA model) is refused by the same rule
+  test("convert --lora: PEFT modules for layers the base lacks", () => {
+    const c = CASES.find((x) => x.name === "PEFT modules for layers the base lacks")!;
+    const dir = join(tmp, "cli", "convert-lora");
+    const out = join(dir, "out", "converted");
+    mkdirSync(join(dir, "out"), { recursive: true });
+    build(c, dir, out);
+    const r = spawnSync(process.execPath, [CLI, "convert", join(dir, "base"), out, "--lora", join(dir, "peft"), "--quiet"], { encoding: "utf8" });
+    assert.notEqual(r.status, 0, r.stderr);
+    const lines = r.stderr.split("\n").filter((l) => l.length > 0);
+    assert.equal(lines.length, 1, `one line on stderr: ${r.stderr}`);
+    assert.match(lines[0]!, /^ckpt: MISSING_TENSOR: .*adapts layer 2, but the base model has 2 layers/);
+    assert.ok(!existsSync(out) && !existsSync(out + ".partial"), "no <out>, no <out>.partial");
+  });
 });

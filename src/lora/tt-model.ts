@@ -20,6 +20,7 @@ import type { ShardPolicy } from "../plan/sharding.js";
 import type { Source } from "../sources/types.js";
 import { closeAdapter, openAdapter, type AdapterEntry, type BaseConfig } from "./adapter.js";
 import { lastSegment } from "./names.js";
+import { baseTensors, validateAdapterAgainstBase } from "./validate.js";
 import { isLoraTarget, linearNames, ttLinears, type TtLinear } from "./tt-linears.js";
 
 /** TorchTitan's LoRAConverter.Config fields that build this model (target_modules null = every Linear). */
@@ -71,7 +72,7 @@ export async function addLoraModel(plan: ConversionPlan, base: Source, opts: Lor
   let adapterSource: Source | undefined;
   const names = linearNames(linears);
   if (opts.adapter !== undefined) {
-    const r = await fromPeft(opts.adapter, linears, b, init, opts);
+    const r = await fromPeft(opts.adapter, linears, b, init, opts, base);
     summary = { ...r.summary, seed };
     adapterSource = r.source;
   } else {
@@ -93,7 +94,7 @@ export async function addLoraModel(plan: ConversionPlan, base: Source, opts: Lor
   return { source: new LoraSource(base, adapterSource, init), summary, close: async () => { await adapterSource?.close(); } };
 }
 
-async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init: InitFile, opts: LoraModelOptions): Promise<{ summary: Omit<LoraModelSummary, "seed">; source: Source }> {
+async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init: InitFile, opts: LoraModelOptions, baseSource: Source): Promise<{ summary: Omit<LoraModelSummary, "seed">; source: Source }> {
   let ad;
   try {
     ad = await openAdapter(spec, { base: opts.base, target: "torchtitan@main" });
@@ -107,6 +108,8 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
   let ok = false;
   try {
     for (const w of ad.warnings) opts.onWarning?.(w);
+    // the adapter must fit the checkpoint being converted: same rule (and message) as `ckpt lora convert`
+    validateAdapterAgainstBase(ad.entries, { mapping: ad.mapping, config: opts.base.config, file: opts.base.file, tensors: await baseTensors(baseSource, ad.mapping) }, { file: ad.source.id, fanInFanOut: ad.fanInFanOut });
     if (ad.peft.use_dora) {
       throw new CkptError("UNMAPPED", "DoRA (use_dora: lora_magnitude_vector) is not expressible in TorchTitan's LoRA model, which has no magnitude vectors", { file: `${ad.source.id}/adapter_config.json`, hint: HELP_MERGE });
     }
