@@ -202,9 +202,9 @@ const CASES: Case[] = [
   // ---- config.json
   { name: "config.json is not JSON", base: "hf", code: "CONFIG", message: /invalid config\.json/, where: [/config\.json/], inspect: true,
     make: (d) => writeFileSync(join(d, "config.json"), "{ hidden_size: 32 ") },
-  { name: "config heads × head_dim ≠ attention rows", base: "hf", code: "CONFIG", message: /config\.json is inconsistent with the tensor: shape \[32,32\] but config implies \[32,24\] \(hidden, n_heads \* head_dim\)/, where: [/config\.json/, tensorIs("model.layers.0.self_attn.o_proj.weight")],
+  { name: "config heads × head_dim ≠ attention rows", base: "hf", code: "SHAPE", message: /shape \[32,32\] fits no known layout: the layout ckpt knows for it is \[hidden, n_heads \* head_dim\] = \[32,24\] \(hidden = hidden_size = 32, n_heads = num_attention_heads = 3, head_dim = head_dim = 8\)/, where: [/config\.json/, tensorIs("model.layers.0.self_attn.o_proj.weight")],
     make: (d) => { const p = join(d, "config.json"); const c = JSON.parse(readFileSync(p, "utf8")); c.num_attention_heads = 3; c.head_dim = 8; writeFileSync(p, JSON.stringify(c)); } },
-  { name: "config hidden_size ≠ tensor shapes", base: "hf", code: "CONFIG", message: /config\.json is inconsistent with the tensor: shape \[\d+(,\d+)?\] but config implies/, where: [/config\.json/, /tensor '/],
+  { name: "config hidden_size ≠ tensor shapes", base: "hf", code: "SHAPE", message: /shape \[\d+(,\d+)?\] fits no known layout: the layout ckpt knows for it is \[[^\]]*\] = \[[\d,]+\] \([^)]*hidden_size = 40/, where: [/config\.json/, /tensor '/],
     make: (d) => { const p = join(d, "config.json"); const c = JSON.parse(readFileSync(p, "utf8")); c.hidden_size = 40; writeFileSync(p, JSON.stringify(c)); } },
   { name: "no config.json", base: "hf", code: "CONFIG", message: /no config\.json found/, where: [/case-\d+-hf/],
     make: (d) => unlinkSync(join(d, "config.json")) },

@@ -6,7 +6,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyQwen35, type TinyQwen35Options } from "../src/fixtures/tiny-qwen3-5.js";
@@ -26,6 +26,13 @@ function readSafetensorsDir(dir: string): St {
     for (const [k, v] of Object.entries(header)) if (k !== "__metadata__") out.set(k, { dtype: v.dtype, shape: v.shape, data: buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]) });
   }
   return out;
+}
+
+/** Both folders hold the same tensors (of `src`, those `keep` selects), byte for byte, with the same dtypes and shapes. */
+function sameTensors(src: string, back: string, keep: (name: string) => boolean = () => true): void {
+  const x = readSafetensorsDir(src), y = readSafetensorsDir(back);
+  assert.deepEqual([...y.keys()].sort(), [...x.keys()].filter(keep).sort());
+  for (const [k, v] of x) if (keep(k)) assert.ok(v.data.equals(y.get(k)!.data) && v.dtype === y.get(k)!.dtype && v.shape.join() === y.get(k)!.shape.join(), `${k} differs after the round trip`);
 }
 
 function ckpt(args: string[], env: Record<string, string> = {}): { status: number | null; stderr: string; stdout: string } {
@@ -82,53 +89,106 @@ test("Qwen3.5 dense → TorchTitan: GDN in_proj_qkv / conv1d split by [kd, kd, v
   }
 }));
 
-test("Qwen3.5 MoE: per-expert and fused [E, D, 2F] / [E, F, D] layouts convert to the same bytes (chunk + transpose); shared expert, gate, expert bias", () => withTmp((dir) => {
-  writeTinyQwen35(join(dir, "per"), MOE);
-  writeTinyQwen35(join(dir, "fused"), { ...MOE, expertLayout: "fused" });
-  const hfFused = readSafetensorsDir(join(dir, "fused"));
-  assert.deepEqual(hfFused.get("model.layers.0.mlp.experts.gate_up_proj")!.shape, [6, 48, 40]);
-  ok(["convert", join(dir, "per"), join(dir, "tt-per"), "--format", "safetensors"]);
-  ok(["convert", join(dir, "fused"), join(dir, "tt-fused"), "--format", "safetensors"]);
-  const a = readSafetensorsDir(join(dir, "tt-per")), b = readSafetensorsDir(join(dir, "tt-fused"));
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-  for (const [k, v] of a) assert.ok(v.data.equals(b.get(k)!.data) && v.shape.join() === b.get(k)!.shape.join(), `${k} differs between layouts`);
+test("Qwen3.5 MoE: published fused [E, 2F, D] / [E, D, F], per-expert and TorchTitan's [E, D, 2F] / [E, F, D] layouts convert to the same bytes; shared expert, gate, expert bias", () => withTmp((dir) => {
+  writeTinyQwen35(join(dir, "pub"), MOE);
+  writeTinyQwen35(join(dir, "per"), { ...MOE, expertLayout: "per-expert" });
+  writeTinyQwen35(join(dir, "ttf"), { ...MOE, expertLayout: "tt-fused" });
+  const hfPub = readSafetensorsDir(join(dir, "pub")), hfTtf = readSafetensorsDir(join(dir, "ttf"));
+  assert.deepEqual(hfPub.get("model.layers.0.mlp.experts.gate_up_proj")!.shape, [6, 40, 48]);
+  assert.deepEqual(hfPub.get("model.layers.0.mlp.experts.down_proj")!.shape, [6, 48, 20]);
+  assert.deepEqual(hfTtf.get("model.layers.0.mlp.experts.gate_up_proj")!.shape, [6, 48, 40]);
+  for (const x of ["pub", "per", "ttf"]) ok(["convert", join(dir, x), join(dir, `tt-${x}`), "--format", "safetensors"]);
+  const a = readSafetensorsDir(join(dir, "tt-pub"));
+  for (const x of ["per", "ttf"]) {
+    const b = readSafetensorsDir(join(dir, `tt-${x}`));
+    assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+    for (const [k, v] of a) assert.ok(v.data.equals(b.get(k)!.data) && v.shape.join() === b.get(k)!.shape.join(), `${k} differs between the published and the ${x} layout`);
+  }
   assert.deepEqual(a.get("layers.0.moe.routed_experts.inner_experts.w1_EFD")!.shape, [6, 20, 48]);
   assert.deepEqual(a.get("layers.0.moe.routed_experts.inner_experts.w2_EDF")!.shape, [6, 48, 20]);
   assert.deepEqual(a.get("layers.0.moe.shared_experts.gate.weight")!.shape, [1, 48]);
   const bias = a.get("layers.3.moe.expert_bias_E")!;
   assert.equal(bias.dtype, "F32");
   assert.ok(bias.data.every((x) => x === 0));
-  // the fused values, worked by hand: w3[e, f, d] = gate_up[e, d, F + f]
-  const gu = hfFused.get("model.layers.2.mlp.experts.gate_up_proj")!.data, w3 = a.get("layers.2.moe.routed_experts.inner_experts.w3_EFD")!.data;
+  // worked by hand: published w1[e, f, d] = gate_up[e, f, d], w3[e, f, d] = gate_up[e, F + f, d], w2 = down_proj;
+  // TorchTitan's export w3[e, f, d] = gate_up[e, d, F + f]
+  const gu = hfPub.get("model.layers.2.mlp.experts.gate_up_proj")!.data, gut = hfTtf.get("model.layers.2.mlp.experts.gate_up_proj")!.data;
+  const w1 = a.get("layers.2.moe.routed_experts.inner_experts.w1_EFD")!.data, w3 = a.get("layers.2.moe.routed_experts.inner_experts.w3_EFD")!.data;
   for (const [e, f, d] of [[0, 0, 0], [5, 19, 47], [3, 7, 11]] as const) {
-    assert.equal(w3.readUInt16LE(((e * 20 + f) * 48 + d) * 2), gu.readUInt16LE(((e * 48 + d) * 40 + 20 + f) * 2));
+    assert.equal(w1.readUInt16LE(((e * 20 + f) * 48 + d) * 2), gu.readUInt16LE(((e * 40 + f) * 48 + d) * 2));
+    assert.equal(w3.readUInt16LE(((e * 20 + f) * 48 + d) * 2), gu.readUInt16LE(((e * 40 + 20 + f) * 48 + d) * 2));
+    assert.equal(w3.readUInt16LE(((e * 20 + f) * 48 + d) * 2), gut.readUInt16LE(((e * 48 + d) * 40 + 20 + f) * 2));
   }
+  assert.ok(a.get("layers.2.moe.routed_experts.inner_experts.w2_EDF")!.data.equals(hfPub.get("model.layers.2.mlp.experts.down_proj")!.data));
 }));
 
-test("Qwen3.5 --to hf: byte-identical round trips (dense, MoE per-expert; fused through the column concat of transposes)", () => withTmp((dir) => {
-  const same = (src: string, back: string) => {
-    const x = readSafetensorsDir(src), y = readSafetensorsDir(back);
-    assert.deepEqual([...y.keys()].sort(), [...x.keys()].sort());
-    for (const [k, v] of x) assert.ok(v.data.equals(y.get(k)!.data) && v.dtype === y.get(k)!.dtype && v.shape.join() === y.get(k)!.shape.join(), `${k} differs after the round trip`);
-  };
+test("Qwen3.5 MoE: a fused expert tensor of no known shape names the tensor, its shape, both layouts and their config fields; layouts one shape cannot tell apart are said", () => withTmp((dir) => {
+  writeTinyQwen35(join(dir, "hf"), MOE);
+  const p = join(dir, "hf", "config.json");
+  const c = JSON.parse(readFileSync(p, "utf8")) as Record<string, unknown>;
+  c.moe_intermediate_size = 24;
+  writeFileSync(p, JSON.stringify(c));
+  const r = ckpt(["convert", join(dir, "hf"), join(dir, "tt"), "--dry-run"]);
+  assert.notEqual(r.status, 0);
+  assert.doesNotMatch(r.stderr, /inconsistent/);
+  assert.match(r.stderr, /tensor 'model\.layers\.0\.mlp\.experts\.down_proj': shape \[6,48,20\] fits no known layout/);
+  assert.match(r.stderr, /\(1\) transformers Qwen3_5MoeExperts, as published[^:]*: \[experts, hidden, moe_ffn\] = \[6,48,24\] \(experts = num_experts = 6, hidden = hidden_size = 48, moe_ffn = moe_intermediate_size = 24\)/);
+  assert.match(r.stderr, /\(2\) TorchTitan Qwen35StateDictAdapter\.to_hf: \[experts, moe_ffn, hidden\] = \[6,24,48\]/);
+  // D = 2F: both fused layouts of gate_up_proj have one shape; read as published, and said so
+  writeTinyQwen35(join(dir, "square"), { ...MOE, hidden: 40, moeFfn: 20 });
+  const w = ckpt(["convert", join(dir, "square"), join(dir, "sq"), "--dry-run"]);
+  assert.equal(w.status, 0, w.stderr);
+  assert.match(w.stderr, /warning: 4 tensor\(s\) \(model\.layers\.0\.mlp\.experts\.gate_up_proj, .*fit several layouts with this config \(transformers Qwen3_5MoeExperts, as published.* \/ TorchTitan Qwen35StateDictAdapter\.to_hf\): read as the first/);
+  assert.match(r.stderr, /SHAPE/);
+}));
+
+test("Qwen3.5 --to hf: byte-identical round trips in the published layout (dense, MoE); per-expert and TorchTitan-fused sources come back published", () => withTmp((dir) => {
   for (const [name, o] of [["dense", DENSE], ["moe", MOE]] as const) {
     writeTinyQwen35(join(dir, name), o);
     ok(["convert", join(dir, name), join(dir, `${name}.tt`)]);
     ok(["convert", join(dir, `${name}.tt`), join(dir, `${name}.back`), "--to", "hf", "--config", join(dir, name)]);
-    same(join(dir, name), join(dir, `${name}.back`));
+    sameTensors(join(dir, name), join(dir, `${name}.back`));
   }
-  // a mapping that lists the fused layout first writes it on --to hf: concat(dim 2, [transpose(w1), transpose(w3)])
-  const maps = join(dir, "maps");
-  mkdirSync(maps);
-  for (const f of readdirSync(join(process.cwd(), "mappings"))) copyFileSync(join(process.cwd(), "mappings", f), join(maps, f));
-  const m = JSON.parse(readFileSync(join(maps, "qwen3_5.json"), "utf8")) as { tensors: { hf?: string }[] };
-  const fusedFirst = (r: { hf?: string }) => (r.hf?.includes("{E}") ? 1 : 0);
-  m.tensors.sort((p, q) => fusedFirst(p) - fusedFirst(q));
-  writeFileSync(join(maps, "qwen3_5.json"), JSON.stringify(m));
-  writeTinyQwen35(join(dir, "fused"), { ...MOE, expertLayout: "fused" });
-  ok(["shard", join(dir, "fused"), join(dir, "fused.w4"), "--world-size", "4"], { CKPT_MAPPINGS_DIR: maps });
-  ok(["convert", join(dir, "fused.w4"), join(dir, "fused.back"), "--to", "hf", "--config", join(dir, "fused")], { CKPT_MAPPINGS_DIR: maps });
-  same(join(dir, "fused"), join(dir, "fused.back"));
+  for (const layout of ["per-expert", "tt-fused"] as const) {
+    writeTinyQwen35(join(dir, layout), { ...MOE, expertLayout: layout });
+    ok(["shard", join(dir, layout), join(dir, `${layout}.w4`), "--world-size", "4"]);
+    ok(["convert", join(dir, `${layout}.w4`), join(dir, `${layout}.back`), "--to", "hf", "--config", join(dir, layout)]);
+    sameTensors(join(dir, "moe"), join(dir, `${layout}.back`));
+  }
+}));
+
+test("Qwen3.5 VLM --to hf: with the vision tower the VLM comes back (model.language_model.*, model.visual.*, config as is); after --text-only the text-only CausalLM", () => withTmp((dir) => {
+  for (const [name, o] of [["dense", DENSE], ["moe", MOE]] as const) {
+    const src = writeTinyQwen35(join(dir, `${name}-vlm`), { ...o, vlm: true, vision: true });
+    writeTinyQwen35(join(dir, `${name}-txt`), o);
+    ok(["convert", join(dir, `${name}-vlm`), join(dir, `${name}.tt`)]);
+    ok(["convert", join(dir, `${name}.tt`), join(dir, `${name}.back`), "--to", "hf"]);
+    // everything but the MTP head (TorchTitan's qwen3_5 has none), byte for byte under the source's names
+    sameTensors(join(dir, `${name}-vlm`), join(dir, `${name}.back`), (k) => !k.startsWith("mtp."));
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, `${name}.back`, "config.json"), "utf8")), src.config);
+    ok(["shard", join(dir, `${name}-vlm`), join(dir, `${name}.txt.w4`), "--world-size", "4", "--text-only"]);
+    ok(["convert", join(dir, `${name}.txt.w4`), join(dir, `${name}.txt.back`), "--to", "hf"]);
+    sameTensors(join(dir, `${name}-txt`), join(dir, `${name}.txt.back`));
+    const cfg = JSON.parse(readFileSync(join(dir, `${name}.txt.back`, "config.json"), "utf8")) as Record<string, unknown>;
+    const text = src.config.text_config as Record<string, unknown>;
+    assert.deepEqual(cfg.architectures, [name === "moe" ? "Qwen3_5MoeForCausalLM" : "Qwen3_5ForCausalLM"]);
+    for (const [k, v] of Object.entries(text)) assert.deepEqual(cfg[k], v, `text config field ${k}`);
+    assert.equal(cfg.text_config, undefined);
+    assert.equal(cfg.vision_config, undefined);
+  }
+  // a tower with a config.json of the text-only model is refused: transformers would drop it as unexpected keys
+  const r = ckpt(["convert", join(dir, "moe.tt"), join(dir, "x"), "--to", "hf", "--config", join(dir, "moe-txt")]);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /CONFIG: .*vision_encoder\..* describes a text-only model \(Qwen3_5MoeForCausalLM\)/);
+  // a wrapper with no text-only model ckpt knows: refused in one line, nothing written
+  const cfg = JSON.parse(readFileSync(join(dir, "moe-vlm", "config.json"), "utf8")) as Record<string, unknown>;
+  mkdirSync(join(dir, "odd"));
+  writeFileSync(join(dir, "odd", "config.json"), JSON.stringify({ ...cfg, architectures: ["Qwen3_5MoeForSomethingElse"] }));
+  const u = ckpt(["convert", join(dir, "moe.txt.w4"), join(dir, "y"), "--to", "hf", "--config", join(dir, "odd")]);
+  assert.notEqual(u.status, 0);
+  assert.match(u.stderr, /UNSUPPORTED: .*no vision_encoder\.\* tensors \(a --text-only conversion\), and ckpt knows no text-only model for Qwen3_5MoeForSomethingElse/);
+  assert.equal(u.stderr.trim().split("\n").length, 1, u.stderr);
+  assert.ok(!existsSync(join(dir, "y")) && !existsSync(join(dir, "y.partial")));
 }));
 
 test("Qwen3.5 sharding: a box of a split part reads only its own rows; a box of a chunked, transposed expert only its half's columns", () => {
@@ -177,14 +237,15 @@ test("Qwen3.5 VLM checkpoint: model.language_model. read as model., text_config 
   assert.match(refused.stderr, /model\.visual\..*--text-only/s);
   const r = ckpt(["convert", join(dir, "vlm"), join(dir, "tt"), "--text-only", "--format", "safetensors"]);
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout + r.stderr, /skipping 2 tensor\(s\) \(mtp\.fc\.weight, mtp\.norm\.weight\): MTP head/);
+  assert.match(r.stdout + r.stderr, /skipping 35 tensor\(s\) \(mtp\.fc\.weight, mtp\.layers\.0\.input_layernorm\.weight, mtp\.layers\.0\.mlp\.experts\.0\.down_proj\.weight, …\): MTP head/);
+  assert.match(r.stdout + r.stderr, /skipping 2 tensor\(s\) \(model\.visual\.merger\.linear_fc1\.weight, model\.visual\.patch_embed\.proj\.weight\): .*\(--text-only\)/);
   ok(["convert", join(dir, "txt"), join(dir, "tt-txt"), "--format", "safetensors"]);
   const a = readSafetensorsDir(join(dir, "tt")), b = readSafetensorsDir(join(dir, "tt-txt"));
   assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
   for (const [k, v] of a) assert.ok(v.data.equals(b.get(k)!.data), k);
 }));
 
-test("Qwen3.5-35B-A3B-shaped --dry-run (real config, synthetic headers, 31k tensors): convert and shard w64 tp2 plan in seconds", () => withTmp((dir) => {
+test("Qwen3.5-35B-A3B as published (header corpus: fused experts, vision tower, MTP): convert and shard w64 tp2 plan in seconds", () => withTmp((dir) => {
   const { count } = write35bA3bHeaders(join(dir, "hf"));
   for (const args of [["convert", join(dir, "hf"), join(dir, "tt"), "--text-only", "--dry-run", "--json"],
     ["shard", join(dir, "hf"), join(dir, "tt64"), "--world-size", "64", "--tp", "2", "--text-only", "--dry-run", "--json"]]) {

@@ -91,6 +91,16 @@ export function resolveDims(mapping: Mapping, config: Record<string, unknown>, f
   return out;
 }
 
+/** For each dims name, the config.json alternative it was read from (what resolveDims picked): named in shape errors. */
+export function dimFields(mapping: Mapping, config: Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, alts] of Object.entries(mapping.dims)) {
+    const alt = alts.find((a) => a.split("/").every((p) => configNumber(config, p.trim()) !== undefined));
+    out[name] = alt ?? alts.join(" | ");
+  }
+  return out;
+}
+
 /** Evaluates a shape expression: a dims name, an integer, a product `a * b`, or a sum of those (`2 * kd + vd`). */
 export function evalDimExpr(expr: string, dims: Record<string, number>): number | undefined {
   let sum = 0;

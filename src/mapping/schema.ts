@@ -146,6 +146,12 @@ export interface TensorRule {
    * source is read in the layout whose rules match its names; --to hf writes the one `--hf-layout` names.
    */
   layout?: string;
+  /**
+   * Who writes this HF layout (e.g. "transformers Qwen3_5MoeExperts, as published"). Rules sharing one `hf` name
+   * with different `shape`s are alternative layouts of that tensor, picked by the stored shape; a shape matching none
+   * is refused with every layout listed by this label. --to hf writes the first listed.
+   */
+  written_by?: string;
 }
 
 export interface Mapping {
@@ -187,6 +193,14 @@ export interface Mapping {
   requires?: Requirement<Target>[];
   /** TorchTitan main's Linear modules (what its LoRAConverter adapts), see LinearsSpec. */
   linears?: LinearsSpec;
+  /**
+   * --to hf of a checkpoint whose config.json nests the language model's config (`nested_config`: a multimodal
+   * wrapper). With the tower converted (TorchTitan names under `tower`) the output is the wrapper again: names under
+   * `prefix.to` (not a tower's) written back under `prefix.from`, config as is. Without it (a --text-only
+   * conversion) the output is the text-only model: names as the rules spell them, config.json the nested config
+   * flattened, with `architectures` mapped through `text_only` (the wrapper's architecture → the CausalLM's).
+   */
+  hf_output?: { prefix: { from: string; to: string }; tower: string; text_only: Record<string, string> };
 }
 
 /**
@@ -214,7 +228,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -237,7 +251,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   if (m.hf_file_prefix !== undefined && !(m.hf_file_prefix && typeof m.hf_file_prefix === "object" && Object.entries(m.hf_file_prefix).every(([k, v]) => Array.isArray(m.layouts) && m.layouts.includes(k) && isStr(v) && /^[A-Za-z0-9_.-]+$/.test(v)))) {
     fail(file, "$.hf_file_prefix", "must map layouts of $.layouts to file name prefixes");
   }
-  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type", "layers", "layout"]);
+  const ruleKeys = new Set(["hf", "tt", "shape", "rope", "tp", "full_chunk", "drop", "optional", "synth", "experts", "dtype", "transform", "one_of", "layer_type", "layers", "layout", "written_by"]);
   m.tensors.forEach((r: unknown, i: number) => {
     const p = `$.tensors[${i}]`;
     if (!r || typeof r !== "object") fail(file, p, "must be an object");
@@ -281,6 +295,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     }
     if (rule.layer_type !== undefined && !isStr(rule.layer_type)) fail(file, `${p}.layer_type`, "must be a layer_types value (e.g. full_attention)");
     if (rule.one_of !== undefined && !isStr(rule.one_of)) fail(file, `${p}.one_of`, "must be a group name");
+    if (rule.written_by !== undefined && !isStr(rule.written_by)) fail(file, `${p}.written_by`, "must say who writes this layout");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
@@ -294,6 +309,14 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
+  if (m.hf_output !== undefined) {
+    const o = m.hf_output as Record<string, unknown>;
+    const pre = o.prefix as Record<string, unknown> | undefined;
+    const textOnly = o.text_only as Record<string, unknown> | undefined;
+    if (!isStr(m.nested_config) || !pre || !isStr(pre.from) || typeof pre.to !== "string" || !isStr(o.tower) || !textOnly || typeof textOnly !== "object" || !Object.values(textOnly).every(isStr)) {
+      fail(file, "$.hf_output", "needs nested_config, prefix { from, to }, tower (a TorchTitan name prefix) and text_only (architecture → text-only architecture)");
+    }
+  }
   if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
     fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option), config_flag?: field }");
   }

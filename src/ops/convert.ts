@@ -10,7 +10,7 @@ import { HF_ASSET_FILES, readConfig } from "../sources/config.js";
 import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
-import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
+import { DEFAULT_TARGET, TARGETS, type Mapping, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
@@ -249,6 +249,19 @@ function hfLoadableConfig(configPath: string, requantized: boolean): void {
   writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
 }
 
+/**
+ * --to hf of a multimodal wrapper's --text-only conversion: config.json becomes the text-only model's (mapping
+ * `hf_output.text_only`), the nested text config flattened with the wrapper's architecture mapped to its CausalLM,
+ * so the config describes exactly the tensors written (no tower, names of the text-only model).
+ */
+function textOnlyConfig(configPath: string, mapping: Mapping): void {
+  const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
+  const text = { ...(cfg[mapping.nested_config!] as Record<string, unknown>) };
+  for (const k of ["tie_word_embeddings", "torch_dtype", "dtype"]) if (text[k] === undefined && cfg[k] !== undefined) text[k] = cfg[k];
+  text.architectures = (cfg.architectures as string[]).map((a) => mapping.hf_output!.text_only[a]!);
+  writeFileSync(configPath, JSON.stringify(text, null, 2) + "\n");
+}
+
 /** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32): from the --config folder's safetensors headers, I64 when unknown. */
 function requantizeShapeDtype(src: Source | undefined): "I32" | "I64" {
   const dir = src?.localPath?.("config.json");
@@ -263,20 +276,23 @@ function requantizeShapeDtype(src: Source | undefined): "I32" | "I64" {
   return "I64";
 }
 
+/** The tensors that carry each quantization method's packed values: without any, the output holds decoded values. */
+const PACKED_BY_METHOD: Record<string, (name: string) => boolean> = {
+  "compressed-tensors": (n) => n.endsWith(".weight_packed"), // INT4 experts (issue 16)
+  mxfp4: (n) => n.endsWith("_blocks"),
+  fp8: (n) => n.endsWith("_scale_inv"), // DeepSeek-V3 block FP8: transformers would re-quantize bf16 weights on load
+};
+
 /**
- * HF output whose weights were dequantized on the way in (MXFP4 experts written as values, not `*_blocks`) must not
- * claim the source's quantization: transformers would look for packed tensors that are not there.
+ * HF output whose weights were dequantized on the way in (FP8 weights, MXFP4 or INT4 experts written as values) must
+ * not claim the source's quantization: transformers would look for packed tensors that are not there, or quantize the
+ * decoded values again.
  */
 function dropDecodedQuantization(configPath: string, plan: { tensors: { name: string }[] }): void {
   const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
-  const q = cfg.quantization_config as { quant_method?: string } | undefined;
-  if (q?.quant_method === "compressed-tensors" && !plan.tensors.some((t) => t.name.endsWith(".weight_packed"))) {
-    // INT4 experts written as values (issue 16)
-    delete cfg.quantization_config;
-    writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
-    return;
-  }
-  if (q?.quant_method !== "mxfp4" || plan.tensors.some((t) => t.name.endsWith("_blocks"))) return;
+  const method = (cfg.quantization_config as { quant_method?: string } | undefined)?.quant_method;
+  const packed = method !== undefined ? PACKED_BY_METHOD[method] : undefined;
+  if (!packed || plan.tensors.some((t) => packed(t.name))) return;
   delete cfg.quantization_config;
   writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
 }
@@ -417,6 +433,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
         if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
         if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(dir.partial, "config.json"), !!opts.requantize);
+        if (direction === "tt_to_hf" && assets.includes("config.json") && plan.hfConfig === "text-only") textOnlyConfig(join(dir.partial, "config.json"), mapping);
       }
       if (opts.requantize) {
         const srcCfg = assetSource?.localPath("config.json");

@@ -3,18 +3,19 @@
 import { CkptError } from "../errors.js";
 import { isCastable, type CastableDType, type DType, DTYPE_ALIASES } from "../dtypes.js";
 import type { CatalogTensor } from "../catalog-types.js";
-import { evalDimExpr, resolveDims } from "../mapping/load.js";
+import { dimFields, evalDimExpr, resolveDims } from "../mapping/load.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { failedCheck, parseCheck } from "../mapping/requirements.js";
 import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
-import { splitStep, TARGETS, transformSteps, valueOp } from "../mapping/schema.js";
+import { splitStep, TARGETS, towerFlag, transformSteps, valueOp } from "../mapping/schema.js";
 import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
 import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves, type StoredShapeCheck } from "./quant-checks.js";
-import { detectLayout, effectiveConfig, extraLayer, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
+import { detectLayout, effectiveConfig, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
+import { checkShape, rulesForShape, type ShapeCtx } from "./layouts.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
 export type DTypeChoice = "keep" | CastableDType;
@@ -44,6 +45,8 @@ export interface ConversionPlan {
   layout?: string;
   /** Stored shape tensors (INT4 weight_shape) whose values must match what the plan decodes (checkStoredShapes). */
   storedShapes?: StoredShapeCheck[];
+  /** --to hf of a multimodal wrapper's checkpoint without its tower: config.json becomes the text-only model's. */
+  hfConfig?: "text-only";
 }
 
 export interface PlanOptions {
@@ -135,15 +138,6 @@ function checkRope(rule: TensorRule, name: string, shape: number[], dims: Record
   return { heads, headDim: hd };
 }
 
-function checkShape(rule: TensorRule, name: string, shape: number[], dims: Record<string, number>, file: string): void {
-  if (!rule.shape) return;
-  const expect = rule.shape.map((e) => evalDimExpr(e, dims));
-  if (expect.some((v) => v === undefined)) return; // a dim the config does not define: nothing to check
-  if (expect.length !== shape.length || expect.some((v, i) => v !== shape[i])) {
-    throw new CkptError("CONFIG", `config.json is inconsistent with the tensor: shape [${shape}] but config implies [${expect}] (${rule.shape.join(", ")})`, { file, tensor: name });
-  }
-}
-
 /**
  * The mapping's `requires` for this target: refuses a config the target's model cannot express (before anything is
  * written, so no output folder appears), and returns the warnings of the `warn` ones.
@@ -198,12 +192,13 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
 export function planConversion(catalog: CatalogLike, opts: PlanOptions): ConversionPlan {
   const target = opts.target ?? "torchtitan@main";
   if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
+  const raw = opts.config;
   opts = { ...opts, config: effectiveConfig(opts.mapping, opts.config) };
   if (opts.direction === "tt_to_tt") return planReshard(catalog, { ...opts, mapping: inLayout(opts.mapping, opts.mapping.layouts?.[0]), target });
   if (opts.direction === "tt_to_hf") {
     const layout = opts.mapping.layouts ? opts.hfLayout ?? opts.mapping.layouts[0] : undefined;
     if (opts.hfLayout !== undefined && !opts.mapping.layouts) throw new CkptError("USAGE", `--hf-layout ${opts.hfLayout}: ${opts.mapping.architecture} has one HF layout`);
-    return withLayout(planTtToHf(catalog, { ...opts, mapping: inLayout(opts.mapping, layout), target }), layout);
+    return withLayout(planTtToHf(catalog, { ...opts, mapping: inLayout(opts.mapping, layout), target }, raw), layout);
   }
   // a source is read in the layout its names are spelled in
   const layout = hfLayoutOf(opts.mapping, catalog.tensors.keys());
@@ -259,11 +254,14 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   const view = sourceView(mapping, source, opts.features);
   const catalog: CatalogLike = { tensors: view.tensors };
   const dims = resolveDims(mapping, config, file);
+  const shapes: ShapeCtx = { dims, fields: dimFields(mapping, config), file };
   const warnings = checkTargetRequirements(mapping, config, dims, target, file, opts.targetChecks);
-  // towers the target has no module for are skipped whatever the options: said out loud, never silently
+  // skipped towers are said out loud, never silently: those the target has no module for, and those the user's
+  // option (--text-only) leaves out
   for (const tw of mapping.towers ?? []) {
-    const names = tw.option ? [] : view.skipped.filter((x) => x.why === tw.why).map((x) => x.name);
-    if (names.length) warnings.push(`skipping ${names.length} tensor(s) (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${tw.why}`);
+    const why = tw.option ? `${tw.why} (${towerFlag(tw.option)})` : tw.why;
+    const names = view.skipped.filter((x) => x.why === why).map((x) => x.name);
+    if (names.length) warnings.push(`skipping ${names.length} tensor(s) (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}): ${why}`);
   }
   const rules = compileRules(mapping, target);
   checkQuantizedSources(catalog.tensors, mapping, config, rules, file, view.stored);
@@ -300,7 +298,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   const emit = (rule: TensorRule, ttName: string, hfName: string, vals: Record<string, number> = {}) => {
     const src = catalog.tensors.get(hfName)!;
     const t = rule.transform ? transformedLeaf(rule, hfName, vals, catalog, () => leafRecipe(hfName), transformCtx) : undefined;
-    checkShape(rule, hfName, t?.hfShape ?? src.shape, dims, file);
+    checkShape(rule, hfName, t?.hfShape ?? src.shape, shapes);
     let { recipe, dequantized } = t ?? leafRecipe(hfName);
     if (rule.rope) {
       const { heads, headDim } = checkRope(rule, hfName, src.shape, dims, file);
@@ -316,6 +314,10 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   const consumed = mxfp4ScaleNames(rules, catalog);
   for (const n of int4CompanionNames(rules, catalog.tensors.keys())) if (catalog.tensors.has(n)) consumed.add(n); // INT4 weight_scale / weight_shape
 
+  /** Layouts a tensor's shape could not tell apart (they coincide for this config) → the tensors read as the first. */
+  const ambiguous = new Map<string, string[]>();
+  const rulesByHf = new Map<string, CompiledRule[]>();
+  for (const r of rules) if (r.hf) rulesByHf.set(r.rule.hf!, [...(rulesByHf.get(r.rule.hf!) ?? []), r]);
   const names = [...catalog.tensors.keys()].sort(naturalCompare);
   for (const name of names) {
     if (scaleSuffix && name.endsWith(scaleSuffix) && catalog.tensors.has(name.slice(0, -scaleSuffix.length))) continue; // consumed by dequant
@@ -327,6 +329,9 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       if (vals) { hit = { r, vals }; break; }
     }
     if (!hit) { unmapped.push(name); continue; }
+    // alternative layouts of this HF tensor (rules sharing its name): the one its stored shape fits
+    const layout = rulesForShape(rulesByHf.get(hit.r.rule.hf!)!, name, catalog.tensors.get(name)!.shape, shapes, (l) => ambiguous.set(l.join(" / "), [...(ambiguous.get(l.join(" / ")) ?? []), name]));
+    hit.r = layout[0]!;
     const { rule } = hit.r;
     if (rule.drop) { skipped.push({ name, why: "dropped by the mapping" }); continue; }
     // layers beyond the main stack (MTP): skipped and reported, or renamed into mtp_layers with --mtp
@@ -342,7 +347,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       let g = fused.get(key);
       if (!g) fused.set(key, (g = { rule, members: new Map() }));
       const src = catalog.tensors.get(name)!;
-      checkShape(rule, name, src.shape, dims, file);
+      checkShape(rule, name, src.shape, shapes);
       const lr = leafRecipe(name);
       g.dequantized ||= lr.dequantized;
       g.members.set(cs.index, { name, recipe: lr.recipe, shape: [...src.shape], dtype: src.dtype });
@@ -350,7 +355,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     }
     if (splitStep(rule)) {
       // every part of a split HF tensor is its own TorchTitan tensor: one rule per part, all naming this HF tensor
-      for (const r of rules) if (r.rule.hf === rule.hf && r.tt && splitStep(r.rule)) emit(r.rule, ttOf(hit.vals, r), name, hit.vals);
+      for (const r of layout) if (r.tt && splitStep(r.rule)) emit(r.rule, ttOf(hit.vals, r), name, hit.vals);
       continue;
     }
     if (rule.experts && hit.r.hf!.keys.includes("E")) {
@@ -390,7 +395,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join()) throw new CkptError("SHAPE", `experts of ${ttName} differ: ${hfName} is ${t.dtype} [${t.shape}], expert 0 is ${first.dtype} [${first.shape}]`, { tensor: hfName });
       // a transformed member (INT4 weight_packed) has its decoded shape; plain members their stored one
       const tl = g.rule.transform ? transformedLeaf(g.rule, hfName, g.vals.get(hfName)!, catalog, () => leafRecipe(hfName), transformCtx) : undefined;
-      checkShape(g.rule, hfName, tl?.hfShape ?? t.shape, dims, file);
+      checkShape(g.rule, hfName, tl?.hfShape ?? t.shape, shapes);
       const lr = tl ?? leafRecipe(hfName);
       if (tl) { memberShape = tl.shape; keepDtype = tl.keepDtype; }
       if (tl?.shapeCheck) storedShapes.push(tl.shapeCheck);
@@ -481,6 +486,9 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
     });
   }
   if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
+  for (const [layouts, names] of ambiguous) {
+    warnings.push(`${names.length} tensor(s) (${names.slice(0, 2).join(", ")}${names.length > 2 ? ", …" : ""}) fit several layouts with this config (${layouts}): read as the first; if the checkpoint was written in another, the conversion is wrong`);
+  }
   if (int4Outputs && dtypeChoice === "keep") {
     warnings.push(`${int4Outputs} INT4 (compressed-tensors) tensor(s) decoded to F32, the exact value q · scale (BF16 cannot hold every product); --dtype bf16 writes compressed-tensors' own BF16 decompression bit for bit at half the size`);
   }
@@ -640,10 +648,13 @@ export function detectTarget(mapping: Mapping, names: string[]): Target {
   return best;
 }
 
-function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }): ConversionPlan {
+function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }, rawConfig: Record<string, unknown>): ConversionPlan {
   const { mapping, config, target } = opts;
   const file = opts.configFile ?? "config.json";
   const dims = resolveDims(mapping, config, file);
+  const shapes: ShapeCtx = { dims, fields: dimFields(mapping, config), file };
+  // the wrapper's names, or the text-only model's (a --text-only conversion)
+  const output = hfOutputLayout(mapping, rawConfig, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n), file);
   const rules = compileRules(mapping, target);
   const dtypeChoice = opts.dtype ?? "keep";
   const tensors: TensorPlan[] = [];
@@ -678,7 +689,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       for (let e = 0; e < src.shape[0]!; e++) {
         const hfName = fillPattern(rule.hf, { ...hit.vals, E: e });
         const shape = src.shape.slice(1);
-        checkShape(rule, hfName, shape, dims, file);
+        checkShape(rule, hfName, shape, shapes);
         tensors.push({ name: hfName, dtype, shape, recipe: { op: "select", index: e, input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
       }
       continue;
@@ -704,7 +715,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       const shape = [...src.shape];
       if (shape.length < 2) throw new CkptError("SHAPE", `transpose needs 2 or more dims, got [${shape}]`, { tensor: stored });
       [shape[shape.length - 2], shape[shape.length - 1]] = [shape[shape.length - 1]!, shape[shape.length - 2]!];
-      checkShape(rule, hfName, shape, dims, file);
+      checkShape(rule, hfName, shape, shapes);
       tensors.push({ name: hfName, dtype, shape, recipe: { op: "transpose", input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
       continue;
     }
@@ -717,7 +728,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
       tensors.push({ name: hfName, dtype, shape: shape as number[], recipe: { op: "reshape", shape: shape as number[], from: [...src.shape], input: { op: "source", tensor: stored } }, policy: { tp: "replicate" } });
       continue;
     }
-    checkShape(rule, hfName, src.shape, dims, file);
+    checkShape(rule, hfName, src.shape, shapes);
     let recipe: Recipe = { op: "source", tensor: stored };
     const sw = swapHalvesDim(rule);
     if (sw !== undefined) recipe = swapHalves(recipe, src.shape, sw, stored);
@@ -727,14 +738,15 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     }
     tensors.push({ name: hfName, dtype, shape: [...src.shape], recipe, policy: { tp: "replicate" } });
   }
-  for (const [hfName, g] of parts) tensors.push(concatParts(hfName, g, catalog, mapping, target, dims, dtypeChoice, config, file));
+  for (const [hfName, g] of parts) tensors.push(concatParts(hfName, g, catalog, mapping, target, shapes, dtypeChoice, config));
+  for (const t of tensors) t.name = output.rename(t.name);
   if (unmapped.length && !opts.allowUnmapped) {
     throw new CkptError("UNMAPPED", `${unmapped.length} checkpoint tensor(s) match no ${mapping.architecture} ${target} name: ${unmapped.slice(0, 8).join(", ")}${unmapped.length > 8 ? ", …" : ""}`, {
       hint: "check --target, or pass --allow-unmapped",
     });
   }
   if (unmapped.length) warnings.push(`skipping ${unmapped.length} unmapped tensor(s): ${unmapped.slice(0, 8).join(", ")}`);
-  return finish({ direction: "tt_to_hf", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims }, catalog);
+  return finish({ direction: "tt_to_hf", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims, ...(output.textOnly ? { hfConfig: "text-only" as const } : {}) }, catalog);
 }
 
 interface SplitGroup {
@@ -747,10 +759,11 @@ interface SplitGroup {
  * The inverse of a split/chunk (--to hf): each TorchTitan part with the steps after the split undone (a transpose
  * transposed back), concatenated along the split dim, then the steps before the split undone. Every part must be there.
  */
-function concatParts(hfName: string, g: SplitGroup, catalog: CatalogLike, mapping: Mapping, target: Target, dims: Record<string, number>,
-  dtypeChoice: DTypeChoice, config: Record<string, unknown>, file: string): TensorPlan {
+function concatParts(hfName: string, g: SplitGroup, catalog: CatalogLike, mapping: Mapping, target: Target, shapes: ShapeCtx,
+  dtypeChoice: DTypeChoice, config: Record<string, unknown>): TensorPlan {
+  const { dims, file } = shapes;
   const count = g.step.op === "chunk" ? g.step.chunks : g.step.sizes.length;
-  const siblings = mapping.tensors.filter((r) => r.hf === g.rule.hf && splitStep(r));
+  const siblings = mapping.tensors.filter((r) => r.hf === g.rule.hf && splitStep(r) && JSON.stringify(r.shape) === JSON.stringify(g.rule.shape));
   const inputs: Recipe[] = [];
   const sizes: number[] = [];
   let shape: number[] | undefined;
@@ -790,6 +803,6 @@ function concatParts(hfName: string, g: SplitGroup, catalog: CatalogLike, mappin
     recipe = { op: "transpose", input: recipe };
     [out[out.length - 2], out[out.length - 1]] = [out[out.length - 1]!, out[out.length - 2]!];
   }
-  checkShape(g.rule, hfName, out, dims, file);
+  checkShape(g.rule, hfName, out, shapes);
   return { name: hfName, dtype: dtype!, shape: out, recipe, policy: { tp: "replicate" } };
 }

@@ -120,3 +120,32 @@ export function inLayout(mapping: Mapping, layout: string | undefined): Mapping 
   }
   return { ...mapping, tensors: mapping.tensors.filter((r) => r.layout === undefined || r.layout === layout) };
 }
+
+/**
+ * How --to hf writes a checkpoint back (the mapping's `hf_output`): a multimodal wrapper's checkpoint with its tower
+ * comes back as the wrapper (the language model's names under the wrapper's prefix); without the tower (a --text-only
+ * conversion) as the text-only model, whose config.json the caller writes (`textOnly`). A tower with a config.json
+ * that has no place for it, or a wrapper with no text-only model ckpt knows, is refused: what is written must load.
+ */
+export function hfOutputLayout(mapping: Mapping, rawConfig: Record<string, unknown>, ttNames: string[], file: string): { rename: (hf: string) => string; textOnly: boolean } {
+  const out = mapping.hf_output;
+  const same = { rename: (n: string) => n, textOnly: false };
+  if (!out) return same;
+  const nested = rawConfig[mapping.nested_config!];
+  const wrapped = !!nested && typeof nested === "object" && !Array.isArray(nested);
+  const tower = ttNames.find((n) => n.startsWith(out.tower));
+  const archs = Array.isArray(rawConfig.architectures) ? (rawConfig.architectures as string[]) : [];
+  if (!wrapped) {
+    if (tower) throw new CkptError("CONFIG", `the checkpoint has a tower (${tower}) but config.json describes a text-only model (${archs.join(", ") || "no architectures"})`, { file, tensor: tower, hint: "pass --config <the multimodal checkpoint's folder or repo>" });
+    return same;
+  }
+  if (!tower) {
+    if (!archs.length || !archs.every((a) => out.text_only[a])) {
+      throw new CkptError("UNSUPPORTED", `the checkpoint has no ${out.tower}* tensors (a --text-only conversion), and ckpt knows no text-only model for ${archs.join(", ") || "a config without architectures"}`, { file, hint: `text-only counterparts known: ${Object.keys(out.text_only).join(", ")}` });
+    }
+    return { rename: same.rename, textOnly: true };
+  }
+  const towers = (mapping.towers ?? []).flatMap((t) => t.prefixes);
+  const { from, to } = out.prefix;
+  return { rename: (n) => (n.startsWith(to) && !towers.some((p) => n.startsWith(p)) ? from + n.slice(to.length) : n), textOnly: false };
+}

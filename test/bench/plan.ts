@@ -1,7 +1,7 @@
 // `npm run bench -- --plan`: planning time and memory of real-sized models (headers only, sparse files): the
-// Qwen3.5-35B-A3B VLM (31k tensors), FLUX.1-dev (the diffusers pipeline repo, 12B) and Muse-Glimmer-30B as
-// `convert --dry-run` and `shard --world-size 64 --tp 2 --dry-run`. Wall time, CPU seconds and peak RSS of each CLI
-// run (median of --rounds, default 3).
+// Qwen3.5-35B-A3B VLM as published (1.8k tensors: fused experts, vision tower, MTP), FLUX.1-dev (the diffusers
+// pipeline repo, 12B) and Muse-Glimmer-30B as `convert --dry-run` and `shard --world-size 64 --tp 2 --dry-run`. Wall
+// time, CPU seconds and peak RSS of each CLI run (median of --rounds, default 3).
 import { spawnSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";

@@ -358,9 +358,10 @@ class Routes:
         # block picks experts in route_tokens_to_experts(router_logits) -> (indices, weights).
         for name, mod in model.named_modules():
             parts = name.split(".")
-            if len(parts) < 4 or parts[-1] not in ("gate", "mlp"):
+            # model.layers.N.mlp[.gate], or a VLM's model.language_model.layers.N.mlp[.gate]
+            if len(parts) < 4 or parts[-1] not in ("gate", "mlp") or "layers" not in parts[:-2]:
                 continue
-            layer = int(parts[2])
+            layer = int(parts[parts.index("layers") + 1])
             if parts[-1] == "mlp" and hasattr(mod, "route_tokens_to_experts"):
                 orig = mod.route_tokens_to_experts
                 def wrapped(*a, _o=orig, L=layer, **k):
@@ -510,8 +511,13 @@ def forward_tt(model, tokens):
     return torch.stack(outs)
 
 
+def case_config(folder):
+    """The config a case's models are built from (a multimodal wrapper's reads its text config: see qwen3_5 below)."""
+    return json.load(open(os.path.join(folder, "config.json")))
+
+
 def run_case(c, hf_cache):
-    cfg = json.load(open(os.path.join(c["hf"], "config.json")))
+    cfg = case_config(c["hf"])
     if "arch" not in c:
         if cfg.get("model_type") not in ARCH_OF_MODEL_TYPE:
             raise SystemExit(f"judge: no TorchTitan model for model_type {cfg.get('model_type')!r} (have {sorted(ARCH_OF_MODEL_TYPE)})")
@@ -751,6 +757,84 @@ def forward_tt(model, tokens):
         positions = torch.arange(seq.shape[0])
         outs.append(model(seq, attention_masks=model.get_attention_masks(positions), positions=positions))
     return torch.stack(outs)
+
+
+# Qwen3.5 / 3.6 VLM checkpoints as published (model.language_model.*, model.visual.*, mtp.*): transformers' own
+# Qwen3_5(Moe)ForConditionalGeneration computes the reference logits on text tokens, loaded strictly (only the mtp.*
+# head transformers does not model may be unexpected); TorchTitan's qwen3_5 is built from the text config, with the
+# vision encoder of vision_config when the checkpoint holds one (a conversion without --text-only).
+import transformers  # noqa: E402  (the VLM classes by name)
+
+
+def _qwen35_vlm(cfg):
+    return cfg.get("model_type") in ("qwen3_5", "qwen3_5_moe") and isinstance(cfg.get("text_config"), dict)
+
+
+_case_config_base = case_config
+
+
+def case_config(folder):
+    cfg = _case_config_base(folder)
+    if not _qwen35_vlm(cfg):
+        return cfg
+    flat = {**{k: v for k, v in cfg.items() if k not in ("text_config", "vision_config")}, **cfg["text_config"]}
+    return dict(flat, _vlm_folder_config=cfg)
+
+
+_hf_model_vlm_base = hf_model
+
+
+def hf_model(folder, cfg):
+    raw = cfg.get("_vlm_folder_config")
+    if raw is None:
+        return _hf_model_vlm_base(folder, cfg)
+    cls = getattr(transformers, raw["architectures"][0])
+    model, info = cls.from_pretrained(folder, dtype=DTYPE, attn_implementation="eager", experts_implementation="eager", output_loading_info=True)
+    bad = {k: sorted(v)[:8] for k, v in (("missing", info["missing_keys"]), ("unexpected", [k for k in info["unexpected_keys"] if not k.startswith("mtp.")]),
+                                          ("mismatched", [str(x) for x in info.get("mismatched_keys", [])])) if v}
+    if bad:
+        raise SystemExit(f"judge: transformers did not load {folder} cleanly: {bad}")
+    return to_dtype(model).eval()
+
+
+_tt_vision = {"config": None}
+_qwen3_5_config_text = qwen3_5_config
+
+
+def qwen3_5_config(cfg):
+    mc = _qwen3_5_config_text(cfg)
+    vc = _tt_vision["config"]
+    if vc is not None:
+        q = _import_tt_qwen35()
+        mc.vision_encoder = q._qwen35_vision_encoder_config(
+            dim=vc["hidden_size"], ffn_dim=vc["intermediate_size"], num_layers=vc["depth"], num_heads=vc["num_heads"],
+            patch_size=vc["patch_size"], temporal_patch_size=vc["temporal_patch_size"], spatial_merge_size=vc["spatial_merge_size"],
+            out_hidden_size=vc["out_hidden_size"], num_position_embeddings=vc["num_position_embeddings"], in_channels=vc["in_channels"])
+    return mc
+
+
+BUILDERS["qwen3_5"] = qwen3_5_config
+_tt_model_vlm_base = tt_model
+
+
+def tt_model(arch, cfg, expert_bias):
+    if arch != "qwen3_5" or _tt_vision["config"] is None:
+        return _tt_model_vlm_base(arch, cfg, expert_bias)
+    return _tt_model_base(arch, cfg, expert_bias)  # keeps the vision encoder the checkpoint fills
+
+
+_run_case_vlm_base = run_case
+
+
+def run_case(c, hf_cache):
+    cfg = case_config(c["hf"])
+    keys = dcp.FileSystemReader(c["ckpt"]).read_metadata().state_dict_metadata
+    vision = "_vlm_folder_config" in cfg and any(k.startswith("vision_encoder.") for k in keys)
+    _tt_vision["config"] = cfg["_vlm_folder_config"]["vision_config"] if vision else None
+    try:
+        return _run_case_vlm_base(c, hf_cache)
+    finally:
+        _tt_vision["config"] = None
 
 
 def main():
