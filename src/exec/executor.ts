@@ -12,7 +12,9 @@ import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
-import { runsForBox } from "../plan/runs.js";
+import { runsForBox, type Run } from "../plan/runs.js";
+import { isEncode } from "../plan/recipe.js";
+import { encodeTask } from "./encode-piece.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
@@ -79,6 +81,8 @@ export interface ExecResult {
   resumedBytes?: number;
   /** The resume journal in `dir` (closed); the caller deletes it once the output is final. */
   journalPath?: string;
+  /** Encoded (requantized) tensors: groups with no exact encoding (and in how many tensors), groups kept from the reference. */
+  requantize?: { bad: number; badTensors: number; adopted: number; first?: string };
 }
 
 const MiB = 1024 * 1024;
@@ -182,15 +186,17 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     pieces: batch.map((p): PieceTask => {
       const c = chunks[p.chunk]!;
       const t = tensorByName.get(c.tensor)!;
+      const encoded = isEncode(t.recipe);
       return {
         outPath: join(opts.dir, c.file),
         tensor: c.tensor,
         outOffset: p.outOffset,
         outDtype: c.dtype,
         elems: numelOf(p.box.sizes),
-        runs: runsForBox(t.recipe, t.shape, p.box, plan.leaves),
+        runs: encoded ? [] : runsForBox(t.recipe, t.shape, p.box, plan.leaves),
         countF16Overflow: c.dtype === "F16",
         digest,
+        ...(isEncode(t.recipe) ? { encode: encodeTask(t.name, t.recipe, t.shape, p.box, plan.leaves) } : {}),
       };
     }),
   });
@@ -253,7 +259,8 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   });
   const threads = opts.threads ?? (bytesTotal < 8 * MiB ? 0 : Math.max(1, availableParallelism()));
   const onBatchDone = (batch: typeof pieces, res: PieceResult[]) => {
-    journal?.append(batch.map((p, j) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, digest: res[j]!.digest })));
+    // Encoded pieces that counted groups are not journaled: a resumed run recomputes them, so its counts are whole.
+    journal?.append(batch.map((p, j) => ({ p, j })).filter(({ j }) => !res[j]!.requantize?.bad && !res[j]!.requantize?.adopted).map(({ p, j }) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, digest: res[j]!.digest })));
     batch.forEach((p, j) => {
       results[pieceIndex.get(p)!] = res[j];
       bytesDone += p.byteLength;
@@ -352,10 +359,20 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const perChunk = new Map<number, { crc: number; digests: string[]; bytes: number }>();
   let overflow = 0;
   let nonfinite = 0;
+  let requantize: ExecResult["requantize"];
+  const badTensors = new Set<string>();
   pieces.forEach((p, i) => {
     const r = results[i]!;
     overflow += r.f16Overflow;
     nonfinite += r.nonfinite ?? 0;
+    if (r.requantize) {
+      const q = (requantize ??= { bad: 0, badTensors: 0, adopted: 0 });
+      q.bad += r.requantize.bad;
+      q.adopted += r.requantize.adopted;
+      q.first ??= r.requantize.first;
+      if (r.requantize.bad) badTensors.add(chunks[p.chunk]!.tensor);
+      q.badTensors = badTensors.size;
+    }
     const acc = perChunk.get(p.chunk) ?? { crc: 0, digests: [], bytes: 0 };
     acc.crc = acc.bytes === 0 ? r.crc : crc32Combine(acc.crc, r.crc, r.bytes);
     acc.bytes += r.bytes;
@@ -387,6 +404,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     resumedPieces,
     resumedBytes,
     journalPath: journal?.path,
+    ...(requantize ? { requantize } : {}),
   };
 }
 
@@ -398,7 +416,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
   const ranges: { file: string; start: number; end: number }[] = [];
   for (const p of task.pieces) {
-    for (const r of p.runs) {
+    for (const r of pieceRuns(p)) {
       if (r.src && remote.has(r.src.file)) {
         ranges.push({ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) });
       }
@@ -418,6 +436,12 @@ async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source)
     const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b : new Uint8Array(b);
     return { file: m.file, start: m.start, data: own };
   }));
+}
+
+/** Every run a piece reads: its own, or its encode slabs' (values and reference). */
+function pieceRuns(p: PieceTask): Run[] {
+  if (!p.encode) return p.runs;
+  return p.encode.slabs.flatMap((s) => [...s.runs, ...(s.reference ? [...s.reference.a, ...s.reference.b] : [])]);
 }
 
 export function writeExtras(layout: OutputLayout, dir: string): void {

@@ -155,3 +155,54 @@ export function int4GroupDecodesTo(packed: Uint32Array, scales: Uint16Array, r: 
   }
   return true;
 }
+
+/**
+ * MXFP4 encode of values [rows, cols] whose groups, when several encodings decode to the same values (an all-zero
+ * group takes any scale), keep the reference's encoding (the source checkpoint's blocks and scales of the same rows)
+ * when it decodes to them in `dtype`. `adopted` counts the groups taken from the reference.
+ */
+export function mxfp4EncodeKeeping(values: Float64Array, rows: number, cols: number, dtype: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }):
+  ReturnType<typeof mxfp4Encode> & { adopted: number } {
+  const enc = mxfp4Encode(values, rows, cols);
+  let adopted = 0;
+  if (ref) {
+    const { blocks: sb, scales: ss } = ref;
+    for (let g = 0; g < rows * (cols / 32); g++) {
+      const differs = enc.badMask[g] || ss[g] !== enc.scales[g] || sb.subarray(g * 16, g * 16 + 16).some((b, i) => b !== enc.blocks[g * 16 + i]);
+      if (differs && mxfp4GroupDecodesTo(sb, ss, g, values, dtype)) {
+        enc.blocks.set(sb.subarray(g * 16, g * 16 + 16), g * 16);
+        enc.scales[g] = ss[g]!;
+        if (enc.badMask[g]) { enc.badMask[g] = 0; enc.bad--; }
+        adopted++;
+      }
+    }
+    enc.firstBad = enc.badMask.indexOf(1);
+  }
+  return { ...enc, adopted };
+}
+
+/** INT4 encode of values [rows, cols] keeping the reference's encoding where it decodes exactly (see mxfp4EncodeKeeping). */
+export function int4EncodeKeeping(values: Float64Array, rows: number, cols: number, group: number, dtype: "F32" | "BF16", ref?: { packed: Uint8Array; scale: Uint8Array }):
+  ReturnType<typeof int4Encode> & { adopted: number } {
+  const enc = int4Encode(values, rows, cols, group);
+  let adopted = 0;
+  if (ref && group % 8 === 0) {
+    const S = Math.ceil(cols / group), W = Math.ceil(cols / 8);
+    const sw = new Uint32Array(ref.packed.buffer.slice(ref.packed.byteOffset, ref.packed.byteOffset + rows * W * 4));
+    const sc = new Uint16Array(ref.scale.buffer.slice(ref.scale.byteOffset, ref.scale.byteOffset + rows * S * 2));
+    const ew = new Uint32Array(enc.packed.buffer, enc.packed.byteOffset, rows * W);
+    for (let r = 0; r < rows; r++) for (let g = 0; g < S; g++) {
+      const w0 = r * W + (g * group) / 8, w1 = r * W + Math.min(W, ((g + 1) * group) / 8);
+      let differs = !!enc.badMask[r * S + g] || sc[r * S + g] !== enc.scales[r * S + g];
+      for (let w = w0; w < w1 && !differs; w++) differs = sw[w] !== ew[w];
+      if (differs && int4GroupDecodesTo(sw, sc, r, g, rows, cols, group, values, dtype)) {
+        for (let w = w0; w < w1; w++) ew[w] = sw[w]!;
+        enc.scales[r * S + g] = sc[r * S + g]!;
+        if (enc.badMask[r * S + g]) { enc.badMask[r * S + g] = 0; enc.bad--; }
+        adopted++;
+      }
+    }
+    enc.firstBad = enc.badMask.indexOf(1);
+  }
+  return { ...enc, adopted };
+}

@@ -10,6 +10,7 @@ import { HF_ASSET_FILES, readConfig } from "../sources/config.js";
 import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
+import type { Mapping } from "../mapping/schema.js";
 import { DEFAULT_TARGET, TARGETS, type Target } from "../mapping/schema.js";
 import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
@@ -23,8 +24,11 @@ import { unthrottledDirtyBytes } from "../exec/page-cache.js";
 import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
-import { checkRequantizable, requantizeHfDir, type RequantizeKind } from "./requantize.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
+import { checkRequantizable, checkRequantized, planRequantize, type RequantizeKind } from "../plan/requantize.js";
+import { normalizedName } from "../plan/source-names.js";
+import { withPrefixedSource } from "../sources/overlay.js";
+import type { CatalogTensor } from "../catalog-types.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -52,7 +56,7 @@ export interface ConvertOptions extends OpenSourceOptions {
   /** DCP: data files per rank (default 2 unsharded, 1 sharded: see layoutDcp). */
   filesPerRank?: number;
   omit?: string[];
-  /** --to hf: re-encode the decoded experts into the source's packed layout (ops/requantize.ts). */
+  /** --to hf: write the experts in the source's packed layout, encoded from their values (plan/requantize.ts). */
   requantize?: RequantizeKind;
   /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
   features?: PlanFeature[];
@@ -249,17 +253,29 @@ function hfLoadableConfig(configPath: string, requantized: boolean): void {
   writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
 }
 
-/** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32): from the --config folder's safetensors headers, I64 when unknown. */
-function requantizeShapeDtype(src: Source | undefined): "I32" | "I64" {
-  const dir = src?.localPath?.("config.json");
-  if (!dir) return "I64";
-  const root = dirname(dir);
-  for (const f of readdirSync(root).filter((x) => x.endsWith(".safetensors"))) {
-    const fd = readFileSync(join(root, f));
-    const n = Number(fd.readBigUInt64LE(0));
-    const h = JSON.parse(fd.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype?: string }>;
-    for (const [k, v] of Object.entries(h)) if (k.endsWith(".weight_shape") && (v.dtype === "I32" || v.dtype === "I64")) return v.dtype;
+/**
+ * The source checkpoint of --to hf --requantize (the --config folder, when it holds safetensors): its tensors by
+ * mapping-normalised name, their files under REFERENCE_FILES of the executed source. Headers only.
+ */
+async function referenceTensors(assetSource: Source | undefined, source: Source, mapping: Mapping, onWarning?: (msg: string) => void): Promise<Map<string, CatalogTensor> | undefined> {
+  if (!assetSource || assetSource === source || !assetSource.files().some((f) => f.endsWith(".safetensors") && !f.includes("/"))) return undefined;
+  let cat: Catalog;
+  try {
+    cat = await buildCatalog(assetSource);
+  } catch (e) {
+    onWarning?.(`--requantize: the source checkpoint's tensors in ${assetSource.id} are not used (${(e as Error).message}); every group is encoded from its values`);
+    return undefined;
   }
+  const out = new Map<string, CatalogTensor>();
+  for (const t of cat.tensors.values()) out.set(normalizedName(mapping, t.name), { ...t, pieces: t.pieces.map((p) => ({ ...p, file: REFERENCE_FILES + p.file })) });
+  return out;
+}
+
+const REFERENCE_FILES = "reference:";
+
+/** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32), I64 when unknown. */
+function shapeDtypeOf(reference: Map<string, CatalogTensor> | undefined): "I32" | "I64" {
+  for (const [k, t] of reference ?? []) if (k.endsWith(".weight_shape") && (t.dtype === "I32" || t.dtype === "I64")) return t.dtype;
   return "I64";
 }
 
@@ -343,7 +359,15 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
-    const execSource = lora?.source ?? source;
+    let execSource = lora?.source ?? source;
+    // --requantize: the decoded experts become encode ops writing the packed tensors; the source checkpoint (when
+    // --config holds it) is read through the same executor for the groups whose encoding it decides
+    let reference: Map<string, CatalogTensor> | undefined;
+    if (opts.requantize && direction === "tt_to_hf") {
+      reference = await referenceTensors(assetSource, source, mapping, opts.onWarning);
+      planRequantize(plan, mapping, opts.requantize, { config: flatTextConfig(config), shapeDtype: shapeDtypeOf(reference), reference });
+      if (reference && assetSource) execSource = withPrefixedSource(execSource, REFERENCE_FILES, assetSource);
+    }
 
     const world = opts.worldSize ?? 1;
     const tp = opts.tp ?? 1;
@@ -403,6 +427,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       writing = true;
       const exec = await executeLayout(layout, plan, execSource, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
       warnResumed(exec, opts.onWarning);
+      if (opts.requantize) checkRequantized(opts.requantize, exec.requantize, assetSource?.id, opts.onWarning);
       if (exec.f16Overflow > 0 && !opts.allowOverflow) {
         throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
       }
@@ -417,10 +442,6 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
         if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
         if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(dir.partial, "config.json"), !!opts.requantize);
-      }
-      if (opts.requantize) {
-        const srcCfg = assetSource?.localPath("config.json");
-        await requantizeHfDir(dir.partial, mapping, opts.requantize, flatTextConfig(config), requantizeShapeDtype(assetSource), srcCfg ? dirname(srcCfg) : undefined, opts.onWarning);
       }
       if (exec.journalPath) rmSync(exec.journalPath, { force: true });
       commitOutputDir(dir, { force: opts.force, fsync });
@@ -439,7 +460,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       // The partial folder is kept only for --resume: when the run was started with --resume (so Ctrl-C of a
       // resumable run keeps it), or when the disk filled up (the one failure whose fix is "free space, resume").
       // A plain Ctrl-C leaves nothing behind. kill -9 cannot clean up, and --resume picks that up too.
-      const keep = code !== "SOURCE_CHANGED" && ((writing && isDiskFull(err)) || !!opts.resume);
+      const keep = code !== "SOURCE_CHANGED" && code !== "REQUANTIZE" && ((writing && isDiskFull(err)) || !!opts.resume);
       if (!keep) {
         discardOutputDir(dir);
         if (err instanceof CkptError && code === "INTERRUPTED") {

@@ -22,7 +22,23 @@ export type Recipe =
   | { op: "zeros" }
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
-  | { op: "select"; index: number; input: Recipe };
+  | { op: "select"; index: number; input: Recipe }
+  | EncodeRecipe;
+
+/**
+ * An encoded (quantized) output computed from a value recipe: the inverse of the `mxfp4` / `int4` decodes, for
+ * `--to hf --requantize`. One op yields one of the packed tensors (`part`); `values` is the shape of the values it
+ * encodes (the decode's output shape), `valuesDtype` the dtype they are rounded to first (the plain output's).
+ * `reference` names the source checkpoint's packed tensors of the same name and shape, whose encoding is kept for
+ * groups that several encodings decode exactly. Defined in plan/encode.ts (shapes, boxes) and kernels/requantize.ts.
+ */
+export type EncodeRecipe =
+  | { op: "mxfp4_encode"; part: "blocks" | "scales"; values: number[]; valuesDtype: "BF16" | "F32"; input: Recipe; reference?: { blocks: string; scales: string } }
+  | { op: "int4_encode"; part: "packed" | "scale" | "shape"; values: number[]; valuesDtype: "BF16" | "F32"; group: number; input: Recipe; reference?: { packed: string; scale: string } };
+
+export function isEncode(r: Recipe): r is EncodeRecipe {
+  return r.op === "mxfp4_encode" || r.op === "int4_encode";
+}
 
 /** What a worker needs to know about each leaf tensor a recipe names. */
 export interface LeafInfo {
@@ -40,6 +56,10 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "zeros": break;
     case "rope": case "select": case "transpose": case "slice": case "reshape": recipeLeaves(r.input, out); break;
     case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
+    case "mxfp4_encode": case "int4_encode":
+      recipeLeaves(r.input, out);
+      for (const n of Object.values(r.reference ?? {})) out.add(n);
+      break;
   }
   return out;
 }
@@ -59,5 +79,7 @@ export function describeRecipe(r: Recipe): string {
     case "slice": return `${describeRecipe(r.input)}.narrow(${r.dim}, ${r.start}, ${r.size})`;
     case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
     case "reshape": return `${describeRecipe(r.input)}.reshape(${r.shape.join(", ")})`;
+    case "mxfp4_encode": return `mxfp4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype})`;
+    case "int4_encode": return `int4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype}, group ${r.group})`;
   }
 }
