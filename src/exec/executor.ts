@@ -12,7 +12,7 @@ import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
-import { runsForBox, type Run } from "../plan/runs.js";
+import { runsForBox, runSourceRanges, type Run } from "../plan/runs.js";
 import { isEncode } from "../plan/recipe.js";
 import { encodeTask } from "./encode-piece.js";
 import type { Source } from "../sources/types.js";
@@ -156,22 +156,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   }
 
   // 2. pieces → worker tasks
-  const paths: Record<string, string> = {};
-  // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
-  // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
-  const remote = new Set<string>();
-  const scales: WorkerTask["scales"] = {};
-  for (const [name, leaf] of Object.entries(plan.leaves)) {
-    for (const p of leaf.pieces) {
-      const lp = source.localPath(p.file);
-      if (lp) paths[p.file] = lp;
-      else remote.add(p.file);
-    }
-    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
-      const p = leaf.pieces[0]!;
-      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
-    }
-  }
+  const { paths, remote, scales } = sourceAccess(plan.leaves, source);
   const bytesTotal = pieces.reduce((s, p) => s + p.byteLength, 0);
   const tensorsTotal = new Set(chunks.map((c) => c.tensor)).size;
   const piecesLeftByTensor = new Map<string, number>();
@@ -414,15 +399,40 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
  * ArrayBuffer, transferred to the worker without a copy.
  */
 async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
-  const ranges: { file: string; start: number; end: number }[] = [];
-  for (const p of task.pieces) {
-    for (const r of pieceRuns(p)) {
-      if (r.src && remote.has(r.src.file)) {
-        ranges.push({ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) });
-      }
-      const sc = r.dequant ? task.scales[r.dequant.scale] : undefined;
-      if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
+  return fetchRunSpans(task.pieces.flatMap(pieceRuns), task.scales, remote, source);
+}
+
+/**
+ * How a worker reaches the source files of `leaves`: local paths (pread), files without one (`remote`: their bytes
+ * are fetched by the main thread, fetchRunSpans), and the F32 tensors FP8 dequantization reads as scales.
+ */
+export function sourceAccess(leaves: ConversionPlan["leaves"], source: Source): { paths: Record<string, string>; remote: Set<string>; scales: WorkerTask["scales"] } {
+  const paths: Record<string, string> = {};
+  // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
+  // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
+  const remote = new Set<string>();
+  const scales: WorkerTask["scales"] = {};
+  for (const [name, leaf] of Object.entries(leaves)) {
+    for (const p of leaf.pieces) {
+      const lp = source.localPath(p.file);
+      if (lp) paths[p.file] = lp;
+      else remote.add(p.file);
     }
+    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
+      const p = leaf.pieces[0]!;
+      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
+    }
+  }
+  return { paths, remote, scales };
+}
+
+/** The byte ranges `runs` read from files in `remote`, fetched (merged as the worker merges its reads). */
+export async function fetchRunSpans(runs: Run[], scales: WorkerTask["scales"], remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
+  const ranges: { file: string; start: number; end: number }[] = [];
+  for (const r of runs) {
+    for (const x of runSourceRanges(r)) if (remote.has(x.file)) ranges.push(x);
+    const sc = r.dequant ? scales[r.dequant.scale] : undefined;
+    if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
   }
   ranges.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
   const merged: typeof ranges = [];

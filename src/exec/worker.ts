@@ -557,6 +557,25 @@ async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => num
   }
 }
 
+/**
+ * `elems` output elements of `outDtype` computed from `runs` exactly as a written piece's are (decodes, casts): for
+ * `ckpt verify`, which compares a checkpoint with what a conversion of the other would write. A copy (not scratch).
+ */
+export function valuesOfRuns(task: Omit<WorkerTask, "pieces">, runs: Run[], elems: number, outDtype: DType): Buffer {
+  const open = new Map<string, number>();
+  const fds = (path: string): number => {
+    let fd = open.get(path);
+    if (fd === undefined) open.set(path, (fd = openSync(path, "r")));
+    return fd;
+  };
+  try {
+    const t: WorkerTask = { ...task, pieces: [] };
+    return Buffer.from(computeRuns(t, { outPath: "", outOffset: 0, outDtype, elems, runs, countF16Overflow: false }, fds, new Map(), "out").out);
+  } finally {
+    for (const fd of open.values()) closeSync(fd);
+  }
+}
+
 export default async function runTask(task: WorkerTask): Promise<PieceResult[]> {
   const open = new Map<string, number>();
   const fds = (path: string): number => {
