@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { availableParallelism } from "node:os";
 import { setMaxListeners } from "node:events";
 import type { Piscina } from "piscina";
-import { elementSize, numelOf } from "../dtypes.js";
+import { numelOf } from "../dtypes.js";
 import { CkptError, fromWorkerError } from "../errors.js";
 import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";

@@ -9,7 +9,7 @@ import { crc32 } from "../kernels/checksum.js";
 import { join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog, CatalogTensor } from "../catalog-types.js";
-import { elementSize, isCastable, numelOf, type CastableDType, type DType } from "../dtypes.js";
+import { elementSize, isCastable, numelOf, type DType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
@@ -488,8 +488,6 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
     const ca = await catalogOf(sa);
     const cb = await catalogOf(sb);
     const result: VerifyResult = { ok: true, mode: "compare", a: aSpec, b: bSpec, tensors: 0, bytes: 0, notes: [] };
-    const fail = (d: VerifyDifference): VerifyResult => ({ ...result, ok: false, difference: d });
-
     // which way the names go
     let cfg = await configOf(ca) ?? await configOf(cb);
     if (opts.config) {
