@@ -12,7 +12,7 @@ import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
-import { runsForBox, runSourceRanges, type Run } from "../plan/runs.js";
+import { runsForBox, runSourceRanges, type Box, type Run } from "../plan/runs.js";
 import { isEncode } from "../plan/recipe.js";
 import { encodeTask } from "./encode-piece.js";
 import type { Source } from "../sources/types.js";
@@ -55,6 +55,11 @@ export interface ExecOptions {
    */
   journal?: { plan: string; resume: boolean };
   onWarning?: (msg: string) => void;
+  /**
+   * Inputs of a piece that are not source byte ranges (the adapter rows a `lora_merge` piece merges in), supplied by
+   * the command when the piece is dispatched, so only the pieces in flight hold them.
+   */
+  pieceInputs?: (t: TensorPlan, box: Box) => Promise<Partial<Pick<PieceTask, "lora">>>;
 }
 
 export interface ChunkDigest {
@@ -259,6 +264,12 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
   const prepare = async (batch: typeof pieces): Promise<WorkerTask> => {
     const task = taskFor(batch);
+    if (opts.pieceInputs) {
+      for (const [i, p] of batch.entries()) {
+        const t = tensorByName.get(chunks[p.chunk]!.tensor)!;
+        Object.assign(task.pieces[i]!, await opts.pieceInputs(t, p.box));
+      }
+    }
     if (remote.size > 0) task.spans = await fetchSpans(task, remote, source);
     return task;
   };

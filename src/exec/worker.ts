@@ -12,6 +12,7 @@ import { workerInputError } from "../errors.js";
 import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
 import { encodePiece, type EncodeTask, type RequantizeCount } from "./encode-piece.js";
+import { mergePiece, type LoraPieceUpdate } from "../lora/merge-kernel.js";
 
 export interface PieceTask {
   outPath: string;
@@ -28,6 +29,8 @@ export interface PieceTask {
   digest?: DigestAlgorithm;
   /** An encoded (requantized) piece: `runs` is empty, the values come slab by slab (exec/encode-piece.ts). */
   encode?: EncodeTask;
+  /** A merged LoRA piece: `runs` give the base weight's rows, merged in f32 with this update, then cast. */
+  lora?: LoraPieceUpdate;
 }
 
 export interface WorkerTask {
@@ -188,9 +191,22 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
     const enc = encodePiece(p, p.encode, (runs, elems, dtype) => computeRuns(task, { ...p, runs, elems, outDtype: dtype, countF16Overflow: false }, fds, scaleCache, "values").out);
     return finishPiece(p, enc.bytes, fds, dfds, 0).then((r) => ({ ...r, requantize: enc.result }));
   }
+  if (p.lora) return loraPiece(task, p, p.lora, fds, dfds, scaleCache, k);
   if (streamable(p)) return streamPiece(task, p, fds, dfds, k);
   const { out, overflow, nonfinite } = computeRuns(task, p, fds, scaleCache, "out");
   return finishPiece(p, out, fds, dfds, overflow, nonfinite);
+}
+
+/** The base weight's rows in f32, merged with the update, cast (round to nearest even) into the output dtype. */
+function loraPiece(task: WorkerTask, p: PieceTask, u: LoraPieceUpdate, fds: (path: string) => number, dfds: (path: string) => number | undefined, scaleCache: Map<string, Uint8Array>, k: Kernels): Promise<PieceResult> {
+  const w = computeRuns(task, { ...p, outDtype: "F32", countF16Overflow: false }, fds, scaleCache, "values").out;
+  const merged = mergePiece(new Float32Array(w.buffer.slice(w.byteOffset, w.byteOffset + w.byteLength)), p.elems / u.cols, u);
+  const bytes = new Uint8Array(merged.buffer, merged.byteOffset, merged.byteLength);
+  const overflow = p.outDtype === "F16" ? k.stats(bytes, "F32", p.elems).f16Overflow : 0;
+  if (p.outDtype === "F32") return finishPiece(p, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), fds, dfds, overflow);
+  const out = scratchBuffer("out", p.elems * elementSize(p.outDtype));
+  k.cast(bytes, "F32", out, p.outDtype as CastableDType, p.elems);
+  return finishPiece(p, out, fds, dfds, overflow);
 }
 
 /** The piece's output elements computed from its runs into a scratch buffer (`into` names which one). */

@@ -1,11 +1,11 @@
 // convert / shard: Source → Catalog → Plan → Execute → Finalize. The CLI is a thin layer over this.
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog } from "../catalog-types.js";
 import { CkptError } from "../errors.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
-import { HF_ASSET_FILES, readConfig } from "../sources/config.js";
+import { readConfig } from "../sources/config.js";
 import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
@@ -24,6 +24,7 @@ import { stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
+import { copyAssets } from "./assets.js";
 import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
 import { checkRequantizable, checkRequantized, planRequantize, type RequantizeKind } from "../plan/requantize.js";
 import { normalizedName } from "../plan/source-names.js";
@@ -155,20 +156,6 @@ function parseTarget(t: string | undefined): Target | undefined {
   const full = t.startsWith("torchtitan@") ? t : `torchtitan@${t}`;
   if (!(TARGETS as readonly string[]).includes(full)) throw new CkptError("USAGE", `--target ${t}: expected one of ${TARGETS.join(", ")}`);
   return full as Target;
-}
-
-function copyAssets(from: Source, dir: string): string[] {
-  const copied: string[] = [];
-  for (const f of HF_ASSET_FILES) {
-    if (!from.files().includes(f)) continue;
-    const p = from.localPath(f);
-    if (p && existsSync(p)) {
-      mkdirSync(dir, { recursive: true });
-      copyFileSync(p, join(dir, f));
-      copied.push(f);
-    }
-  }
-  return copied;
 }
 
 /** A multimodal wrapper's text config merged over its top level (Kimi K2.5 `text_config`), else the config. */

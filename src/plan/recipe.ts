@@ -23,6 +23,11 @@ export type Recipe =
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
   | { op: "select"; index: number; input: Recipe }
+  /**
+   * The input (a base weight) with a LoRA / DoRA update merged in (lora/merge-kernel.ts): same shape, elements of
+   * each stored row from that row alone. `update` names the adapter module whose A / B (/ m) the writer supplies.
+   */
+  | { op: "lora_merge"; update: string; input: Recipe }
   | EncodeRecipe;
 
 /**
@@ -54,7 +59,7 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
     case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
-    case "rope": case "select": case "transpose": case "slice": case "reshape": recipeLeaves(r.input, out); break;
+    case "rope": case "select": case "transpose": case "slice": case "reshape": case "lora_merge": recipeLeaves(r.input, out); break;
     case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
     case "mxfp4_encode": case "int4_encode":
       recipeLeaves(r.input, out);
@@ -79,6 +84,7 @@ export function describeRecipe(r: Recipe): string {
     case "slice": return `${describeRecipe(r.input)}.narrow(${r.dim}, ${r.start}, ${r.size})`;
     case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
     case "reshape": return `${describeRecipe(r.input)}.reshape(${r.shape.join(", ")})`;
+    case "lora_merge": return `merge(${describeRecipe(r.input)}, ${r.update})`;
     case "mxfp4_encode": return `mxfp4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype})`;
     case "int4_encode": return `int4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype}, group ${r.group})`;
   }
