@@ -7,7 +7,7 @@ import type { Run } from "../plan/runs.js";
 import { encodeSlabs, groupOf, type EncodeSlab } from "../plan/encode.js";
 import type { Box } from "../plan/runs.js";
 import type { EncodeRecipe, LeafInfo } from "../plan/recipe.js";
-import { int4EncodeKeeping, mxfp4EncodeKeeping } from "../kernels/requantize.js";
+import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "../kernels/requantize.js";
 
 export interface EncodeTask {
   op: "mxfp4_encode" | "int4_encode";
@@ -45,17 +45,12 @@ export function encodeTask(tensor: string, r: EncodeRecipe, shape: number[], box
 
 type ValuesOf = (runs: Run[], elems: number, dtype: DType) => Buffer;
 
-/** Values of a BF16 / F32 buffer as f64 (exact). */
-function toF64(b: Buffer, dtype: "BF16" | "F32", n: number): Float64Array {
-  const out = new Float64Array(n);
-  if (dtype === "F32") {
-    const f = new Float32Array(b.buffer, b.byteOffset, n);
-    for (let i = 0; i < n; i++) out[i] = f[i]!;
-    return out;
-  }
-  const w = new Uint32Array(1), f = new Float32Array(w.buffer);
-  for (let i = 0; i < n; i++) { w[0] = b.readUInt16LE(2 * i) << 16; out[i] = f[0]!; }
-  return out;
+/** Values of a BF16 / F32 buffer as f32 (exact; a copy: the buffer is scratch). */
+function toF32(b: Buffer, dtype: "BF16" | "F32", n: number): Float32Array {
+  if (dtype === "F32") return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + 4 * n));
+  const bits = new Uint32Array(n);
+  for (let i = 0; i < n; i++) bits[i] = (b[2 * i]! | (b[2 * i + 1]! << 8)) << 16;
+  return new Float32Array(bits.buffer);
 }
 
 const bytesOf = (a: Uint8Array | Uint16Array | Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
@@ -72,7 +67,7 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
   const parts: Uint8Array[] = [];
   for (const s of e.slabs) {
     const n = s.rows * cols;
-    const v = toF64(valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
+    const v = toF32(valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
     let ref: [Uint8Array, Uint8Array] | undefined;
     if (s.reference && e.referenceDtypes) {
       const elems = (runs: Run[]) => runs.reduce((a, r) => a + r.rows * r.cols, 0);
@@ -80,6 +75,10 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
       ref = [a, Uint8Array.from(valuesOf(s.reference.b, elems(s.reference.b), e.referenceDtypes[1]))];
     }
     let bad: Uint8Array, adopted: number, firstBad: number, perRow: number;
+    if (e.op === "mxfp4_encode" && e.part === "scales") {
+      parts.push(mxfp4ScalesKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
+      continue;
+    }
     if (e.op === "mxfp4_encode") {
       const enc = mxfp4EncodeKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] });
       parts.push(e.part === "blocks" ? enc.blocks : enc.scales);

@@ -8,7 +8,7 @@ import { CkptError } from "../errors.js";
 import type { EncodeRecipe, LeafInfo } from "./recipe.js";
 import { runsForBox, type Box, type Run } from "./runs.js";
 
-/** Values per slab: 256 Ki values are 2 MiB as f64, the encoders' working precision. */
+/** Values per slab: 256 Ki values are 1 MiB as f32 (and the encoded parts far less). */
 export const SLAB_VALUES = 1 << 18;
 
 /** The shape of the tensor an encode op writes, from the shape of the values it encodes. */
