@@ -60,7 +60,7 @@ async function mergeCmd(a: Args, out: Out): Promise<void> {
       dtype: a.dtype as string | undefined, config: a.config as string | undefined, format: a.format as "dcp" | "safetensors" | undefined,
       alpha: numberOpt(a, "alpha"), rslora: a.rslora as boolean | undefined, force: a.force as boolean | undefined,
       allowOverflow: a["allow-overflow"] as boolean | undefined, onWarning: warner(a),
-      threads: numberOpt(a, "threads"), resume: a.resume as boolean | undefined, fsync: a.fsync as boolean | undefined, digest: a.digest as string | undefined,
+      threads: a.threads as number | undefined, resume: a.resume as boolean | undefined, fsync: a.fsync as boolean | undefined, digest: a.digest as string | undefined,
       onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal, { tensors: `${e.tensorsDone}/${e.tensorsTotal} tensors` }),
     });
     rep.stop();
