@@ -307,7 +307,11 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (opts.requantize && direction === "tt_to_hf") {
       reference = await referenceTensors(assetSource, source, mapping, opts.onWarning);
       planRequantize(plan, mapping, opts.requantize, { config: flatTextConfig(config), shapeDtype: shapeDtypeOf(reference), reference });
-      if (reference && assetSource) execSource = withPrefixedSource(execSource, REFERENCE_FILES, assetSource);
+      if (reference && assetSource) {
+        execSource = withPrefixedSource(execSource, REFERENCE_FILES, assetSource);
+        // the reference's bytes decide groups of the output: its files are stamped like the source's
+        for (const [f, st] of stampFiles(assetSource.files(), (x) => assetSource!.localPath(x))) stamps.set(REFERENCE_FILES + f, st);
+      }
     }
 
     const world = opts.worldSize ?? 1;

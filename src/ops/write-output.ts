@@ -27,7 +27,7 @@ export interface WriteOutputOptions {
   catalog: Catalog;
   /** Where the plan's leaves are read from (the catalog's source, or one that also reads a second checkpoint). */
   source: Source;
-  /** size + mtime of the local source files, compared after the run. */
+  /** size + mtime of the local files `source` reads, compared after the run. */
   stamps: Map<string, SourceStamp>;
   execOpts: Omit<ExecOptions, "dir" | "journal" | "onWarning">;
   /** Identity of the run for the resume journal (options, tool version, source stamps). */
@@ -65,7 +65,7 @@ export async function writeOutput(o: WriteOutputOptions): Promise<ExecResult> {
     }
     if (exec.f16Overflow > 0) o.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
     warnNonfinite(exec, o.onWarning);
-    checkSourceUnchanged(o.catalog.source, o.stamps);
+    checkSourceUnchanged(o.source, o.stamps);
     writeExtras(o.layout, dir.partial);
     writeFileSync(join(dir.partial, MANIFEST), await manifestOf(o.catalog, o.plan, o.layout, exec, await sourceIdentity(o.catalog), o.optionsRecord, o.digest));
     o.addFiles?.(dir.partial);
@@ -76,7 +76,7 @@ export async function writeOutput(o: WriteOutputOptions): Promise<ExecResult> {
     let err = describeFsError(e, dir.partial);
     if (!(err instanceof CkptError && err.code === "SOURCE_CHANGED")) {
       // a source file rewritten mid-run surfaces as short reads or odd errors: name the real cause
-      try { checkSourceUnchanged(o.catalog.source, o.stamps); } catch (changed) { err = changed; }
+      try { checkSourceUnchanged(o.source, o.stamps); } catch (changed) { err = changed; }
     }
     const code = err instanceof CkptError ? err.code : undefined;
     // The partial folder is kept only for --resume: when the run was started with --resume (so Ctrl-C of a
