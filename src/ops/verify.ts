@@ -359,9 +359,13 @@ function comparedHow(r: Recipe, dtype: DType, other: DType): string {
   return dtype === other ? "compared byte for byte" : `cast ${dtype} → ${other}, then compared byte for byte`;
 }
 
-/** True when a plan decodes quantized tensors (FP8 block scales, MXFP4, INT4). */
-function decodes(plan: ConversionPlan): boolean {
-  return plan.tensors.some((t) => !comparedHow(t.recipe, "F32", "F32").startsWith("compared"));
+/** True when the plan decodes quantized tensors (FP8 block scales, MXFP4, INT4); false when it cannot be made. */
+function decodesQuantized(plan: () => ConversionPlan): boolean {
+  try {
+    return plan().tensors.some((t) => !comparedHow(t.recipe, "F32", "F32").startsWith("compared"));
+  } catch {
+    return false; // not a complete HF checkpoint of the mapping: compared the usual way, which reports what differs
+  }
 }
 
 /**
@@ -386,7 +390,7 @@ async function compareCatalogs(x: { src: Source; cat: Catalog; label: string }, 
     sideB = sideOf(mapping, namesB, DEFAULT_TARGET);
     const ttNames = (names: string[]) => names.map((n) => normalizeTtName(n).name ?? n);
     if (sideA === "hf" && sideB === "hf") plan = identityPlan(ca);
-    else if (sideA === "tt" && sideB === "hf" && !swapped && decodes(planConversion(cb, { mapping, config: cfg.config, direction: "hf_to_tt", target: detectTarget(mapping, ttNames(namesA)), dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn" }))) {
+    else if (sideA === "tt" && sideB === "hf" && !swapped && decodesQuantized(() => planConversion(cb, { mapping, config: cfg.config, direction: "hf_to_tt", target: detectTarget(mapping, ttNames(namesA)), dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn" }))) {
       // b holds quantized tensors (FP8 block scales, MXFP4, INT4): its values are decoded as convert decodes them
       // and compared with a's, rather than a's values re-encoded
       result.notes.push(`${y.label} holds quantized tensors: its values are decoded as convert decodes them and compared with ${x.label}'s`);
