@@ -270,6 +270,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
   let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
   const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
   let lora: Awaited<ReturnType<typeof withLoraModel>>;
+  /** The --config (or hf_assets/) source when it is not `source`: closed with it. */
+  let assetSource: Source | undefined;
   try {
     // size + mtime of every local source file, compared after the run (SOURCE_CHANGED) and part of the resume plan
     const stamps = stampFiles(source.files(), (f) => source.localPath(f));
@@ -277,7 +279,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     // config.json: --config, else the source's own, else our own hf_assets/ beside TorchTitan weights
     let config = catalog.config;
     let configFile = `${source.id}/config.json`;
-    let assetSource: Source | undefined = config ? source : undefined;
+    assetSource = config ? source : undefined;
     if (opts.config) {
       const c = await openConfigSource(opts.config, opts);
       config = c.config; configFile = c.file; assetSource = c.source;
@@ -379,6 +381,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     };
   } finally {
     await lora?.close();
+    if (assetSource && assetSource !== source) await assetSource.close();
     if (typeof opts.source === "string") await source.close();
   }
 }
