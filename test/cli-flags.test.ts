@@ -12,7 +12,8 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { writeTinyLlama } from "../src/fixtures/tiny-llama.js";
+import { tinyLlamaTensors, writeTinyLlama } from "../src/fixtures/tiny-llama.js";
+import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
 import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -211,11 +212,12 @@ const expertBias = async (cmd: string[]) => {
   assert.equal(existsSync(out), false, "--dry-run writes nothing");
 };
 
-const noFsync = async (cmd: string[]) => {
+/** `cmd` writes `out` (its arguments before the output folder: the command's own, then the source). */
+const noFsync = async (cmd: string[], before: string[] = [cmd[0]!, llama]) => {
   const synced = join(tmp, `fs-${cmd[0]}-default`);
   const unsynced = join(tmp, `fs-${cmd[0]}-nofsync`);
   for (const [out, extra] of [[synced, []], [unsynced, ["--no-fsync"]]] as const) {
-    const r = await cli([cmd[0]!, llama, out, ...cmd.slice(1), ...extra, "--threads", "0", "--quiet"]);
+    const r = await cli([...before, out, ...cmd.slice(1), ...extra, "--threads", "0", "--quiet"]);
     assert.equal(r.status, 0, `${cmd[0]} ${extra.join(" ")}: ${r.stderr}`);
     // (a machine without the native addon prints one line about the TypeScript kernels)
     assert.deepEqual(r.stderr.split("\n").filter((l) => l && !/native kernels unavailable/.test(l)), [], "no warning or error");
@@ -234,6 +236,13 @@ const noFsync = async (cmd: string[]) => {
 const NEGATED: Record<string, Record<string, () => Promise<void>>> = {
   convert: { "expert-bias": () => expertBias(["convert"]), fsync: () => noFsync(["convert"]) },
   shard: { "expert-bias": () => expertBias(["shard", "--world-size", "2"]), fsync: () => noFsync(["shard", "--world-size", "2"]) },
+  "lora merge": {
+    fsync: () => {
+      const adapter = join(tmp, "peft");
+      writePeftAdapter(adapter, tinyPeftAdapter(tinyLlamaTensors({ layers: 2 }).tensors));
+      return noFsync(["lora-merge"], ["lora", "merge", llama, adapter]);
+    },
+  },
 };
 
 describe("--no-* flags parse and have their effect", () => {

@@ -234,3 +234,37 @@ test("Kimi --requantize int4 over several output files: index weight_map and tot
     ok(["verify", join(t.dir, "back")]);
   } finally { t.cleanup(); }
 });
+
+test("MXFP4 scales alone (the scales part's path) equal the full encode's scales, with and without a reference", async () => {
+  const { mxfp4EncodeKeeping, mxfp4ScalesKeeping } = await import("../src/kernels/requantize.js");
+  const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+  const rows = 6, cols = 64, n = rows * cols;
+  let seed = 11;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const v = new Float32Array(n).map(() => (rnd() < 0.5 ? -1 : 1) * E2M1[Math.floor(rnd() * 8)]! * 2 ** (Math.floor(rnd() * 6) - 3));
+  v.fill(0, 64, 96); // an all-zero group: any scale encodes it
+  v[130] = 0.3; // a group no scale encodes
+  const blocks = new Uint8Array(n / 2).map(() => Math.floor(rnd() * 256)), scales = new Uint8Array(n / 32).map(() => 120 + Math.floor(rnd() * 8));
+  blocks.fill(0, 32, 48); scales[2] = 125; // the zero group under another scale: kept from the reference
+  for (const ref of [undefined, { blocks, scales }, mxfp4EncodeKeeping(v, rows, cols, "BF16")]) {
+    const full = mxfp4EncodeKeeping(v, rows, cols, "BF16", ref && { blocks: ref.blocks, scales: ref.scales });
+    const alone = mxfp4ScalesKeeping(v, rows, cols, "BF16", ref && { blocks: ref.blocks, scales: ref.scales });
+    for (let g = 0; g < n / 32; g++) if (!full.badMask[g]) assert.equal(alone[g], full.scales[g], `group ${g}`);
+    if (ref?.scales === scales) assert.equal(full.adopted > 0 && alone[2], 125);
+  }
+});
+
+test("encode slabs tile a piece: rows in order, each slab's runs the input's runs of those rows", async () => {
+  const { encodeSlabs, rowSlabs } = await import("../src/plan/encode.js");
+  const { runsForBox } = await import("../src/plan/runs.js");
+  const box = { offsets: [1, 0, 0], sizes: [3, 5, 64] };
+  const slabs = rowSlabs(box, 4);
+  assert.deepEqual(slabs.map((b) => [b.offsets.join(), b.sizes.join()]), [
+    ["1,0,0", "1,4,64"], ["1,4,0", "1,1,64"], ["2,0,0", "1,4,64"], ["2,4,0", "1,1,64"], ["3,0,0", "1,4,64"], ["3,4,0", "1,1,64"]]);
+  const leaves = { w: { dtype: "BF16" as const, shape: [4, 5, 64], pieces: [{ offsets: [0, 0, 0], sizes: [4, 5, 64], file: "f", byteOffset: 100, byteLength: 4 * 5 * 64 * 2 }] } };
+  const r = { op: "mxfp4_encode" as const, part: "blocks" as const, values: [4, 5, 64], valuesDtype: "BF16" as const, input: { op: "source" as const, tensor: "w" } };
+  const s = encodeSlabs(r, [4, 5, 2, 16], { offsets: [1, 0, 0, 0], sizes: [3, 5, 2, 16] }, leaves, 4 * 64);
+  assert.deepEqual(s.map((x) => [x.firstRow, x.rows]), [[5, 4], [9, 1], [10, 4], [14, 1], [15, 4], [19, 1]]);
+  assert.deepEqual(s[1]!.runs, runsForBox(r.input, r.values, { offsets: [1, 4, 0], sizes: [1, 1, 64] }, leaves));
+  assert.throws(() => encodeSlabs(r, [4, 5, 2, 16], { offsets: [0, 0, 1, 0], sizes: [1, 5, 1, 16] }, leaves), /must span dim 2/);
+});

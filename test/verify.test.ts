@@ -272,3 +272,43 @@ describe("verify two checkpoints through the mapping", () => {
   });
 });
 
+
+// ---- quantized HF sources: decoded as convert decodes them, both ways, and a flipped scale is found ---------------
+
+/** Absolute byte offset of the first byte of tensor `name` in a safetensors file (header parsed here, independently). */
+function tensorOffset(file: string, name: string): number {
+  const b = readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const h = JSON.parse(b.subarray(8, 8 + n).toString("utf8")) as Record<string, { data_offsets: [number, number] }>;
+  return 8 + n + h[name]!.data_offsets[0];
+}
+
+describe("verify: quantized HF sources (FP8 block scales, MXFP4, INT4) against their TorchTitan conversion", () => {
+  const cases: { kind: string; write: (d: string) => Promise<unknown>; scale: string; how: RegExp; byte?: number; bit?: number }[] = [
+    { kind: "MXFP4", write: async (d: string) => (await import("../src/fixtures/tiny-gpt-oss.js")).writeTinyGptOss(d, { quantizerScales: true }), scale: "model.layers.0.mlp.experts.down_proj_scales", how: /decoded from MXFP4 .*: 4 tensor/ },
+    { kind: "INT4", write: async (d: string) => (await import("../src/fixtures/tiny-kimi.js")).writeTinyKimi(d, { layout: "k2" }), scale: "model.layers.1.mlp.experts.0.down_proj.weight_scale", how: /decoded from INT4 .*: 6 tensor/ },
+    { kind: "FP8", write: async (d: string) => (await import("../src/fixtures/tiny-deepseek.js")).writeTinyDeepSeek(d, {}), scale: "model.layers.0.self_attn.o_proj.weight_scale_inv", byte: 3, bit: 0, how: /decoded from FP8 with block scales: \d+ tensor/ },
+  ];
+  for (const c of cases) {
+    test(`${c.kind}: verify hf tt and tt hf pass and say how each tensor was compared; one flipped scale bit fails both ways`, async () => {
+      const d = mkdtempSync(join(tmp, `q-${c.kind}-`));
+      await c.write(join(d, "hf"));
+      await runConvert({ source: join(d, "hf"), out: join(d, "tt") });
+      for (const [a, b] of [["hf", "tt"], ["tt", "hf"]] as const) {
+        const r = await runVerify(join(d, a), join(d, b));
+        assert.equal(r.ok, true, formatVerify(r));
+        assert.ok(r.notes.some((n) => c.how.test(n)), r.notes.join("\n"));
+        assert.ok(r.notes.some((n) => /compared byte for byte: \d+ tensor/.test(n)), r.notes.join("\n"));
+      }
+      const file = readdirSync(join(d, "hf")).filter((f) => f.endsWith(".safetensors")).map((f) => join(d, "hf", f))
+        .find((f) => { try { tensorOffset(f, c.scale); return true; } catch { return false; } })!;
+      // a scale's exponent bit (U8 E8M0: bit 4; BF16: bit 12; F32: bit 23): the decoded values change by a power of two
+      flipBit(file, tensorOffset(file, c.scale) + (c.byte ?? 1), c.bit ?? 4);
+      for (const [a, b] of [["hf", "tt"], ["tt", "hf"]] as const) {
+        const r = await runVerify(join(d, a), join(d, b));
+        assert.equal(r.ok, false, `${a} vs ${b}: a flipped ${c.scale} bit must be found`);
+        assert.match(r.difference!.message, /differs at index/);
+      }
+    });
+  }
+});

@@ -8,12 +8,28 @@ import { writeTinyGptOss } from "../fixtures/tiny-gpt-oss.js";
 import { runInspect } from "../ops/inspect.js";
 import { runConvert } from "../ops/convert.js";
 import { openDcp } from "../formats/dcp/reader.js";
-import { readFileSync } from "node:fs";
+import { closeSync, openSync, readSync } from "node:fs";
 import { CkptError } from "../errors.js";
 import { fmtBytes, table } from "./format.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { buildCatalog } from "../catalog.js";
 import { openLocal } from "../sources/local.js";
+
+/** `length` bytes of `path` at `offset` (a tensor's bytes, never the whole file). */
+function readRange(path: string, offset: number, length: number): Buffer {
+  const fd = openSync(path, "r");
+  try {
+    const b = Buffer.alloc(length);
+    for (let got = 0; got < length;) {
+      const n = readSync(fd, b, got, length - got, offset + got);
+      if (n === 0) throw new CkptError("IO", `${path} ends before byte ${offset + length}`, { file: path });
+      got += n;
+    }
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /** HF → TT row order of the q/k permutation written out longhand (torchtitan-layout.md §3.2). */
 function ttRowSource(r: number, hd: number): number {
@@ -51,7 +67,7 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
     const hd = cfg.head_dim ?? cfg.hidden_size / cfg.num_attention_heads;
     let checked = 0;
     for (const c of chunks) {
-      const data = readFileSync(join(tt, c.file)).subarray(c.dataOffset, c.dataOffset + c.dataLength);
+      const data = readRange(join(tt, c.file), c.dataOffset, c.dataLength);
       const hfName = c.fqn
         .replace("tok_embeddings.weight", "model.embed_tokens.weight").replace(/^norm\.weight$/, "model.norm.weight")
         .replace(/^layers\.(\d+)\.attention\.qkv_linear\.w([qkv])\.weight$/, "model.layers.$1.self_attn.$2_proj.weight")
@@ -89,7 +105,7 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
       const c = cat.tensors.get(t.name);
       if (!c) throw new CkptError("VERIFY", `demo: round trip lost ${t.name}`);
       const p = c.pieces[0]!;
-      const bytes = readFileSync(join(back, p.file)).subarray(p.byteOffset, p.byteOffset + p.byteLength);
+      const bytes = readRange(join(back, p.file), p.byteOffset, p.byteLength);
       if (Buffer.compare(Buffer.from(bytes), Buffer.from(t.data)) !== 0) throw new CkptError("VERIFY", `demo: round trip changed ${t.name}`);
       same++;
     }
@@ -124,7 +140,7 @@ async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: strin
     const hfName = `model.layers.${m[1]}.mlp.experts.${m[2] === "mlp1_weight_EGD" ? "gate_up_proj" : "down_proj"}`;
     const blocks = src.get(hfName + "_blocks")!, scales = src.get(hfName + "_scales")!;
     const p = t.pieces[0]!;
-    const out = readFileSync(join(tt, p.file)).subarray(p.byteOffset, p.byteOffset + p.byteLength);
+    const out = readRange(join(tt, p.file), p.byteOffset, p.byteLength);
     const cols = t.shape[t.shape.length - 1]!;
     for (let i = 0; i < out.length / 2; i++) {
       const row = Math.floor(i / cols), c = i % cols;

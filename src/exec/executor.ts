@@ -6,13 +6,15 @@ import { join } from "node:path";
 import { availableParallelism } from "node:os";
 import { setMaxListeners } from "node:events";
 import type { Piscina } from "piscina";
-import { elementSize, numelOf } from "../dtypes.js";
+import { numelOf } from "../dtypes.js";
 import { CkptError, fromWorkerError } from "../errors.js";
 import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
-import { runsForBox } from "../plan/runs.js";
+import { runsForBox, runSourceRanges, type Box, type Run } from "../plan/runs.js";
+import { isEncode } from "../plan/recipe.js";
+import { encodeTask } from "./encode-piece.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
@@ -53,6 +55,11 @@ export interface ExecOptions {
    */
   journal?: { plan: string; resume: boolean };
   onWarning?: (msg: string) => void;
+  /**
+   * Inputs of a piece that are not source byte ranges (the adapter rows a `lora_merge` piece merges in), supplied by
+   * the command when the piece is dispatched, so only the pieces in flight hold them.
+   */
+  pieceInputs?: (t: TensorPlan, box: Box) => Promise<Partial<Pick<PieceTask, "lora">>>;
 }
 
 export interface ChunkDigest {
@@ -79,6 +86,8 @@ export interface ExecResult {
   resumedBytes?: number;
   /** The resume journal in `dir` (closed); the caller deletes it once the output is final. */
   journalPath?: string;
+  /** Encoded (requantized) tensors: groups with no exact encoding (and in how many tensors), groups kept from the reference. */
+  requantize?: { bad: number; badTensors: number; adopted: number; first?: string };
 }
 
 const MiB = 1024 * 1024;
@@ -152,22 +161,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   }
 
   // 2. pieces → worker tasks
-  const paths: Record<string, string> = {};
-  // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
-  // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
-  const remote = new Set<string>();
-  const scales: WorkerTask["scales"] = {};
-  for (const [name, leaf] of Object.entries(plan.leaves)) {
-    for (const p of leaf.pieces) {
-      const lp = source.localPath(p.file);
-      if (lp) paths[p.file] = lp;
-      else remote.add(p.file);
-    }
-    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
-      const p = leaf.pieces[0]!;
-      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
-    }
-  }
+  const { paths, remote, scales } = sourceAccess(plan.leaves, source);
   const bytesTotal = pieces.reduce((s, p) => s + p.byteLength, 0);
   const tensorsTotal = new Set(chunks.map((c) => c.tensor)).size;
   const piecesLeftByTensor = new Map<string, number>();
@@ -182,15 +176,17 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     pieces: batch.map((p): PieceTask => {
       const c = chunks[p.chunk]!;
       const t = tensorByName.get(c.tensor)!;
+      const encoded = isEncode(t.recipe);
       return {
         outPath: join(opts.dir, c.file),
         tensor: c.tensor,
         outOffset: p.outOffset,
         outDtype: c.dtype,
         elems: numelOf(p.box.sizes),
-        runs: runsForBox(t.recipe, t.shape, p.box, plan.leaves),
+        runs: encoded ? [] : runsForBox(t.recipe, t.shape, p.box, plan.leaves),
         countF16Overflow: c.dtype === "F16",
         digest,
+        ...(isEncode(t.recipe) ? { encode: encodeTask(t.name, t.recipe, t.shape, p.box, plan.leaves) } : {}),
       };
     }),
   });
@@ -253,7 +249,8 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   });
   const threads = opts.threads ?? (bytesTotal < 8 * MiB ? 0 : Math.max(1, availableParallelism()));
   const onBatchDone = (batch: typeof pieces, res: PieceResult[]) => {
-    journal?.append(batch.map((p, j) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, digest: res[j]!.digest })));
+    // Encoded pieces that counted groups are not journaled: a resumed run recomputes them, so its counts are whole.
+    journal?.append(batch.map((p, j) => ({ p, j })).filter(({ j }) => !res[j]!.requantize?.bad && !res[j]!.requantize?.adopted).map(({ p, j }) => ({ piece: pieceIndex.get(p)!, crc: res[j]!.crc, bytes: res[j]!.bytes, f16Overflow: res[j]!.f16Overflow, digest: res[j]!.digest })));
     batch.forEach((p, j) => {
       results[pieceIndex.get(p)!] = res[j];
       bytesDone += p.byteLength;
@@ -267,6 +264,12 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
   const prepare = async (batch: typeof pieces): Promise<WorkerTask> => {
     const task = taskFor(batch);
+    if (opts.pieceInputs) {
+      for (const [i, p] of batch.entries()) {
+        const t = tensorByName.get(chunks[p.chunk]!.tensor)!;
+        Object.assign(task.pieces[i]!, await opts.pieceInputs(t, p.box));
+      }
+    }
     if (remote.size > 0) task.spans = await fetchSpans(task, remote, source);
     return task;
   };
@@ -352,10 +355,20 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   const perChunk = new Map<number, { crc: number; digests: string[]; bytes: number }>();
   let overflow = 0;
   let nonfinite = 0;
+  let requantize: ExecResult["requantize"];
+  const badTensors = new Set<string>();
   pieces.forEach((p, i) => {
     const r = results[i]!;
     overflow += r.f16Overflow;
     nonfinite += r.nonfinite ?? 0;
+    if (r.requantize) {
+      const q = (requantize ??= { bad: 0, badTensors: 0, adopted: 0 });
+      q.bad += r.requantize.bad;
+      q.adopted += r.requantize.adopted;
+      q.first ??= r.requantize.first;
+      if (r.requantize.bad) badTensors.add(chunks[p.chunk]!.tensor);
+      q.badTensors = badTensors.size;
+    }
     const acc = perChunk.get(p.chunk) ?? { crc: 0, digests: [], bytes: 0 };
     acc.crc = acc.bytes === 0 ? r.crc : crc32Combine(acc.crc, r.crc, r.bytes);
     acc.bytes += r.bytes;
@@ -387,6 +400,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
     resumedPieces,
     resumedBytes,
     journalPath: journal?.path,
+    ...(requantize ? { requantize } : {}),
   };
 }
 
@@ -396,15 +410,40 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
  * ArrayBuffer, transferred to the worker without a copy.
  */
 async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
-  const ranges: { file: string; start: number; end: number }[] = [];
-  for (const p of task.pieces) {
-    for (const r of p.runs) {
-      if (r.src && remote.has(r.src.file)) {
-        ranges.push({ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) });
-      }
-      const sc = r.dequant ? task.scales[r.dequant.scale] : undefined;
-      if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
+  return fetchRunSpans(task.pieces.flatMap(pieceRuns), task.scales, remote, source);
+}
+
+/**
+ * How a worker reaches the source files of `leaves`: local paths (pread), files without one (`remote`: their bytes
+ * are fetched by the main thread, fetchRunSpans), and the F32 tensors FP8 dequantization reads as scales.
+ */
+export function sourceAccess(leaves: ConversionPlan["leaves"], source: Source): { paths: Record<string, string>; remote: Set<string>; scales: WorkerTask["scales"] } {
+  const paths: Record<string, string> = {};
+  // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
+  // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
+  const remote = new Set<string>();
+  const scales: WorkerTask["scales"] = {};
+  for (const [name, leaf] of Object.entries(leaves)) {
+    for (const p of leaf.pieces) {
+      const lp = source.localPath(p.file);
+      if (lp) paths[p.file] = lp;
+      else remote.add(p.file);
     }
+    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
+      const p = leaf.pieces[0]!;
+      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
+    }
+  }
+  return { paths, remote, scales };
+}
+
+/** The byte ranges `runs` read from files in `remote`, fetched (merged as the worker merges its reads). */
+export async function fetchRunSpans(runs: Run[], scales: WorkerTask["scales"], remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
+  const ranges: { file: string; start: number; end: number }[] = [];
+  for (const r of runs) {
+    for (const x of runSourceRanges(r)) if (remote.has(x.file)) ranges.push(x);
+    const sc = r.dequant ? scales[r.dequant.scale] : undefined;
+    if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
   }
   ranges.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
   const merged: typeof ranges = [];
@@ -418,6 +457,12 @@ async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source)
     const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b : new Uint8Array(b);
     return { file: m.file, start: m.start, data: own };
   }));
+}
+
+/** Every run a piece reads: its own, or its encode slabs' (values and reference). */
+function pieceRuns(p: PieceTask): Run[] {
+  if (!p.encode) return p.runs;
+  return p.encode.slabs.flatMap((s) => [...s.runs, ...(s.reference ? [...s.reference.a, ...s.reference.b] : [])]);
 }
 
 export function writeExtras(layout: OutputLayout, dir: string): void {

@@ -33,6 +33,7 @@ const codeOf = (d: DType): number => (isCastable(d) ? DTYPE_CODE[d] : -1);
 export function nativeEligible(p: PieceTask, paths: Record<string, string>): boolean {
   if (p.digest !== undefined && p.digest !== "xxh128") return false;
   if (elementSize(p.outDtype) > 16) return false;
+  if (p.encode || p.lora) return false;
   for (const r of p.runs) {
     if (!r.src) continue;
     if (r.dequant || r.mxfp4 || r.int4 || r.transpose || r.src.stride !== r.cols) return false;

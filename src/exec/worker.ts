@@ -11,6 +11,8 @@ import { loadNative } from "../kernels/native.js";
 import { workerInputError } from "../errors.js";
 import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
+import { encodePiece, type EncodeTask, type RequantizeCount } from "./encode-piece.js";
+import { mergePiece, type LoraPieceUpdate } from "../lora/merge-kernel.js";
 
 export interface PieceTask {
   outPath: string;
@@ -25,6 +27,10 @@ export interface PieceTask {
   countF16Overflow: boolean;
   /** Digest of the piece's output bytes for the manifest and the journal; none when undefined. */
   digest?: DigestAlgorithm;
+  /** An encoded (requantized) piece: `runs` is empty, the values come slab by slab (exec/encode-piece.ts). */
+  encode?: EncodeTask;
+  /** A merged LoRA piece: `runs` give the base weight's rows, merged in f32 with this update, then cast. */
+  lora?: LoraPieceUpdate;
 }
 
 export interface WorkerTask {
@@ -55,6 +61,8 @@ export interface PieceResult {
   /** Non-finite values decoding produced (written only with allowNonfinite). */
   nonfinite?: number;
   digest?: string;
+  /** Encoded pieces: groups with no exact encoding, groups kept from the reference. */
+  requantize?: RequantizeCount;
 }
 
 let kernels: Kernels | undefined;
@@ -62,8 +70,8 @@ let kernels: Kernels | undefined;
 // Per-thread scratch buffers, reused by every piece: a fresh 16 MiB Buffer per piece costs an mmap and page
 // faults on every byte (several times slower than the pread into it). Nothing here escapes runTask: only CRCs
 // and hashes go back, so reuse cannot change what is written.
-const scratch: { staging?: Buffer; out?: Buffer; produce?: Buffer } = {};
-function scratchBuffer(kind: "staging" | "out" | "produce", bytes: number): Buffer {
+const scratch: { staging?: Buffer; out?: Buffer; produce?: Buffer; values?: Buffer } = {};
+function scratchBuffer(kind: "staging" | "out" | "produce" | "values", bytes: number): Buffer {
   let b = scratch[kind];
   if (!b || b.length < bytes) {
     b = scratch[kind] = Buffer.allocUnsafeSlow(Math.max(bytes, 1 << 20));
@@ -179,9 +187,33 @@ function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, e
 
 function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number, dfds: (path: string) => number | undefined, scaleCache: Map<string, Uint8Array>): Promise<PieceResult> {
   const k = (kernels ??= getKernels());
-  const oes = elementSize(p.outDtype);
+  if (p.encode) {
+    const enc = encodePiece(p, p.encode, (runs, elems, dtype) => computeRuns(task, { ...p, runs, elems, outDtype: dtype, countF16Overflow: false }, fds, scaleCache, "values").out);
+    return finishPiece(p, enc.bytes, fds, dfds, 0).then((r) => ({ ...r, requantize: enc.result }));
+  }
+  if (p.lora) return loraPiece(task, p, p.lora, fds, dfds, scaleCache, k);
   if (streamable(p)) return streamPiece(task, p, fds, dfds, k);
-  const out = scratchBuffer("out", p.elems * oes);
+  const { out, overflow, nonfinite } = computeRuns(task, p, fds, scaleCache, "out");
+  return finishPiece(p, out, fds, dfds, overflow, nonfinite);
+}
+
+/** The base weight's rows in f32, merged with the update, cast (round to nearest even) into the output dtype. */
+function loraPiece(task: WorkerTask, p: PieceTask, u: LoraPieceUpdate, fds: (path: string) => number, dfds: (path: string) => number | undefined, scaleCache: Map<string, Uint8Array>, k: Kernels): Promise<PieceResult> {
+  const w = computeRuns(task, { ...p, outDtype: "F32", countF16Overflow: false }, fds, scaleCache, "values").out;
+  const merged = mergePiece(new Float32Array(w.buffer.slice(w.byteOffset, w.byteOffset + w.byteLength)), p.elems / u.cols, u);
+  const bytes = new Uint8Array(merged.buffer, merged.byteOffset, merged.byteLength);
+  const overflow = p.outDtype === "F16" ? k.stats(bytes, "F32", p.elems).f16Overflow : 0;
+  if (p.outDtype === "F32") return finishPiece(p, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), fds, dfds, overflow);
+  const out = scratchBuffer("out", p.elems * elementSize(p.outDtype));
+  k.cast(bytes, "F32", out, p.outDtype as CastableDType, p.elems);
+  return finishPiece(p, out, fds, dfds, overflow);
+}
+
+/** The piece's output elements computed from its runs into a scratch buffer (`into` names which one). */
+function computeRuns(task: WorkerTask, p: PieceTask, fds: (path: string) => number, scaleCache: Map<string, Uint8Array>, into: "out" | "values"): { out: Buffer; overflow: number; nonfinite: number } {
+  const k = (kernels ??= getKernels());
+  const oes = elementSize(p.outDtype);
+  const out = scratchBuffer(into, p.elems * oes);
   let overflow = 0;
   let nonfinite = 0;
   // Decoding (FP8 × scale, MXFP4, INT4) must give finite values in the output dtype: checked on every tier's output.
@@ -249,7 +281,7 @@ function runPiece(task: WorkerTask, p: PieceTask, fds: (path: string) => number,
       }
     }
   });
-  return finishPiece(p, out, fds, dfds, overflow, nonfinite);
+  return { out, overflow, nonfinite };
 }
 
 // Output leaves a worker in windows of WINDOW bytes: the CRC, the hash and the pwrite of a window all hit the
@@ -538,6 +570,25 @@ async function finishPiece(p: PieceTask, out: Buffer, fds: (path: string) => num
   } catch (e) {
     await sink.abandon();
     throw e;
+  }
+}
+
+/**
+ * `elems` output elements of `outDtype` computed from `runs` exactly as a written piece's are (decodes, casts): for
+ * `ckpt verify`, which compares a checkpoint with what a conversion of the other would write. A copy (not scratch).
+ */
+export function valuesOfRuns(task: Omit<WorkerTask, "pieces">, runs: Run[], elems: number, outDtype: DType): Buffer {
+  const open = new Map<string, number>();
+  const fds = (path: string): number => {
+    let fd = open.get(path);
+    if (fd === undefined) open.set(path, (fd = openSync(path, "r")));
+    return fd;
+  };
+  try {
+    const t: WorkerTask = { ...task, pieces: [] };
+    return Buffer.from(computeRuns(t, { outPath: "", outOffset: 0, outDtype, elems, runs, countF16Overflow: false }, fds, new Map(), "out").out);
+  } finally {
+    for (const fd of open.values()) closeSync(fd);
   }
 }
 

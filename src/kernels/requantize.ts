@@ -17,19 +17,42 @@
 // over non-zero values (which that quantizer never writes) are refused.
 
 const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+/** Code of an E2M1 magnitude by twice its value (0, 1, 2, 3, 4, 6, 8, 12 → 0 … 7), −1 for the others. */
+const CODE_OF_DOUBLE = Int8Array.from({ length: 13 }, (_, i) => [0, 1, 2, 3, 4, 6, 8, 12].indexOf(i));
 
 /** Nibble of an exact E2M1 value x (sign from the value's sign bit, so −0 → 8), or −1. */
 function e2m1Nibble(x: number): number {
-  const neg = x < 0 || Object.is(x, -0);
-  const i = E2M1.indexOf(Math.abs(x));
-  return i < 0 ? -1 : (neg ? 8 : 0) | i;
+  const d = (x < 0 ? -x : x) * 2;
+  if (!(d <= 12) || (d | 0) !== d) return -1;
+  const c = CODE_OF_DOUBLE[d]!;
+  if (c < 0) return -1;
+  return x < 0 || (x === 0 && 1 / x < 0) ? c | 8 : c;
+}
+
+/** Values as the encoders read them: exact f32 / f64 numbers. */
+type Values = Float32Array | Float64Array;
+
+/**
+ * The E8M0 scale byte OpenAI's quantizer gives the 32 values at `base`: amax/6 rounded up to a power of two (byte ≥ 1
+ * for any non-zero group), 0 for an all-zero group; −1 when no scale can (an infinite amax, or one past 2^127).
+ */
+function mxfp4ScaleByte(values: Values, base: number): number {
+  let amax = 0;
+  for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(values[base + i]!));
+  if (!(amax > 0)) return 0; // ±0 (or NaN: the nibbles refuse it)
+  if (!Number.isFinite(amax)) return -1;
+  let e = Math.ceil(Math.log2(amax / 6));
+  while (2 ** e < amax / 6) e++;
+  while (2 ** (e - 1) >= amax / 6) e--;
+  const byte = Math.max(1, e + 127);
+  return byte > 254 ? -1 : byte;
 }
 
 /**
  * MXFP4 encode of values [rows, cols] (cols a multiple of 32, row-major) into blocks [rows, cols/32, 16] (low nibble
  * first) and E8M0 scales [rows, cols/32]. `bad` counts the groups with no exact encoding under the quantizer's scale.
  */
-export function mxfp4Encode(values: Float64Array, rows: number, cols: number): { blocks: Uint8Array; scales: Uint8Array; bad: number; firstBad: number; badMask: Uint8Array } {
+export function mxfp4Encode(values: Values, rows: number, cols: number): { blocks: Uint8Array; scales: Uint8Array; bad: number; firstBad: number; badMask: Uint8Array } {
   if (cols % 32 !== 0) throw new Error(`mxfp4 encode: ${cols} columns is not a multiple of 32`);
   const G = cols / 32;
   const blocks = new Uint8Array(rows * G * 16);
@@ -38,17 +61,8 @@ export function mxfp4Encode(values: Float64Array, rows: number, cols: number): {
   let bad = 0, firstBad = -1;
   for (let g = 0; g < rows * G; g++) {
     const base = g * 32;
-    let amax = 0;
-    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(values[base + i]!));
-    let byte = 0;
-    if (amax > 0) {
-      if (!Number.isFinite(amax)) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; continue; }
-      let e = Math.ceil(Math.log2(amax / 6));
-      while (2 ** e < amax / 6) e++;
-      while (2 ** (e - 1) >= amax / 6) e--;
-      byte = Math.max(1, e + 127);
-      if (byte > 254) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; continue; }
-    }
+    const byte = mxfp4ScaleByte(values, base);
+    if (byte < 0) { bad++; badMask[g] = 1; if (firstBad < 0) firstBad = g; continue; }
     scales[g] = byte;
     const inv = 2 ** (127 - byte);
     let ok = true;
@@ -62,11 +76,14 @@ export function mxfp4Encode(values: Float64Array, rows: number, cols: number): {
   return { blocks, scales, bad, firstBad, badMask };
 }
 
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
 /** BF16 bits of x when x is exactly a BF16 value, else −1. */
 function exactBf16(x: number): number {
-  const f = new Float32Array([x]);
-  if (f[0] !== x) return -1;
-  const u = new Uint32Array(f.buffer)[0]!;
+  f32Scratch[0] = x;
+  if (f32Scratch[0] !== x) return -1;
+  const u = u32Scratch[0]!;
   return (u & 0xffff) === 0 ? u >>> 16 : -1;
 }
 
@@ -77,7 +94,7 @@ const BF16_EPS = 0x3c00;
  * cols: weight_packed I32 [rows, ceil(cols/8)] (8 nibbles per word, least significant first, nibble = q + 8) and
  * BF16 weight_scale bits [rows, ceil(cols/group)]. `bad` counts groups with no exact (q, s).
  */
-export function int4Encode(values: Float64Array, rows: number, cols: number, group: number): { packed: Uint8Array; scales: Uint16Array; bad: number; firstBad: number; badMask: Uint8Array } {
+export function int4Encode(values: Values, rows: number, cols: number, group: number): { packed: Uint8Array; scales: Uint16Array; bad: number; firstBad: number; badMask: Uint8Array } {
   const words = Math.ceil(cols / 8), S = Math.ceil(cols / group);
   const packed = new Uint32Array(rows * words);
   const scales = new Uint16Array(rows * S);
@@ -125,16 +142,16 @@ export function int4Encode(values: Float64Array, rows: number, cols: number, gro
 export function roundTo(x: number, dtype: "F32" | "BF16"): number {
   const f = Math.fround(x);
   if (dtype === "F32" || !Number.isFinite(f)) return f;
-  const w = new Uint32Array(new Float32Array([f]).buffer);
-  const u = w[0]!;
-  w[0] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
-  return new Float32Array(w.buffer)[0]!;
+  f32Scratch[0] = f;
+  const u = u32Scratch[0]!;
+  u32Scratch[0] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+  return f32Scratch[0]!;
 }
 
 const same = (a: number, b: number) => a === b && Object.is(a, -0) === Object.is(b, -0);
 
 /** Whether MXFP4 group `g` of (blocks, scales) decodes to values[g·32 ..] in `dtype`. */
-export function mxfp4GroupDecodesTo(blocks: Uint8Array, scales: Uint8Array, g: number, values: Float64Array, dtype: "F32" | "BF16"): boolean {
+export function mxfp4GroupDecodesTo(blocks: Uint8Array, scales: Uint8Array, g: number, values: Values, dtype: "F32" | "BF16"): boolean {
   const s = scales[g]!;
   if (s === 255) return false;
   for (let i = 0; i < 32; i++) {
@@ -146,12 +163,79 @@ export function mxfp4GroupDecodesTo(blocks: Uint8Array, scales: Uint8Array, g: n
 }
 
 /** Whether INT4 group (r, g) of (packed words, BF16 scale bits) decodes to values[r, g·group ..] in `dtype`. */
-export function int4GroupDecodesTo(packed: Uint32Array, scales: Uint16Array, r: number, g: number, rows: number, cols: number, group: number, values: Float64Array, dtype: "F32" | "BF16"): boolean {
+export function int4GroupDecodesTo(packed: Uint32Array, scales: Uint16Array, r: number, g: number, rows: number, cols: number, group: number, values: Values, dtype: "F32" | "BF16"): boolean {
   const words = Math.ceil(cols / 8), S = Math.ceil(cols / group);
-  const sc = new Float32Array(new Uint32Array([scales[r * S + g]! << 16]).buffer)[0]!;
+  u32Scratch[0] = scales[r * S + g]! << 16;
+  const sc = f32Scratch[0]!;
   for (let c = g * group; c < Math.min(cols, (g + 1) * group); c++) {
     const q = ((packed[r * words + (c >> 3)]! >>> (4 * (c & 7))) & 15) - 8;
     if (!same(roundTo(q * sc, dtype), values[r * cols + c]!)) return false;
   }
   return true;
+}
+
+/**
+ * MXFP4 encode of values [rows, cols] whose groups, when several encodings decode to the same values (an all-zero
+ * group takes any scale), keep the reference's encoding (the source checkpoint's blocks and scales of the same rows)
+ * when it decodes to them in `dtype`. `adopted` counts the groups taken from the reference.
+ */
+export function mxfp4EncodeKeeping(values: Values, rows: number, cols: number, dtype: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }):
+  ReturnType<typeof mxfp4Encode> & { adopted: number } {
+  const enc = mxfp4Encode(values, rows, cols);
+  let adopted = 0;
+  if (ref) {
+    const { blocks: sb, scales: ss } = ref;
+    for (let g = 0; g < rows * (cols / 32); g++) {
+      const differs = enc.badMask[g] || ss[g] !== enc.scales[g] || sb.subarray(g * 16, g * 16 + 16).some((b, i) => b !== enc.blocks[g * 16 + i]);
+      if (differs && mxfp4GroupDecodesTo(sb, ss, g, values, dtype)) {
+        enc.blocks.set(sb.subarray(g * 16, g * 16 + 16), g * 16);
+        enc.scales[g] = ss[g]!;
+        if (enc.badMask[g]) { enc.badMask[g] = 0; enc.bad--; }
+        adopted++;
+      }
+    }
+    enc.firstBad = enc.badMask.indexOf(1);
+  }
+  return { ...enc, adopted };
+}
+
+/**
+ * The scales alone of mxfp4EncodeKeeping (the same bytes for every group it encodes; a group it cannot encode gets
+ * some byte, and the blocks' encode refuses the output): the scale depends only on the group's amax, so the nibbles
+ * are computed only where the reference's scale differs and might be kept.
+ */
+export function mxfp4ScalesKeeping(values: Values, rows: number, cols: number, dtype: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }): Uint8Array {
+  const G = cols / 32;
+  const scales = new Uint8Array(rows * G);
+  for (let g = 0; g < rows * G; g++) {
+    const byte = mxfp4ScaleByte(values, g * 32);
+    scales[g] = ref && ref.scales[g] !== byte && mxfp4GroupDecodesTo(ref.blocks, ref.scales, g, values, dtype) ? ref.scales[g]! : Math.max(0, byte);
+  }
+  return scales;
+}
+
+/** INT4 encode of values [rows, cols] keeping the reference's encoding where it decodes exactly (see mxfp4EncodeKeeping). */
+export function int4EncodeKeeping(values: Values, rows: number, cols: number, group: number, dtype: "F32" | "BF16", ref?: { packed: Uint8Array; scale: Uint8Array }):
+  ReturnType<typeof int4Encode> & { adopted: number } {
+  const enc = int4Encode(values, rows, cols, group);
+  let adopted = 0;
+  if (ref && group % 8 === 0) {
+    const S = Math.ceil(cols / group), W = Math.ceil(cols / 8);
+    const sw = new Uint32Array(ref.packed.buffer.slice(ref.packed.byteOffset, ref.packed.byteOffset + rows * W * 4));
+    const sc = new Uint16Array(ref.scale.buffer.slice(ref.scale.byteOffset, ref.scale.byteOffset + rows * S * 2));
+    const ew = new Uint32Array(enc.packed.buffer, enc.packed.byteOffset, rows * W);
+    for (let r = 0; r < rows; r++) for (let g = 0; g < S; g++) {
+      const w0 = r * W + (g * group) / 8, w1 = r * W + Math.min(W, ((g + 1) * group) / 8);
+      let differs = !!enc.badMask[r * S + g] || sc[r * S + g] !== enc.scales[r * S + g];
+      for (let w = w0; w < w1 && !differs; w++) differs = sw[w] !== ew[w];
+      if (differs && int4GroupDecodesTo(sw, sc, r, g, rows, cols, group, values, dtype)) {
+        for (let w = w0; w < w1; w++) ew[w] = sw[w]!;
+        enc.scales[r * S + g] = sc[r * S + g]!;
+        if (enc.badMask[r * S + g]) { enc.badMask[r * S + g] = 0; enc.bad--; }
+        adopted++;
+      }
+    }
+    enc.firstBad = enc.badMask.indexOf(1);
+  }
+  return { ...enc, adopted };
 }

@@ -60,7 +60,8 @@ async function mergeCmd(a: Args, out: Out): Promise<void> {
       dtype: a.dtype as string | undefined, config: a.config as string | undefined, format: a.format as "dcp" | "safetensors" | undefined,
       alpha: numberOpt(a, "alpha"), rslora: a.rslora as boolean | undefined, force: a.force as boolean | undefined,
       allowOverflow: a["allow-overflow"] as boolean | undefined, onWarning: warner(a),
-      onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal, { tensors: e.tensor }),
+      threads: a.threads as number | undefined, resume: a.resume as boolean | undefined, fsync: a.fsync as boolean | undefined, digest: a.digest as string | undefined,
+      onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal, { tensors: `${e.tensorsDone}/${e.tensorsTotal} tensors` }),
     });
     rep.stop();
     if (a.json) { out(JSON.stringify({ event: "result", ...r })); return; }
@@ -104,7 +105,11 @@ export function loraCommand(out: Out): CommandModule<object, object> {
         .option("alpha", { type: "number", describe: "TorchTitan adapters without ckpt metadata: alpha" })
         .option("rslora", { type: "boolean", describe: "…as an rsLoRA alpha" })
         .option("allow-overflow", { type: "boolean", describe: "accept ±inf with --dtype f16" })
-        .option("force", { type: "boolean", describe: "replace an existing output" }),
+        .option("force", { type: "boolean", describe: "replace an existing output" })
+        .option("resume", { type: "boolean", describe: "continue an interrupted merge from <out>.partial; journaled pieces are re-hashed, then skipped" })
+        .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename (--no-fsync: page cache only, like cp)" })
+        .option("digest", { choices: ["xxh128", "sha256"] as const, default: "xxh128" as const, describe: "content digest of every output piece in ckpt-manifest.json" })
+        .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" }),
       (a) => mergeCmd(a as Args, out))
       .demandCommand(1, "give a lora command: convert, export, merge"),
     handler: () => {},

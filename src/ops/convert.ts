@@ -1,12 +1,11 @@
 // convert / shard: Source → Catalog → Plan → Execute → Finalize. The CLI is a thin layer over this.
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { createHash } from "node:crypto";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog } from "../catalog-types.js";
 import { CkptError } from "../errors.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
-import { HF_ASSET_FILES, readConfig } from "../sources/config.js";
+import { readConfig } from "../sources/config.js";
 import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
@@ -17,14 +16,19 @@ import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkStoredShapes } from "../plan/quant-checks.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
-import { allocatedBytes, checkFreeSpace, commitOutputDir, describeFsError, discardOutputDir, fsyncPath, isDiskFull, prepareOutputDir } from "../exec/output-dir.js";
-import { digestOf, parseDigest, type DigestAlgorithm } from "../exec/digest.js";
+import { describeFsError, fsyncPath, isDiskFull } from "../exec/output-dir.js";
+import { parseDigest } from "../exec/digest.js";
 import { unthrottledDirtyBytes } from "../exec/page-cache.js";
-import { stampChange, stampFiles, type SourceStamp } from "../exec/journal.js";
+import { stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
-import { checkRequantizable, requantizeHfDir, type RequantizeKind } from "./requantize.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
+import { copyAssets } from "./assets.js";
+import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
+import { checkRequantizable, checkRequantized, planRequantize, type RequantizeKind } from "../plan/requantize.js";
+import { normalizedName } from "../plan/source-names.js";
+import { withPrefixedSource } from "../sources/overlay.js";
+import type { CatalogTensor } from "../catalog-types.js";
 
 export interface ConvertOptions extends OpenSourceOptions {
   source: string | Source;
@@ -52,7 +56,7 @@ export interface ConvertOptions extends OpenSourceOptions {
   /** DCP: data files per rank (default 2 unsharded, 1 sharded: see layoutDcp). */
   filesPerRank?: number;
   omit?: string[];
-  /** --to hf: re-encode the decoded experts into the source's packed layout (ops/requantize.ts). */
+  /** --to hf: write the experts in the source's packed layout, encoded from their values (plan/requantize.ts). */
   requantize?: RequantizeKind;
   /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
   features?: PlanFeature[];
@@ -114,7 +118,6 @@ export interface ConvertResult {
   lora?: LoraModelSummary;
 }
 
-const MANIFEST = "ckpt-manifest.json";
 
 async function openConfigSource(spec: string, opts: OpenSourceOptions): Promise<{ config: Record<string, unknown>; source: Source; file: string }> {
   const s = await openSource(spec, opts);
@@ -152,65 +155,6 @@ function parseTarget(t: string | undefined): Target | undefined {
   const full = t.startsWith("torchtitan@") ? t : `torchtitan@${t}`;
   if (!(TARGETS as readonly string[]).includes(full)) throw new CkptError("USAGE", `--target ${t}: expected one of ${TARGETS.join(", ")}`);
   return full as Target;
-}
-
-/** Source header hashes identify exactly which checkpoint was converted (tensor bytes are hashed on output). */
-async function sourceIdentity(catalog: Catalog): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  const files = [...new Set([...catalog.tensors.values()].flatMap((t) => t.pieces.map((p) => p.file)))].sort();
-  for (const f of files) {
-    const size = await catalog.source.size(f);
-    const first = [...catalog.tensors.values()].flatMap((t) => t.pieces).filter((p) => p.file === f).reduce((m, p) => Math.min(m, p.byteOffset), size);
-    const head = await catalog.source.read(f, 0, Math.min(first, 1 << 24));
-    out[f] = `size=${size} header-sha256=${createHash("sha256").update(head).digest("hex")}`;
-  }
-  return out;
-}
-
-async function manifestOf(catalog: Catalog, plan: ConversionPlan, layout: OutputLayout, exec: ExecResult, sourceIds: Record<string, string>, options: Record<string, unknown>, digest: DigestAlgorithm): Promise<Buffer> {
-  const tensors: Record<string, unknown> = {};
-  for (const t of plan.tensors) tensors[t.name] = { dtype: t.dtype, shape: t.shape, chunks: [] as unknown[] };
-  for (const c of exec.chunks) {
-    const hash = await digestOf(digest, Buffer.from(c.pieceDigests.join("")));
-    (tensors[c.tensor] as { chunks: unknown[] }).chunks.push({ file: c.file, offsets: c.offsets, sizes: c.sizes, bytes: c.bytes, crc32: c.crc32, hash, piece_hashes: c.pieceDigests });
-  }
-  const extras: [string, { size: number; hash: string }][] = [];
-  for (const [name, bytes] of layout.extras) extras.push([name, { size: bytes.length, hash: await digestOf(digest, bytes) }]);
-  const manifest = {
-    tool: "ckpt",
-    version: VERSION,
-    source: { id: catalog.source.id, revision: catalog.source.revision ?? null, format: catalog.format, files: sourceIds },
-    options,
-    mapping: plan.mapping,
-    target: plan.target,
-    direction: plan.direction,
-    // tensors left out on the user's --drop: the output is not the whole source, and says so
-    ...(Array.isArray(options.drop) ? { dropped: plan.skipped.filter((s) => /\(--drop /.test(s.why)).map((s) => ({ name: s.name, why: s.why })) } : {}),
-    mesh: layout.mesh,
-    digest,
-    chunk_hash: `${digest} over the concatenated hex ${digest} of the chunk's pieces, each ≤ piece_bytes of output`,
-    piece_bytes: options.pieceBytes,
-    files: Object.fromEntries([
-      ...layout.files.map((f) => [f.name, { size: f.size }] as const),
-      ...extras,
-    ]),
-    tensors,
-  };
-  return Buffer.from(JSON.stringify(manifest, null, 1) + "\n");
-}
-
-function copyAssets(from: Source, dir: string): string[] {
-  const copied: string[] = [];
-  for (const f of HF_ASSET_FILES) {
-    if (!from.files().includes(f)) continue;
-    const p = from.localPath(f);
-    if (p && existsSync(p)) {
-      mkdirSync(dir, { recursive: true });
-      copyFileSync(p, join(dir, f));
-      copied.push(f);
-    }
-  }
-  return copied;
 }
 
 /** A multimodal wrapper's text config merged over its top level (Kimi K2.5 `text_config`), else the config. */
@@ -262,17 +206,29 @@ function textOnlyConfig(configPath: string, mapping: Mapping): void {
   writeFileSync(configPath, JSON.stringify(text, null, 2) + "\n");
 }
 
-/** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32): from the --config folder's safetensors headers, I64 when unknown. */
-function requantizeShapeDtype(src: Source | undefined): "I32" | "I64" {
-  const dir = src?.localPath?.("config.json");
-  if (!dir) return "I64";
-  const root = dirname(dir);
-  for (const f of readdirSync(root).filter((x) => x.endsWith(".safetensors"))) {
-    const fd = readFileSync(join(root, f));
-    const n = Number(fd.readBigUInt64LE(0));
-    const h = JSON.parse(fd.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype?: string }>;
-    for (const [k, v] of Object.entries(h)) if (k.endsWith(".weight_shape") && (v.dtype === "I32" || v.dtype === "I64")) return v.dtype;
+/**
+ * The source checkpoint of --to hf --requantize (the --config folder, when it holds safetensors): its tensors by
+ * mapping-normalised name, their files under REFERENCE_FILES of the executed source. Headers only.
+ */
+async function referenceTensors(assetSource: Source | undefined, source: Source, mapping: Mapping, onWarning?: (msg: string) => void): Promise<Map<string, CatalogTensor> | undefined> {
+  if (!assetSource || assetSource === source || !assetSource.files().some((f) => f.endsWith(".safetensors") && !f.includes("/"))) return undefined;
+  let cat: Catalog;
+  try {
+    cat = await buildCatalog(assetSource);
+  } catch (e) {
+    onWarning?.(`--requantize: the source checkpoint's tensors in ${assetSource.id} are not used (${(e as Error).message}); every group is encoded from its values`);
+    return undefined;
   }
+  const out = new Map<string, CatalogTensor>();
+  for (const t of cat.tensors.values()) out.set(normalizedName(mapping, t.name), { ...t, pieces: t.pieces.map((p) => ({ ...p, file: REFERENCE_FILES + p.file })) });
+  return out;
+}
+
+const REFERENCE_FILES = "reference:";
+
+/** dtype of the source's INT4 weight_shape tensors (compressed-tensors writes I64; some releases I32), I64 when unknown. */
+function shapeDtypeOf(reference: Map<string, CatalogTensor> | undefined): "I32" | "I64" {
+  for (const [k, t] of reference ?? []) if (k.endsWith(".weight_shape") && (t.dtype === "I32" || t.dtype === "I64")) return t.dtype;
   return "I64";
 }
 
@@ -329,6 +285,8 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
   let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
   const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
   let lora: Awaited<ReturnType<typeof withLoraModel>>;
+  /** The --config (or hf_assets/) source when it is not `source`: closed with it. */
+  let assetSource: Source | undefined;
   try {
     // size + mtime of every local source file, compared after the run (SOURCE_CHANGED) and part of the resume plan
     const stamps = stampFiles(source.files(), (f) => source.localPath(f));
@@ -336,7 +294,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     // config.json: --config, else the source's own, else our own hf_assets/ beside TorchTitan weights
     let config = catalog.config;
     let configFile = `${source.id}/config.json`;
-    let assetSource: Source | undefined = config ? source : undefined;
+    assetSource = config ? source : undefined;
     if (opts.config) {
       const c = await openConfigSource(opts.config, opts);
       config = c.config; configFile = c.file; assetSource = c.source;
@@ -359,7 +317,19 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
-    const execSource = lora?.source ?? source;
+    let execSource = lora?.source ?? source;
+    // --requantize: the decoded experts become encode ops writing the packed tensors; the source checkpoint (when
+    // --config holds it) is read through the same executor for the groups whose encoding it decides
+    let reference: Map<string, CatalogTensor> | undefined;
+    if (opts.requantize && direction === "tt_to_hf") {
+      reference = await referenceTensors(assetSource, source, mapping, opts.onWarning);
+      planRequantize(plan, mapping, opts.requantize, { config: flatTextConfig(config), shapeDtype: shapeDtypeOf(reference), reference });
+      if (reference && assetSource) {
+        execSource = withPrefixedSource(execSource, REFERENCE_FILES, assetSource);
+        // the reference's bytes decide groups of the output: its files are stamped like the source's
+        for (const [f, st] of stampFiles(assetSource.files(), (x) => assetSource!.localPath(x))) stamps.set(REFERENCE_FILES + f, st);
+      }
+    }
 
     const world = opts.worldSize ?? 1;
     const tp = opts.tp ?? 1;
@@ -406,89 +376,30 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started, execSource, loraConfig: lora?.config(outAbs) });
 
-    if (!opts.resume && existsSync(outAbs + ".partial")) opts.onWarning?.(`removing the partial output of an earlier run in ${outAbs}.partial (pass --resume to continue it instead)`);
-    let dir: ReturnType<typeof prepareOutputDir>;
-    try {
-      dir = prepareOutputDir(outAbs, { force: opts.force, resume: opts.resume });
-    } catch (e) {
-      throw describeFsError(e, outAbs + ".partial");
-    }
-    let writing = false;
-    try {
-      checkFreeSpace(dir.partial, Math.max(0, layout.files.reduce((s, f) => s + f.size, 0) - (opts.resume ? allocatedBytes(dir.partial) : 0)));
-      writing = true;
-      const exec = await executeLayout(layout, plan, execSource, { ...execOpts, dir: dir.partial, journal: { plan: journalPlan, resume: !!opts.resume }, onWarning: opts.onWarning });
-      warnResumed(exec, opts.onWarning);
-      if (exec.f16Overflow > 0 && !opts.allowOverflow) {
-        throw new CkptError("OVERFLOW", `${exec.f16Overflow} value(s) exceed the fp16 range (|x| > 65504) and would become ±inf`, { hint: "use --dtype bf16, or --allow-overflow to accept inf" });
-      }
-      if (exec.f16Overflow > 0) opts.onWarning?.(`${exec.f16Overflow} value(s) overflowed to ±inf in fp16 (--allow-overflow)`);
-      warnNonfinite(exec, opts.onWarning);
-      checkSourceUnchanged(source, stamps);
-      writeExtras(layout, dir.partial);
-      writeFileSync(join(dir.partial, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), optionsRecord, digest));
-      let hfAssets = false;
-      if (assetSource) {
-        const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(dir.partial, "hf_assets") : dir.partial);
+    let hfAssets = false;
+    const exec = await writeOutput({
+      out: outAbs, plan, layout, catalog, source: execSource, stamps, execOpts, journalPlan, optionsRecord, digest,
+      force: opts.force, resume: opts.resume, fsync, allowOverflow: opts.allowOverflow, onWarning: opts.onWarning,
+      checkResult: (e) => { if (opts.requantize) checkRequantized(opts.requantize, e.requantize, assetSource?.id, opts.onWarning); },
+      addFiles: (partial) => {
+        if (!assetSource) return;
+        const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(partial, "hf_assets") : partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
-        if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(dir.partial, "config.json"), plan);
-        if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(dir.partial, "config.json"), !!opts.requantize);
-        if (direction === "tt_to_hf" && assets.includes("config.json") && plan.hfConfig === "text-only") textOnlyConfig(join(dir.partial, "config.json"), mapping);
-      }
-      if (opts.requantize) {
-        const srcCfg = assetSource?.localPath("config.json");
-        await requantizeHfDir(dir.partial, mapping, opts.requantize, flatTextConfig(config), requantizeShapeDtype(assetSource), srcCfg ? dirname(srcCfg) : undefined, opts.onWarning);
-      }
-      if (exec.journalPath) rmSync(exec.journalPath, { force: true });
-      commitOutputDir(dir, { force: opts.force, fsync });
-      return {
-        out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
-        torchtitanConfig: lora && format === "dcp" ? lora.config(outAbs) : direction !== "tt_to_hf" && (format === "dcp" || world > 1) ? torchtitanConfigLines(outAbs, plan.target, hfAssets, ttKind) : undefined,
-        ...(lora ? { lora: lora.summary } : {}),
-      };
-    } catch (e) {
-      let err = describeFsError(e, dir.partial);
-      if (!(err instanceof CkptError && err.code === "SOURCE_CHANGED")) {
-        // a source file rewritten mid-run surfaces as short reads or odd errors: name the real cause
-        try { checkSourceUnchanged(source, stamps); } catch (changed) { err = changed; }
-      }
-      const code = err instanceof CkptError ? err.code : undefined;
-      // The partial folder is kept only for --resume: when the run was started with --resume (so Ctrl-C of a
-      // resumable run keeps it), or when the disk filled up (the one failure whose fix is "free space, resume").
-      // A plain Ctrl-C leaves nothing behind. kill -9 cannot clean up, and --resume picks that up too.
-      const keep = code !== "SOURCE_CHANGED" && ((writing && isDiskFull(err)) || !!opts.resume);
-      if (!keep) {
-        discardOutputDir(dir);
-        if (err instanceof CkptError && code === "INTERRUPTED") {
-          err = new CkptError(err.code, err.message, { file: err.file, hint: "nothing was left behind; start a long run with --resume to be able to continue it after Ctrl-C", cause: err.cause ?? e });
-        }
-      } else if (err instanceof CkptError && existsSync(dir.partial)) {
-        err = withKeptHint(err, dir.partial, e);
-      }
-      throw err;
-    }
+        if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(partial, "config.json"), plan);
+        if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(partial, "config.json"), !!opts.requantize);
+        if (direction === "tt_to_hf" && assets.includes("config.json") && plan.hfConfig === "text-only") textOnlyConfig(join(partial, "config.json"), mapping);
+      },
+    });
+    return {
+      out: outAbs, dryRun: false, plan: summary, bytesWritten: exec.bytesWritten, seconds: (performance.now() - started) / 1000, f16Overflow: exec.f16Overflow,
+      torchtitanConfig: lora && format === "dcp" ? lora.config(outAbs) : direction !== "tt_to_hf" && (format === "dcp" || world > 1) ? torchtitanConfigLines(outAbs, plan.target, hfAssets, ttKind) : undefined,
+      ...(lora ? { lora: lora.summary } : {}),
+    };
   } finally {
     await lora?.close();
+    if (assetSource && assetSource !== source) await assetSource.close();
     if (typeof opts.source === "string") await source.close();
   }
-}
-
-function warnNonfinite(exec: ExecResult, onWarning?: (msg: string) => void): void {
-  if (exec.nonfinite) onWarning?.(`${exec.nonfinite} decoded value(s) are NaN/±inf and were written (--allow-nonfinite, recorded in the manifest)`);
-}
-
-function warnResumed(exec: ExecResult, onWarning?: (msg: string) => void): void {
-  if (exec.resumedPieces) onWarning?.(`resumed: ${exec.resumedPieces} piece(s), ${exec.resumedBytes} bytes of an earlier run re-hashed and kept`);
-}
-
-/** The error, telling where the kept partial output is and how to continue it. */
-function withKeptHint(err: CkptError, partial: string, cause: unknown): CkptError {
-  return new CkptError(err.code, err.message, { file: err.file, tensor: err.tensor, hint: `${err.hint ? err.hint + "; " : ""}partial output kept in ${partial}: rerun with --resume to continue`, cause: err.cause ?? cause });
-}
-
-function checkSourceUnchanged(source: Source, stamps: Map<string, SourceStamp>): void {
-  const c = stampChange(stamps, (f) => source.localPath(f));
-  if (c) throw new CkptError("SOURCE_CHANGED", `source file ${c.why}; the output would mix two versions and was not written`, { file: `${source.id}/${c.file}`, hint: "rerun once the source is stable" });
 }
 
 /** The stamps of the files the plan reads, for the resume fingerprint. */

@@ -9,7 +9,7 @@ import { crc32 } from "../kernels/checksum.js";
 import { join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog, CatalogTensor } from "../catalog-types.js";
-import { elementSize, isCastable, numelOf, type CastableDType, type DType } from "../dtypes.js";
+import { elementSize, isCastable, numelOf, type DType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
@@ -17,6 +17,8 @@ import { DEFAULT_TARGET } from "../mapping/schema.js";
 import { detectTarget, hfLayoutOf, naturalCompare, normalizeTtName, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import { runsForBox, type Box, type Run } from "../plan/runs.js";
+import { fetchRunSpans, sourceAccess } from "../exec/executor.js";
+import { valuesOfRuns } from "../exec/worker.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { findEntry, readSafetensorsHeader, readSafetensorsHeaderFrom, type SafetensorsHeader } from "../formats/safetensors/index.js";
@@ -321,63 +323,165 @@ function unravel(k: number, box: Box): number[] {
   return idx;
 }
 
-/** Computes a box of a planned tensor from the source, cast into `outDtype` (what a conversion would write). */
-async function materialize(src: Source, t: TensorPlan, box: Box, leaves: Record<string, LeafInfo>, outDtype: DType, k: Kernels, scaleCache: Map<string, Uint8Array>): Promise<Buffer> {
-  const oes = elementSize(outDtype);
-  const out = Buffer.alloc(numelOf(box.sizes) * oes);
+/**
+ * Computes a box of a planned tensor from the source, in `outDtype`: the bytes a conversion would write, by the
+ * executor's own run computation (exec/worker.ts), so FP8 block scales, MXFP4 and INT4 are decoded exactly as convert
+ * decodes them. Reads only the box's source ranges (fetched first for files without a local path).
+ */
+async function materialize(src: Source, access: ReturnType<typeof sourceAccess>, t: TensorPlan, box: Box, leaves: Record<string, LeafInfo>, outDtype: DType): Promise<Buffer> {
   const runs: Run[] = runsForBox(t.recipe, t.shape, box, leaves);
-  // merge nearby source ranges into few reads (rope permutations make one run per row)
-  const ranges = runs.map((r, i) => (r.src ? { i, file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) } : undefined))
-    .filter((x): x is { i: number; file: string; start: number; end: number } => x !== undefined)
-    .sort((x, y) => (x.file < y.file ? -1 : x.file > y.file ? 1 : x.start - y.start));
-  const spanOf = new Map<number, { file: string; start: number; end: number; buf?: Buffer }>();
-  const spans: { file: string; start: number; end: number; buf?: Buffer }[] = [];
-  for (const r of ranges) {
-    const last = spans[spans.length - 1];
-    if (last && last.file === r.file && r.start <= last.end + 4096 && Math.max(last.end, r.end) - last.start <= 64 * MiB) last.end = Math.max(last.end, r.end);
-    else spans.push({ file: r.file, start: r.start, end: r.end });
-    spanOf.set(r.i, spans[spans.length - 1]!);
-  }
-  for (const s of spans) s.buf = await src.read(s.file, s.start, s.end - s.start);
-  for (let i = 0; i < runs.length; i++) {
-    const r = runs[i]!;
-    if (!r.src) continue;
-    const s = spanOf.get(i)!;
-    const ses = elementSize(r.src.dtype);
-    const len = ((r.rows - 1) * r.src.stride + r.cols) * ses;
-    const sb = s.buf!.subarray(r.src.byteOffset - s.start, r.src.byteOffset - s.start + len);
-    const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
-    if (r.dequant) {
-      let scale = scaleCache.get(r.dequant.scale);
-      const leaf = leaves[r.dequant.scale];
-      if (!leaf || leaf.pieces.length !== 1 || leaf.dtype !== "F32") throw new CkptError("DTYPE", "FP8 scale must be one F32 tensor", { tensor: r.dequant.scale });
-      if (!scale) {
-        const p = leaf.pieces[0]!;
-        scale = await src.read(p.file, p.byteOffset, p.byteLength);
-        scaleCache.set(r.dequant.scale, scale);
-      }
-      if (!isCastable(outDtype)) throw new CkptError("DTYPE", `cannot dequantize into ${outDtype}`, { tensor: t.name });
-      for (let row = 0; row < r.rows; row++) {
-        const wrow = sb.subarray(row * r.src.stride * ses, (row * r.src.stride + r.cols) * ses);
-        const drow = dst.subarray(row * r.cols * oes, (row + 1) * r.cols * oes);
-        k.dequantBlock(wrow, r.src.dtype as "F8_E4M3" | "F8_E5M2", 1, r.cols, r.dequant.rowStart + row, r.dequant.colStart, scale, leaf.shape[1] ?? 1, r.dequant.block, drow, outDtype as CastableDType);
-      }
-      continue;
-    }
-    if (r.src.dtype === outDtype) {
-      if (r.src.stride === r.cols) dst.set(sb);
-      else for (let row = 0; row < r.rows; row++) dst.set(sb.subarray(row * r.src.stride * ses, (row * r.src.stride + r.cols) * ses), row * r.cols * oes);
-      continue;
-    }
-    if (!isCastable(r.src.dtype) || !isCastable(outDtype)) throw new CkptError("DTYPE", `cannot compare ${r.src.dtype} with ${outDtype}`, { tensor: t.name });
-    if (r.src.stride === r.cols) k.cast(sb, r.src.dtype, dst, outDtype, r.rows * r.cols);
-    else {
-      const idx = new Int32Array(r.rows);
-      for (let j = 0; j < r.rows; j++) idx[j] = j;
-      k.gatherRows(sb, r.src.dtype, r.src.stride, idx, 0, r.cols, dst, outDtype);
+  const spans = access.remote.size ? await fetchRunSpans(runs, access.scales, access.remote, src) : undefined;
+  for (const r of runs) {
+    if (r.src && !r.mxfp4 && !r.int4 && !r.dequant && r.src.dtype !== outDtype && !(isCastable(r.src.dtype) && isCastable(outDtype))) {
+      throw new CkptError("DTYPE", `cannot compare ${r.src.dtype} with ${outDtype}`, { tensor: t.name });
     }
   }
-  return out;
+  try {
+    return valuesOfRuns({ paths: access.paths, scales: access.scales, spans }, runs, numelOf(box.sizes), outDtype);
+  } catch (e) {
+    if (e instanceof CkptError) throw e;
+    throw new CkptError("DTYPE", (e as Error).message, { tensor: t.name, cause: e });
+  }
+}
+
+/** How a planned tensor's values are compared: decoded (and from what), cast, or byte for byte. */
+function comparedHow(r: Recipe, dtype: DType, other: DType): string {
+  const ops = new Set<string>();
+  const walk = (x: Recipe): void => {
+    if (x.op === "dequant" || x.op === "mxfp4" || x.op === "int4") ops.add(x.op);
+    if ("input" in x) walk(x.input);
+    if ("inputs" in x) x.inputs.forEach(walk);
+  };
+  walk(r);
+  if (ops.has("mxfp4")) return "decoded from MXFP4 (E2M1 blocks × E8M0 scales)";
+  if (ops.has("int4")) return "decoded from INT4 (compressed-tensors pack-quantized, × BF16 group scales)";
+  if (ops.has("dequant")) return "decoded from FP8 with block scales";
+  return dtype === other ? "compared byte for byte" : `cast ${dtype} → ${other}, then compared byte for byte`;
+}
+
+/** True when the plan decodes quantized tensors (FP8 block scales, MXFP4, INT4); false when it cannot be made. */
+function decodesQuantized(plan: () => ConversionPlan): boolean {
+  try {
+    return plan().tensors.some((t) => !comparedHow(t.recipe, "F32", "F32").startsWith("compared"));
+  } catch {
+    return false; // not a complete HF checkpoint of the mapping: compared the usual way, which reports what differs
+  }
+}
+
+/**
+ * Compares `y` with what converting `x` would write, tensor by tensor (`label`s name them in messages). Called with
+ * the two swapped when x is a TorchTitan checkpoint and y a quantized HF one (`swapped`).
+ */
+async function compareCatalogs(x: { src: Source; cat: Catalog; label: string }, y: { src: Source; cat: Catalog; label: string },
+  cfg: { config: Record<string, unknown>; file: string } | undefined, result: VerifyResult, opts: VerifyOptions, swapped = false): Promise<VerifyResult> {
+  const [sa, ca, sb, cb] = [x.src, x.cat, y.src, y.cat];
+  const [A, B] = [x.label, y.label];
+  const fail = (d: VerifyDifference): VerifyResult => ({ ...result, ok: false, difference: swapped ? { ...d, a: d.b, b: d.a } : d });
+  const namesA = [...ca.tensors.keys()];
+  const namesB = [...cb.tensors.keys()];
+  let plan: ConversionPlan;
+  let sideB: "hf" | "tt" = "hf";
+  if (!cfg) {
+    plan = identityPlan(ca);
+    result.notes.push("no config.json in either checkpoint: comparing tensors by name");
+  } else {
+    const mapping = selectMapping(cfg.config, cfg.file);
+    const sideA = sideOf(mapping, namesA, DEFAULT_TARGET);
+    sideB = sideOf(mapping, namesB, DEFAULT_TARGET);
+    const ttNames = (names: string[]) => names.map((n) => normalizeTtName(n).name ?? n);
+    if (sideA === "hf" && sideB === "hf") plan = identityPlan(ca);
+    else if (sideA === "tt" && sideB === "hf" && !swapped && decodesQuantized(() => planConversion(cb, { mapping, config: cfg.config, direction: "hf_to_tt", target: detectTarget(mapping, ttNames(namesA)), dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn" }))) {
+      // b holds quantized tensors (FP8 block scales, MXFP4, INT4): its values are decoded as convert decodes them
+      // and compared with a's, rather than a's values re-encoded
+      result.notes.push(`${y.label} holds quantized tensors: its values are decoded as convert decodes them and compared with ${x.label}'s`);
+      return compareCatalogs(y, x, cfg, result, opts, true);
+    } else {
+      const direction: Direction = sideA === "hf" ? "hf_to_tt" : sideB === "hf" ? "tt_to_hf" : "tt_to_tt";
+      const target = detectTarget(mapping, ttNames(sideB === "tt" ? namesB : namesA));
+      // the checkpoints exist already: what their target cannot express is a note (those warnings start with the
+      // target and architecture), not a reason not to compare
+      // an HF side in one of several layouts (FLUX diffusers / BFL) is compared in its own
+      const hfLayout = direction === "tt_to_hf" ? hfLayoutOf(mapping, namesB) : undefined;
+      plan = planConversion(ca, { mapping, config: cfg.config, direction, target, dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn", hfLayout });
+      result.notes.push(...plan.warnings.filter((w) => w.startsWith(`${target} ${mapping.architecture}`)));
+      if (plan.unmapped.length) result.notes.push(`${plan.unmapped.length} tensor(s) of ${A} have no mapping and were not compared: ${plan.unmapped.slice(0, 4).join(", ")}`);
+    }
+  }
+
+  // b's tensors by output name
+  const bByName = new Map<string, CatalogTensor>();
+  for (const t of cb.tensors.values()) {
+    const n = sideB === "tt" && plan.mapping !== "identity" ? normalizeTtName(t.name).name : t.name;
+    if (n !== undefined) bByName.set(n, t);
+  }
+  const planned = new Set(plan.tensors.map((t) => t.name));
+  for (const t of plan.tensors) {
+    if (!bByName.has(t.name)) return fail({ tensor: t.name, message: `tensor '${t.name}' (from ${A}) is missing in ${B}` });
+  }
+  // a base (HF) against TorchTitan's LoRA model (convert --lora): the base weights are compared, the adapters are b's own
+  const adapters = [...bByName.keys()].filter((n) => !planned.has(n) && sideB === "tt" && /\.lora_[ab]\.weight$/.test(n));
+  for (const n of adapters) bByName.delete(n);
+  if (adapters.length) result.notes.push(`${adapters.length} LoRA adapter tensor(s) of ${B} have no counterpart in ${A} and were not compared (e.g. ${adapters[0]})`);
+  for (const n of [...bByName.keys()].sort(naturalCompare)) {
+    if (!planned.has(n)) return fail({ tensor: n, message: `tensor '${n}' of ${B} has no counterpart in ${A}` });
+  }
+
+  const k = getKernels();
+  const slice = opts.sliceBytes ?? 16 * MiB;
+  const bytesTotal = plan.tensors.reduce((s, t) => s + numelOf(bByName.get(t.name)!.shape) * elementSize(bByName.get(t.name)!.dtype), 0);
+  const access = sourceAccess(plan.leaves, sa);
+  for (const t of plan.tensors) {
+    const tb = bByName.get(t.name)!;
+    if (tb.shape.join() !== t.shape.join() || tb.shape.length !== t.shape.length) {
+      return fail({ tensor: t.name, file: tb.pieces[0]?.file, message: `tensor '${t.name}': shape [${t.shape}] in ${A}, [${tb.shape}] in ${B}` });
+    }
+    if (tb.dtype !== t.dtype) {
+      if (!(isCastable(tb.dtype) && isCastable(t.dtype))) return fail({ tensor: t.name, message: `tensor '${t.name}': dtype ${t.dtype} in ${A}, ${tb.dtype} in ${B}` });
+      if (!result.notes.some((n) => n.startsWith("dtypes differ"))) result.notes.push(`dtypes differ (e.g. '${t.name}': ${t.dtype} in ${A}, ${tb.dtype} in ${B}): ${A}'s values are cast to ${B}'s dtype (round-to-nearest-even) before comparing`);
+    }
+    const es = elementSize(tb.dtype);
+    const pieces = [...tb.pieces].sort((x, y) => {
+      for (let d = 0; d < x.offsets.length; d++) if (x.offsets[d] !== y.offsets[d]) return x.offsets[d]! - y.offsets[d]!;
+      return 0;
+    });
+    for (const p of pieces) {
+      if (p.sizes.some((s) => s === 0)) continue;
+      const nd = p.sizes.length;
+      const rowElems = p.sizes.slice(1).reduce((x, y) => x * y, 1);
+      const rows = nd === 0 ? 1 : p.sizes[0]!;
+      const rowsPer = nd === 0 ? 1 : Math.max(1, Math.floor(slice / (rowElems * es)));
+      for (let r = 0; r < rows; r += rowsPer) {
+        checkAbort(opts.signal);
+        const n = Math.min(rowsPer, rows - r);
+        const box: Box = nd === 0 ? { offsets: [], sizes: [] } : { offsets: [p.offsets[0]! + r, ...p.offsets.slice(1)], sizes: [n, ...p.sizes.slice(1)] };
+        const bBytes = await sb.read(p.file, p.byteOffset + r * rowElems * es, n * rowElems * es);
+        const aBytes = await materialize(sa, access, t, box, plan.leaves, tb.dtype);
+        if (!aBytes.equals(bBytes)) {
+          let e = 0;
+          while (e * es < bBytes.length && aBytes.subarray(e * es, (e + 1) * es).equals(bBytes.subarray(e * es, (e + 1) * es))) e++;
+          const index = nd === 0 ? [] : unravel(e, box);
+          const av = fmtValue(aBytes.subarray(e * es, (e + 1) * es), tb.dtype, k);
+          const bv = fmtValue(bBytes.subarray(e * es, (e + 1) * es), tb.dtype, k);
+          const at = p.byteOffset + r * rowElems * es + e * es;
+          return fail({
+            tensor: t.name, file: `${sb.id}/${p.file}`, index, a: av, b: bv, byteRange: [at, at + es],
+            message: `tensor '${t.name}' differs at index [${index.join(", ")}]: ${A} = ${av}, ${B} = ${bv} (${B}: ${p.file} byte ${at})`,
+          });
+        }
+        result.bytes += bBytes.length;
+        opts.onProgress?.({ bytesDone: result.bytes, bytesTotal });
+      }
+    }
+    result.tensors++;
+  }
+  const how = new Map<string, { n: number; first: string }>();
+  for (const t of plan.tensors) {
+    const h = comparedHow(t.recipe, t.dtype, bByName.get(t.name)!.dtype);
+    const e = how.get(h);
+    if (e) e.n++; else how.set(h, { n: 1, first: t.name });
+  }
+  for (const [h, e] of how) result.notes.push(`${h}: ${e.n} tensor(s), e.g. ${e.first}`);
+  return result;
 }
 
 async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions): Promise<VerifyResult> {
@@ -388,8 +492,6 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
     const ca = await catalogOf(sa);
     const cb = await catalogOf(sb);
     const result: VerifyResult = { ok: true, mode: "compare", a: aSpec, b: bSpec, tensors: 0, bytes: 0, notes: [] };
-    const fail = (d: VerifyDifference): VerifyResult => ({ ...result, ok: false, difference: d });
-
     // which way the names go
     let cfg = await configOf(ca) ?? await configOf(cb);
     if (opts.config) {
@@ -402,99 +504,7 @@ async function verifyCompare(aSpec: string, bSpec: string, opts: VerifyOptions):
         await s.close();
       }
     }
-    const namesA = [...ca.tensors.keys()];
-    const namesB = [...cb.tensors.keys()];
-    let plan: ConversionPlan;
-    let sideB: "hf" | "tt" = "hf";
-    if (!cfg) {
-      plan = identityPlan(ca);
-      result.notes.push("no config.json in either checkpoint: comparing tensors by name");
-    } else {
-      const mapping = selectMapping(cfg.config, cfg.file);
-      const sideA = sideOf(mapping, namesA, DEFAULT_TARGET);
-      sideB = sideOf(mapping, namesB, DEFAULT_TARGET);
-      const ttNames = (names: string[]) => names.map((n) => normalizeTtName(n).name ?? n);
-      if (sideA === "hf" && sideB === "hf") plan = identityPlan(ca);
-      else {
-        const direction: Direction = sideA === "hf" ? "hf_to_tt" : sideB === "hf" ? "tt_to_hf" : "tt_to_tt";
-        const target = detectTarget(mapping, ttNames(sideB === "tt" ? namesB : namesA));
-        // the checkpoints exist already: what their target cannot express is a note (those warnings start with the
-        // target and architecture), not a reason not to compare
-        // an HF side in one of several layouts (FLUX diffusers / BFL) is compared in its own
-        const hfLayout = direction === "tt_to_hf" ? hfLayoutOf(mapping, namesB) : undefined;
-        plan = planConversion(ca, { mapping, config: cfg.config, direction, target, dtype: "keep", allowUnmapped: true, configFile: cfg.file, targetChecks: "warn", hfLayout });
-        result.notes.push(...plan.warnings.filter((w) => w.startsWith(`${target} ${mapping.architecture}`)));
-        if (plan.unmapped.length) result.notes.push(`${plan.unmapped.length} tensor(s) of a have no mapping and were not compared: ${plan.unmapped.slice(0, 4).join(", ")}`);
-      }
-    }
-
-    // b's tensors by output name
-    const bByName = new Map<string, CatalogTensor>();
-    for (const t of cb.tensors.values()) {
-      const n = sideB === "tt" && plan.mapping !== "identity" ? normalizeTtName(t.name).name : t.name;
-      if (n !== undefined) bByName.set(n, t);
-    }
-    const planned = new Set(plan.tensors.map((t) => t.name));
-    for (const t of plan.tensors) {
-      if (!bByName.has(t.name)) return fail({ tensor: t.name, message: `tensor '${t.name}' (from a) is missing in b` });
-    }
-    // a base (HF) against TorchTitan's LoRA model (convert --lora): the base weights are compared, the adapters are b's own
-    const adapters = [...bByName.keys()].filter((n) => !planned.has(n) && sideB === "tt" && /\.lora_[ab]\.weight$/.test(n));
-    for (const n of adapters) bByName.delete(n);
-    if (adapters.length) result.notes.push(`${adapters.length} LoRA adapter tensor(s) of b have no counterpart in a and were not compared (e.g. ${adapters[0]})`);
-    for (const n of [...bByName.keys()].sort(naturalCompare)) {
-      if (!planned.has(n)) return fail({ tensor: n, message: `tensor '${n}' of b has no counterpart in a` });
-    }
-
-    const k = getKernels();
-    const slice = opts.sliceBytes ?? 16 * MiB;
-    const bytesTotal = plan.tensors.reduce((s, t) => s + numelOf(bByName.get(t.name)!.shape) * elementSize(bByName.get(t.name)!.dtype), 0);
-    const scaleCache = new Map<string, Uint8Array>();
-    for (const t of plan.tensors) {
-      const tb = bByName.get(t.name)!;
-      if (tb.shape.join() !== t.shape.join() || tb.shape.length !== t.shape.length) {
-        return fail({ tensor: t.name, file: tb.pieces[0]?.file, message: `tensor '${t.name}': shape [${t.shape}] in a, [${tb.shape}] in b` });
-      }
-      if (tb.dtype !== t.dtype) {
-        if (!(isCastable(tb.dtype) && isCastable(t.dtype))) return fail({ tensor: t.name, message: `tensor '${t.name}': dtype ${t.dtype} in a, ${tb.dtype} in b` });
-        if (!result.notes.some((x) => x.startsWith("dtypes differ"))) result.notes.push(`dtypes differ (e.g. '${t.name}': ${t.dtype} in a, ${tb.dtype} in b): a's values are cast to b's dtype (round-to-nearest-even) before comparing`);
-      }
-      const es = elementSize(tb.dtype);
-      const pieces = [...tb.pieces].sort((x, y) => {
-        for (let d = 0; d < x.offsets.length; d++) if (x.offsets[d] !== y.offsets[d]) return x.offsets[d]! - y.offsets[d]!;
-        return 0;
-      });
-      for (const p of pieces) {
-        if (p.sizes.some((s) => s === 0)) continue;
-        const nd = p.sizes.length;
-        const rowElems = p.sizes.slice(1).reduce((x, y) => x * y, 1);
-        const rows = nd === 0 ? 1 : p.sizes[0]!;
-        const rowsPer = nd === 0 ? 1 : Math.max(1, Math.floor(slice / (rowElems * es)));
-        for (let r = 0; r < rows; r += rowsPer) {
-          checkAbort(opts.signal);
-          const n = Math.min(rowsPer, rows - r);
-          const box: Box = nd === 0 ? { offsets: [], sizes: [] } : { offsets: [p.offsets[0]! + r, ...p.offsets.slice(1)], sizes: [n, ...p.sizes.slice(1)] };
-          const bBytes = await sb.read(p.file, p.byteOffset + r * rowElems * es, n * rowElems * es);
-          const aBytes = await materialize(sa, t, box, plan.leaves, tb.dtype, k, scaleCache);
-          if (!aBytes.equals(bBytes)) {
-            let e = 0;
-            while (e * es < bBytes.length && aBytes.subarray(e * es, (e + 1) * es).equals(bBytes.subarray(e * es, (e + 1) * es))) e++;
-            const index = nd === 0 ? [] : unravel(e, box);
-            const av = fmtValue(aBytes.subarray(e * es, (e + 1) * es), tb.dtype, k);
-            const bv = fmtValue(bBytes.subarray(e * es, (e + 1) * es), tb.dtype, k);
-            const at = p.byteOffset + r * rowElems * es + e * es;
-            return fail({
-              tensor: t.name, file: `${sb.id}/${p.file}`, index, a: av, b: bv, byteRange: [at, at + es],
-              message: `tensor '${t.name}' differs at index [${index.join(", ")}]: a = ${av}, b = ${bv} (b: ${p.file} byte ${at})`,
-            });
-          }
-          result.bytes += bBytes.length;
-          opts.onProgress?.({ bytesDone: result.bytes, bytesTotal });
-        }
-      }
-      result.tensors++;
-    }
-    return result;
+    return await compareCatalogs({ src: sa, cat: ca, label: "a" }, { src: sb, cat: cb, label: "b" }, cfg, result, opts);
   } finally {
     await sa.close();
     await sb?.close();

@@ -22,7 +22,28 @@ export type Recipe =
   | { op: "zeros" }
   | { op: "rope"; heads: number; headDim: number; direction: "hf_to_tt" | "tt_to_hf"; input: Recipe }
   | { op: "stack"; inputs: Recipe[] }
-  | { op: "select"; index: number; input: Recipe };
+  | { op: "select"; index: number; input: Recipe }
+  /**
+   * The input (a base weight) with a LoRA / DoRA update merged in (lora/merge-kernel.ts): same shape, elements of
+   * each stored row from that row alone. `update` names the adapter module whose A / B (/ m) the writer supplies.
+   */
+  | { op: "lora_merge"; update: string; input: Recipe }
+  | EncodeRecipe;
+
+/**
+ * An encoded (quantized) output computed from a value recipe: the inverse of the `mxfp4` / `int4` decodes, for
+ * `--to hf --requantize`. One op yields one of the packed tensors (`part`); `values` is the shape of the values it
+ * encodes (the decode's output shape), `valuesDtype` the dtype they are rounded to first (the plain output's).
+ * `reference` names the source checkpoint's packed tensors of the same name and shape, whose encoding is kept for
+ * groups that several encodings decode exactly. Defined in plan/encode.ts (shapes, boxes) and kernels/requantize.ts.
+ */
+export type EncodeRecipe =
+  | { op: "mxfp4_encode"; part: "blocks" | "scales"; values: number[]; valuesDtype: "BF16" | "F32"; input: Recipe; reference?: { blocks: string; scales: string } }
+  | { op: "int4_encode"; part: "packed" | "scale" | "shape"; values: number[]; valuesDtype: "BF16" | "F32"; group: number; input: Recipe; reference?: { packed: string; scale: string } };
+
+export function isEncode(r: Recipe): r is EncodeRecipe {
+  return r.op === "mxfp4_encode" || r.op === "int4_encode";
+}
 
 /** What a worker needs to know about each leaf tensor a recipe names. */
 export interface LeafInfo {
@@ -38,8 +59,12 @@ export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<strin
     case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
     case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
-    case "rope": case "select": case "transpose": case "slice": case "reshape": recipeLeaves(r.input, out); break;
+    case "rope": case "select": case "transpose": case "slice": case "reshape": case "lora_merge": recipeLeaves(r.input, out); break;
     case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
+    case "mxfp4_encode": case "int4_encode":
+      recipeLeaves(r.input, out);
+      for (const n of Object.values(r.reference ?? {})) out.add(n);
+      break;
   }
   return out;
 }
@@ -59,5 +84,8 @@ export function describeRecipe(r: Recipe): string {
     case "slice": return `${describeRecipe(r.input)}.narrow(${r.dim}, ${r.start}, ${r.size})`;
     case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
     case "reshape": return `${describeRecipe(r.input)}.reshape(${r.shape.join(", ")})`;
+    case "lora_merge": return `merge(${describeRecipe(r.input)}, ${r.update})`;
+    case "mxfp4_encode": return `mxfp4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype})`;
+    case "int4_encode": return `int4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype}, group ${r.group})`;
   }
 }

@@ -148,6 +148,9 @@ function resolve(r: Recipe, coords: number[], colStart: number, cols: number, tr
       return resolve(input, rest.length ? rest : [0], colStart, cols);
     }
     case "select": plainOnly("select"); return resolve(r.input, [r.index, ...coords], colStart, cols);
+    // the merged values are computed from the input's values by the worker: the runs are the input's
+    case "lora_merge": plainOnly("lora_merge"); return resolve(r.input, coords, colStart, cols);
+    case "mxfp4_encode": case "int4_encode": throw new CkptError("INTERNAL", `${r.op} is computed from value runs (plan/encode.ts), not resolved to source rows`);
     case "slice": {
       const axis = axisOf(r.dim, coords, transposed);
       if (axis === "col") return resolve(r.input, coords, colStart + r.start, cols, transposed);

@@ -1,0 +1,101 @@
+// Worker side of the encode ops (plan/encode.ts): a piece of a packed tensor computed slab by slab. Each slab's
+// values come from its runs (read and converted exactly as a plain output of that dtype would be), are encoded by
+// kernels/requantize.ts, and the part this piece writes is appended to the piece's output. Groups with no exact
+// encoding are counted, not rounded: the caller refuses the whole output with the count.
+import type { DType } from "../dtypes.js";
+import type { Run } from "../plan/runs.js";
+import { encodeSlabs, groupOf, type EncodeSlab } from "../plan/encode.js";
+import type { Box } from "../plan/runs.js";
+import type { EncodeRecipe, LeafInfo } from "../plan/recipe.js";
+import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "../kernels/requantize.js";
+
+export interface EncodeTask {
+  op: "mxfp4_encode" | "int4_encode";
+  part: "blocks" | "scales" | "packed" | "scale" | "shape";
+  valuesDtype: "BF16" | "F32";
+  /** Shape of the encoded values (the decode's output shape). */
+  values: number[];
+  group: number;
+  /** The output tensor, for the first bad group's name. */
+  tensor: string;
+  slabs: EncodeSlab[];
+  /** Reference part dtypes (mxfp4: U8, U8; int4: I32, BF16). */
+  referenceDtypes?: [DType, DType];
+  /** Count bad / adopted groups on this part (one part per encoded tensor counts, so nothing is counted twice). */
+  counts: boolean;
+}
+
+export interface RequantizeCount {
+  bad: number;
+  adopted: number;
+  /** The first bad group: `<tensor> group <n>`. */
+  first?: string;
+}
+
+/** The task of one piece (`box`) of encoded tensor `tensor` (built on the main thread, run by encodePiece). */
+export function encodeTask(tensor: string, r: EncodeRecipe, shape: number[], box: Box, leaves: Record<string, LeafInfo>): EncodeTask {
+  const ref = r.reference && (r.op === "mxfp4_encode" ? [r.reference.blocks, r.reference.scales] : [r.reference.packed, r.reference.scale]);
+  return {
+    op: r.op, part: r.part, valuesDtype: r.valuesDtype, values: r.values, group: groupOf(r), tensor,
+    slabs: encodeSlabs(r, shape, box, leaves),
+    ...(ref ? { referenceDtypes: [leaves[ref[0]!]!.dtype, leaves[ref[1]!]!.dtype] as [DType, DType] } : {}),
+    counts: r.part === "blocks" || r.part === "packed",
+  };
+}
+
+type ValuesOf = (runs: Run[], elems: number, dtype: DType) => Buffer;
+
+/** Values of a BF16 / F32 buffer as f32 (exact; a copy: the buffer is scratch). */
+function toF32(b: Buffer, dtype: "BF16" | "F32", n: number): Float32Array {
+  if (dtype === "F32") return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + 4 * n));
+  const bits = new Uint32Array(n);
+  for (let i = 0; i < n; i++) bits[i] = (b[2 * i]! | (b[2 * i + 1]! << 8)) << 16;
+  return new Float32Array(bits.buffer);
+}
+
+const bytesOf = (a: Uint8Array | Uint16Array | Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask, valuesOf: ValuesOf): { bytes: Buffer; result: RequantizeCount } {
+  const count: RequantizeCount = { bad: 0, adopted: 0 };
+  if (e.part === "shape") {
+    // int4 weight_shape: the values' [rows, cols] in the source's integer dtype
+    const b = Buffer.alloc(p.elems * (p.outDtype === "I64" ? 8 : 4));
+    e.values.forEach((v, i) => (p.outDtype === "I64" ? b.writeBigInt64LE(BigInt(v), 8 * i) : b.writeInt32LE(v, 4 * i)));
+    return { bytes: b, result: count };
+  }
+  const cols = e.values[e.values.length - 1]!;
+  const parts: Uint8Array[] = [];
+  for (const s of e.slabs) {
+    const n = s.rows * cols;
+    const v = toF32(valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
+    let ref: [Uint8Array, Uint8Array] | undefined;
+    if (s.reference && e.referenceDtypes) {
+      const elems = (runs: Run[]) => runs.reduce((a, r) => a + r.rows * r.cols, 0);
+      const a = Uint8Array.from(valuesOf(s.reference.a, elems(s.reference.a), e.referenceDtypes[0]));
+      ref = [a, Uint8Array.from(valuesOf(s.reference.b, elems(s.reference.b), e.referenceDtypes[1]))];
+    }
+    let bad: Uint8Array, adopted: number, firstBad: number, perRow: number;
+    if (e.op === "mxfp4_encode" && e.part === "scales") {
+      parts.push(mxfp4ScalesKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
+      continue;
+    }
+    if (e.op === "mxfp4_encode") {
+      const enc = mxfp4EncodeKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] });
+      parts.push(e.part === "blocks" ? enc.blocks : enc.scales);
+      ({ badMask: bad, adopted, firstBad } = enc);
+      perRow = cols / 32;
+    } else {
+      const enc = int4EncodeKeeping(v, s.rows, cols, e.group, e.valuesDtype, ref && { packed: ref[0], scale: ref[1] });
+      parts.push(e.part === "packed" ? enc.packed : bytesOf(enc.scales));
+      ({ badMask: bad, adopted, firstBad } = enc);
+      perRow = Math.ceil(cols / e.group);
+    }
+    if (!e.counts) continue;
+    count.adopted += adopted;
+    if (firstBad >= 0) {
+      for (const x of bad) count.bad += x;
+      count.first ??= `${e.tensor} group ${s.firstRow * perRow + firstBad}`;
+    }
+  }
+  return { bytes: Buffer.concat(parts), result: count };
+}
