@@ -6,13 +6,14 @@ import { join } from "node:path";
 import { availableParallelism } from "node:os";
 import { setMaxListeners } from "node:events";
 import type { Piscina } from "piscina";
-import { elementSize, numelOf } from "../dtypes.js";
+import { numelOf } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
 import { runsForBox } from "../plan/runs.js";
+import { mergeSpans, rangesOfRuns, scaleLeaves } from "../plan/read-spans.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
@@ -152,16 +153,12 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
   // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
   // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
   const remote = new Set<string>();
-  const scales: WorkerTask["scales"] = {};
-  for (const [name, leaf] of Object.entries(plan.leaves)) {
+  const scales: WorkerTask["scales"] = scaleLeaves(plan.leaves);
+  for (const leaf of Object.values(plan.leaves)) {
     for (const p of leaf.pieces) {
       const lp = source.localPath(p.file);
       if (lp) paths[p.file] = lp;
       else remote.add(p.file);
-    }
-    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
-      const p = leaf.pieces[0]!;
-      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
     }
   }
   const bytesTotal = pieces.reduce((s, p) => s + p.byteLength, 0);
@@ -376,27 +373,11 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
 /**
  * Reads the source byte ranges a task needs from files in `remote`, merged like the worker merges its reads
- * (gaps up to 4 KiB are read through), so every worker read falls inside one span. Each span is its own
+ * (plan/read-spans.ts), so every worker read falls inside one span. Each span is its own
  * ArrayBuffer, transferred to the worker without a copy.
  */
 async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
-  const ranges: { file: string; start: number; end: number }[] = [];
-  for (const p of task.pieces) {
-    for (const r of p.runs) {
-      if (r.src && remote.has(r.src.file)) {
-        ranges.push({ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + ((r.rows - 1) * r.src.stride + r.cols) * elementSize(r.src.dtype) });
-      }
-      const sc = r.dequant ? task.scales[r.dequant.scale] : undefined;
-      if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
-    }
-  }
-  ranges.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
-  const merged: typeof ranges = [];
-  for (const r of ranges) {
-    const last = merged[merged.length - 1];
-    if (last && last.file === r.file && r.start <= last.end + 4096) last.end = Math.max(last.end, r.end);
-    else merged.push({ ...r });
-  }
+  const merged = mergeSpans(rangesOfRuns(task.pieces.flatMap((p) => p.runs), task.scales).filter((r) => remote.has(r.file)));
   return Promise.all(merged.map(async (m) => {
     const b = await source.read(m.file, m.start, m.end - m.start);
     const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b : new Uint8Array(b);
