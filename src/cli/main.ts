@@ -141,7 +141,11 @@ async function doConvert(a: Record<string, unknown> & GlobalArgs, extra: Partial
       onWarning: (w) => process.stderr.write(a.json ? JSON.stringify({ event: "warning", message: w }) + "\n" : `ckpt: warning: ${w}\n`),
     });
     rep.stop();
-    if (a.json) { out(JSON.stringify({ event: "result", ...r })); return; }
+    // The Hub's share of the run: requests made, retried (and why), bytes received. On stderr, even with --quiet.
+    const { describeHubStats, hubStats } = await import("../sources/hub-http.js");
+    const hub = hubStats();
+    if (a.json) { out(JSON.stringify({ event: "result", ...r, ...(hub.requests > 0 ? { hub } : {}) })); return; }
+    if (hub.requests > 0) process.stderr.write(`ckpt: hub: ${describeHubStats(hub)}\n`);
     if (r.dryRun) { printPlan(r); if (r.lora) printLora(r.lora); return; }
     out(`wrote ${r.out} (${r.plan.files.length} file(s), ${fmtBytes(r.bytesWritten)}, ${r.plan.tensors.length} tensors) in ${r.seconds.toFixed(2)} s`);
     if (r.plan.perRank) printRankTable(r);

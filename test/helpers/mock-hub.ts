@@ -426,6 +426,9 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
     return fail(res, req, 404, "NotFound", `mock hub: no route for ${method} ${u.pathname}`);
   }
 
+  // Idle connections stay open long: a client reusing one the server just timed out would see a reset that no fault
+  // caused, and the fault counts would no longer add up.
+  server.keepAliveTimeout = 120_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
