@@ -150,6 +150,19 @@ describe("Hub client under network faults", () => {
     assert.deepEqual((await fsp.readdir(blobs)).sort(), [createHash("sha1").update(`blob ${CONFIG.length}\0`).update(CONFIG).digest("hex"), etag].sort());
   });
 
+  test("an aborted signal (Ctrl-C) ends a read stuck on a stalled body, and one waiting out a Retry-After, at once", async () => {
+    for (const fault of ["stall", "throttle"] as const) {
+      const controller = new AbortController();
+      const src = await openHubRanged("org/m", { endpoint: hub.url, env: {}, retry: { ...FAST, stallMs: 30_000 }, signal: controller.signal });
+      hub.script.push(fault);
+      const t0 = performance.now();
+      setTimeout(() => controller.abort(), 200);
+      await assert.rejects(src.read("model.safetensors", 0, 100_000));
+      assert.ok(performance.now() - t0 < 900, `${fault}: stopped ${(performance.now() - t0).toFixed(0)} ms after the start`);
+      await src.close();
+    }
+  });
+
   test("requests in flight stay within CKPT_HUB_CONCURRENCY", async () => {
     // every body takes ~40 ms, so 40 reads asked for at once overlap unless the client holds them back
     const slow = await startMockHub({ "org/m": { sha: SHA, files } }, { faults: { slow: 1, slowMs: 5 } });

@@ -254,7 +254,21 @@ function backoff(p: RetryPolicy, failures: number): number {
   return d / 2 + Math.random() * (d / 2);
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+/** Waits `ms`, or rejects as soon as `signal` aborts (Ctrl-C must not wait out a backoff). */
+function sleep(ms: number, signal: AbortSignal | null | undefined): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /**
  * Runs `attempt` until it succeeds, fails for good, or the policy runs out. `attempt` marks `a.progressed` when
@@ -264,6 +278,7 @@ async function retrying<T>(p: RetryPolicy, outer: AbortSignal | null | undefined
   let failures = 0;
   let since = Date.now();
   for (;;) {
+    if (outer?.aborted) throw outer.reason;
     await acquire(p.concurrency);
     const a = new Attempt(p.stallMs, outer);
     const state = { midBody: false };
@@ -304,7 +319,7 @@ async function retrying<T>(p: RetryPolicy, outer: AbortSignal | null | undefined
       throw new HubHttpError(`gave up after ${why}: ${t.message}`, t.statusCode, { tries: failures, seconds: waited / 1000, kind: t.kind, code: (t as { code?: string }).code });
     }
     stats.retried++;
-    await sleep(delay);
+    await sleep(delay, outer);
   }
 }
 
@@ -343,8 +358,8 @@ async function drain(res: Response, a: Attempt, state: { midBody: boolean }, sin
  * A `fetch` for @huggingface/hub's API calls (model info, tree listing): retried like the rest, and the whole body
  * read here (API bodies are small), so a body that breaks off is retried instead of failing the library's JSON parse.
  */
-export function apiFetch(p: RetryPolicy): typeof fetch {
-  return (input, init) => retrying(p, init?.signal, async (a, state) => {
+export function apiFetch(p: RetryPolicy, signal?: AbortSignal): typeof fetch {
+  return (input, init) => retrying(p, init?.signal ?? signal, async (a, state) => {
     const res = await fetch(input, { ...init, signal: a.signal });
     if (isRetryableStatus(res.status)) throw await transientOf(res);
     const parts: Uint8Array[] = [];
@@ -382,6 +397,8 @@ export interface RangeRequest {
   policy: RetryPolicy;
   /** Size of the whole file, when known (lets a whole-file request accept a 200). */
   size?: number;
+  /** Aborts the request, its retries and their waits. */
+  signal?: AbortSignal;
 }
 
 /** Bytes [start, start + length) of `url`, retried until every byte arrived (resuming after what a dropped body brought). */
@@ -389,7 +406,7 @@ export async function readRange(req: RangeRequest, start: number, length: number
   const out = Buffer.allocUnsafe(length);
   if (length === 0) return out;
   let got = 0;
-  await retrying(req.policy, undefined, async (a, state) => {
+  await retrying(req.policy, req.signal, async (a, state) => {
     const from = start + got;
     const to = start + length - 1;
     const res = await fetch(req.url, { headers: { ...authHeaders(req.token), Range: `bytes=${from}-${to}`, "Accept-Encoding": "identity" }, signal: a.signal });
@@ -413,7 +430,7 @@ export async function readRange(req: RangeRequest, start: number, length: number
 export async function downloadRange(req: RangeRequest & { size: number }, file: FileHandle, have: number, onBytes?: (n: number) => void): Promise<void> {
   let pos = have;
   if (pos >= req.size) return;
-  await retrying(req.policy, undefined, async (a, state) => {
+  await retrying(req.policy, req.signal, async (a, state) => {
     const from = pos;
     const to = req.size - 1;
     const res = await fetch(req.url, { headers: { ...authHeaders(req.token), Range: `bytes=${from}-${to}`, "Accept-Encoding": "identity" }, signal: a.signal });

@@ -46,6 +46,8 @@ export interface HubOptions {
   log?: (line: string) => void;
   /** Environment to read (default process.env); for tests. */
   env?: Env;
+  /** Aborts Hub requests in flight and their retries (Ctrl-C). */
+  signal?: AbortSignal;
 }
 
 export interface RepoSpec {
@@ -140,6 +142,7 @@ interface ResolvedHubOptions {
   offline: boolean;
   cacheDir: string;
   policy: RetryPolicy;
+  signal?: AbortSignal;
 }
 
 function resolveOptions(spec: string, opts: HubOptions): ResolvedHubOptions {
@@ -164,6 +167,7 @@ function resolveOptions(spec: string, opts: HubOptions): ResolvedHubOptions {
     policy: retryPolicy(env, opts.retry),
   };
   if (token !== undefined && token !== "") r.token = token;
+  if (opts.signal) r.signal = opts.signal;
   return r;
 }
 
@@ -220,7 +224,7 @@ function hubError(e: unknown, what: string, r: ResolvedHubOptions, file?: string
 }
 
 function creds(r: ResolvedHubOptions): { hubUrl: string; accessToken?: string; fetch: typeof fetch } {
-  const f = apiFetch(r.policy);
+  const f = apiFetch(r.policy, r.signal);
   return r.token ? { hubUrl: r.endpoint, accessToken: r.token, fetch: f } : { hubUrl: r.endpoint, fetch: f };
 }
 
@@ -360,7 +364,7 @@ async function downloadToCache(r: ResolvedHubOptions, sha: string, f: RemoteFile
         have = 0;
       }
       log?.(`Downloading ${f.path} to ${incomplete}${have > 0 ? ` (resuming at byte ${have} of ${f.size})` : ""}`);
-      await downloadRange({ url: fileUrl(r, sha, f.path), token: r.token, policy: r.policy, size: f.size }, fh, have);
+      await downloadRange({ url: fileUrl(r, sha, f.path), token: r.token, policy: r.policy, size: f.size, signal: r.signal }, fh, have);
     } finally {
       await fh.close();
     }
@@ -539,7 +543,7 @@ class RangedHubSource implements Source {
     const key = `${file}\0${offset}\0${length}`;
     let p = this.inFlight.get(key);
     if (!p) {
-      p = readRange({ url: fileUrl(this.r, this.revision, file), token: this.r.token, policy: this.r.policy, size: f.size }, offset, length).catch((e: unknown) => {
+      p = readRange({ url: fileUrl(this.r, this.revision, file), token: this.r.token, policy: this.r.policy, size: f.size, signal: this.r.signal }, offset, length).catch((e: unknown) => {
         throw hubError(e, `ranged read of ${file} (${byteRange(offset, length)}) of ${this.id} failed`, this.r, file);
       });
       const done = p.finally(() => this.inFlight.delete(key));
