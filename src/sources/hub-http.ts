@@ -161,15 +161,15 @@ async function errorText(res: Response): Promise<string> {
   } catch {
     /* the status says enough */
   }
-  let detail = header ?? "";
-  if (!detail && body) {
-    try {
-      const j = JSON.parse(body) as { error?: unknown };
-      detail = typeof j.error === "string" ? j.error : body;
-    } catch {
-      detail = body;
-    }
+  // the JSON body's `error` first (what @huggingface/hub reports), else the header, else the body as it is
+  let detail = "";
+  try {
+    const j = JSON.parse(body) as { error?: unknown };
+    if (typeof j.error === "string") detail = j.error;
+  } catch {
+    /* not JSON */
   }
+  detail ||= header ?? body;
   return `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}${detail ? `: ${detail.replace(/\s+/g, " ").trim()}` : ""}`;
 }
 
