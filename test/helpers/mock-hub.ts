@@ -9,6 +9,7 @@
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { prng } from "../../src/fixtures/tiny-llama.js";
 
 export interface MockRepo {
   /** Commit sha (40 hex) that `main` points at. */
@@ -93,18 +94,6 @@ export interface MockHub {
   inFlight: { now: number; max: number };
 }
 
-/** mulberry32: a small seeded PRNG, so a fault plan gives the same draws run after run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface FileEntry {
   path: string;
   data: Buffer;
@@ -175,7 +164,9 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
   const script: MockHub["script"] = [];
   const inFlight = { now: 0, max: 0 };
   const plan = opts.faults ?? {};
-  const draw = prng(plan.seed ?? 1);
+  // seeded, so a fault plan gives the same draws run after run (fixture PRNG: [-1, 1) → [0, 1))
+  const rnd = prng(plan.seed ?? 1);
+  const draw = () => (rnd() + 1) / 2;
   const KINDS: FaultKind[] = ["drop", "short", "reset", "throttle", "unavailable", "slow", "stall"];
   const stalled = new Set<ServerResponse>();
 
