@@ -25,15 +25,17 @@ function cli(args: string[]): { status: number | null; stderr: string } {
   return { status: r.status, stderr: r.stderr };
 }
 
-/** Runs shell lines concurrently (one process per "machine"), each with its own environment. */
-async function machines(jobs: { script: string; env: Record<string, string> }[]): Promise<void> {
+/** Runs shell lines concurrently (one process per "machine"), each with its own environment; returns their stderr. */
+async function machines(jobs: { script: string; env: Record<string, string> }[]): Promise<string[]> {
   const runs = jobs.map((j) => new Promise<{ code: number | null; err: string; script: string }>((res) => {
     const child = spawn("sh", ["-c", j.script], { env: { ...process.env, ...j.env, CKPT: `${process.execPath} ${CLI}` }, stdio: ["ignore", "ignore", "pipe"] });
     let err = "";
     child.stderr.on("data", (d: Buffer) => (err += d.toString()));
     child.on("close", (code) => res({ code, err, script: j.script }));
   }));
-  for (const r of await Promise.all(runs)) assert.equal(r.code, 0, `${r.script}: ${r.err}`);
+  const done = await Promise.all(runs);
+  for (const r of done) assert.equal(r.code, 0, `${r.script}: ${r.err}`);
+  return done.map((r) => r.err);
 }
 
 // Uneven shapes (vocab and ffn not divisible by 8) so ranks get different row counts; two safetensors files.
@@ -177,5 +179,82 @@ describe("--ranks from a Hub repo read in place (HTTP Range requests)", () => {
     const sum = shares.reduce((a, b) => a + b, 0);
     assert.ok(sum < 1.15, `all four machines together downloaded ${(sum * 100).toFixed(1)}% of one model`);
     assert.ok(!readdirSync(out).some((f) => f.startsWith(".ckpt-")), "no digests or temp folders left");
+  });
+});
+
+describe("eight machines pulling their ranks from a Hub that drops, throttles and fails requests", () => {
+  // 16 layers so that the q/k/v tensors every rank keeps whole (torchtitan@main: 48 of them, 4 MiB of 27 MiB) can
+  // spread over the 8 ranks; four source files.
+  const BIG = { hidden: 256, layers: 16, heads: 4, kvHeads: 2, headDim: 64, ffn: 688, vocab: 4000, files: 4, seed: 30 } as const;
+  let hub: MockHub;
+  let bigSrc: string;
+  let bigFiles: Record<string, Buffer | string>;
+  before(async () => {
+    bigSrc = join(tmp, "hf-faults");
+    const g = tinyLlamaTensors(BIG);
+    writeHfFolder(bigSrc, g.config, g.tensors, BIG.files);
+    bigFiles = {};
+    for (const f of readdirSync(bigSrc)) bigFiles[f] = readFileSync(join(bigSrc, f));
+    // About 1 in 25 file requests dropped mid-body, 1 in 40 answered 429 (Retry-After: 1), 1 in 40 answered 503,
+    // 1 in 100 reset before an answer; API requests get the resets, 429s and 503s too.
+    hub = await startMockHub({ "org/big": { sha: "3".repeat(40), files: bigFiles } }, { faults: { drop: 0.04, throttle: 0.025, unavailable: 0.025, reset: 0.01, retryAfter: 1, api: true, seed: 30 } });
+  });
+  after(() => hub.close());
+
+  test("--ranks r-r --ranged ×8 and --finalize: byte-identical to a local shard; each machine downloads ≈ 1/8", async (t) => {
+    const single = join(tmp, "faults-single");
+    const r = cli(["shard", bigSrc, single, "--world-size", "8"]);
+    assert.equal(r.status, 0, r.stderr);
+    const out = join(tmp, "faults-hub");
+    const fast = { CKPT_HUB_BACKOFF: "0.01", CKPT_HUB_BACKOFF_MAX: "0.2", CKPT_HUB_TIMEOUT: "10", HF_TOKEN: "", HF_HUB_CACHE: join(tmp, "faults-cache") };
+    // each machine sees the Hub at its own /c/m<i> prefix, so the mock counts its requests and bytes apart
+    const notes = await machines([0, 1, 2, 3, 4, 5, 6, 7].map((i) => ({
+      env: { ...fast, HF_ENDPOINT: `${hub.url}/c/m${i}`, OUT: out },
+      script: `$CKPT shard org/big "$OUT" --world-size 8 --ranks ${i}-${i} --ranged --threads 1 --quiet`,
+    })));
+    // (never spawnSync against the mock: it answers from this process's event loop)
+    const [finErr] = await machines([{ env: { ...fast, HF_ENDPOINT: `${hub.url}/c/finalize`, OUT: out }, script: `$CKPT shard org/big "$OUT" --world-size 8 --ranged --finalize --quiet` }]);
+    for (const f of [".metadata", ...[0, 1, 2, 3, 4, 5, 6, 7].map((k) => `__${k}_0.distcp`)]) {
+      assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(single, f))), `${f} is byte-identical`);
+    }
+
+    // The faults happened, as often as asked, and every one cost exactly one retry (the machines' closing notes).
+    const downloads = hub.log.filter((x) => x.method === "GET" && x.url.includes("/resolve/"));
+    const ranged = downloads.filter((x) => x.range !== undefined && x.url.endsWith(".safetensors"));
+    const drops = ranged.filter((x) => x.fault === "drop").length;
+    const injected = Object.values(hub.faultCounts).reduce((a, b) => a + (b ?? 0), 0);
+    const parsed = [...notes, finErr!].map((e) => /ckpt: hub: (\d+) request\(s\) \((\d+) retried(?:: ([^)]*))?\)/.exec(e));
+    assert.ok(parsed.every(Boolean), `every run prints its closing note:\n${[...notes, finErr!].join("\n")}`);
+    const made = parsed.reduce((s, m) => s + Number(m![1]), 0);
+    const retried = parsed.reduce((s, m) => s + Number(m![2]), 0);
+    const noted = (re: RegExp) => parsed.reduce((s, m) => s + Number(re.exec(m![3] ?? "")?.[1] ?? 0), 0);
+    const seen = { drop: noted(/(\d+) dropped mid-body/), reset: noted(/(\d+) reset\/refused/), throttle: noted(/(\d+) × 429/), unavailable: noted(/(\d+) × 5xx/), stall: noted(/(\d+) timed out/) };
+    t.diagnostic(`requests: ${hub.log.length} served (${ranged.length} ranged reads of weights), ${made} made by the 9 runs; faults injected: ${JSON.stringify(hub.faultCounts)}; the runs' closing notes: ${retried} retried ${JSON.stringify(seen)}`);
+    assert.ok(drops * 40 >= ranged.length, `≥ 1 in 40 ranged requests dropped (${drops} of ${ranged.length})`);
+    assert.ok((hub.faultCounts.throttle ?? 0) > 0 && (hub.faultCounts.unavailable ?? 0) > 0, "429 and 503 answers were given");
+    assert.equal(made, hub.log.length, "every request the runs made reached the Hub");
+    assert.deepEqual(seen, { drop: hub.faultCounts.drop ?? 0, reset: hub.faultCounts.reset ?? 0, throttle: hub.faultCounts.throttle ?? 0, unavailable: hub.faultCounts.unavailable ?? 0, stall: 0 }, "every fault noticed as what it was");
+    assert.equal(retried, injected, "each injected fault was retried once, and nothing else");
+
+    // Downloads: each machine within 1.15× of its 1/8 share plus the headers, all of them together ≤ 1.05 × the model.
+    const weights = Object.entries(bigFiles).filter(([f]) => f.endsWith(".safetensors"));
+    const model = weights.reduce((s, [, b]) => s + (b as Buffer).length, 0);
+    const headers = weights.reduce((s, [, b]) => s + 8 + Number((b as Buffer).readBigUInt64LE(0)), 0);
+    const small = Object.entries(bigFiles).filter(([f]) => !f.endsWith(".safetensors")).reduce((s, [, b]) => s + Buffer.byteLength(b), 0);
+    const per = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => hub.clients.get(`m${i}`)!.bytes);
+    const share = model / 8;
+    t.diagnostic(`model ${model} bytes, share ${share.toFixed(0)}, headers ${headers} + config/index ${small}; per machine: ${per.map((b) => `${(b / 1e6).toFixed(2)} MB (${(b / share).toFixed(3)}×)`).join(", ")}; together ${(per.reduce((a, b) => a + b, 0) / model).toFixed(4)}× the model`);
+    for (const [i, b] of per.entries()) assert.ok(b <= 1.15 * share + headers + small, `machine ${i} downloaded ${b} bytes, ${(b / share).toFixed(3)}× its share`);
+    assert.ok(per.reduce((a, b) => a + b, 0) <= 1.05 * model, "all machines together ≤ 1.05 × the model");
+
+    // The dry run predicted each machine's download and write
+    const dry = spawnSync(process.execPath, [CLI, "shard", bigSrc, join(tmp, "faults-dry"), "--world-size", "8", "--dry-run", "--json"], { encoding: "utf8" });
+    assert.equal(dry.status, 0, dry.stderr);
+    const ranks = (JSON.parse(dry.stdout) as { plan: { perRank: { rank: number; write: number; download: number }[] } }).plan.perRank;
+    for (const x of ranks) {
+      assert.equal(x.write, statSync(join(out, `__${x.rank}_0.distcp`)).size, `rank ${x.rank}: bytes to write`);
+      const got = per[x.rank]! - small;
+      assert.ok(Math.abs(x.download - got) <= 0.02 * got, `rank ${x.rank}: predicted ${x.download} bytes to download, it downloaded ${got}`);
+    }
   });
 });

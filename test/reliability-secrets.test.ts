@@ -45,7 +45,8 @@ after(async () => {
 });
 
 function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const e: NodeJS.ProcessEnv = { ...process.env };
+  // the 500s of org/broken are retried: 3 tries, a few ms apart
+  const e: NodeJS.ProcessEnv = { ...process.env, CKPT_HUB_TRIES: "3", CKPT_HUB_BACKOFF: "0.005", CKPT_HUB_BACKOFF_MAX: "0.02" };
   for (const k of ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"]) delete e[k];
   return { ...e, HF_ENDPOINT: hub.url, HF_HOME: join(tmp, "hf-home"), HF_HUB_CACHE: join(tmp, "hub-cache"), HF_TOKEN: TOKEN, CKPT_DEBUG: "1", ...extra };
 }
@@ -126,7 +127,7 @@ describe("the HF token never leaks", () => {
     for (const [spec, token] of [["org/private", OTHER], ["org/broken", TOKEN]] as const) {
       let err: unknown;
       try {
-        await runConvert({ source: spec, out: join(tmp, "api-out"), endpoint: hub.url, token, cacheDir: join(tmp, `api-cache-${token.slice(3, 8)}`), env: {} });
+        await runConvert({ source: spec, out: join(tmp, "api-out"), endpoint: hub.url, token, cacheDir: join(tmp, `api-cache-${token.slice(3, 8)}`), env: {}, retry: { tries: 3, backoffMs: 5, maxBackoffMs: 20 } });
       } catch (e) {
         err = e;
       }

@@ -331,6 +331,10 @@ describe("HF cache", () => {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+// Failures the Hub client retries (refused connections, 5xx) are retried briefly here: 3 tries, 5-20 ms apart.
+const FAST_RETRY = { tries: 3, backoffMs: 5, maxBackoffMs: 20 };
+const FAST_RETRY_ENV = { CKPT_HUB_TRIES: "3", CKPT_HUB_BACKOFF: "0.005", CKPT_HUB_BACKOFF_MAX: "0.02" };
+
 describe("Hub (mock server, real @huggingface/hub code path)", () => {
   let dir: string;
   before(async () => {
@@ -453,9 +457,9 @@ describe("Hub (mock server, real @huggingface/hub code path)", () => {
     });
 
     // Online but unreachable: a clear HUB error with the offline hint (cache incomplete now, so no fallback).
-    await withEnv({ HF_HUB_CACHE: cacheDir, HF_ENDPOINT: hub.url }, async () => {
+    await withEnv({ HF_HUB_CACHE: cacheDir, HF_ENDPOINT: hub.url, ...FAST_RETRY_ENV }, async () => {
       await rejectsCkpt(openSource("org/name"), "HUB", (err) => {
-        assert.match(err.message, /cannot reach/);
+        assert.match(err.message, /cannot reach .*ECONNREFUSED; 3 tries/);
         assert.match(err.hint ?? "", /HF_HUB_OFFLINE/);
       });
     });
@@ -505,12 +509,17 @@ describe("Hub (mock server, real @huggingface/hub code path)", () => {
       const e1 = await rejectsCkpt(openHub("org/private", { endpoint: hub.url, cacheDir: join(dir, "c2"), token: WRONG, env: {} }), "HUB", noSecret);
       assert.match(e1.hint ?? "", /token/);
       // A server error mid-download, with the right token echoed back.
-      await rejectsCkpt(openHub("org/broken", { endpoint: hub.url, cacheDir: join(dir, "c3"), token: TOKEN, env: {} }), "HUB", (e) => {
+      await rejectsCkpt(openHub("org/broken", { endpoint: hub.url, cacheDir: join(dir, "c3"), token: TOKEN, env: {}, retry: FAST_RETRY }), "HUB", (e) => {
         noSecret(e);
         assert.match(e.message, /500|mock failure/);
       });
-      const ranged = await openHubRanged("org/broken", { endpoint: hub.url, token: TOKEN, env: {} });
-      await rejectsCkpt(ranged.read(S2, 0, 8), "HUB", noSecret);
+      const ranged = await openHubRanged("org/broken", { endpoint: hub.url, token: TOKEN, env: {}, retry: FAST_RETRY });
+      await rejectsCkpt(ranged.read(S2, 0, 8), "HUB", (e) => {
+        noSecret(e);
+        // one line naming the file, the byte range and the last error
+        assert.equal(e.file, S2);
+        assert.match(e.message, new RegExp(`ranged read of ${S2.replace(/\./g, "\\.")} \\(bytes 0-7\\) of org/broken failed: gave up after 3 tries: HTTP 500.*mock failure`));
+      });
       // No token at all.
       await rejectsCkpt(openHub("org/private", { endpoint: hub.url, cacheDir: join(dir, "c4"), env: {} }), "HUB", (e) => {
         assert.match(e.hint ?? "", /HF_TOKEN/);

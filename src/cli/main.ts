@@ -59,9 +59,19 @@ export function printRankTable(r: ConvertResult): void {
   if (!ranks.length) return;
   const max = Math.max(...ranks.map((x) => x.bytes));
   const mean = ranks.reduce((s, x) => s + x.bytes, 0) / ranks.length;
+  const io = ranks.every((x) => x.write !== undefined && x.download !== undefined);
+  const total = Math.max(1, ranks.reduce((s, y) => s + y.bytes, 0));
+  const rows = ranks.map((x) => [String(x.rank), String(x.chunks), fmtBytes(x.bytes), `${((x.bytes / total) * 100).toFixed(1)}%`, ...(io ? [fmtBytes(x.write!), fmtBytes(x.download!)] : [])]);
   out("");
-  out(table(["rank", "chunks", "bytes", "share"], ranks.map((x) => [String(x.rank), String(x.chunks), fmtBytes(x.bytes), `${((x.bytes / Math.max(1, ranks.reduce((s, y) => s + y.bytes, 0))) * 100).toFixed(1)}%`]), [0, 1, 2, 3]));
+  out(table(["rank", "chunks", "bytes", "share", ...(io ? ["writes", "downloads (--ranged)"] : [])], rows, io ? [0, 1, 2, 3, 4, 5] : [0, 1, 2, 3]));
   out(`imbalance (max/mean): ${(max / Math.max(1, mean)).toFixed(3)}`);
+  if (io) {
+    const stat = (xs: number[]) => {
+      const m = xs.reduce((s, x) => s + x, 0) / xs.length;
+      return `max ${fmtBytes(Math.max(...xs))}, mean ${fmtBytes(m)} (max/mean ${(Math.max(...xs) / Math.max(1, m)).toFixed(3)})`;
+    };
+    out(`per machine running one rank: writes ${stat(ranks.map((x) => x.write!))}; downloads with --ranged ${stat(ranks.map((x) => x.download!))}`);
+  }
 }
 
 function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "source" | "out"> {
@@ -132,7 +142,11 @@ async function doConvert(a: Record<string, unknown> & GlobalArgs, extra: Partial
       onWarning: (w) => process.stderr.write(a.json ? JSON.stringify({ event: "warning", message: w }) + "\n" : `ckpt: warning: ${w}\n`),
     });
     rep.stop();
-    if (a.json) { out(JSON.stringify({ event: "result", ...r })); return; }
+    // The Hub's share of the run: requests made, retried (and why), bytes received. On stderr, even with --quiet.
+    const { describeHubStats, hubStats } = await import("../sources/hub-http.js");
+    const hub = hubStats();
+    if (a.json) { out(JSON.stringify({ event: "result", ...r, ...(hub.requests > 0 ? { hub } : {}) })); return; }
+    if (hub.requests > 0) process.stderr.write(`ckpt: hub: ${describeHubStats(hub)}\n`);
     if (r.dryRun) { printPlan(r); if (r.lora) printLora(r.lora); return; }
     out(`wrote ${r.out} (${r.plan.files.length} file(s), ${fmtBytes(r.bytesWritten)}, ${r.plan.tensors.length} tensors) in ${r.seconds.toFixed(2)} s`);
     if (r.plan.perRank) printRankTable(r);
@@ -170,7 +184,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
     .option("files-per-rank", { type: "number", describe: "DCP: data files per rank, __{rank}_{k}.distcp, written in parallel (default 2 unsharded, 1 sharded)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
-    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download" })
+    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download. Hub requests retry resets, timeouts, 429 and 5xx: tune with CKPT_HUB_TRIES, CKPT_HUB_DEADLINE, CKPT_HUB_TIMEOUT, CKPT_HUB_BACKOFF, CKPT_HUB_CONCURRENCY (docs/multi-machine.md)" })
     .option("lora", { type: "string", describe: "TorchTitan's LoRA model: base + this PEFT adapter's weights under the names and shapes of its LoRAConverter model (q/k/v stacked into the fused wqkv adapter), one checkpoint for a strict initial load; prints the LoRAConverter settings" })
     .option("lora-rank", { type: "number", describe: "TorchTitan's LoRA model with fresh adapters of this rank (lora_a kaiming-uniform, lora_b zeros, as LoRALinear initialises them)" })
     .option("lora-alpha", { type: "number", describe: "with --lora-rank: LoRAConverter alpha (default 16.0; scale alpha / rank)" })

@@ -12,9 +12,10 @@ import { crc32Combine } from "../formats/torchsave/index.js";
 import type { ConversionPlan, TensorPlan } from "../plan/convert-plan.js";
 import type { OutputLayout } from "../plan/output-layout.js";
 import { piecesOf } from "../plan/output-layout.js";
-import { runsForBox, runSourceRanges, type Box, type Run } from "../plan/runs.js";
+import { runsForBox, type Box, type Run } from "../plan/runs.js";
 import { isEncode } from "../plan/recipe.js";
 import { encodeTask } from "./encode-piece.js";
+import { mergeSpans, rangesOfRuns, scaleLeaves } from "../plan/read-spans.js";
 import type { Source } from "../sources/types.js";
 import runTask, { type PieceResult, type PieceTask, type WorkerTask } from "./worker.js";
 import { fingerprint, Journal } from "./journal.js";
@@ -406,7 +407,7 @@ async function executeJournaled(layout: OutputLayout, plan: ConversionPlan, sour
 
 /**
  * Reads the source byte ranges a task needs from files in `remote`, merged like the worker merges its reads
- * (gaps up to 4 KiB are read through), so every worker read falls inside one span. Each span is its own
+ * (plan/read-spans.ts), so every worker read falls inside one span. Each span is its own
  * ArrayBuffer, transferred to the worker without a copy.
  */
 async function fetchSpans(task: WorkerTask, remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
@@ -422,36 +423,19 @@ export function sourceAccess(leaves: ConversionPlan["leaves"], source: Source): 
   // Files without a local path (a Hub repo read in place): the main thread fetches each batch's byte ranges
   // with source.read() and hands them to the worker, so only the bytes the chosen files need are transferred.
   const remote = new Set<string>();
-  const scales: WorkerTask["scales"] = {};
-  for (const [name, leaf] of Object.entries(leaves)) {
+  for (const leaf of Object.values(leaves)) {
     for (const p of leaf.pieces) {
       const lp = source.localPath(p.file);
       if (lp) paths[p.file] = lp;
       else remote.add(p.file);
     }
-    if (leaf.pieces.length === 1 && leaf.dtype === "F32") {
-      const p = leaf.pieces[0]!;
-      scales[name] = { file: p.file, byteOffset: p.byteOffset, byteLength: p.byteLength, cols: leaf.shape[1] ?? 1 };
-    }
   }
-  return { paths, remote, scales };
+  return { paths, remote, scales: scaleLeaves(leaves) };
 }
 
-/** The byte ranges `runs` read from files in `remote`, fetched (merged as the worker merges its reads). */
+/** The byte ranges `runs` read from files in `remote` (values, MXFP4/INT4 scales, FP8 scale tensors), fetched merged as the worker merges its reads. */
 export async function fetchRunSpans(runs: Run[], scales: WorkerTask["scales"], remote: Set<string>, source: Source): Promise<NonNullable<WorkerTask["spans"]>> {
-  const ranges: { file: string; start: number; end: number }[] = [];
-  for (const r of runs) {
-    for (const x of runSourceRanges(r)) if (remote.has(x.file)) ranges.push(x);
-    const sc = r.dequant ? scales[r.dequant.scale] : undefined;
-    if (sc && remote.has(sc.file)) ranges.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
-  }
-  ranges.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.start - b.start));
-  const merged: typeof ranges = [];
-  for (const r of ranges) {
-    const last = merged[merged.length - 1];
-    if (last && last.file === r.file && r.start <= last.end + 4096) last.end = Math.max(last.end, r.end);
-    else merged.push({ ...r });
-  }
+  const merged = mergeSpans(rangesOfRuns(runs, scales).filter((r) => remote.has(r.file)));
   return Promise.all(merged.map(async (m) => {
     const b = await source.read(m.file, m.start, m.end - m.start);
     const own = b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b : new Uint8Array(b);

@@ -14,6 +14,7 @@ import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkStoredShapes } from "../plan/quant-checks.js";
+import { headerBytes, rankIo } from "../plan/rank-io.js";
 import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { describeFsError, fsyncPath, isDiskFull } from "../exec/output-dir.js";
@@ -102,7 +103,11 @@ export interface PlanSummary {
   files: { name: string; size: number; rank?: number }[];
   skipped: { name: string; why: string }[];
   warnings: string[];
-  perRank?: { rank: number; bytes: number; chunks: number }[];
+  /**
+   * Sharded outputs: per rank, the bytes of the chunks it holds; dry runs add what a machine running that rank alone
+   * writes (its files) and downloads with --ranged (source bytes read, headers included).
+   */
+  perRank?: { rank: number; bytes: number; chunks: number; write?: number; download?: number }[];
 }
 
 export interface ConvertResult {
@@ -356,6 +361,10 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
       : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3, prefix: direction === "tt_to_hf" && plan.layout ? mapping.hf_file_prefix?.[plan.layout] : undefined });
     const summary = summarize(plan, layout);
+    if (opts.dryRun && summary.perRank) {
+      const io = new Map(rankIo(layout, plan, headerBytes(catalog.tensors.values())).map((x) => [x.rank, x]));
+      for (const r of summary.perRank) Object.assign(r, { write: io.get(r.rank)?.write ?? 0, download: io.get(r.rank)?.download ?? 0 });
+    }
     const outAbs = resolve(opts.out);
     if (opts.dryRun) {
       return { out: outAbs, dryRun: true, plan: summary, bytesWritten: 0, seconds: (performance.now() - started) / 1000, f16Overflow: 0, ...(lora ? { lora: lora.summary } : {}) };

@@ -5,7 +5,7 @@ import { layoutTensorBlob, type BlobLayout } from "../formats/torchsave/index.js
 import { planSafetensorsFile, planShardedSafetensors, serializeIndex } from "../formats/safetensors/writer.js";
 import { encodeDcpMetadata, type DcpMetadata } from "../formats/dcp/metadata.js";
 import type { TensorPlan } from "./convert-plan.js";
-import { shardTensor, sparseMesh, splitLargeChunk, worldSize, type Mesh } from "./sharding.js";
+import { shardTensor, sparseMesh, splitLargeChunk, worldSize, type Mesh, type RankChunk } from "./sharding.js";
 import type { Box } from "./runs.js";
 
 export type OutputFormat = "dcp" | "safetensors";
@@ -16,7 +16,7 @@ export interface OutChunk {
   /** Global shape of the tensor. */
   shape: number[];
   box: Box;
-  /** Global ranks whose box this is (the file owner is the first). */
+  /** Global ranks whose box this is (`file` is one of theirs: see balanceOwners). */
   ranks: number[];
   file: string;
   /** Absolute byte offset of the chunk's row-major data in `file`. */
@@ -61,9 +61,10 @@ export function layoutDcp(tensors: TensorPlan[], mesh: Mesh, filesPerRank = 1): 
   const cursors = Array.from({ length: world }, () => new Array<number>(filesPerRank).fill(0));
   const chunks: OutChunk[] = [];
   const md: DcpMetadata = { tensors: new Map(), bytes: new Set(), plannerData: new Map(), storage: [] };
-  for (const t of tensors) {
-    const es = elementSize(t.dtype);
-    const pieces = shardTensor(t.shape, t.policy, mesh).flatMap((c) => splitLargeChunk(c, es, MAX_BLOB_DATA));
+  const perTensor = tensors.map((t) => shardTensor(t.shape, t.policy, mesh).flatMap((c) => splitLargeChunk(c, elementSize(t.dtype), MAX_BLOB_DATA)));
+  balanceOwners(perTensor, (ti, c) => layoutTensorBlob(tensors[ti]!.dtype, c.sizes).totalLength, world);
+  tensors.forEach((t, ti) => {
+    const pieces = perTensor[ti]!;
     md.tensors.set(t.name, { dtype: t.dtype, size: [...t.shape], chunks: [] });
     md.plannerData.set(t.name, [t.name]);
     pieces.forEach((c, index) => {
@@ -78,9 +79,35 @@ export function layoutDcp(tensors: TensorPlan[], mesh: Mesh, filesPerRank = 1): 
       md.tensors.get(t.name)!.chunks.push({ offsets: c.offsets, sizes: c.sizes });
       md.storage.push({ fqn: t.name, offsets: c.offsets, index, file, offset, length: layout.totalLength });
     });
-  }
+  });
   const files: OutFile[] = cursors.flatMap((sizes, rank) => sizes.map((size, k) => ({ name: `__${rank}_${k}.distcp`, size, rank })));
   return { format: "dcp", mesh, files, chunks, extras: new Map([[".metadata", encodeDcpMetadata(md)]]) };
+}
+
+/**
+ * Chooses which rank's file holds each chunk that several ranks hold (a whole fused q/k/v at torchtitan@main, norms
+ * under TP, a scalar): chunks of one rank stay with it; the shared ones go, largest first, to whichever of their
+ * ranks has the fewest bytes so far (ties: the lower rank). Left with the lowest rank, every replicated byte would be
+ * written by rank 0 alone, and in a multi-machine run downloaded by its machine alone. PyTorch's own save planner
+ * balances the same way (dedup_save_plans keeps a duplicate in the smallest plan); readers follow `.metadata`.
+ * Deterministic: a function of the chunk list only. `cost(t, chunk)` is the bytes the chunk adds to its file.
+ */
+export function balanceOwners(perTensor: RankChunk[][], cost: (tensor: number, chunk: RankChunk) => number, world: number): void {
+  const load = new Array<number>(world).fill(0);
+  const shared: { t: number; c: RankChunk; bytes: number; order: number }[] = [];
+  perTensor.forEach((chunks, t) => {
+    for (const c of chunks) {
+      if (c.ranks.length > 1) shared.push({ t, c, bytes: cost(t, c), order: shared.length });
+      else load[c.owner]! += cost(t, c);
+    }
+  });
+  shared.sort((a, b) => b.bytes - a.bytes || a.order - b.order);
+  for (const s of shared) {
+    let best = s.c.ranks[0]!;
+    for (const r of s.c.ranks) if (load[r]! < load[best]! || (load[r] === load[best] && r < best)) best = r;
+    s.c.owner = best;
+    load[best]! += s.bytes;
+  }
 }
 
 /**
@@ -113,12 +140,11 @@ export function layoutSafetensors(tensors: TensorPlan[], opts: { maxShardBytes: 
 export function layoutRankSafetensors(tensors: TensorPlan[], mesh: Mesh): OutputLayout {
   const world = worldSize(mesh);
   const perRank: { name: string; dtype: DType; shape: number[]; box: Box; ranks: number[]; tensor: TensorPlan }[][] = Array.from({ length: world }, () => []);
-  for (const t of tensors) {
-    for (const c of shardTensor(t.shape, t.policy, mesh)) {
-      if (numelOf(c.sizes) === 0) continue;
-      perRank[c.owner]!.push({ name: t.name, dtype: t.dtype, shape: c.sizes, box: c, ranks: c.ranks, tensor: t });
-    }
-  }
+  const perTensor = tensors.map((t) => shardTensor(t.shape, t.policy, mesh).filter((c) => numelOf(c.sizes) > 0));
+  balanceOwners(perTensor, (ti, c) => numelOf(c.sizes) * elementSize(tensors[ti]!.dtype), world);
+  tensors.forEach((t, ti) => {
+    for (const c of perTensor[ti]!) perRank[c.owner]!.push({ name: t.name, dtype: t.dtype, shape: c.sizes, box: c, ranks: c.ranks, tensor: t });
+  });
   const files: OutFile[] = [];
   const chunks: OutChunk[] = [];
   const pad = (n: number) => String(n).padStart(5, "0");

@@ -68,15 +68,18 @@ export interface ShardPolicy {
   expertsShard1Mesh?: "dp_shard" | "dp_shard_tp";
 }
 
-/** A chunk of a tensor and the global ranks whose box it is; the file owner is the lowest of them. */
+/**
+ * A chunk of a tensor and the global ranks whose box it is. `owner` is the rank whose file holds it: the lowest of
+ * `ranks` here; the output layout spreads chunks held by several ranks over them (output-layout.ts balanceOwners).
+ */
 export interface RankChunk extends Box {
   owner: number;
   ranks: number[];
 }
 
 /**
- * Chunks for a tensor of `shape` on `mesh`. Duplicates (replicated boxes, several empty boxes) are written once,
- * in the lowest rank's file, matching what PyTorch's DCP planner dedups (sharding.md §4, §7).
+ * Chunks for a tensor of `shape` on `mesh`. Duplicates (replicated boxes, several empty boxes) become one chunk,
+ * written once, matching what PyTorch's DCP planner dedups (sharding.md §4, §7).
  */
 export function shardTensor(shape: readonly number[], policy: ShardPolicy, mesh: Mesh): RankChunk[] {
   const world = worldSize(mesh);

@@ -3,11 +3,15 @@
 //
 // openHub: download what a checkpoint needs into the HF cache (same layout as Python huggingface_hub), then read it
 //          from there (an hf-cache Source). Offline: cache only.
-// openHubRanged: no download; every read() is one HTTP Range request (lazy Blob from downloadFile).
+// openHubRanged: no download; every read() is one HTTP Range request.
+// API calls go through @huggingface/hub with our retrying fetch; file bytes (downloads, ranged reads) through
+// hub-http.ts directly, so a dropped body resumes where it broke off.
 import { promises as fsp, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { CkptError, redactSecrets } from "../errors.js";
 import { COMMIT_SHA_RE, checkRevisionName, hfCacheRoot, hfHome, openHfCache, repoCacheDir, writeRef } from "./hf-cache.js";
+import { apiFetch, downloadRange, HubHttpError, readRange, retryPolicy, type RetryPolicy } from "./hub-http.js";
+import { checkRelativeName } from "./local.js";
 import type { Source } from "./types.js";
 
 // @huggingface/hub (and the WASM hashers it pulls in) is loaded when a Hub source is first used, not by every
@@ -32,14 +36,18 @@ export interface HubOptions {
   cacheDir?: string;
   /** Glob patterns (`*`, `?`, `**`; `*` also matches "/", like huggingface_hub) replacing the default file choice. */
   allowPatterns?: string[];
-  /** Downloads running at once (default 4). */
+  /** Files downloading at once (default 4). Requests in flight are bounded by `retry.concurrency` too. */
   concurrency?: number;
+  /** Retries, timeouts and requests in flight (default: DEFAULT_RETRY, overridden by the CKPT_HUB_* variables of `env`). */
+  retry?: Partial<RetryPolicy>;
   /** Called after each file is present in the cache. */
   onFile?: (ev: { file: string; size: number; done: number; total: number; cached: boolean }) => void;
   /** Receives informational lines (cache fallbacks; the library's "Downloading …" lines). */
   log?: (line: string) => void;
   /** Environment to read (default process.env); for tests. */
   env?: Env;
+  /** Aborts Hub requests in flight and their retries (Ctrl-C). */
+  signal?: AbortSignal;
 }
 
 export interface RepoSpec {
@@ -133,6 +141,8 @@ interface ResolvedHubOptions {
   endpoint: string;
   offline: boolean;
   cacheDir: string;
+  policy: RetryPolicy;
+  signal?: AbortSignal;
 }
 
 function resolveOptions(spec: string, opts: HubOptions): ResolvedHubOptions {
@@ -154,8 +164,10 @@ function resolveOptions(spec: string, opts: HubOptions): ResolvedHubOptions {
     endpoint: (opts.endpoint ?? hubEndpoint(env)).replace(/\/+$/, ""),
     offline: opts.offline ?? hubOffline(env),
     cacheDir: opts.cacheDir ?? hfCacheRoot(env),
+    policy: retryPolicy(env, opts.retry),
   };
   if (token !== undefined && token !== "") r.token = token;
+  if (opts.signal) r.signal = opts.signal;
   return r;
 }
 
@@ -168,14 +180,21 @@ function scrub(text: string, token: string | undefined): string {
 
 function isNetworkError(e: unknown): boolean {
   if (!(e instanceof Error)) return false;
+  if (e instanceof HubHttpError) return e.unreachable;
   if ("statusCode" in e) return false; // HubApiError: the server answered
   const c = (e as { cause?: unknown }).cause as { code?: string } | undefined;
   return e.message === "fetch failed" || (c !== undefined && typeof c?.code === "string");
 }
 
-/** Maps anything the library throws to a CkptError HUB whose text holds no secret. */
-function hubError(e: unknown, what: string, r: ResolvedHubOptions): CkptError {
+/** A failure another run might not meet: the Hub unreachable, or still failing transiently after the retries. */
+function isTransientFailure(e: unknown): boolean {
+  return isNetworkError(e) || (e instanceof HubHttpError && e.gaveUp !== undefined);
+}
+
+/** Maps anything the library or hub-http throws to a CkptError HUB whose text holds no secret. */
+function hubError(e: unknown, what: string, r: ResolvedHubOptions, file?: string): CkptError {
   if (e instanceof CkptError) return e;
+  const where = file !== undefined ? { file } : {};
   const raw = e instanceof Error ? e.message : String(e);
   const status = typeof e === "object" && e !== null && "statusCode" in e ? Number((e as { statusCode: unknown }).statusCode) : undefined;
   if (/access token must start with 'hf_'/.test(raw)) {
@@ -185,7 +204,10 @@ function hubError(e: unknown, what: string, r: ResolvedHubOptions): CkptError {
   }
   let msg = `${what}: ${scrub(raw, r.token)}`;
   let hint: string | undefined;
-  if (status === 401 || status === 403) {
+  if (e instanceof HubHttpError && e.unreachable) {
+    msg = `${what}: cannot reach ${r.endpoint} (${e.gaveUp!.code ?? "connection failed"}; ${e.gaveUp!.tries} tries)`;
+    hint = "check the network or HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use the local HF cache only";
+  } else if (status === 401 || status === 403) {
     hint = r.token
       ? "the token was refused or lacks access (gated repos need their terms accepted on the Hub)"
       : "the repo is private or gated: set HF_TOKEN or log in with `huggingface-cli login`";
@@ -195,12 +217,25 @@ function hubError(e: unknown, what: string, r: ResolvedHubOptions): CkptError {
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
     msg = `${what}: cannot reach ${r.endpoint}${cause?.code ? ` (${cause.code})` : cause?.message ? ` (${scrub(cause.message, r.token)})` : ""}`;
     hint = "check the network or HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use the local HF cache only";
+  } else if (e instanceof HubHttpError && e.gaveUp) {
+    hint = "the Hub or the network kept failing: rerun later (multi-machine runs: the same --ranks with --resume), or allow more with CKPT_HUB_TRIES / CKPT_HUB_DEADLINE";
   }
-  return new CkptError("HUB", msg, hint !== undefined ? { hint } : {});
+  return new CkptError("HUB", msg, { ...where, ...(hint !== undefined ? { hint } : {}) });
 }
 
-function creds(r: ResolvedHubOptions): { hubUrl: string; accessToken?: string } {
-  return r.token ? { hubUrl: r.endpoint, accessToken: r.token } : { hubUrl: r.endpoint };
+function creds(r: ResolvedHubOptions): { hubUrl: string; accessToken?: string; fetch: typeof fetch } {
+  const f = apiFetch(r.policy, r.signal);
+  return r.token ? { hubUrl: r.endpoint, accessToken: r.token, fetch: f } : { hubUrl: r.endpoint, fetch: f };
+}
+
+/** The download URL of a file at a commit (the Hub redirects it to its CDN; Range is honoured there). */
+function fileUrl(r: ResolvedHubOptions, sha: string, path: string): string {
+  return `${r.endpoint}/${r.repoId}/resolve/${sha}/${path.split("/").map(encodeURIComponent).join("/")}`;
+}
+
+/** "bytes 100-199" (inclusive, as in HTTP Range). */
+function byteRange(offset: number, length: number): string {
+  return `bytes ${offset}-${offset + length - 1}`;
 }
 
 async function resolveCommit(r: ResolvedHubOptions): Promise<string> {
@@ -228,33 +263,6 @@ async function listRemote(r: ResolvedHubOptions, sha: string): Promise<RemoteFil
     out.push({ path: f.path, size: f.lfs?.size ?? f.size, etag: f.lfs?.oid ?? f.xetHash ?? f.oid ?? f.path });
   }
   return out;
-}
-
-// The library prints one console.debug line per download ("Downloading <path> to <blob>.incomplete"), which would
-// end up on stdout. Route those lines to opts.log while downloads run.
-let quietDepth = 0;
-let savedDebug: typeof console.debug | undefined;
-const debugSinks = new Set<(line: string) => void>();
-
-function quietDownloads(log: ((line: string) => void) | undefined): () => void {
-  const sink = log ?? (() => undefined);
-  debugSinks.add(sink);
-  if (quietDepth++ === 0) {
-    savedDebug = console.debug;
-    const orig = savedDebug;
-    console.debug = (...args: unknown[]) => {
-      const line = args.map(String).join(" ");
-      if (line.startsWith("Downloading ")) for (const s of debugSinks) s(line);
-      else orig.apply(console, args);
-    };
-  }
-  return () => {
-    debugSinks.delete(sink);
-    if (--quietDepth === 0 && savedDebug) {
-      console.debug = savedDebug;
-      savedDebug = undefined;
-    }
-  };
 }
 
 async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -313,6 +321,64 @@ function openCached(r: ResolvedHubOptions, revision: string, offline: boolean): 
   return openHfCache(r.repoId, { revision, cacheDir: r.cacheDir, offline, id: r.id });
 }
 
+/** The cached snapshot of the revision when it holds every checkpoint file, else undefined. */
+async function completeCachedSnapshot(r: ResolvedHubOptions): Promise<Source | undefined> {
+  let src: Source;
+  try {
+    src = await openCached(r, r.revision, false);
+  } catch {
+    return undefined;
+  }
+  try {
+    await checkOfflineComplete(src);
+    return src;
+  } catch {
+    await src.close();
+    return undefined;
+  }
+}
+
+/**
+ * One file into the HF cache, as huggingface_hub lays it out: `blobs/<etag>` (written as `<etag>.incomplete`, which
+ * a later run resumes with a Range request) and the snapshot pointer `snapshots/<sha>/<path>` → `../../blobs/<etag>`.
+ * Returns the pointer's path.
+ */
+async function downloadToCache(r: ResolvedHubOptions, sha: string, f: RemoteFile, log?: (line: string) => void): Promise<string> {
+  checkRelativeName(f.path);
+  const repoDir = repoCacheDir(r.cacheDir, r.repoId);
+  const pointer = join(repoDir, "snapshots", sha, ...f.path.split("/"));
+  if (await pathExists(pointer)) return pointer;
+  const blob = join(repoDir, "blobs", f.etag);
+  await fsp.mkdir(dirname(blob), { recursive: true });
+  await fsp.mkdir(dirname(pointer), { recursive: true });
+  if (!(await pathExists(blob))) {
+    const incomplete = `${blob}.incomplete`;
+    const fh = await fsp.open(incomplete, "r+").catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return fsp.open(incomplete, "w");
+      throw e;
+    });
+    try {
+      let have = (await fh.stat()).size;
+      if (have > f.size) {
+        await fh.truncate(0);
+        have = 0;
+      }
+      log?.(`Downloading ${f.path} to ${incomplete}${have > 0 ? ` (resuming at byte ${have} of ${f.size})` : ""}`);
+      await downloadRange({ url: fileUrl(r, sha, f.path), token: r.token, policy: r.policy, size: f.size, signal: r.signal }, fh, have);
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(incomplete, blob);
+  }
+  await fsp.rm(pointer, { force: true });
+  try {
+    await fsp.symlink(relative(dirname(pointer), blob), pointer);
+  } catch {
+    await fsp.copyFile(blob, pointer); // no symlinks here (like huggingface_hub on such file systems)
+  }
+  return pointer;
+}
+
 /**
  * Opens a Hub repo through the HF cache: downloads (online) the files a checkpoint needs that are not cached yet,
  * writes `refs/<revision>`, and returns the cached snapshot (kind "hf-cache", revision = commit sha).
@@ -330,25 +396,25 @@ export async function openHub(spec: string, opts: HubOptions = {}): Promise<Sour
     return src;
   }
 
+  // Like huggingface_hub: when the Hub cannot be reached, fall back to a complete cached snapshot. With one at hand
+  // the metadata requests get a single try (falling back at once beats retrying for minutes); without one they are
+  // retried like every other request.
+  const cached = await completeCachedSnapshot(r);
+  const meta: ResolvedHubOptions = cached ? { ...r, policy: { ...r.policy, tries: 1 } } : r;
   let sha: string;
   let remote: RemoteFile[];
   try {
-    sha = await resolveCommit(r);
-    remote = await listRemote(r, sha);
+    sha = await resolveCommit(meta);
+    remote = await listRemote(meta, sha);
   } catch (e) {
-    // Like huggingface_hub: when the Hub cannot be reached at all, fall back to what the cache holds.
-    if (isNetworkError(e)) {
-      try {
-        const src = await openCached(r, r.revision, false);
-        await checkOfflineComplete(src);
-        opts.log?.(`ckpt: ${r.endpoint} unreachable, using the cached snapshot ${src.revision} of ${r.id}`);
-        return src;
-      } catch {
-        /* report the network error below */
-      }
+    if (cached && isTransientFailure(e)) {
+      opts.log?.(`ckpt: ${r.endpoint} unreachable, using the cached snapshot ${cached.revision} of ${r.id}`);
+      return cached;
     }
+    await cached?.close();
     throw hubError(e, `cannot open ${r.id}`, r);
   }
+  await cached?.close();
 
   const byPath = new Map(remote.map((f) => [f.path, f]));
   let wanted: RemoteFile[];
@@ -366,17 +432,15 @@ export async function openHub(spec: string, opts: HubOptions = {}): Promise<Sour
 
   const repoDir = repoCacheDir(r.cacheDir, r.repoId);
   const snapshot = join(repoDir, "snapshots", sha);
-  const restore = quietDownloads(opts.log);
   let done = 0;
   const fetchOne = async (f: RemoteFile): Promise<void> => {
     const pointer = join(snapshot, ...f.path.split("/"));
     const cached = await pathExists(pointer);
     let path: string;
     try {
-      const { downloadFileToCacheDir } = await hubLib();
-      path = await downloadFileToCacheDir({ repo: r.repoId, path: f.path, revision: sha, cacheDir: r.cacheDir, ...creds(r) });
+      path = await downloadToCache(r, sha, f, opts.log);
     } catch (e) {
-      throw hubError(e, `cannot download ${f.path} of ${r.id}`, r);
+      throw hubError(e, `cannot download ${f.path} of ${r.id}`, r, f.path);
     }
     const st = await fsp.stat(path);
     if (st.size !== f.size) {
@@ -392,42 +456,38 @@ export async function openHub(spec: string, opts: HubOptions = {}): Promise<Sour
     done++;
     opts.onFile?.({ file: f.path, size: f.size, done, total: wanted.length, cached });
   };
-  try {
-    // The index first: when present, only the shards it names are fetched (repos often also hold a
-    // consolidated copy of the same weights).
-    const index = wanted.find((f) => f.path === "model.safetensors.index.json");
-    if (index && !opts.allowPatterns) {
-      await fetchOne(index);
-      const text = await fsp.readFile(join(snapshot, index.path), "utf8");
-      let shards: Set<string> | undefined;
-      try {
-        const wm = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
-        if (wm && typeof wm === "object") shards = new Set(Object.values(wm as Record<string, unknown>).map(String));
-      } catch {
-        shards = undefined; // malformed: fetch every safetensors file; the index reader reports the problem
-      }
-      if (shards) {
-        for (const s of shards) {
-          if (!byPath.has(s)) {
-            throw new CkptError("INDEX", `weight_map names ${s}, which is not in ${r.id}`, { file: index.path });
-          }
-        }
-        wanted = wanted.filter((f) => f !== index && (!f.path.endsWith(".safetensors") || shards!.has(f.path)));
-        for (const s of shards) if (!wanted.some((f) => f.path === s)) wanted.push(byPath.get(s)!);
-      } else {
-        wanted = wanted.filter((f) => f !== index);
-      }
-      done = 0;
+  // The index first: when present, only the shards it names are fetched (repos often also hold a
+  // consolidated copy of the same weights).
+  const index = wanted.find((f) => f.path === "model.safetensors.index.json");
+  if (index && !opts.allowPatterns) {
+    await fetchOne(index);
+    const text = await fsp.readFile(join(snapshot, index.path), "utf8");
+    let shards: Set<string> | undefined;
+    try {
+      const wm = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
+      if (wm && typeof wm === "object") shards = new Set(Object.values(wm as Record<string, unknown>).map(String));
+    } catch {
+      shards = undefined; // malformed: fetch every safetensors file; the index reader reports the problem
     }
-    // Files sharing a blob must not download concurrently (same `<etag>.incomplete`): one group per etag.
-    const groups = new Map<string, RemoteFile[]>();
-    for (const f of wanted) groups.set(f.etag, [...(groups.get(f.etag) ?? []), f]);
-    await runLimited([...groups.values()], opts.concurrency ?? 4, async (g) => {
-      for (const f of g) await fetchOne(f);
-    });
-  } finally {
-    restore();
+    if (shards) {
+      for (const s of shards) {
+        if (!byPath.has(s)) {
+          throw new CkptError("INDEX", `weight_map names ${s}, which is not in ${r.id}`, { file: index.path });
+        }
+      }
+      wanted = wanted.filter((f) => f !== index && (!f.path.endsWith(".safetensors") || shards!.has(f.path)));
+      for (const s of shards) if (!wanted.some((f) => f.path === s)) wanted.push(byPath.get(s)!);
+    } else {
+      wanted = wanted.filter((f) => f !== index);
+    }
+    done = 0;
   }
+  // Files sharing a blob must not download concurrently (same `<etag>.incomplete`): one group per etag.
+  const groups = new Map<string, RemoteFile[]>();
+  for (const f of wanted) groups.set(f.etag, [...(groups.get(f.etag) ?? []), f]);
+  await runLimited([...groups.values()], opts.concurrency ?? 4, async (g) => {
+    for (const f of g) await fetchOne(f);
+  });
   await writeRef(repoDir, r.revision, sha);
   return openHfCache(r.repoId, {
     revision: sha,
@@ -443,7 +503,9 @@ export async function openHub(spec: string, opts: HubOptions = {}): Promise<Sour
 
 class RangedHubSource implements Source {
   readonly kind = "hub" as const;
-  private readonly blobs = new Map<string, Promise<Blob>>();
+  /** Reads in flight by file/offset/length: the same bytes asked for twice at once are fetched once. */
+  private readonly inFlight = new Map<string, Promise<Buffer>>();
+  private readonly texts = new Map<string, Promise<string>>();
   constructor(
     readonly id: string,
     readonly revision: string,
@@ -459,64 +521,51 @@ class RangedHubSource implements Source {
     return undefined;
   }
 
-  private blob(file: string): Promise<Blob> {
-    let b = this.blobs.get(file);
-    if (!b) {
-      if (!this.remote.has(file)) {
-        return Promise.reject(new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file }));
-      }
-      b = hubLib().then(({ downloadFile }) => downloadFile({ repo: this.r.repoId, path: file, revision: this.revision, ...creds(this.r) })).then(
-        (blob) => {
-          if (!blob) throw new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file });
-          return blob;
-        },
-        (e: unknown) => {
-          throw hubError(e, `cannot open ${file} of ${this.id}`, this.r);
-        },
-      );
-      b.catch(() => this.blobs.delete(file));
-      this.blobs.set(file, b);
-    }
-    return b;
+  private entry(file: string): RemoteFile {
+    const f = this.remote.get(file);
+    if (!f) throw new CkptError("NOT_FOUND", `no file '${file}' in ${this.id}`, { file });
+    return f;
   }
 
   async size(file: string): Promise<number> {
-    return (await this.blob(file)).size;
+    return this.entry(file).size; // from the tree listing: no request
   }
 
   async read(file: string, offset: number, length: number): Promise<Buffer> {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new CkptError("INTERNAL", `bad read range offset=${offset} length=${length}`, { file });
     }
-    const blob = await this.blob(file);
-    if (offset + length > blob.size) {
-      throw new CkptError("IO", `short read: wanted ${length} bytes at offset ${offset}, the file has ${blob.size}`, { file });
+    const f = this.entry(file);
+    if (offset + length > f.size) {
+      throw new CkptError("IO", `short read: wanted ${length} bytes at offset ${offset}, the file has ${f.size}`, { file });
     }
     if (length === 0) return Buffer.alloc(0);
-    let ab: ArrayBuffer;
-    try {
-      ab = await blob.slice(offset, offset + length).arrayBuffer();
-    } catch (e) {
-      throw hubError(e, `ranged read of ${file} of ${this.id} failed`, this.r);
+    const key = `${file}\0${offset}\0${length}`;
+    let p = this.inFlight.get(key);
+    if (!p) {
+      p = readRange({ url: fileUrl(this.r, this.revision, file), token: this.r.token, policy: this.r.policy, size: f.size, signal: this.r.signal }, offset, length).catch((e: unknown) => {
+        throw hubError(e, `ranged read of ${file} (${byteRange(offset, length)}) of ${this.id} failed`, this.r, file);
+      });
+      const done = p.finally(() => this.inFlight.delete(key));
+      done.catch(() => undefined);
+      this.inFlight.set(key, p);
     }
-    if (ab.byteLength !== length) {
-      throw new CkptError("IO", `short read: wanted ${length} bytes at offset ${offset}, got ${ab.byteLength}`, { file });
-    }
-    return Buffer.from(ab);
+    return p;
   }
 
   async readText(file: string): Promise<string | undefined> {
     if (!this.remote.has(file)) return undefined;
-    const blob = await this.blob(file);
-    try {
-      return await blob.text();
-    } catch (e) {
-      throw hubError(e, `cannot read ${file} of ${this.id}`, this.r);
+    let t = this.texts.get(file);
+    if (!t) {
+      t = this.read(file, 0, this.entry(file).size).then((b) => b.toString("utf8"));
+      t.catch(() => this.texts.delete(file));
+      this.texts.set(file, t);
     }
+    return t;
   }
 
   async close(): Promise<void> {
-    this.blobs.clear();
+    this.texts.clear();
   }
 }
 

@@ -41,3 +41,31 @@ export function writeMuseGlimmer30bHeaders(dir: string): { config: Record<string
   writeSparseShards(dir, t, 13, "model", "model.safetensors.index.json");
   return { config, count: t.length };
 }
+
+/** Llama-3.1-405B's tensor headers (126 layers, hidden 16384, 128 heads / 8 KV heads, 191 files), as sparse safetensors files; `bytes`: its weights. */
+export function writeLlama405bHeaders(dir: string): { config: Record<string, unknown>; count: number; bytes: number } {
+  const D = 16384, F = 53248, V = 128256, L = 126, H = 128, KV = 8, hd = D / H;
+  const config = {
+    architectures: ["LlamaForCausalLM"], model_type: "llama", hidden_size: D, intermediate_size: F, num_hidden_layers: L,
+    num_attention_heads: H, num_key_value_heads: KV, vocab_size: V, max_position_embeddings: 131072, rms_norm_eps: 1e-5,
+    rope_theta: 500000, rope_scaling: { factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192, rope_type: "llama3" },
+    hidden_act: "silu", attention_bias: false, mlp_bias: false, tie_word_embeddings: false, torch_dtype: "bfloat16",
+    bos_token_id: 128000, eos_token_id: 128001,
+  };
+  const t: { name: string; dtype: "BF16"; shape: number[] }[] = [];
+  const add = (name: string, ...shape: number[]) => t.push({ name, dtype: "BF16", shape });
+  add("model.embed_tokens.weight", V, D);
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    add(p + "input_layernorm.weight", D);
+    add(p + "self_attn.q_proj.weight", H * hd, D); add(p + "self_attn.k_proj.weight", KV * hd, D); add(p + "self_attn.v_proj.weight", KV * hd, D);
+    add(p + "self_attn.o_proj.weight", D, H * hd);
+    add(p + "post_attention_layernorm.weight", D);
+    add(p + "mlp.gate_proj.weight", F, D); add(p + "mlp.up_proj.weight", F, D); add(p + "mlp.down_proj.weight", D, F);
+  }
+  add("model.norm.weight", D); add("lm_head.weight", V, D);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+  writeSparseShards(dir, t, 191, "model", "model.safetensors.index.json");
+  return { config, count: t.length, bytes: t.reduce((s, x) => s + 2 * x.shape.reduce((a, b) => a * b, 1), 0) };
+}

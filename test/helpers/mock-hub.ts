@@ -1,9 +1,15 @@
 // A local stand-in for the Hugging Face Hub, enough for @huggingface/hub 2.17.5 (see spec safetensors.md Appendix):
 // revision API, tree listing (paginated with a Link header), paths-info (POST → array), resolve/raw (GET and HEAD,
 // Range → 206 + Content-Range, ETag, X-Repo-Commit). Counts the requests and the body bytes served per file path.
+//
+// Network faults, injected at random (MockHubOptions.faults, seeded) or in a given order (MockHub.script): bodies
+// dropped mid-transfer, short bodies, connections reset before an answer, 429 with Retry-After, 503, slow bodies
+// and bodies that stall. An endpoint `<url>/c/<name>` is the same Hub seen by client `<name>`: requests, bytes and
+// faults are counted per client (one per simulated machine).
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { prng } from "../../src/fixtures/tiny-llama.js";
 
 export interface MockRepo {
   /** Commit sha (40 hex) that `main` points at. */
@@ -18,11 +24,53 @@ export interface MockRepo {
   fail?: Record<string, number>;
 }
 
+export type FaultKind = "drop" | "short" | "reset" | "throttle" | "unavailable" | "slow" | "stall";
+
+export interface FaultPlan {
+  /** Each a fraction of eligible requests. drop: headers and half the body, then the socket is destroyed. */
+  drop?: number;
+  /** 206/200 with a Content-Length (and body) of half what was asked; the Content-Range still names the whole range. */
+  short?: number;
+  /** The socket is destroyed before any answer. */
+  reset?: number;
+  /** 429 with `Retry-After: retryAfter` (seconds, default 1). */
+  throttle?: number;
+  retryAfter?: number;
+  /** 503. */
+  unavailable?: number;
+  /** The body trickles out in 8 parts, slowMs apart (default 20). */
+  slow?: number;
+  slowMs?: number;
+  /** Headers and half the body, then nothing until the server closes. */
+  stall?: number;
+  /** Faults hit API requests (revision, tree, paths-info) too, not only file downloads (resolve/raw GETs). */
+  api?: boolean;
+  /** Seed of the fault draws (default 1). */
+  seed?: number;
+}
+
 export interface MockHubOptions {
   /** Entries per tree page (default: everything on one page). */
   pageSize?: number;
   /** Error bodies repeat the request's Authorization header, like a careless proxy would (to test redaction). */
   echoAuthorization?: boolean;
+  faults?: FaultPlan;
+}
+
+export interface ClientCounts {
+  requests: number;
+  /** Body bytes of resolve/raw GETs sent to this client (partial bodies of faulted requests included). */
+  bytes: number;
+  faults: Partial<Record<FaultKind, number>>;
+}
+
+export interface MockRequest {
+  method: string;
+  /** The path after any `/c/<name>` prefix, with the query. */
+  url: string;
+  client: string;
+  range?: string;
+  fault?: FaultKind;
 }
 
 export interface MockHub {
@@ -34,6 +82,16 @@ export interface MockHub {
   requests: string[];
   /** The Authorization header of every request ("" when absent), in order. */
   authorizations: string[];
+  /** Every request with its client, Range header and injected fault. */
+  log: MockRequest[];
+  /** Per client (`/c/<name>` prefix; "" without one). */
+  clients: Map<string, ClientCounts>;
+  /** Faults injected, by kind. */
+  faultCounts: Partial<Record<FaultKind, number>>;
+  /** Faults for the next file downloads (resolve/raw GETs; of `path` only, when given), in order, before any random ones. */
+  script: (FaultKind | { fault: FaultKind; path: string })[];
+  /** Requests being answered right now, and the most there ever were at once. */
+  inFlight: { now: number; max: number };
 }
 
 interface FileEntry {
@@ -100,8 +158,28 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
   const bytesServed = new Map<string, number>();
   const requests: string[] = [];
   const authorizations: string[] = [];
+  const log: MockRequest[] = [];
+  const clients = new Map<string, ClientCounts>();
+  const faultCounts: Partial<Record<FaultKind, number>> = {};
+  const script: MockHub["script"] = [];
+  const inFlight = { now: 0, max: 0 };
+  const plan = opts.faults ?? {};
+  // seeded, so a fault plan gives the same draws run after run (fixture PRNG: [-1, 1) → [0, 1))
+  const rnd = prng(plan.seed ?? 1);
+  const draw = () => (rnd() + 1) / 2;
+  const KINDS: FaultKind[] = ["drop", "short", "reset", "throttle", "unavailable", "slow", "stall"];
+  const stalled = new Set<ServerResponse>();
 
   const server = createServer((req, res) => {
+    inFlight.now++;
+    inFlight.max = Math.max(inFlight.max, inFlight.now);
+    let counted = true;
+    const done = () => {
+      if (counted) inFlight.now--;
+      counted = false;
+    };
+    res.on("finish", done);
+    res.on("close", done);
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -113,6 +191,61 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
     });
   });
 
+  const clientOf = (name: string): ClientCounts => {
+    let c = clients.get(name);
+    if (!c) clients.set(name, (c = { requests: 0, bytes: 0, faults: {} }));
+    return c;
+  };
+
+  /** The fault for this request: scripted first (file downloads only), else a draw from the plan. */
+  const pickFault = (download: boolean, path: string): FaultKind | undefined => {
+    const i = download ? script.findIndex((f) => typeof f === "string" || f.path === path) : -1;
+    if (i >= 0) {
+      const f = script.splice(i, 1)[0]!;
+      return typeof f === "string" ? f : f.fault;
+    }
+    if (!download && !plan.api) return undefined;
+    const x = draw();
+    let acc = 0;
+    for (const k of KINDS) {
+      if (!download && (k === "drop" || k === "short" || k === "slow" || k === "stall")) continue;
+      acc += plan[k] ?? 0;
+      if (x < acc) return k;
+    }
+    return undefined;
+  };
+
+  /** Sends a file body (the whole slice, or the fault's version of it), counting the bytes that left. */
+  const sendBody = (res: ServerResponse, slice: Buffer, fault: FaultKind | undefined, count: (n: number) => void): void => {
+    const half = slice.subarray(0, Math.floor(slice.length / 2));
+    if (fault === "drop") {
+      count(half.length);
+      res.write(half, () => res.socket?.destroy());
+      return;
+    }
+    if (fault === "stall") {
+      count(half.length);
+      stalled.add(res);
+      res.write(half);
+      return;
+    }
+    if (fault === "slow") {
+      const step = Math.max(1, Math.ceil(slice.length / 8));
+      let at = 0;
+      const next = (): void => {
+        if (res.destroyed) return;
+        const part = slice.subarray(at, at + step);
+        at += part.length;
+        count(part.length);
+        if (at >= slice.length) return void res.end(part);
+        res.write(part);
+        setTimeout(next, plan.slowMs ?? 20);
+      };
+      return next();
+    }
+    count(slice.length);
+    res.end(slice);
+  };
   const sendJson = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void => {
     const data = Buffer.from(JSON.stringify(body));
     res.writeHead(status, { "Content-Type": "application/json; charset=utf-8", "Content-Length": String(data.length), ...headers });
@@ -127,10 +260,27 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
 
   function handle(req: IncomingMessage, res: ServerResponse, body: Buffer): void {
     const method = req.method ?? "GET";
-    requests.push(`${method} ${req.url}`);
+    const m = /^\/c\/([^/]+)(\/.*)$/.exec(req.url ?? "/");
+    const client = m ? decodeURIComponent(m[1]!) : "";
+    const prefix = m ? `/c/${m[1]}` : "";
+    const url = m ? m[2]! : req.url ?? "/";
+    requests.push(`${method} ${url}`);
     authorizations.push(req.headers.authorization ?? "");
-    const u = new URL(req.url ?? "/", "http://127.0.0.1");
+    const counts = clientOf(client);
+    counts.requests++;
+    const u = new URL(url, "http://127.0.0.1");
     const segs = u.pathname.split("/").slice(1).map((s) => decodeURIComponent(s));
+    const download = (segs[2] === "resolve" || segs[2] === "raw") && method === "GET";
+    const fault = pickFault(download, segs.slice(4).join("/"));
+    const entryLog: MockRequest = { method, url, client, ...(req.headers.range ? { range: req.headers.range } : {}), ...(fault ? { fault } : {}) };
+    log.push(entryLog);
+    if (fault) {
+      faultCounts[fault] = (faultCounts[fault] ?? 0) + 1;
+      counts.faults[fault] = (counts.faults[fault] ?? 0) + 1;
+    }
+    if (fault === "reset") return void req.socket.destroy();
+    if (fault === "throttle") return sendJson(res, 429, { error: "Too Many Requests (mock)" }, { "Retry-After": String(plan.retryAfter ?? 1) });
+    if (fault === "unavailable") return sendJson(res, 503, { error: "Service Unavailable (mock)" });
 
     // /api/models/{org}/{name}/{revision|tree|paths-info}/{rev}[/{path}]  or  /{org}/{name}/{resolve|raw}/{rev}/{path}
     let api = false;
@@ -199,7 +349,7 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
         const next = new URL(u.toString());
         next.searchParams.set("cursor", String(cursor + size));
         const host = req.headers.host ?? "127.0.0.1";
-        headers.Link = `<http://${host}${next.pathname}${next.search}>; rel="next"`;
+        headers.Link = `<http://${host}${prefix}${next.pathname}${next.search}>; rel="next"`;
       }
       return sendJson(res, 200, page, headers);
     }
@@ -254,16 +404,22 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
         slice = data.subarray(range[0], range[1] + 1);
         headers["Content-Range"] = `bytes ${range[0]}-${range[1]}/${data.length}`;
       }
+      if (fault === "short" && method === "GET") slice = slice.subarray(0, Math.floor(slice.length / 2));
       headers["Content-Length"] = String(slice.length);
       res.writeHead(status, headers);
       if (method === "HEAD") return void res.end();
-      bytesServed.set(path, (bytesServed.get(path) ?? 0) + slice.length);
-      return void res.end(slice);
+      return sendBody(res, slice, method === "GET" ? fault : undefined, (n) => {
+        bytesServed.set(path, (bytesServed.get(path) ?? 0) + n);
+        counts.bytes += n;
+      });
     }
 
     return fail(res, req, 404, "NotFound", `mock hub: no route for ${method} ${u.pathname}`);
   }
 
+  // Idle connections stay open long: a client reusing one the server just timed out would see a reset that no fault
+  // caused, and the fault counts would no longer add up.
+  server.keepAliveTimeout = 120_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
@@ -274,8 +430,14 @@ export async function startMockHub(repos: Record<string, MockRepo>, opts: MockHu
     bytesServed,
     requests,
     authorizations,
+    log,
+    clients,
+    faultCounts,
+    script,
+    inFlight,
     close: () =>
       new Promise<void>((resolve) => {
+        for (const r of stalled) r.destroy();
         server.close(() => resolve());
         server.closeAllConnections();
       }),
