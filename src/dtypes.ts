@@ -1,4 +1,4 @@
-// The safetensors dtype table (shared/spec/safetensors.md §2) and its torch counterparts.
+// The safetensors dtype table (docs/safetensors.md §2) and its torch counterparts.
 
 export const DTYPES = [
   "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",

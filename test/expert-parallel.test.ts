@@ -1,4 +1,4 @@
-// Expert parallelism (issue 18): routed-expert boxes on TorchTitan main's sparse mesh (efsdp, ep), checked against
+// Expert parallelism: routed-expert boxes on TorchTitan main's sparse mesh (efsdp, ep), checked against
 // values worked by hand from TorchTitan's rules (docs/expert-parallel.md), not computed by our own code:
 //   ParallelDims.build_mesh unflattens the world into (pp, dp_replicate, efsdp, ep), EP innermost, efsdp = dp_shard·cp·tp/ep;
 //   moe_sharding.expert_param_placement_sparse puts Shard(0) on ep; fsdp.apply_fsdp_to_decoder then shards each

@@ -1,4 +1,4 @@
-// Unit tests for the pickle reader/writer, torch.save blobs and DCP metadata (shared/spec/dcp-format.md).
+// Unit tests for the pickle reader/writer, torch.save blobs and DCP metadata (docs/dcp-format.md).
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -1,4 +1,4 @@
-// `ckpt shard --format safetensors --hf-names` (issue 17): per-rank files for TorchTitan's initial_load_in_hf.
+// `ckpt shard --format safetensors --hf-names`: per-rank files for TorchTitan's initial_load_in_hf.
 // Each rank's file holds its FSDP box of every HF tensor under the HF name, in HF row order (TorchTitan's from_hf
 // reverse-permutes q/k after the load), with DCP_SHARDING_INFO offsets; the tied embedding is written once. The
 // interop proof is `npm run bench -- --load` (TorchTitan's CheckpointManager loads it into the same model as from

@@ -1,4 +1,4 @@
-// INT4 pack-quantized decode (compressed-tensors `pack-quantized`, num_bits 4, symmetric; issue 16): every nibble
+// INT4 pack-quantized decode (compressed-tensors `pack-quantized`, num_bits 4, symmetric; docs/numerics.md §11): every nibble
 // under every BF16 scale against the spec's formula worked independently in f64 (w = (nibble − 8) · scale, the
 // nibble order of compressed-tensors' pack_to_int32: value j of an I32 word at bits 4j), not against our own code;
 // the exactness argument (f32 exact, bf16 not) checked on all of them; then the native kernel (every ISA tier)

@@ -1,4 +1,4 @@
-// Kimi K2.x (issue 16) through mappings/kimi_k2.json and DeepSeek MTP through mappings/deepseek_v3.json, on tiny
+// Kimi K2.x through mappings/kimi_k2.json and DeepSeek MTP through mappings/deepseek_v3.json, on tiny
 // generated checkpoints: names (language_model. prefixes, nested text_config), INT4 experts decoded to the value
 // (nibble − 8) · scale worked here from the packed words independently of the kernels, the vision tower refused
 // without --text-only, MTP layers skipped or converted to mtp_layers with --mtp, and a Kimi-K2-sized dry run.
@@ -36,7 +36,7 @@ function fakeCatalog(tensors: { name: string; dtype: DType; shape: number[] }[])
 const dv = new DataView(new ArrayBuffer(4));
 const bf16 = (h: number) => { dv.setUint32(0, (h << 16) >>> 0); return dv.getFloat32(0); };
 
-/** (nibble − 8) · scale from the packed I32 words and BF16 scales, the formula of issue 16, as f64. */
+/** (nibble − 8) · scale from the packed I32 words and BF16 scales, the formula of docs/numerics.md §11, as f64. */
 function decodeExpected(packed: Buffer, scales: Buffer, rows: number, cols: number, group: number): Float64Array {
   const words = Math.ceil(cols / 8), groups = Math.ceil(cols / group);
   const out = new Float64Array(rows * cols);

@@ -1,4 +1,4 @@
-// MoE architectures as data (issue 8): mappings/qwen3.json and mappings/deepseek_v3.json on tiny generated
+// MoE architectures as data: mappings/qwen3.json and mappings/deepseek_v3.json on tiny generated
 // checkpoints. Plan assertions (names, shapes, numeric expert order, missing experts, FP8 scales consumed, MTP layers
 // reported), and conversions HF → TorchTitan → HF checked byte for byte in TypeScript (torchtitan-layout.md §6–8).
 import assert from "node:assert/strict";

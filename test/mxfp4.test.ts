@@ -1,4 +1,4 @@
-// MXFP4 decode: every (nibble, scale) pair against the spec's formula worked in f64 (issue 14: value =
+// MXFP4 decode: every (nibble, scale) pair against the spec's formula worked in f64 (docs/numerics.md §10: value =
 // E2M1[nibble] · 2^(scale − 127), E2M1 = [0, .5, 1, 1.5, 2, 3, 4, 6, −0, −.5, …, −6]), not against our own code;
 // then the native kernel (every ISA tier) against the TypeScript reference on random boxes with partial groups,
 // odd skips and strides, in bf16, f32 and f16. Values that are not finite must be reported, never written as inf.

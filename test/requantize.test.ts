@@ -1,4 +1,4 @@
-// `ckpt convert --to hf --requantize mxfp4|int4` (issue 14 item 4, issue 16 item 4), through the CLI on the tiny
+// `ckpt convert --to hf --requantize mxfp4|int4` (docs/numerics.md §12), through the CLI on the tiny
 // fixtures: HF (packed) → TorchTitan → HF (packed) is byte-identical tensor for tensor (names, dtype, shape, bytes)
 // with the source's config.json; values that are not exactly representable are refused with one line and a count,
 // nothing written; groups whose scale the values cannot tell (all-zero groups, scale 0 over sub-1 values) are

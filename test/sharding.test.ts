@@ -1,4 +1,4 @@
-// Sharding arithmetic against the worked examples of shared/spec/sharding.md (§1, §4), values copied from the spec.
+// Sharding arithmetic against the worked examples of docs/sharding.md (§1, §4), values copied from the spec.
 import test from "node:test";
 import assert from "node:assert/strict";
 import { split, shardTensor } from "../src/plan/sharding.js";

@@ -23,14 +23,14 @@ export type TpPlacement = (typeof TP_PLACEMENTS)[number];
  * How an HF tensor's values become the TorchTitan tensor, beyond renaming: one op of a closed vocabulary, each
  * validated by its entry in TRANSFORMS. `shape` of a rule is always the HF tensor's logical (decoded) shape.
  * - `mxfp4`: the rule's `hf` names packed `*_blocks` (U8 [..., G, 16], two E2M1 values per byte, low nibble first)
- *   and `scales` the HF pattern of their E8M0 scales (U8 [..., G]); the value tensor is [..., G·32] (issue 14).
+ *   and `scales` the HF pattern of their E8M0 scales (U8 [..., G]); the value tensor is [..., G·32]: value = E2M1[nibble] · 2^(scale − 127) (docs/numerics.md §10).
  * - `transpose`: the last two dims swap (HF's bf16 gpt-oss experts [E, D, 2F] → TorchTitan [E, 2F, D]).
  * - `int4`: the rule's `hf` names compressed-tensors `pack-quantized` `*.weight_packed` (I32 [out, ceil(in/8)], 8
  *   values per word, least significant nibble first, q = nibble − 8), `scale` the pattern of its BF16
- *   `weight_scale` [out, ceil(in/group)] and `shape` of its `weight_shape` (consumed); w = q · scale (issue 16). The
+ *   `weight_scale` [out, ceil(in/group)] and `shape` of its `weight_shape` (consumed); w = (nibble − 8) · scale (docs/numerics.md §11). The
  *   group size and symmetry come from config.json's `quantization_config`, which must say so.
  *
- * Structural ops (issue 15) compose: `transform` may be a list of them, applied in order HF → TorchTitan, with at most
+ * Structural ops compose: `transform` may be a list of them, applied in order HF → TorchTitan, with at most
  * one `split`/`chunk` (value ops — mxfp4, int4 — stand alone). Each has an exact inverse for `--to hf` and moves
  * whole elements, so a rank's box reads only the source byte runs it needs (plan/runs.ts):
  * - `split`: one HF tensor into several TorchTitan tensors along `dim` (0-based) with `sizes` (dims expressions that

@@ -239,7 +239,7 @@ function shapeDtypeOf(reference: Map<string, CatalogTensor> | undefined): "I32" 
 
 /** The tensors that carry each quantization method's packed values: without any, the output holds decoded values. */
 const PACKED_BY_METHOD: Record<string, (name: string) => boolean> = {
-  "compressed-tensors": (n) => n.endsWith(".weight_packed"), // INT4 experts (issue 16)
+  "compressed-tensors": (n) => n.endsWith(".weight_packed"), // INT4 experts: compressed-tensors pack-quantized (docs/numerics.md §11)
   mxfp4: (n) => n.endsWith("_blocks"),
   fp8: (n) => n.endsWith("_scale_inv"), // DeepSeek-V3 block FP8: transformers would re-quantize bf16 weights on load
 };

@@ -1,4 +1,4 @@
-// `ckpt shard --format safetensors --hf-names` (issue 17): per-rank safetensors that TorchTitan's own
+// `ckpt shard --format safetensors --hf-names`: per-rank safetensors that TorchTitan's own
 // `initial_load_in_hf = true` path loads (HuggingFaceStorageReader through the model's state_dict_adapter, then
 // `from_hf`). The tensors keep their HF names and HF row order (no q/k RoPE permutation: TorchTitan's `from_hf`
 // reverse-permutes after the load), while the boxes are the TorchTitan placements' (the TorchTitan tensor's policy),

@@ -1,4 +1,4 @@
-// compressed-tensors `pack-quantized` INT4 sources (Kimi K2 Thinking / K2.5 / K2.6 / K2.7 routed experts, issue 16):
+// compressed-tensors `pack-quantized` INT4 sources (Kimi K2 Thinking / K2.5 / K2.6 / K2.7 routed experts; decode in docs/numerics.md §11):
 // which config says so, which tensors belong to a packed module, and the recipe and shapes of its decoded weight.
 // Numerics (why F32 is exact and BF16 is compressed-tensors' own single rounding): src/kernels/reference.ts.
 import { CkptError } from "../errors.js";

@@ -1,4 +1,4 @@
-// Which box of each tensor every rank owns under FSDP2 (± TP), per shared/spec/sharding.md. Pure arithmetic.
+// Which box of each tensor every rank owns under FSDP2 (± TP), per docs/sharding.md. Pure arithmetic.
 import { CkptError } from "../errors.js";
 import type { TpPlacement } from "../mapping/schema.js";
 import type { Box } from "./runs.js";

@@ -1,4 +1,4 @@
-// How a mapping reads a source's names and config before its rules apply (issue 16): prefix normalisation
+// How a mapping reads a source's names and config before its rules apply (docs/torchtitan-layout.md §7, §7.2): prefix normalisation
 // (`language_model.model.layers.` / `language_model.layers.` → `model.layers.`), a nested text config of a multimodal
 // wrapper, towers the target cannot take (refused, or skipped with --text-only), and layers beyond the main stack
 // (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp).

@@ -1,4 +1,4 @@
-// Interop with real PyTorch DCP (shared/spec/dcp-format.md §14): checkpoints our writer produces load in
+// Interop with real PyTorch DCP (docs/dcp-format.md §14): checkpoints our writer produces load in
 // torch.distributed.checkpoint.load and format_utils.dcp_to_torch_save bit for bit; checkpoints dcp.save wrote are
 // read by openDcp + byte reads and equal what PyTorch saved.
 import assert from "node:assert/strict";

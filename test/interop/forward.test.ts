@@ -1,4 +1,4 @@
-// The model is the judge (issue 13): TorchTitan's own model (torchtitan main b5bcd76, in the sid root), loaded from
+// The model is the judge: TorchTitan's own model (torchtitan main b5bcd76, in the sid root), loaded from
 // what `ckpt convert` / `ckpt shard` wrote the way TorchTitan's checkpointer loads it, computes the logits HF
 // transformers 5.12 computes on the HF source — for every architecture we map. Deliberately wrong conversions (a
 // mapping without the q/k permutation, Llama's permutation on Qwen3) and wrong weights in the loaded model (experts

@@ -1,4 +1,4 @@
-// gpt-oss (issue 14), judged by the real consumers in the sid root (PyTorch 2.14, transformers 5.12, TorchTitan main):
+// gpt-oss, judged by the real consumers in the sid root (PyTorch 2.14, transformers 5.12, TorchTitan main):
 // - MXFP4 decode: all 16 × 256 (nibble, scale) pairs through transformers' own dequantization
 //   (integrations/mxfp4.py) and PyTorch's QuantizedHuggingFaceStorageReader equal our kernels bit for bit, bf16 and
 //   f32; the pairs they turn into inf/NaN are the ones our kernels report (never written);

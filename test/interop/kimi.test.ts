@@ -1,4 +1,4 @@
-// Kimi K2.x INT4 and DeepSeek MTP (issue 16), judged by the real consumers in the sid root (PyTorch 2.14,
+// Kimi K2.x INT4 and DeepSeek MTP, judged by the real consumers in the sid root (PyTorch 2.14,
 // compressed-tensors 0.17.1, transformers 5.12, TorchTitan main):
 // - INT4 decode: every nibble × all 65536 BF16 scales through compressed-tensors' unpack_from_int32 + dequantize equal
 //   our kernels (every tier) bit for bit in BF16, and the exact float64 product in F32; the values compressed-tensors

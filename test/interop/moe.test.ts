@@ -1,6 +1,6 @@
-// Interop for the MoE mappings (issue 8) with real PyTorch: tiny Qwen3 (dense, MoE) and DeepSeek-V3 (FP8)
+// Interop for the MoE mappings with real PyTorch: tiny Qwen3 (dense, MoE) and DeepSeek-V3 (FP8)
 // checkpoints converted by runConvert load through dcp.load and equal a reference built in Python, straight from the
-// HF safetensors, by the rules of shared/spec/torchtitan-layout.md §6–8 (written independently below: torch.stack
+// HF safetensors, by the rules of docs/torchtitan-layout.md §6–8 (written independently below: torch.stack
 // in numeric expert order, FP8 dequant as f32 multiply then bf16); `shard --world-size 4` output loads into DTensors
 // on a 4-process gloo group with FSDP2's placements (Shard(1) for experts when E < world, sharding.md §5) and every
 // rank's box is a stored chunk; HF → TorchTitan → HF gives the HF tensors back (dequantized for FP8 sources).

@@ -1,4 +1,4 @@
-// Qwen3.5 VLM vision tower (issue 15): TorchTitan main's qwen3_5 model always builds a vision encoder, so a VLM
+// Qwen3.5 VLM vision tower: TorchTitan main's qwen3_5 model always builds a vision encoder, so a VLM
 // checkpoint converts with its tower. The tiny VLM fixture (transformers 5.12's model.visual tensor set) converted and
 // sharded for 4 ranks loads STRICTLY into qwen3_5 with its vision encoder built from vision_config (NaN-filled, then
 // ModelWrapper + dcp.load: nothing missing or unexpected, no NaN left), every vision_encoder tensor equals torch's own

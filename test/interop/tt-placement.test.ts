@@ -1,4 +1,4 @@
-// TorchTitan decides the placements (issue 18): in the sid root, every rank of a CPU gloo group builds TorchTitan
+// TorchTitan decides the placements: in the sid root, every rank of a CPU gloo group builds TorchTitan
 // main's own model and runs its own parallelize_* (ParallelDims.build_mesh, Module.parallelize with the model's
 // ShardingConfigs, apply_fsdp_to_decoder with FSDP2 on dp_shard and, for routed experts under EP, on efsdp), then
 // dcp.load fills ModelWrapper(model).state_dict() from what `ckpt shard` wrote. Every rank's local shards must

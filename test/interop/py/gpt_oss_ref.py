@@ -1,4 +1,4 @@
-# gpt-oss reference side (issue 14), run in the sid root with transformers 5.12 and PyTorch 2.14.
+# gpt-oss reference side, run in the sid root with transformers 5.12 and PyTorch 2.14.
 #   gpt_oss_ref.py table OUT_DIR           all 16 x 256 (nibble, scale) pairs through transformers' MXFP4 dequantization
 #                                          (integrations/mxfp4.py convert_moe_packed_tensors) and PyTorch's
 #                                          QuantizedHuggingFaceStorageReader._dequantize_tensor_mxfp4, bf16 and f32: raw

@@ -1,4 +1,4 @@
-# The model is the judge (issue 13): TorchTitan's own model, loaded from a ckpt output the way TorchTitan's
+# The model is the judge: TorchTitan's own model, loaded from a ckpt output the way TorchTitan's
 # checkpointer loads it, must compute the logits HF transformers computes on the HF source.
 #
 # usage (sid root, PYTHONPATH=/opt/stubs:/opt/spmd:/opt/tt, TORCHDYNAMO_DISABLE=1):
@@ -184,7 +184,7 @@ def deepseek_v3_config(cfg):
 BUILDERS = {"llama3": llama3_config, "qwen3": qwen3_config, "deepseek_v3": deepseek_v3_config}
 
 
-# ---------------------------------------------------------------- gpt_oss (issue 14; additive: builder + the seams it needs)
+# ---------------------------------------------------------------- gpt_oss (additive: builder + the seams it needs)
 import torchtitan.models.gpt_oss as tt_gpt_oss
 from torchtitan.models.gpt_oss import moe as tt_gpt_oss_moe
 from torchtitan.models.common import token_dispatcher as tt_token_dispatcher
@@ -196,7 +196,7 @@ _ns = dict(vars(tt_gpt_oss_moe), DTYPE=DTYPE)
 exec(_src, _ns)
 tt_gpt_oss_moe.GptOssGroupedExperts.forward = _ns["forward"]
 
-# Known obstacle (shared/judges/README.md): on CPU the gpt_oss MoE hands deterministic_scatter_add (torchtitan/
+# Known obstacle (test/interop/judges/README.md): on CPU the gpt_oss MoE hands deterministic_scatter_add (torchtitan/
 # ops/scatter_add.py) expert outputs whose dtype differs from the accumulator's, and scatter_add refuses mixed
 # dtypes. Align src to out's dtype at the call site (the dispatcher's module-level name); values are unchanged
 # when the dtypes already agree.
@@ -318,7 +318,7 @@ def dequantized_copy(src, cfg, dst):
 def hf_model(folder, cfg):
     tmp = None
     if (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
-        # Kimi K2.x INT4 (issue 16): compressed-tensors' own decompression (kimi_ref.py), written as a bf16 copy
+        # Kimi K2.x INT4: compressed-tensors' own decompression (kimi_ref.py), written as a bf16 copy
         with tempfile.TemporaryDirectory(dir=os.path.dirname(folder.rstrip("/"))) as tmp:
             import kimi_ref
             kimi_ref.decompress(folder, tmp)
@@ -472,8 +472,8 @@ def _hook_hf_with_gpt_oss(self, model):
 Routes.hook_hf = _hook_hf_with_gpt_oss
 
 
-# ---------------------------------------------------------------- kimi_k2_7 (issue 16; additive: builder, forward, K2.5 flattening)
-# shared/judges/README.md lists an isinstance on a stubbed type when building kimi_k2_7's debug model: at b5bcd76 in
+# ---------------------------------------------------------------- kimi_k2_7 (additive: builder, forward, K2.5 flattening)
+# test/interop/judges/README.md lists an isinstance on a stubbed type when building kimi_k2_7's debug model: at b5bcd76 in
 # this root it does not occur on the model path the judge takes (Config build on meta, to_empty, init_weights,
 # forward; model_registry("debugmodel") too). What fails is importing kimi_k2_7/config_registry.py (the Trainer
 # config: components/metrics.py imports torch.utils.tensorboard, which rejects the stubbed tensorboard), never needed here.
@@ -574,7 +574,7 @@ def run_case(c, hf_cache):
     return _run_case_base(c, hf_cache)
 
 
-# ---------------------------------------------------------------- qwen3_5 (issue 15; additive: fla shim, builder, offset-norm pass)
+# ---------------------------------------------------------------- qwen3_5 (additive: fla shim, builder, offset-norm pass)
 # TorchTitan's Gated DeltaNet (models/qwen3_5/gdn.py) imports `fla` (Triton, GPU only). The shim below provides the
 # names gdn.py imports, each calling the PyTorch reference transformers' modeling_qwen3_5 falls back to without fla
 # (torch_chunk_gated_delta_rule), so both models compute the same recurrence and the comparison judges the weights.

@@ -1,4 +1,4 @@
-# Kimi K2.x reference side (issue 16), run in the sid root (PyTorch 2.14, compressed-tensors 0.17.1, transformers 5.12).
+# Kimi K2.x reference side, run in the sid root (PyTorch 2.14, compressed-tensors 0.17.1, transformers 5.12).
 #   kimi_ref.py decompress SRC DST       compressed-tensors' own decompression (ModelCompressor.decompress_model over
 #                                        the source's Linear modules, after apply_quantization_config matched them with
 #                                        the config's targets and ignore list) of a pack-quantized checkpoint, written

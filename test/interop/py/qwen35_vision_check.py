@@ -1,4 +1,4 @@
-"""Qwen3.5 VLM (issue 15): a ckpt output (DCP) loads STRICTLY into TorchTitan main's qwen3_5 model WITH its vision
+"""Qwen3.5 VLM: a ckpt output (DCP) loads STRICTLY into TorchTitan main's qwen3_5 model WITH its vision
 encoder built from config.json's vision_config (NaN-filled, then ModelWrapper + dcp.load as its checkpointer does: no
 key missing or unexpected, no NaN left), and every vision_encoder tensor equals a reference computed here from the HF
 safetensors with torch alone (Conv3d weight .reshape(out, -1), qkv .chunk(3, 0), blocks -> layers).

@@ -1,5 +1,5 @@
 # Independent reference for the interop suite: HF Llama 3 -> TorchTitan state dict written from the spec
-# (shared/spec/torchtitan-layout.md §2-§5), in PyTorch, sharing no code with ckpt.
+# (docs/torchtitan-layout.md §2-§5), in PyTorch, sharing no code with ckpt.
 import glob, json, os
 import torch
 from safetensors.torch import load_file

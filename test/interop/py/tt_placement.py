@@ -1,4 +1,4 @@
-# TorchTitan-placement judge (issue 18): TorchTitan main's OWN parallelisation decides every placement.
+# TorchTitan-placement judge: TorchTitan main's OWN parallelisation decides every placement.
 #
 # Every rank of a CPU gloo group builds the TorchTitan model (judge.py's config builders, from config.json) on the
 # meta device, builds ParallelDims(dp_shard, tp, ep).build_mesh() and runs the model family's own
@@ -107,7 +107,7 @@ class CountingReader:
 
 
 def reference(arch, hf, cfg):
-    """HF → TorchTitan main names and layouts (shared/spec/torchtitan-layout.md), written independently of ckpt."""
+    """HF → TorchTitan main names and layouts (docs/torchtitan-layout.md), written independently of ckpt."""
     from ref import hf_to_tt
     if arch == "llama3":
         return hf_to_tt(hf, cfg, "torchtitan@main")
