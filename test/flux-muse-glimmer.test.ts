@@ -221,7 +221,7 @@ for (const [name, write, args, wantTensors] of [
       const bytes = res.plan.files.reduce((a, f) => a + f.size, 0);
       console.log(`# ${name} ${cmd[0]} --dry-run: ${count} source tensors -> ${res.plan.tensors.length} outputs (${(params / 1e9).toFixed(2)}B params, ${(bytes / 2 ** 30).toFixed(1)} GiB in ${res.plan.files.length} files); planning ${res.seconds.toFixed(2)} s, wall ${wall.toFixed(2)} s, peak RSS ${rssMiB.toFixed(0)} MiB`);
       assert.equal(res.plan.tensors.length, wantTensors);
-      assert.ok(wall < 60, `dry run took ${wall} s`);
+      assert.ok(wall < 120, `dry run took ${wall} s`); // a hang guard, not a speed test (npm run bench -- --plan measures speed)
       assert.ok(rssMiB < 1536, `peak RSS ${rssMiB} MiB`);
     }
   }));

@@ -221,7 +221,7 @@ test("Kimi-K2-sized dry run (61 layers, 384 experts, INT4, synthetic headers) pl
   const params = plan.tensors.reduce((s, x) => s + x.shape.reduce((a, b) => a * b, 1), 0);
   console.log(`# kimi-k2 plan: ${tensors.length} source tensors, ${plan.tensors.length} outputs, ${(params / 1e9).toFixed(1)}B params; headers ${(t1 - t0).toFixed(0)} ms, plan ${(t2 - t1).toFixed(0)} ms, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB`);
   assert.ok(params > 1.0e12 && params < 1.1e12, `${params}`);
-  assert.ok(t2 - t1 < 30_000, `planning took ${t2 - t1} ms`);
+  assert.ok(t2 - t1 < 120_000, `planning took ${t2 - t1} ms`); // a hang guard, not a speed test (npm run bench -- --plan measures speed)
 });
 
 test("Kimi K2 Thinking (architectures DeepseekV3ForCausalLM, model_type kimi_k2, INT4 experts): deepseek_v3.json decodes its packed experts, none unmapped; the output equals K2.5's through kimi_k2.json", async () => {

@@ -257,7 +257,7 @@ test("Qwen3.5-35B-A3B as published (header corpus: fused experts, vision tower, 
     const { plan } = JSON.parse(r.stdout) as { plan: { tensors: { name: string; shape: number[] }[]; skipped: { name: string; why: string }[]; files: unknown[] } };
     const params = plan.tensors.filter((x) => !x.name.endsWith("expert_bias_E")).reduce((a, x) => a + x.shape.reduce((p, q) => p * q, 1), 0);
     console.log(`# qwen3.5-35b-a3b ${args[0]} --dry-run: ${count} source tensors -> ${plan.tensors.length} outputs (${(params / 1e9).toFixed(2)}B params) in ${plan.files.length} file(s), ${plan.skipped.length} skipped; wall ${wall.toFixed(2)} s, peak RSS ${rssMiB.toFixed(0)} MiB`);
-    assert.ok(wall < 30, `dry run took ${wall} s`);
+    assert.ok(wall < 120, `dry run took ${wall} s`); // a hang guard on a loaded 2-core CI machine; speed is measured by npm run bench -- --plan
     assert.equal(plan.tensors.length, 3 + 40 * 2 + 30 * 13 + 10 * 6 + 40 * 9, "embedding/norm/head, 2 norms per layer, 13 per DeltaNet layer, 6 per attention layer, 9 per MoE (incl. expert bias)");
     assert.ok(params > 34e9 && params < 36e9, `${params}`);
     assert.equal(plan.skipped.filter((x) => x.name.startsWith("mtp.")).length, 4 + 6 + 2 + 3 + 3 * 256 + 2, "every MTP tensor reported");
