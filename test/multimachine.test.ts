@@ -248,7 +248,7 @@ describe("eight machines pulling their ranks from a Hub that drops, throttles an
     assert.ok(per.reduce((a, b) => a + b, 0) <= 1.05 * model, "all machines together ≤ 1.05 × the model");
 
     // The dry run predicted each machine's download and write
-    const dry = spawnSync(process.execPath, [CLI, "shard", bigSrc, join(tmp, "faults-dry"), "--world-size", "8", "--dry-run", "--json"], { encoding: "utf8" });
+    const dry = spawnSync(process.execPath, [CLI, "shard", bigSrc, join(tmp, "faults-dry"), "--world-size", "8", "--dry-run", "--ranged", "--json"], { encoding: "utf8" });
     assert.equal(dry.status, 0, dry.stderr);
     const ranks = (JSON.parse(dry.stdout) as { plan: { perRank: { rank: number; write: number; download: number }[] } }).plan.perRank;
     for (const x of ranks) {

@@ -64,7 +64,7 @@ test("shard --dry-run of a Llama-3.1-405B-shaped checkpoint at world 64: bytes t
   const dir = mkdtempSync(join(tmpdir(), "ckpt-405b-"));
   try {
     const { bytes } = writeLlama405bHeaders(join(dir, "hf"));
-    const r = await runConvert({ source: join(dir, "hf"), out: join(dir, "out"), worldSize: 64, dryRun: true });
+    const r = await runConvert({ source: join(dir, "hf"), out: join(dir, "out"), worldSize: 64, dryRun: true, ranged: true });
     const ranks = r.plan.perRank!;
     assert.equal(ranks.length, 64);
     const w = ranks.map((x) => x.write!), d = ranks.map((x) => x.download!);

@@ -59,18 +59,20 @@ export function printRankTable(r: ConvertResult): void {
   if (!ranks.length) return;
   const max = Math.max(...ranks.map((x) => x.bytes));
   const mean = ranks.reduce((s, x) => s + x.bytes, 0) / ranks.length;
-  const io = ranks.every((x) => x.write !== undefined && x.download !== undefined);
+  const io = ranks.every((x) => x.write !== undefined);
+  const dl = io && ranks.every((x) => x.download !== undefined);
   const total = Math.max(1, ranks.reduce((s, y) => s + y.bytes, 0));
-  const rows = ranks.map((x) => [String(x.rank), String(x.chunks), fmtBytes(x.bytes), `${((x.bytes / total) * 100).toFixed(1)}%`, ...(io ? [fmtBytes(x.write!), fmtBytes(x.download!)] : [])]);
+  const rows = ranks.map((x) => [String(x.rank), String(x.chunks), fmtBytes(x.bytes), `${((x.bytes / total) * 100).toFixed(1)}%`, ...(io ? [fmtBytes(x.write!)] : []), ...(dl ? [fmtBytes(x.download!)] : [])]);
+  const head = ["rank", "chunks", "bytes", "share", ...(io ? ["writes"] : []), ...(dl ? ["downloads (--ranged)"] : [])];
   out("");
-  out(table(["rank", "chunks", "bytes", "share", ...(io ? ["writes", "downloads (--ranged)"] : [])], rows, io ? [0, 1, 2, 3, 4, 5] : [0, 1, 2, 3]));
+  out(table(head, rows, head.map((_, i) => i)));
   out(`imbalance (max/mean): ${(max / Math.max(1, mean)).toFixed(3)}`);
   if (io) {
     const stat = (xs: number[]) => {
       const m = xs.reduce((s, x) => s + x, 0) / xs.length;
       return `max ${fmtBytes(Math.max(...xs))}, mean ${fmtBytes(m)} (max/mean ${(Math.max(...xs) / Math.max(1, m)).toFixed(3)})`;
     };
-    out(`per machine running one rank: writes ${stat(ranks.map((x) => x.write!))}; downloads with --ranged ${stat(ranks.map((x) => x.download!))}`);
+    out(`per machine running one rank: writes ${stat(ranks.map((x) => x.write!))}` + (dl ? `; downloads with --ranged ${stat(ranks.map((x) => x.download!))}` : " (add --ranged for what each machine downloads)"));
   }
 }
 

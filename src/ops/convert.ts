@@ -318,7 +318,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     loraRequested(opts, direction, target);
     const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features, hfLayout: opts.hfLayout });
-    if (plan.storedShapes) await checkStoredShapes(plan.storedShapes, catalog.source);
+    // weight_shape values are data, not headers: a dry run plans from headers alone (a Hub source would need one
+    // request per tensor), so they are checked when the run is real, still before the output folder exists
+    if (plan.storedShapes && !opts.dryRun) await checkStoredShapes(plan.storedShapes, catalog.source);
     for (const w of plan.warnings) opts.onWarning?.(w);
     // --lora / --lora-rank: the LoRA model's adapters join the plan; the executor reads them through execSource
     lora = await withLoraModel(plan, source, opts, { config, file: configFile });
@@ -362,8 +364,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3, prefix: direction === "tt_to_hf" && plan.layout ? mapping.hf_file_prefix?.[plan.layout] : undefined });
     const summary = summarize(plan, layout);
     if (opts.dryRun && summary.perRank) {
-      const io = new Map(rankIo(layout, plan, headerBytes(catalog.tensors.values())).map((x) => [x.rank, x]));
-      for (const r of summary.perRank) Object.assign(r, { write: io.get(r.rank)?.write ?? 0, download: io.get(r.rank)?.download ?? 0 });
+      // what a --ranged machine would download is worked out only for --ranged (it resolves every chunk's reads)
+      const io = new Map(rankIo(layout, plan, opts.ranged ? headerBytes(catalog.tensors.values()) : undefined).map((x) => [x.rank, x]));
+      for (const r of summary.perRank) Object.assign(r, { write: io.get(r.rank)?.write ?? 0, ...(opts.ranged ? { download: io.get(r.rank)?.download ?? 0 } : {}) });
     }
     const outAbs = resolve(opts.out);
     if (opts.dryRun) {

@@ -11,8 +11,8 @@ export interface RankIo {
   rank: number;
   /** Bytes of the rank's output files. */
   write: number;
-  /** Source bytes the rank reads (a `--ranged` run downloads them): its chunks' ranges merged as the executor reads them, plus every file's header. */
-  download: number;
+  /** Source bytes the rank reads (a `--ranged` run downloads them): its chunks' ranges merged as the executor reads them, plus every file's header. Absent unless asked for. */
+  download?: number;
 }
 
 /** Bytes before the first tensor of each source file (8-byte length + JSON header for safetensors): read by every run. */
@@ -22,16 +22,22 @@ export function headerBytes(tensors: Iterable<CatalogTensor>): number {
   return [...first.values()].reduce((s, n) => s + n, 0);
 }
 
-export function rankIo(layout: OutputLayout, plan: ConversionPlan, headers: number): RankIo[] {
+/**
+ * Per-rank bytes written, and with `headers` (a number) the bytes a `--ranged` run downloads. The download needs every
+ * chunk's source runs resolved, as the executor resolves them: cheap for plain tensors, but for a 200k-tensor INT4
+ * model at world 64 it is most of a dry run's time, so it is computed only when asked for.
+ */
+export function rankIo(layout: OutputLayout, plan: ConversionPlan, headers?: number): RankIo[] {
   const rankOf = new Map<string, number>();
   const out = new Map<number, RankIo>();
   for (const f of layout.files) {
     if (f.rank === undefined) continue;
     rankOf.set(f.name, f.rank);
-    const e = out.get(f.rank) ?? { rank: f.rank, write: 0, download: 0 };
+    const e = out.get(f.rank) ?? { rank: f.rank, write: 0 };
     e.write += f.size;
     out.set(f.rank, e);
   }
+  if (headers === undefined) return [...out.values()].sort((a, b) => a.rank - b.rank);
   const tensors = new Map(plan.tensors.map((t) => [t.name, t]));
   const scales = scaleLeaves(plan.leaves);
   const ranges = new Map<number, ByteSpan[]>();
