@@ -30,6 +30,11 @@ export interface AdapterEntry {
   /** One part of a fused Linear's adapter (TorchTitan's wqkv): the stored lora_b and the rows that are this part's. */
   fused?: { b: CatalogTensor; rows: Int32Array };
   m?: CatalogTensor;
+  /**
+   * lora_B joined from the row blocks of TorchTitan Linears that split one HF weight (export of Qwen3.5's in_proj_q /
+   * _k / _v as PEFT's in_proj_qkv): each block's stored lora_b, or null for a part without adapter (zero rows).
+   */
+  rowBlocks?: { b: CatalogTensor | null; rows: number }[];
   rank: number;
   alpha: number;
   scale: number;
@@ -284,6 +289,7 @@ export async function readEntry(ad: OpenedAdapter, e: AdapterEntry, layout: Layo
   const a = await readTensorBytes(ad.source, e.a);
   let b = e.fused
     ? gatherRowBytes(await readTensorBytes(ad.source, e.fused.b), e.b.shape[1]! * elementSize(e.b.dtype), e.fused.rows)
+    : e.rowBlocks ? await joinRows(ad.source, e.rowBlocks, e.b.shape[1]! * elementSize(e.b.dtype))
     : await readTensorBytes(ad.source, e.b);
   let m = e.m ? await readTensorBytes(ad.source, e.m) : undefined;
   if (idx) {
@@ -291,6 +297,17 @@ export async function readEntry(ad: OpenedAdapter, e: AdapterEntry, layout: Layo
     if (m) m = gatherRowBytes(m, elementSize(e.m!.dtype), idx);
   }
   return { a, b, m };
+}
+
+/** Row blocks one under another; a null block is `rows` zero rows. */
+async function joinRows(source: Source, blocks: NonNullable<AdapterEntry["rowBlocks"]>, rowBytes: number): Promise<Uint8Array> {
+  const out = new Uint8Array(blocks.reduce((n, x) => n + x.rows, 0) * rowBytes);
+  let off = 0;
+  for (const blk of blocks) {
+    if (blk.b) out.set(await readTensorBytes(source, blk.b), off);
+    off += blk.rows * rowBytes;
+  }
+  return out;
 }
 
 export async function closeAdapter(ad: OpenedAdapter): Promise<void> {

@@ -2,7 +2,7 @@
 // Renaming and permuting only: no arithmetic, every tensor keeps its dtype and bytes (numerics.md §9).
 import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import type { DType } from "../dtypes.js";
+import { elementSize, type DType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
 import { writeSingleFileDcp } from "../formats/dcp/writer.js";
@@ -16,7 +16,7 @@ import {
   type PeftLoraConfig, type TtLoraMetadata,
 } from "./config.js";
 import { lastSegment, peftName, ttName } from "./names.js";
-import { withoutPeftUnsupported } from "./tt-linears.js";
+import { joinRowSplits, withoutPeftUnsupported } from "./tt-linears.js";
 import { baseTensors, validateAdapterAgainstBase } from "./validate.js";
 
 export interface OutTensor { name: string; dtype: DType; shape: number[]; data: Uint8Array }
@@ -74,7 +74,8 @@ export function parseTargetOption(t: string | undefined): Target | undefined {
 /** ckpt's metadata for a TorchTitan-layout adapter: the PEFT settings plus every module's rank, alpha and scale. */
 export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], target: Target, mapping?: Mapping): TtLoraMetadata {
   const modules: TtLoraMetadata["modules"] = {};
-  for (const e of entries) modules[e.module.tt] = { rank: e.rank, alpha: e.alpha, scale: e.scale };
+  const ttModules = (e: AdapterEntry) => e.module.splitInto?.map((x) => x.tt) ?? [e.module.tt];
+  for (const e of entries) for (const tt of ttModules(e)) modules[tt] = { rank: e.rank, alpha: e.alpha, scale: e.scale };
   const pairs = new Set(entries.map((e) => `${e.rank}/${e.alpha}`));
   let torchtitan: TtLoraMetadata["torchtitan"] = null;
   if (pairs.size === 1) {
@@ -89,7 +90,7 @@ export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], t
     torchtitan = {
       rank: e.rank,
       alpha: peft.use_rslora ? e.alpha * Math.sqrt(e.rank) : e.alpha,
-      target_modules: [...new Set(entries.map((x) => lastSegment(x.module.tt)))].sort(),
+      target_modules: [...new Set(entries.flatMap((x) => ttModules(x).map(lastSegment)))].sort(),
       ...(notes.length ? { note: notes.join("; ") } : {}),
     };
   }
@@ -144,6 +145,22 @@ async function adapterTensors(ad: OpenedAdapter, layout: "hf" | "tt"): Promise<{
       tensors.push({ name: name(part), dtype: t.dtype, shape: [...t.shape], data });
       rows.push({ name: name(part), from: t.name, dtype: t.dtype, shape: [...t.shape], permuted: perm });
     };
+    if (layout === "tt" && e.module.splitInto) {
+      // TorchTitan holds this HF weight as row blocks (Qwen3.5's in_proj_qkv → in_proj_q / _k / _v): each block's
+      // adapter is the same A with its rows of B (and of the magnitude)
+      const rowBytes = e.b.shape[1]! * elementSize(e.b.dtype);
+      for (const blk of e.module.splitInto) {
+        const nm = (part: "A" | "B" | "M") => ttName(blk.tt, part);
+        const push = (part: "A" | "B" | "M", t: { name: string; dtype: DType; shape: number[] }, shape: number[], data: Uint8Array) => {
+          tensors.push({ name: nm(part), dtype: t.dtype, shape, data });
+          rows.push({ name: nm(part), from: t.name, dtype: t.dtype, shape, permuted: false });
+        };
+        push("A", e.a, [...e.a.shape], a);
+        push("B", e.b, [blk.size, e.b.shape[1]!], b.subarray(blk.start * rowBytes, (blk.start + blk.size) * rowBytes));
+        if (m && e.m) push("M", e.m, [blk.size], m.subarray(blk.start * elementSize(e.m.dtype), (blk.start + blk.size) * elementSize(e.m.dtype)));
+      }
+      continue;
+    }
     add("A", e.a, a, false);
     add("B", e.b, b, permuted);
     if (m && e.m) add("M", e.m, m, permuted);
@@ -202,7 +219,7 @@ export async function loraExport(opts: LoraExportOptions): Promise<LoraExportRes
     for (const w of ad.warnings) opts.onWarning?.(w);
     validateAdapterAgainstBase(ad.entries, { mapping: ad.mapping, config: base.config, file: base.file, tensors: await baseTensors(base.source, ad.mapping) }, { file: ad.source.id });
     if (ad.others.length > 0) opts.onWarning?.(`${ad.others.length} non-LoRA tensor(s) in the input are not part of the adapter and were left out (e.g. ${ad.others[0]})`);
-    ad.entries = await withoutPeftUnsupported(ad, opts.onWarning);
+    ad.entries = await joinRowSplits({ ...ad, entries: await withoutPeftUnsupported(ad, opts.onWarning) });
     const peft: PeftLoraConfig = { ...ad.peft };
     if (opts.baseModel !== undefined) peft.base_model_name_or_path = opts.baseModel;
     if (peft.target_modules === null) peft.target_modules = [...new Set(ad.entries.map((e) => lastSegment(e.module.hf)))].sort();

@@ -156,7 +156,9 @@ async function openMergeInputs(opts: LoraMergeOptions, base: BaseInfo): Promise<
     const baseResolver = base.layout === "tt" ? new ModuleResolver(ad.mapping, base.config.config, base.target!, base.config.file) : undefined;
     const jobs = new Map<string, Job>();
     for (const e of ad.entries) {
-      const weight = (base.layout === "hf" ? e.module.hf : baseResolver!.fromHf(e.module.hf)?.tt) + ".weight";
+      // a Linear that holds a row block of its HF weight (Qwen3.5's in_proj_q / _k / _v) is its own base weight
+      const tt = e.module.rowsOf && ad.target === base.target ? e.module.tt : baseResolver?.fromHf(e.module.hf)?.tt;
+      const weight = (base.layout === "hf" ? e.module.hf : tt) + ".weight";
       const o = byName.get(weight);
       if (!o) throw new CkptError("MISSING_TENSOR", `the adapter adapts ${weight}, which the base does not have`, { file: base.source.id, tensor: weight, hint: "is this the adapter's base model (and layout)?" });
       const [out, inn] = [e.b.shape[0]!, e.a.shape[1]!];

@@ -4,7 +4,7 @@
 import { CkptError } from "../errors.js";
 import { evalDimExpr, resolveDims } from "../mapping/load.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
-import type { Mapping, Target, TensorRule } from "../mapping/schema.js";
+import { splitStep, transformSteps, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
 
 /** A = lora_A / lora_a, B = lora_B / lora_b, M = DoRA magnitude vector. */
 export type LoraPart = "A" | "B" | "M";
@@ -50,9 +50,19 @@ export interface LoraModule {
   tt: string;
   /** q/k RoPE row permutation of the base weight: lora_B rows and the DoRA magnitude follow it. */
   rope?: { heads: number; headDim: number };
-  /** [out, in] of the base weight when the config defines it. */
+  /** [out, in] of the base weight when the config defines it (of the TorchTitan part when `rowsOf` is set). */
   shape?: number[];
+  /**
+   * Resolved from TorchTitan: this Linear holds rows start … start + size of the HF weight's `total` rows (a rule that
+   * splits the HF weight by rows, e.g. Qwen3.5's in_proj_qkv → in_proj_q / _k / _v). Its adapter is one row block of
+   * the HF module's: ΔW rows = s · B[rows] · A.
+   */
+  rowsOf?: RowBlock;
+  /** Resolved from HF: the TorchTitan Linears the rules split this weight's rows into, in row order. */
+  splitInto?: (RowBlock & { tt: string })[];
 }
+
+export interface RowBlock { start: number; size: number; total: number }
 
 interface Compiled { rule: TensorRule; hf: CompiledPattern; tt: CompiledPattern; ttSource: string }
 
@@ -76,11 +86,35 @@ export class ModuleResolver {
     }
   }
 
-  private build(c: Compiled, vals: Record<string, number>): LoraModule {
+  /** The row block of the HF weight a rule's TorchTitan tensor is, when the rule only splits a matrix by rows. */
+  private rowBlock(c: Compiled, shape: number[] | undefined): RowBlock | undefined {
+    const step = splitStep(c.rule);
+    if (!step || step.dim !== 0 || transformSteps(c.rule).length !== 1 || shape?.length !== 2) return undefined;
+    const total = shape[0]!;
+    const sizes = (step.op === "split" ? step.sizes.map((e) => evalDimExpr(e, this.dims)) : new Array<number>(step.chunks).fill(total / step.chunks)) as number[];
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    if (sizes.some((x) => x === undefined || !Number.isInteger(x)) || sum(sizes) !== total) {
+      throw new CkptError("CONFIG", `cannot split the rows of ${c.rule.hf}: its parts' sizes do not add up to ${total} with this config`, { file: this.configFile });
+    }
+    return { start: sum(sizes.slice(0, step.index)), size: sizes[step.index]!, total };
+  }
+
+  private build(c: Compiled, vals: Record<string, number>, side: "hf" | "tt"): LoraModule {
     const hf = fillPattern(c.rule.hf!, vals).slice(0, -".weight".length);
     const tt = fillPattern(c.ttSource, vals).slice(0, -".weight".length);
-    const shape = c.rule.shape?.map((e) => evalDimExpr(e, this.dims));
-    const out: LoraModule = { hf, tt, shape: shape && shape.every((x) => x !== undefined) ? (shape as number[]) : undefined };
+    const dims = c.rule.shape?.map((e) => evalDimExpr(e, this.dims));
+    const shape = dims && dims.every((x) => x !== undefined) ? (dims as number[]) : undefined;
+    const out: LoraModule = { hf, tt, shape };
+    const block = this.rowBlock(c, shape);
+    if (block && side === "tt") {
+      out.rowsOf = block;
+      out.shape = [block.size, shape![1]!];
+    } else if (block) {
+      out.splitInto = this.rules
+        .filter((o) => o.rule.hf === c.rule.hf && this.rowBlock(o, shape))
+        .map((o) => ({ tt: fillPattern(o.ttSource, vals).slice(0, -".weight".length), ...this.rowBlock(o, shape)! }))
+        .sort((x, y) => x.start - y.start);
+    }
     if (c.rule.rope) {
       const heads = this.dims[c.rule.rope.heads];
       const headDim = this.dims[c.rule.rope.head_dim ?? "head_dim"];
@@ -97,7 +131,7 @@ export class ModuleResolver {
   fromHf(module: string): LoraModule | undefined {
     for (const c of this.rules) {
       const v = matchPattern(c.hf, module + ".weight");
-      if (v) return this.build(c, v);
+      if (v) return this.build(c, v, "hf");
     }
     if (this.expertRules.some((r) => matchPattern(r.hf, module + ".weight"))) throw expertsError(module);
     return undefined;
@@ -107,7 +141,7 @@ export class ModuleResolver {
   fromTt(module: string): LoraModule | undefined {
     for (const c of this.rules) {
       const v = matchPattern(c.tt, module + ".weight");
-      if (v) return this.build(c, v);
+      if (v) return this.build(c, v, "tt");
     }
     if (this.expertRules.some((r) => r.tt && matchPattern(r.tt, module + ".weight"))) throw expertsError(module);
     return undefined;

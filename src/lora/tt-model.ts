@@ -115,20 +115,25 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
     }
     const byPart = new Map<string, { lin: TtLinear; part: number }>();
     for (const lin of linears) lin.parts.forEach((p, i) => byPart.set(p.tt, { lin, part: i }));
-    const covered = new Map<TtLinear, (AdapterEntry | undefined)[]>();
+    const covered = new Map<TtLinear, (Adapted | undefined)[]>();
     for (const e of ad.entries) {
-      const at = byPart.get(e.module.tt);
-      if (!at) throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} adapts ${e.module.tt}, which is not a Linear of TorchTitan's model`, { file: ad.source.id, tensor: e.a.name, hint: HELP_MERGE });
-      const part = at.lin.parts[at.part]!;
-      if (e.b.shape[0] !== part.rows || e.a.shape[1] !== at.lin.inFeatures) {
-        // e.g. Qwen3.5's in_proj_qkv, which TorchTitan holds as three Linears (in_proj_q / _k / _v)
-        throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} updates a [${e.b.shape[0]}, ${e.a.shape[1]}] weight, but TorchTitan's ${part.tt} is [${part.rows}, ${at.lin.inFeatures}]: TorchTitan splits or reshapes this weight, so its adapter has no LoRALinear to go to`, {
-          file: ad.source.id, tensor: e.b.name, hint: HELP_MERGE,
-        });
+      // A PEFT module whose HF weight TorchTitan splits by rows (the mapping's split rules, e.g. Qwen3.5's in_proj_qkv
+      // → in_proj_q / _k / _v): ΔW = s·B·A, so row block i of ΔW is s·B[block i]·A, and each part's LoRALinear gets
+      // the same A and its rows of B.
+      const blocks = e.module.splitInto ?? [{ tt: e.module.tt, start: 0, size: e.b.shape[0]!, total: e.b.shape[0]! }];
+      for (const blk of blocks) {
+        const at = byPart.get(blk.tt);
+        if (!at) throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} adapts ${blk.tt}, which is not a Linear of TorchTitan's model`, { file: ad.source.id, tensor: e.a.name, hint: HELP_MERGE });
+        const part = at.lin.parts[at.part]!;
+        if (e.b.shape[0] !== blk.total || blk.size !== part.rows || e.a.shape[1] !== at.lin.inFeatures) {
+          throw new CkptError("UNMAPPED", `PEFT module ${e.module.hf} updates a [${e.b.shape[0]}, ${e.a.shape[1]}] weight, but TorchTitan's ${part.tt} is [${part.rows}, ${at.lin.inFeatures}] and no split rule of the mapping relates them: its adapter has no LoRALinear to go to`, {
+            file: ad.source.id, tensor: e.b.name, hint: HELP_MERGE,
+          });
+        }
+        const list = covered.get(at.lin) ?? new Array<Adapted | undefined>(at.lin.parts.length).fill(undefined);
+        list[at.part] = { e, rows: blk.size === blk.total ? undefined : { start: blk.start, size: blk.size } };
+        covered.set(at.lin, list);
       }
-      const list = covered.get(at.lin) ?? new Array<AdapterEntry | undefined>(at.lin.parts.length).fill(undefined);
-      list[at.part] = e;
-      covered.set(at.lin, list);
     }
     const scales = new Map(ad.entries.map((e) => [e.scale, e]));
     if (scales.size > 1) {
@@ -138,7 +143,7 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
       });
     }
     const scale = ad.entries[0]!.scale;
-    const rankOf = (parts: (AdapterEntry | undefined)[]) => parts.reduce((s, e) => s + (e?.rank ?? 0), 0);
+    const rankOf = (parts: (Adapted | undefined)[]) => parts.reduce((s, p) => s + (p?.e.rank ?? 0), 0);
     const R = Math.max(...[...covered.values()].map(rankOf));
     const targets = [...new Set([...covered.keys()].map((l) => lastSegment(l.module)))].sort();
     const leafOf = (t: CatalogTensor) => b.leaf("peft:" + t.name, t.dtype, t.shape, t.pieces.map((p) => ({ ...p, file: PEFT_FILES + p.file })));
@@ -150,8 +155,12 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
         modules.push({ module: lin.module, from: [], rank: R, init: "fresh" });
         continue;
       }
-      b.stacked(lin, R, parts.map((e) => e && { a: leafOf(e.a), b: leafOf(e.b), rank: e.rank, dtype: e.a.dtype }));
-      modules.push({ module: lin.module, from: parts.filter((e) => e).map((e) => e!.module.hf), rank: rankOf(parts), init: "peft" });
+      b.stacked(lin, R, parts.map((p) => {
+        if (!p) return undefined;
+        const whole: Recipe = { op: "source", tensor: leafOf(p.e.b) };
+        return { a: leafOf(p.e.a), b: p.rows ? { op: "slice", dim: 0, start: p.rows.start, size: p.rows.size, input: whole } : whole, rank: p.e.rank, dtype: p.e.a.dtype };
+      }));
+      modules.push({ module: lin.module, from: parts.filter((p) => p).map((p) => p!.e.module.hf), rank: rankOf(parts), init: "peft" });
     }
     if (modules.some((m) => m.init === "fresh")) {
       const fresh = modules.filter((m) => m.init === "fresh");
@@ -163,6 +172,9 @@ async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init:
     if (!ok) await closeAdapter(ad);
   }
 }
+
+/** A PEFT module's adapter given to one part of a TorchTitan Linear: all of B, or its rows of a row-split HF weight. */
+interface Adapted { e: AdapterEntry; rows?: { start: number; size: number } }
 
 /** Appends adapter tensors and their leaves to a plan. */
 class PlanBuilder {
@@ -196,8 +208,9 @@ class PlanBuilder {
   /**
    * PEFT adapters of the parts of `lin` stacked: A = [A_0; A_1; …; 0] (rank R), B's rows per group g and part p =
    * rows g·rows_p/G … of [0 | B_p | 0] with B_p in columns off_p … off_p + r_p (RoPE-permuted like its base rows).
+   * B_p is a recipe: PEFT's lora_B, or the rows of it that are this Linear's.
    */
-  stacked(lin: TtLinear, R: number, parts: ({ a: string; b: string; rank: number; dtype: DType } | undefined)[]): void {
+  stacked(lin: TtLinear, R: number, parts: ({ a: string; b: Recipe; rank: number; dtype: DType } | undefined)[]): void {
     const [ta, tb] = this.placements(lin);
     const dtype = parts.find((p) => p)!.dtype;
     const aIn: Recipe[] = [], aSizes: number[] = [];
@@ -207,7 +220,7 @@ class PlanBuilder {
       const part = lin.parts[i]!;
       if (!p) { cols.push({ op: "zeros" }); return; }
       aIn.push({ op: "source", tensor: p.a }); aSizes.push(p.rank);
-      const src: Recipe = part.rope ? { op: "rope", heads: part.rope.heads, headDim: part.rope.headDim, direction: "hf_to_tt", input: { op: "source", tensor: p.b } } : { op: "source", tensor: p.b };
+      const src: Recipe = part.rope ? { op: "rope", heads: part.rope.heads, headDim: part.rope.headDim, direction: "hf_to_tt", input: p.b } : p.b;
       cols.push(columns([off, p.rank, R - off - p.rank], [{ op: "zeros" }, src, { op: "zeros" }]));
       off += p.rank;
     });

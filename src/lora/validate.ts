@@ -67,7 +67,9 @@ export function validateAdapterAgainstBase(entries: readonly (Pick<AdapterEntry,
     }
     if (!w) continue;
     const out = e.b.shape[0]!, inn = e.a.shape[1]!;
-    const want = opts.fanInFanOut ? [inn, out] : [out, inn];
+    // a TorchTitan Linear that holds a row block of the HF weight updates those rows only
+    const rows = e.module.rowsOf && out === e.module.rowsOf.size ? e.module.rowsOf.total : out;
+    const want = opts.fanInFanOut ? [inn, rows] : [rows, inn];
     if (w.shape.length !== 2 || w.shape[0] !== want[0] || w.shape[1] !== want[1]) {
       throw new CkptError("SHAPE", `LoRA module ${e.module.hf}: lora_B × lora_A is [${out}, ${inn}], but the base weight ${weight} is [${w.shape}]`, { ...where, hint: `is ${base.file} the model this adapter was trained on?` });
     }
