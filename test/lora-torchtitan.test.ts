@@ -228,13 +228,6 @@ test("refused with one line, nothing written: DoRA, lora bias, modules_to_save, 
       ["both", { }, ["--lora-rank", "8"], /drop --lora-rank/],
       ["alpha-alone", undefined, ["--lora-alpha", "8"], /go with --lora-rank/],
     ];
-    // Qwen3.5's fused in_proj_qkv: TorchTitan splits it into three Linears
-    const q35 = join(t.dir, "q35");
-    writePeftAdapter(join(t.dir, "peft-qkv"), tinyPeftAdapter(writeTinyQwen35(q35, { seed: 41 }).tensors, { targets: ["in_proj_qkv"] }));
-    const qkv = spawnSync(process.execPath, [CLI, "convert", q35, join(t.dir, "out-qkv"), "--lora", join(t.dir, "peft-qkv"), "--quiet"], { encoding: "utf8" });
-    assert.equal(qkv.status, 1);
-    assert.match(qkv.stderr, /^ckpt: UNMAPPED: .*in_proj_qkv updates a \[\d+, \d+\] weight, but TorchTitan's layers\.0\.attn\.in_proj_q is .*ckpt lora merge/);
-    assert.ok(!existsSync(join(t.dir, "out-qkv")) && !existsSync(join(t.dir, "out-qkv.partial")));
     for (const [name, peft, extra, re] of cases) {
       const args = ["convert", base, join(t.dir, `out-${name}`), ...extra];
       if (peft) {
@@ -284,6 +277,77 @@ test("export: untrained adapters on Linears PEFT cannot adapt (MoE routers) are 
     ], { format: "pt" }));
     await assert.rejects(loraExport({ input: join(t.dir, "trained.safetensors"), out: join(t.dir, "peft2"), config: moe, alpha: 16 }), /trained adapter, but PEFT cannot adapt model\.layers\.1\.mlp\.gate/);
     assert.ok(!existsSync(join(t.dir, "peft2")));
+  } finally {
+    t.done();
+  }
+});
+
+test("Qwen3.5 in_proj_qkv: the same A and B's [key, key, value] row blocks on in_proj_q/k/v; export joins them back, refuses different lora_a", async () => {
+  const t = tmp();
+  try {
+    // tiny Qwen3.5: DeltaNet layers 0 and 2; key_dim = 2 heads × 8, value_dim = 4 heads × 12, hidden 48
+    const KD = 16, VD = 48, IN = 48, R = 8;
+    const q35 = join(t.dir, "q35"), adapter = join(t.dir, "peft");
+    const { tensors } = writeTinyQwen35(q35, { seed: 41 });
+    // in_proj_qkv at rank 4 (alpha 8), out_proj at rank 8 (alpha 16): one scale 2, in_proj_* zero-padded to rank 8
+    const lora = tinyPeftAdapter(tensors, { r: R, alpha: 16, targets: ["in_proj_qkv", "out_proj"], extraConfig: { rank_pattern: { in_proj_qkv: 4 }, alpha_pattern: { in_proj_qkv: 8 } } });
+    writePeftAdapter(adapter, lora);
+    const r = await runConvert({ source: q35, out: join(t.dir, "out"), lora: adapter, threads: 0 });
+    assert.deepEqual(r.lora?.torchtitan, { rank: R, alpha: 16, target_modules: ["in_proj_k", "in_proj_q", "in_proj_v", "out_proj"] });
+    const out = await tensorsOf(join(t.dir, "out"));
+    const peft = new Map(lora.tensors.map((x) => [x.name.replace("base_model.model.", ""), f32(x)]));
+    const blocks = { q: [0, KD], k: [KD, KD], v: [2 * KD, VD] } as const;
+    for (const L of [0, 2]) {
+      const A = peft.get(`model.layers.${L}.linear_attn.in_proj_qkv.lora_A.weight`)!, B = peft.get(`model.layers.${L}.linear_attn.in_proj_qkv.lora_B.weight`)!;
+      for (const [part, [start, rows]] of Object.entries(blocks)) {
+        const a = out.get(`layers.${L}.attn.in_proj_${part}.lora_a.weight`)!, b = out.get(`layers.${L}.attn.in_proj_${part}.lora_b.weight`)!;
+        assert.deepEqual(a.shape, [R, IN]);
+        assert.deepEqual([...a.v], [...A, ...new Array<number>(4 * IN).fill(0)], `layer ${L} in_proj_${part} lora_a`);
+        assert.deepEqual(b.shape, [rows, R]);
+        const want: number[] = [];
+        for (let i = 0; i < rows; i++) for (let c = 0; c < R; c++) want.push(c < 4 ? B[(start + i) * 4 + c]! : 0);
+        assert.deepEqual([...b.v], want, `layer ${L} in_proj_${part} lora_b = rows ${start}…${start + rows} of B`);
+      }
+      assert.ok(!out.has(`layers.${L}.attn.in_proj_z.lora_a.weight`), "in_proj_z is not a target");
+    }
+
+    // back to PEFT: one in_proj_qkv adapter, lora_B = the three blocks stacked
+    const exp = await loraExport({ input: join(t.dir, "out"), out: join(t.dir, "exported"), config: q35, alpha: 16 });
+    assert.ok((exp.adapterConfig.target_modules as string[]).includes("in_proj_qkv"));
+    const back = await tensorsOf(join(t.dir, "exported"));
+    const key = "base_model.model.model.layers.2.linear_attn.in_proj_qkv";
+    assert.deepEqual(back.get(`${key}.lora_A.weight`)!.shape, [R, IN]);
+    assert.deepEqual(back.get(`${key}.lora_B.weight`)!.shape, [2 * KD + VD, R]);
+    const B2 = peft.get("model.layers.2.linear_attn.in_proj_qkv.lora_B.weight")!;
+    const wantB: number[] = [];
+    for (let i = 0; i < 2 * KD + VD; i++) for (let c = 0; c < R; c++) wantB.push(c < 4 ? B2[i * 4 + c]! : 0);
+    assert.deepEqual([...back.get(`${key}.lora_B.weight`)!.v], wantB);
+    assert.ok(![...back.keys()].some((k) => /in_proj_[qkv]\./.test(k)));
+
+    // TorchTitan-layout adapters written by hand: k without adapter → zero rows; different lora_a → refused
+    const bytes = (n: number, f: (i: number) => number) => new Uint8Array(Float32Array.from({ length: n }, (_, i) => f(i)).buffer);
+    const A0 = bytes(2 * IN, (i) => (i % 7) / 10), A1 = bytes(2 * IN, (i) => (i % 5) / 10);
+    const tt = (a: Record<string, Uint8Array>) => Object.entries(a).flatMap(([p, aBytes]) => {
+      const rows = p === "v" ? VD : KD;
+      return [
+        { name: `layers.0.attn.in_proj_${p}.lora_a.weight`, dtype: "F32" as const, shape: [2, IN], data: aBytes },
+        { name: `layers.0.attn.in_proj_${p}.lora_b.weight`, dtype: "F32" as const, shape: [rows, 2], data: bytes(rows * 2, (i) => (p === "q" ? 1 : 3) + i) },
+      ];
+    });
+    writeFileSync(join(t.dir, "qv.safetensors"), buildSafetensors(tt({ q: A0, v: A0 }), { format: "pt" }));
+    await loraExport({ input: join(t.dir, "qv.safetensors"), out: join(t.dir, "peft-qv"), config: q35, alpha: 4 });
+    const qv = await tensorsOf(join(t.dir, "peft-qv"));
+    const k0 = "base_model.model.model.layers.0.linear_attn.in_proj_qkv";
+    assert.deepEqual([...qv.get(`${k0}.lora_A.weight`)!.v], [...new Float32Array(A0.buffer)]);
+    const wantQv = [...Array.from({ length: KD * 2 }, (_, i) => 1 + i), ...new Array<number>(KD * 2).fill(0), ...Array.from({ length: VD * 2 }, (_, i) => 3 + i)];
+    assert.deepEqual([...qv.get(`${k0}.lora_B.weight`)!.v], wantQv);
+    writeFileSync(join(t.dir, "qkv-diff.safetensors"), buildSafetensors(tt({ q: A0, k: A1, v: A0 }), { format: "pt" }));
+    const cli = spawnSync(process.execPath, [CLI, "lora", "export", join(t.dir, "qkv-diff.safetensors"), join(t.dir, "peft-diff"), "--config", q35, "--alpha", "4"], { encoding: "utf8" });
+    assert.equal(cli.status, 1, cli.stderr);
+    const lines = cli.stderr.trim().split("\n").filter((l) => !l.startsWith("ckpt: run `ckpt --help`"));
+    assert.equal(lines.length, 1, cli.stderr);
+    assert.match(lines[0]!, /layers\.0\.attn\.in_proj_q, layers\.0\.attn\.in_proj_k, layers\.0\.attn\.in_proj_v .*model\.layers\.0\.linear_attn\.in_proj_qkv .*different lora_a.*ckpt lora merge/);
+    assert.ok(!existsSync(join(t.dir, "peft-diff")) && !existsSync(join(t.dir, "peft-diff.partial")));
   } finally {
     t.done();
   }
