@@ -3,7 +3,8 @@
 //  - PEFT adapters made by PEFT itself (get_peft_model + save_pretrained) → `ckpt convert --lora` and `ckpt shard
 //    --world-size 4 --lora` → TorchTitan's model rewritten by its LoRAConverter with the settings ckpt printed, loaded
 //    strictly (every tensor NaN first), computes the logits transformers + PeftModel compute on the HF base + adapter,
-//    as stored and with RMSNorms ×16. Controls that must fail: lora_b zeroed, q/k rows of lora_b in HF order.
+//    as stored and with RMSNorms ×16. Controls that must fail: lora_b zeroed, q/k rows of lora_b in HF order, Qwen3.5's
+//    in_proj_qkv adapter with the row blocks of B given to in_proj_q and in_proj_k exchanged.
 //  - Fresh adapters (--lora-rank 8 --lora-alpha 16): strict load, B = 0, A within kaiming-uniform's bound, base logits.
 //  - Export: adapters moved and saved by TorchTitan's own CheckpointManager (optimizer, lr_scheduler, dataloader,
 //    train_state beside the model keys) → `ckpt lora export` → PEFT reproduces TorchTitan's logits; `ckpt lora merge`
@@ -93,7 +94,8 @@ for (const env of suites) {
         { hf: g("kimi"), out: g("peft-kimi"), spec: { targets: ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"], r: 4, alpha: 8 } },
         // (in_proj_a / in_proj_b adapted too move the DeltaNet's decay and beta: the two recurrences then differ by
         // 4.7e-5 relative as stored, 9.5e-7 with norms ×16 — f32 conditioning of the recurrence, not layout)
-        { hf: g("qwen35"), out: g("peft-qwen35"), spec: { targets: ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_z", "out_proj"], r: 4, alpha: 8 } },
+        // (in_proj_qkv: TorchTitan's in_proj_q / _k / _v each get PEFT's A and their rows of B)
+        { hf: g("qwen35"), out: g("peft-qwen35"), spec: { targets: ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv", "in_proj_z", "out_proj"], r: 4, alpha: 8 } },
         { hf: g("llama"), out: g("peft-dora"), spec: { targets: ["q_proj", "v_proj"], r: 4, alpha: 8, dora: true } },
         { hf: g("qwen3moe"), out: g("peft-experts"), spec: { targets: ["gate_proj", "up_proj", "down_proj"], r: 4, alpha: 8 } },
       ];
@@ -107,8 +109,9 @@ for (const env of suites) {
       for (const m of ["llama", "qwen3", "qwen3moe", "dsv3", "gptoss", "kimi", "qwen35"]) {
         // Kimi's INT4 experts: transformers decompresses them to bf16, which --dtype bf16 writes bit for bit
         s[m] = convertLora(["convert", h(m), h(`${m}.lora`), "--lora", h(`peft-${m}`), ...(m === "kimi" ? ["--dtype", "bf16"] : [])]);
-        add(`${m} convert --lora ${JSON.stringify(s[m])}`, "peft", m, `peft-${m}`, `${m}.lora`, s[m]!);
+        add(`${m} convert --lora ${JSON.stringify(s[m])}`, "peft", m, `peft-${m}`, `${m}.lora`, s[m]!, m === "qwen35" ? { tt_logits: g("tt-qwen35.pt") } : {});
       }
+      assert.deepEqual(s.qwen35, { rank: 4, alpha: 8, target_modules: ["in_proj_k", "in_proj_q", "in_proj_v", "in_proj_z", "out_proj", "wk", "wo", "wq", "wv"] });
       assert.deepEqual(s.llama, { rank: 24, alpha: 48, target_modules: ["w1", "w2", "w3", "wo", "wqkv"] });
       assert.deepEqual(s.qwen3, { rank: 8, alpha: 8 / Math.sqrt(4) * 8, target_modules: ["wqkv"] });
       for (const m of ["llama", "qwen3"]) {
@@ -124,6 +127,7 @@ for (const env of suites) {
       add("CONTROL llama lora_b zeroed", "peft", "llama", "peft-llama", "llama.lora", s.llama!, { perturb: "zero_lora_b", control: true });
       add("CONTROL llama q/k rows of lora_b in HF order", "peft", "llama", "peft-llama", "llama.lora", s.llama!, { perturb: "qk_hf_order", control: true });
       add("CONTROL qwen3 lora_b zeroed", "peft", "qwen3", "peft-qwen3", "qwen3.lora", s.qwen3!, { perturb: "zero_lora_b", control: true });
+      add("CONTROL qwen35 in_proj_q / in_proj_k rows of lora_b swapped", "peft", "qwen35", "peft-qwen35", "qwen35.lora", s.qwen35!, { perturb: "split_qk_swapped", control: true });
       for (const m of ["llama", "qwen3moe"]) {
         const f = convertLora(["convert", h(m), h(`${m}.fresh`), "--lora-rank", "8", "--lora-alpha", "16"]);
         assert.deepEqual(f, { rank: 8, alpha: 16, target_modules: null });
@@ -154,8 +158,12 @@ for (const env of suites) {
         // training state (optimizer, lr_scheduler, dataloader, train_state) is ignored with one line, not one per tensor
         assert.ok(r.stderr.trim().split("\n").length <= 2, r.stderr);
       }
+      // Qwen3.5's in_proj_q / _k / _v (one lora_a) back to PEFT's one in_proj_qkv adapter
+      const q35 = run(["lora", "export", h("qwen35.lora"), h("peft-qwen35-exported"), "--config", h("qwen35"), "--alpha", String(s.qwen35!.alpha)]);
+      assert.equal(q35.status, 0, q35.stderr);
       await judge(env, py, h, g, "cases2.json", [
         { name: "TorchTitan checkpoint → ckpt lora export → PEFT", mode: "export-check", hf: g("llama"), peft: g("peft-exported"), tt_logits: g("tt-moved.pt") },
+        { name: "qwen35 ckpt --lora (in_proj_q/k/v from in_proj_qkv) → ckpt lora export → PEFT", mode: "export-check", hf: g("qwen35"), peft: g("peft-qwen35-exported"), tt_logits: g("tt-qwen35.pt") },
         { name: "TorchTitan checkpoint → ckpt lora merge → TorchTitan's plain model", mode: "merged-check", hf: g("llama"), ckpt: g("merged"), tt_logits: g("tt-moved.pt") },
       ]);
     });

@@ -81,6 +81,12 @@ def perturb(model, what, cfg):
                 v = t.view(Hkv, H // Hkv + 2, hd, -1)
                 qk = v[:, : H // Hkv + 1]
                 qk.copy_(qk.reshape(Hkv, H // Hkv + 1, hd // 2, 2, -1).transpose(2, 3).reshape(qk.shape).clone())
+            elif what == "split_qk_swapped" and k.endswith("in_proj_q.lora_b.weight"):
+                # the key_dim row blocks of B that went to in_proj_q and in_proj_k exchanged (same shapes)
+                other = lora_tensors(model)[k.replace("in_proj_q.", "in_proj_k.")]
+                q = t.clone()
+                t.copy_(other)
+                other.copy_(q)
 
 
 def run_case(c):
@@ -108,6 +114,7 @@ def run_case(c):
         perturb(tt, c["perturb"], cfg)
     if c["mode"] == "export-save":
         return save_moved(c, tt, cfg)
+    saved = {}
     for factor in (1.0, 16.0):
         ref = hf_logits(c["hf"], cfg, c.get("peft"), tokens, factor)
         judge.scale_norms(tt, factor)
@@ -115,8 +122,10 @@ def run_case(c):
             got = judge.forward_tt(tt, tokens).to(judge.DTYPE)
         judge.scale_norms(tt, 1 / factor)
         res["passes"].append(compare(ref, got, factor))
-        if c.get("tt_logits"):
-            torch.save(got, c["tt_logits"] + f".x{int(factor)}.pt")
+        saved[factor] = got
+    if c.get("tt_logits"):
+        # what an export of this checkpoint must make PEFT compute (run_export_check)
+        torch.save(saved, c["tt_logits"])
     ok = all(p["ok"] for p in res["passes"])
     if c["mode"] == "fresh":
         ok = ok and res.get("b_nonzero", 0) == 0 and res["a_max_over_bound"] <= 1.0 and res["a_std_ratio"] > 0.8
