@@ -16,7 +16,7 @@ import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { writeTinyQwen35 } from "../src/fixtures/tiny-qwen3-5.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
 import { runHealth } from "../src/health/index.js";
-import { loraExport } from "../src/lora/index.js";
+import { loraConvert, loraExport, loraMerge } from "../src/lora/index.js";
 import { readTensorBytes, toF32 } from "../src/lora/tensors.js";
 import { runConvert } from "../src/ops/convert.js";
 import { runVerify } from "../src/ops/verify.js";
@@ -348,6 +348,32 @@ test("Qwen3.5 in_proj_qkv: the same A and B's [key, key, value] row blocks on in
     assert.equal(lines.length, 1, cli.stderr);
     assert.match(lines[0]!, /layers\.0\.attn\.in_proj_q, layers\.0\.attn\.in_proj_k, layers\.0\.attn\.in_proj_v .*model\.layers\.0\.linear_attn\.in_proj_qkv .*different lora_a.*ckpt lora merge/);
     assert.ok(!existsSync(join(t.dir, "peft-diff")) && !existsSync(join(t.dir, "peft-diff.partial")));
+
+    // what the refusal points at: merged per Linear into TorchTitan's names, W_p + s·B_p·A_p (s = 4 / 2)
+    await runConvert({ source: q35, out: join(t.dir, "plain"), threads: 0 });
+    await loraMerge({ base: join(t.dir, "plain"), adapter: join(t.dir, "qkv-diff.safetensors"), out: join(t.dir, "merged"), config: q35, alpha: 4, dtype: "f32", threads: 0 });
+    const [plain, merged] = [await tensorsOf(join(t.dir, "plain")), await tensorsOf(join(t.dir, "merged"))];
+    for (const [p, A] of [["q", A0], ["k", A1], ["v", A0]] as const) {
+      const rows = p === "v" ? VD : KD, a = new Float32Array(A.buffer);
+      const W = plain.get(`layers.0.attn.in_proj_${p}.weight`)!.v, M = merged.get(`layers.0.attn.in_proj_${p}.weight`)!.v;
+      for (let i = 0; i < rows; i++) {
+        for (let j = 0; j < IN; j++) {
+          const b0 = (p === "q" ? 1 : 3) + i * 2, want = W[i * IN + j]! + 2 * (b0 * a[j]! + (b0 + 1) * a[IN + j]!);
+          assert.ok(Math.abs(M[i * IN + j]! - want) <= 1e-5 * Math.max(1, Math.abs(want)), `in_proj_${p}[${i},${j}]: ${M[i * IN + j]} vs ${want}`);
+        }
+      }
+    }
+
+    // `ckpt lora convert` (PEFT → TorchTitan-layout adapter): the same split, rank 4 as PEFT has it
+    const lc = await loraConvert({ adapter, out: join(t.dir, "tt-adapter"), base: q35 });
+    for (const m of ["in_proj_q", "in_proj_k", "in_proj_v"]) assert.ok(lc.metadata.torchtitan === null || lc.metadata.torchtitan.target_modules.includes(m), m);
+    assert.deepEqual(lc.metadata.modules["layers.2.attn.in_proj_v"], lc.metadata.modules["layers.2.attn.in_proj_q"]);
+    assert.ok(lc.metadata.modules["layers.2.attn.in_proj_k"] && !("layers.2.attn.in_proj_qkv" in lc.metadata.modules));
+    const conv = await tensorsOf(join(t.dir, "tt-adapter"));
+    const B0 = peft.get("model.layers.0.linear_attn.in_proj_qkv.lora_B.weight")!;
+    assert.deepEqual([...conv.get("layers.0.attn.in_proj_k.lora_b.weight")!.v], [...B0.subarray(KD * 4, 2 * KD * 4)]);
+    assert.deepEqual([...conv.get("layers.0.attn.in_proj_v.lora_a.weight")!.v], [...peft.get("model.layers.0.linear_attn.in_proj_qkv.lora_A.weight")!]);
+    assert.ok(!conv.has("layers.0.attn.in_proj_qkv.lora_b.weight"));
   } finally {
     t.done();
   }
