@@ -310,6 +310,10 @@ test("Qwen3.5 in_proj_qkv: the same A and B's [key, key, value] row blocks on in
       }
       assert.ok(!out.has(`layers.${L}.attn.in_proj_z.lora_a.weight`), "in_proj_z is not a target");
     }
+    // shard --tp 2 (in_proj_*: colwise, lora_b Shard(0) of a row slice): the same values
+    await runConvert({ source: q35, out: join(t.dir, "tp2"), lora: adapter, worldSize: 4, tp: 2, threads: 0 });
+    const tp2 = await tensorsOf(join(t.dir, "tp2"));
+    for (const [k, v] of out) if (k.includes(".lora_")) assert.deepEqual([...tp2.get(k)!.v], [...v.v], `${k} at world 4 tp 2`);
 
     // back to PEFT: one in_proj_qkv adapter, lora_B = the three blocks stacked
     const exp = await loraExport({ input: join(t.dir, "out"), out: join(t.dir, "exported"), config: q35, alpha: 16 });
