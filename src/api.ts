@@ -1,13 +1,13 @@
 // The programmatic API: the same operations as the CLI, typed, reporting progress through callbacks.
 //   import { convert, shard, inspect, verify } from "ckpt";
-import { runConvert, type ConvertOptions, type ConvertResult } from "./ops/convert.js";
-import { runInspect, type InspectOptions, type InspectResult } from "./ops/inspect.js";
+import { runConvert, type ConvertOptions, type ConvertResult } from "./commands/convert.js";
+import { runInspect, type InspectOptions, type InspectResult } from "./commands/inspect.js";
 
 export { CkptError, ERROR_CODES, type ErrorCode } from "./errors.js";
-export type { ConvertOptions, ConvertResult, PlanSummary } from "./ops/convert.js";
-export type { InspectOptions, InspectResult, InspectTensor, TensorStats } from "./ops/inspect.js";
+export type { ConvertOptions, ConvertResult, PlanSummary } from "./commands/convert.js";
+export type { InspectOptions, InspectResult, InspectTensor, TensorStats } from "./commands/inspect.js";
 export type { ProgressEvent } from "./exec/executor.js";
-export { runVerify as verify } from "./ops/verify.js";
+export { runVerify as verify } from "./commands/verify.js";
 export { runHealth as health, formatHealth, type HealthReport } from "./health/index.js";
 export { loraConvert, loraExport, loraMerge, type LoraModelSummary, type LoraSettings } from "./lora/index.js";
 export { openSource } from "./sources/resolve.js";

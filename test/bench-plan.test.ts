@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyLlama } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { torchTensorList } from "./bench/torch-path.js";
 
 test("bench: the PyTorch path's tensor list parses from the dry-run plan (q/k permuted with their head counts)", async () => {

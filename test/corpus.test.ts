@@ -7,8 +7,8 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync,
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tinyLlamaTensors, writeHfFolder } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
-import { runInspect } from "../src/ops/inspect.js";
+import { runConvert } from "../src/commands/convert.js";
+import { runInspect } from "../src/commands/inspect.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
 import { openDcp } from "../src/formats/dcp/reader.js";
 

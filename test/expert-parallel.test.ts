@@ -18,7 +18,7 @@ import { validateMapping, type TpPlacement } from "../src/mapping/schema.js";
 import { decodeDcpMetadata } from "../src/formats/dcp/index.js";
 import { tinyQwen3Tensors, writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { writeHfFolder } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { assertSameTree } from "./helpers/tree.js";
 import { startMockHub } from "./helpers/mock-hub.js";
 

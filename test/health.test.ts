@@ -10,7 +10,7 @@ import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js"
 import { formatHealth, layerKind, median, runHealth, type HealthReport } from "../src/health/index.js";
 import { referenceKernels } from "../src/kernels/index.js";
 import { loraConvert } from "../src/lora/index.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");
 

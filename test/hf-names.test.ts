@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeTinyLlama } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { elementSize } from "../src/dtypes.js";
 
 const dir = mkdtempSync(join(tmpdir(), "ckpt-hfnames-"));

@@ -10,7 +10,7 @@ import { test } from "node:test";
 import { buildCatalog } from "../src/catalog.js";
 import type { DType } from "../src/dtypes.js";
 import { mappingByName, selectMapping } from "../src/mapping/load.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { planConversion } from "../src/plan/convert-plan.js";
 import { openLocal } from "../src/sources/local.js";
 import { tinyKimiTensors, writeTinyKimi } from "../src/fixtures/tiny-kimi.js";

@@ -18,8 +18,8 @@ import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js"
 import { runHealth } from "../src/health/index.js";
 import { loraConvert, loraExport, loraMerge } from "../src/lora/index.js";
 import { readTensorBytes, toF32 } from "../src/lora/tensors.js";
-import { runConvert } from "../src/ops/convert.js";
-import { runVerify } from "../src/ops/verify.js";
+import { runConvert } from "../src/commands/convert.js";
+import { runVerify } from "../src/commands/verify.js";
 import { openSource } from "../src/sources/resolve.js";
 import type { DType } from "../src/dtypes.js";
 

@@ -20,7 +20,7 @@ import {
 } from "../src/lora/index.js";
 import { readTensorBytes } from "../src/lora/tensors.js";
 import { mappingByName } from "../src/mapping/load.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { openSource } from "../src/sources/resolve.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");

@@ -12,7 +12,7 @@ import { CkptError } from "../src/errors.js";
 import { openDcp, readStoredChunk } from "../src/formats/dcp/index.js";
 import { mappingByName } from "../src/mapping/load.js";
 import { validateMapping } from "../src/mapping/schema.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { planConversion } from "../src/plan/convert-plan.js";
 import type { Recipe } from "../src/plan/recipe.js";
 import { writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.js";

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tinyLlamaTensors, writeHfFolder } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { startMockHub, type MockHub } from "./helpers/mock-hub.js";
 import { assertSameTree } from "./helpers/tree.js";
 

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { TensorPlan } from "../src/plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors } from "../src/plan/output-layout.js";
 import { decodeDcpMetadata } from "../src/formats/dcp/metadata.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { writeLlama405bHeaders } from "./helpers/big-headers.js";
 
 /** A Llama-like layer stack: per layer wq/wk/wv kept whole (fullChunk), wo and the MLP sharded, norms replicated under TP. */

@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { runConvert, type ConvertOptions } from "../src/ops/convert.js";
+import { runConvert, type ConvertOptions } from "../src/commands/convert.js";
 import { loraConvert } from "../src/lora/index.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
 import type { DType } from "../src/dtypes.js";

@@ -11,8 +11,8 @@ import { inspect } from "node:util";
 import { fileURLToPath } from "node:url";
 import { tinyLlamaTensors } from "../src/fixtures/tiny-llama.js";
 import { buildSafetensors } from "../src/formats/safetensors/index.js";
-import { runConvert } from "../src/ops/convert.js";
-import { runInspect } from "../src/ops/inspect.js";
+import { runConvert } from "../src/commands/convert.js";
+import { runInspect } from "../src/commands/inspect.js";
 import { redactSecrets } from "../src/errors.js";
 import { startMockHub, type MockHub } from "./helpers/mock-hub.js";
 

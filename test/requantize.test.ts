@@ -13,7 +13,7 @@ import { test } from "node:test";
 import { writeTinyGptOss } from "../src/fixtures/tiny-gpt-oss.js";
 import { writeTinyKimi } from "../src/fixtures/tiny-kimi.js";
 import { mxfp4Encode, int4Encode } from "../src/kernels/requantize.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");
 

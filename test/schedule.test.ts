@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { interleaveByFile } from "../src/exec/executor.js";
 import { writeTinyLlama } from "../src/fixtures/tiny-llama.js";
-import { runConvert } from "../src/ops/convert.js";
+import { runConvert } from "../src/commands/convert.js";
 import { decodeDcpMetadata } from "../src/formats/dcp/metadata.js";
 
 interface P { file: string; seq: number }

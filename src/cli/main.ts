@@ -4,12 +4,12 @@ import { hideBin } from "yargs/helpers";
 import { CkptError, isCkptError, redactSecrets } from "../errors.js";
 // Command implementations are imported when their command runs (`await import(...)` in the handlers): loading
 // every command's modules up front cost ~0.1 CPU-s on each start, a third of a small convert's CPU time.
-import type { InspectResult } from "../ops/inspect.js";
-import type { ConvertOptions, ConvertResult } from "../ops/convert.js";
-import { fmtBytes, fmtNum, table } from "./format.js";
+import type { InspectResult } from "../commands/inspect.js";
+import type { ConvertOptions, ConvertResult } from "../commands/convert.js";
+import { fmtBytes, fmtNum, table } from "../util/format.js";
 import { makeReporter } from "./progress.js";
 import { VERSION } from "../version.js";
-import { loraCommand } from "../lora/cli.js";
+import { loraCommand } from "./lora.js";
 import { OMIT_OPTIONS } from "../mapping/schema.js";
 
 interface GlobalArgs { json?: boolean; debug?: boolean; quiet?: boolean }
@@ -136,7 +136,7 @@ async function doConvert(a: Record<string, unknown> & GlobalArgs, extra: Partial
   process.once("SIGTERM", onSig);
   const rep = makeReporter(extra.worldSize ? "shard" : "convert", a);
   try {
-    const { runConvert } = await import("../ops/convert.js");
+    const { runConvert } = await import("../commands/convert.js");
     const r = await runConvert({
       source: String(a.src), out: String(a.out), ...convertOptionsFrom(a), ...extra,
       signal: controller.signal,
@@ -208,8 +208,8 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .option("health", { type: "boolean", describe: "check NaN/Inf, fp16 range, LoRA pairs, layer norm growth, mixed dtypes; exit 1 on problems" })
       .option("f16", { type: "boolean", describe: "with --health: consider an fp16 target (overflow is an error)" }),
     async (a) => {
-      if (a.health) { const { healthCommand } = await import("../health/cli.js"); await healthCommand(a, out); return; }
-      const { runInspect } = await import("../ops/inspect.js");
+      if (a.health) { const { healthCommand } = await import("./health.js"); await healthCommand(a, out); return; }
+      const { runInspect } = await import("../commands/inspect.js");
       const rep = makeReporter("stats", a);
       const r = await runInspect(String(a.src), { stats: a.stats, onProgress: (e) => rep.update(e.bytesDone, e.bytesTotal) });
       rep.stop();
@@ -236,7 +236,7 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .positional("b", { type: "string", describe: "second checkpoint to compare element by element" })
       .option("config", { type: "string", describe: "HF folder or repo id providing config.json when neither checkpoint has one" }),
     async (a) => {
-      const { formatVerify, runVerify } = await import("../ops/verify.js");
+      const { formatVerify, runVerify } = await import("../commands/verify.js");
       const rep = makeReporter("verify", a);
       const controller = new AbortController();
       const onSig = () => controller.abort();

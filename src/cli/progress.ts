@@ -1,7 +1,7 @@
 // Progress reporting: a cli-progress bar on a TTY stderr, line-delimited JSON events with --json, else nothing.
 import { createRequire } from "node:module";
 import type cliProgressTypes from "cli-progress";
-import { fmtBytes } from "./format.js";
+import { fmtBytes } from "../util/format.js";
 
 export interface Reporter {
   update(done: number, total: number, extra?: Record<string, unknown>): void;

@@ -2,11 +2,12 @@
 // users hit: NaN/Inf, values an fp16 target cannot hold, LoRA pairs that never trained (B = 0) or are dead (A = 0),
 // A/B norm ratios, norms that explode or grow across layers, and mixed parameter dtypes (FSDP2 flat parameters need
 // one dtype). Findings have a severity; any error or warning makes the report fail (CLI: exit code 1, HEALTH).
+import { naturalCompare } from "../util/natural-compare.js";
 import { buildCatalog } from "../catalog.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { isCastable, numelOf, type DType } from "../dtypes.js";
 import { getKernels } from "../kernels/index.js";
-import { naturalCompare, normalizeTtName } from "../plan/convert-plan.js";
+import { normalizeTtName } from "../plan/convert-plan.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { aligned, isFloatDType } from "../lora/tensors.js";

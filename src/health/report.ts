@@ -1,5 +1,5 @@
 // The readable `inspect --health` report.
-import { table } from "../cli/format.js";
+import { table } from "../util/format.js";
 import type { HealthFinding, HealthReport, Severity } from "./index.js";
 
 const MAX_PER_CODE = 12;

@@ -5,7 +5,8 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { CastableDType } from "../dtypes.js";
 import type { Kernels } from "./index.js";
-import { DTYPE_CODE, loadNative, nativeKernelsFrom, nativeLoadError, packageRoot } from "./native.js";
+import { DTYPE_CODE, loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
+import { packageRoot } from "../util/package-root.js";
 
 export function cudaLibraryPath(): string {
   return join(packageRoot(), "native", "build", "Release", process.platform === "win32" ? "ckpt_cuda.dll" : "libckpt_cuda.so");

@@ -1,6 +1,7 @@
 // Loader for the native addon (native/build/Release/ckpt_native.node, built by scripts/build-native.js).
 // The addon is optional: when it is missing or fails to load, callers fall back to the TypeScript kernels.
 
+import { packageRoot } from "../util/package-root.js";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -59,20 +60,6 @@ export interface NativeAddon {
   cudaCast(src: Uint8Array, srcDtype: number, dst: Uint8Array, dstDtype: number, n: number): void;
   cudaDequant(w: Uint8Array, wDtype: number, rows: number, cols: number, rowStart: number, colStart: number,
     scaleInv: Uint8Array, scaleCols: number, block: number, dst: Uint8Array, dstDtype: number): void;
-}
-
-let root: string | undefined;
-
-/** The package root: the nearest folder above this module holding package.json (works from src/ and dist/src/). */
-export function packageRoot(): string {
-  if (root) return root;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, "package.json"))) return (root = dir);
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`ckpt: no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
 }
 
 export function nativeAddonPath(): string {

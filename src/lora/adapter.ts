@@ -1,6 +1,7 @@
 // Opening a LoRA adapter on either side: a PEFT folder (adapter_config.json + adapter_model.safetensors) or a
 // TorchTitan-layout adapter (DCP folder or safetensors, with ckpt's lora_config.json / `__metadata__`, or a
 // TorchTitan checkpoint that holds `*.lora_a.weight` / `*.lora_b.weight` beside the base weights).
+import { naturalCompare } from "../util/natural-compare.js";
 import { readFile, stat } from "node:fs/promises";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog, CatalogTensor } from "../catalog-types.js";
@@ -8,7 +9,7 @@ import { CkptError } from "../errors.js";
 import { ropeRowIndex } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
 import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-import { naturalCompare, normalizeTtName } from "../plan/convert-plan.js";
+import { normalizeTtName } from "../plan/convert-plan.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { elementSize } from "../dtypes.js";

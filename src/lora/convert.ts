@@ -1,5 +1,6 @@
 // `ckpt lora convert` (PEFT → TorchTitan layout) and `ckpt lora export` (TorchTitan layout → PEFT folder).
 // Renaming and permuting only: no arithmetic, every tensor keeps its dtype and bytes (numerics.md §9).
+import { naturalCompare } from "../util/natural-compare.js";
 import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { elementSize, type DType } from "../dtypes.js";
@@ -8,7 +9,7 @@ import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/out
 import { writeSingleFileDcp } from "../formats/dcp/writer.js";
 import { buildSafetensors } from "../formats/safetensors/writer.js";
 import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-import { naturalCompare } from "../plan/convert-plan.js";
+
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "./adapter.js";
 import {

@@ -4,6 +4,7 @@
 // adapts which weight) is separate from writing: the merge is a plan (`lora_merge` ops over the base's tensors)
 // written by the executor like any conversion (streamed in pieces, resume journal, manifest, fsync). The output is
 // HF safetensors for an HF base, and DCP or safetensors for a TorchTitan base.
+import { naturalCompare } from "../util/natural-compare.js";
 import { join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog, CatalogTensor } from "../catalog-types.js";
@@ -14,12 +15,12 @@ import type { ProgressEvent } from "../exec/executor.js";
 import { stampFiles } from "../exec/journal.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, type Target } from "../mapping/schema.js";
-import { detectTarget, naturalCompare, normalizeTtName, parseDTypeChoice, sideOf, type ConversionPlan, type TensorPlan } from "../plan/convert-plan.js";
+import { detectTarget, normalizeTtName, parseDTypeChoice, sideOf, type ConversionPlan, type TensorPlan } from "../plan/convert-plan.js";
 import { layoutDcp, layoutSafetensors } from "../plan/output-layout.js";
 import type { Recipe } from "../plan/recipe.js";
 import type { Box } from "../plan/runs.js";
-import { copyAssets } from "../ops/assets.js";
-import { writeOutput } from "../ops/write-output.js";
+import { copyAssets } from "../commands/assets.js";
+import { writeOutput } from "../commands/write-output.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { VERSION } from "../version.js";

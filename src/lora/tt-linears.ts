@@ -3,10 +3,11 @@
 // each module the HF modules (PEFT's names) whose rows it holds. A fused Linear (FusedQKVLinear's wqkv) holds, per
 // group, the rows of each part in order; the checkpoint stores its base weight split (wq / wk / wv, by TorchTitan's
 // state-dict hooks) but its adapters fused (the hooks split only `wqkv.weight` / `wqkv.bias`).
+import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import type { Mapping, TpPlacement } from "../mapping/schema.js";
-import { naturalCompare } from "../plan/convert-plan.js";
+
 import { lastSegment, ModuleResolver, type LoraModule } from "./names.js";
 import type { AdapterEntry, OpenedAdapter } from "./adapter.js";
 import { readTensorBytes, toF32 } from "./tensors.js";

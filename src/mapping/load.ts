@@ -3,17 +3,8 @@ import { readFileSync, readdirSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CkptError } from "../errors.js";
+import { packageRoot } from "../util/package-root.js";
 import { validateMapping, type Mapping } from "./schema.js";
-
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json"))) {
-    const up = dirname(dir);
-    if (up === dir) throw new CkptError("INTERNAL", "cannot find the ckpt package root");
-    dir = up;
-  }
-  return dir;
-}
 
 export function mappingsDir(): string {
   return process.env.CKPT_MAPPINGS_DIR ?? join(packageRoot(), "mappings");

@@ -1,5 +1,6 @@
 // The conversion plan: a pure function of (catalog, mapping, target layout, direction, dtype) giving every
 // output tensor with its name, dtype, shape, recipe and TP placement. Nothing here reads tensor bytes.
+import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
 import { isCastable, type CastableDType, type DType, DTYPE_ALIASES } from "../dtypes.js";
 import type { CatalogTensor } from "../catalog-types.js";
@@ -82,18 +83,6 @@ export function parseDTypeChoice(s: string | undefined): DTypeChoice {
   const d = DTYPE_ALIASES[s.toLowerCase()] ?? (isCastable(s as DType) ? (s as CastableDType) : undefined);
   if (!d) throw new CkptError("USAGE", `--dtype ${s}: expected keep, bf16, f16 or f32`);
   return d;
-}
-
-/** Numbers inside names compare numerically: layers.2 before layers.10. */
-export function naturalCompare(a: string, b: string): number {
-  const ra = a.split(/(\d+)/);
-  const rb = b.split(/(\d+)/);
-  for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
-    if (ra[i] === rb[i]) continue;
-    if (i % 2 === 1) return Number(ra[i]) - Number(rb[i]);
-    return ra[i]! < rb[i]! ? -1 : 1;
-  }
-  return ra.length - rb.length;
 }
 
 function ttPattern(rule: TensorRule, target: Target): string | undefined {

@@ -3,13 +3,14 @@
 // replaced by the packed tensors of the rule it inverts (mxfp4: `hf` blocks + `scales`; int4: `hf` weight_packed +
 // `scale` + `shape`), each computed by an encode op from the same values. The names and the encoding both come from
 // the rule being inverted; the executor writes them like any other output (streamed, journaled, in the manifest).
+import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import type { DType } from "../dtypes.js";
 import type { Mapping, TensorRule } from "../mapping/schema.js";
 import { valueOp, transformSteps } from "../mapping/schema.js";
 import { compilePattern, fillPattern, matchPattern } from "../mapping/patterns.js";
-import { naturalCompare, type ConversionPlan, type TensorPlan } from "./convert-plan.js";
+import { type ConversionPlan, type TensorPlan } from "./convert-plan.js";
 import type { EncodeRecipe, Recipe } from "./recipe.js";
 import { encodedShape } from "./encode.js";
 import { int4GroupSize } from "./int4.js";

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { availableSuites } from "./torch.js";
 import { installPy } from "./py-files.js";
 import { writeTinyLlama, type TinyLlamaOptions } from "../../src/fixtures/tiny-llama.js";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 import { buildCatalog } from "../../src/catalog.js";
 import { openLocal } from "../../src/sources/local.js";
 

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { availableSuites } from "./torch.js";
 import { writeHfFolder, tinyLlamaTensors, randomTensor, prng } from "../../src/fixtures/tiny-llama.js";
-import { runInspect } from "../../src/ops/inspect.js";
+import { runInspect } from "../../src/commands/inspect.js";
 
 const SCRIPT = `
 import json, sys, glob, torch

@@ -16,7 +16,7 @@ import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../../src/fixtures/tiny-lora.js";
 import { runHealth } from "../../src/health/index.js";
 import { loraConvert, loraExport, loraMerge } from "../../src/lora/index.js";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 import { availableSuites } from "./torch.js";
 
 const PY_LORA = String.raw`

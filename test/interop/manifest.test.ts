@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 import { availableSuites } from "./torch.js";
 
 const PY_DIGESTS = String.raw`

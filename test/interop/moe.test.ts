@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 import { writeTinyQwen3 } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
 import { availableSuites } from "./torch.js";

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { availableSuites, type TorchEnv } from "./torch.js";
 import { installPy } from "./py-files.js";
 import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 
 interface ShardResult { problems: string[]; read_per_rank: number[]; chunk_diffs?: string[]; torch: string }
 

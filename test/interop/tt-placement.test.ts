@@ -12,7 +12,7 @@ import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
 import { writeTinyQwen3 } from "../../src/fixtures/tiny-qwen3.js";
 import { writeTinyDeepSeek } from "../../src/fixtures/tiny-deepseek.js";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
-import { runConvert } from "../../src/ops/convert.js";
+import { runConvert } from "../../src/commands/convert.js";
 import { installPy } from "./py-files.js";
 import { availableSuites, hasJudgeKit, JUDGE_ENV, torchRequired } from "./torch.js";
 

@@ -2,6 +2,7 @@
 // tensor rows and file byte range); `ckpt verify <a> <b>` compares two checkpoints of any supported format and
 // layout through the mapping (HF vs TorchTitan, sharded vs unsharded), streaming, and reports the first
 // differing tensor, element index and both values.
+import { naturalCompare } from "../util/natural-compare.js";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { DIGESTS, digestOf, type DigestAlgorithm } from "../exec/digest.js";
@@ -14,7 +15,7 @@ import { CkptError } from "../errors.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET } from "../mapping/schema.js";
-import { detectTarget, hfLayoutOf, naturalCompare, normalizeTtName, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
+import { detectTarget, hfLayoutOf, normalizeTtName, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
 import { runsForBox, type Box, type Run } from "../plan/runs.js";
 import { fetchRunSpans, sourceAccess } from "../exec/executor.js";

@@ -1,9 +1,10 @@
 // inspect: what a checkpoint holds, from headers; --stats streams every tensor once through the stats kernel.
+import { naturalCompare } from "../util/natural-compare.js";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog } from "../catalog-types.js";
 import { elementSize, isCastable, numelOf, type DType } from "../dtypes.js";
 import { getKernels, type Stats } from "../kernels/index.js";
-import { naturalCompare } from "../plan/convert-plan.js";
+
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 

@@ -1,8 +1,8 @@
 // `ckpt inspect <src> --health [--f16] [--json]`: prints the report; a failing report exits non-zero (HEALTH).
-import { makeReporter } from "../cli/progress.js";
+import { makeReporter } from "./progress.js";
 import { CkptError } from "../errors.js";
-import { formatHealth } from "./report.js";
-import { runHealth } from "./index.js";
+import { formatHealth } from "../health/report.js";
+import { runHealth } from "../health/index.js";
 
 export async function healthCommand(a: { src?: unknown; f16?: unknown; json?: boolean; quiet?: boolean }, out: (s: string) => void): Promise<void> {
   const rep = makeReporter("health", a);
