@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "ckpt_native",
-      "sources": ["src/addon.cc", "src/kernels.cc", "src/addon_checksum.cc", "src/checksum.cc", "src/checksum_xxh3_avx2.cc", "src/copy_piece.cc"],
+      "sources": ["src/addon.cc", "src/kernels.cc", "src/encode.cc", "src/addon_checksum.cc", "src/checksum.cc", "src/checksum_xxh3_avx2.cc", "src/copy_piece.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "include"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags": ["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-fvisibility=hidden"],

@@ -19,6 +19,7 @@
 
 #include "aligned_memory.h"
 #include "ckpt_convert.h"
+#include "encode.h"
 #include "kernels.h"
 
 void RegisterChecksum(Napi::Env env, Napi::Object exports);  // addon_checksum.cc
@@ -272,6 +273,94 @@ Napi::Value LoraMerge(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- Requantization encoders (encode.h) ----
+
+// A typed array of one element type (so its data is aligned for that type).
+bool getTyped(const Napi::CallbackInfo& info, size_t i, const char* what, napi_typedarray_type type, Bytes& out) {
+  if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != type)
+    return fail(info.Env(), std::string(what) + " has the wrong typed array type", false);
+  return getBytes(info, i, what, out);
+}
+
+// An optional pair of reference byte arrays (both given or both undefined) of at least aBytes and bBytes.
+bool getReference(const Napi::CallbackInfo& info, size_t i, size_t aBytes, size_t bBytes, Bytes& a, Bytes& b) {
+  const bool given = info.Length() > i && !info[i].IsUndefined() && !info[i].IsNull();
+  if (!given) return true;
+  if (!getBytes(info, i, "reference", a) || !getBytes(info, i + 1, "reference", b)) return false;
+  if (a.len < aBytes || b.len < bBytes) return fail(info.Env(), "reference too small for rows x cols");
+  return true;
+}
+
+// Values (Float32Array of rows x cols), their dtype code (F32 or BF16): the arguments every encoder starts with.
+bool getEncodeValues(const Napi::CallbackInfo& info, float*& v, size_t& rows, size_t& cols, int& d) {
+  size_t n;
+  if (!getF32(info, 0, "values", v, n) || !getSize(info, 1, "rows", rows) || !getSize(info, 2, "cols", cols)) return false;
+  if (!fits(rows, cols, n)) return fail(info.Env(), "values too small for rows x cols");
+  if (!getDtype(info, 3, "valuesDtype", d)) return false;
+  if (d != CKPT_F32 && d != CKPT_BF16) return fail(info.Env(), "valuesDtype must be F32 or BF16");
+  return true;
+}
+
+Napi::Object encodeCounts(Napi::Env env, const ckpt::EncodeCounts& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("bad", (double)c.bad);
+  o.Set("firstBad", (double)c.firstBad);
+  o.Set("adopted", (double)c.adopted);
+  return o;
+}
+
+// mxfp4Encode(values, rows, cols, valuesDtype, refBlocks?, refScales?, blocks, scales, badMask) -> counts
+Napi::Value Mxfp4Encode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  float* v;
+  size_t rows, cols;
+  int d;
+  Bytes rb, rs, blocks, scales, mask;
+  if (!getEncodeValues(info, v, rows, cols, d)) return env.Undefined();
+  if (cols % 32) return fail(env, "cols must be a multiple of 32"), env.Undefined();
+  const size_t groups = rows * (cols / 32);
+  if (!getReference(info, 4, groups * 16, groups, rb, rs) || !getBytes(info, 6, "blocks", blocks) ||
+      !getBytes(info, 7, "scales", scales) || !getBytes(info, 8, "badMask", mask))
+    return env.Undefined();
+  if (blocks.len < groups * 16 || scales.len < groups || mask.len < groups) return fail(env, "outputs too small for rows x cols"), env.Undefined();
+  return encodeCounts(env, ckpt::mxfp4_encode(v, rows, cols, d, rb.p, rs.p, blocks.p, scales.p, mask.p));
+}
+
+// mxfp4Scales(values, rows, cols, valuesDtype, refBlocks?, refScales?, scales)
+Napi::Value Mxfp4Scales(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  float* v;
+  size_t rows, cols;
+  int d;
+  Bytes rb, rs, scales;
+  if (!getEncodeValues(info, v, rows, cols, d)) return env.Undefined();
+  if (cols % 32) return fail(env, "cols must be a multiple of 32"), env.Undefined();
+  const size_t groups = rows * (cols / 32);
+  if (!getReference(info, 4, groups * 16, groups, rb, rs) || !getBytes(info, 6, "scales", scales)) return env.Undefined();
+  if (scales.len < groups) return fail(env, "scales too small for rows x cols"), env.Undefined();
+  ckpt::mxfp4_scales(v, rows, cols, d, rb.p, rs.p, scales.p);
+  return env.Undefined();
+}
+
+// int4Encode(values, rows, cols, valuesDtype, group, refPacked?, refScales?, packed: Uint32Array, scales:
+// Uint16Array, badMask) -> counts
+Napi::Value Int4Encode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  float* v;
+  size_t rows, cols, group;
+  int d;
+  Bytes rp, rs, packed, scales, mask;
+  if (!getEncodeValues(info, v, rows, cols, d) || !getSize(info, 4, "group", group)) return env.Undefined();
+  if (group == 0) return fail(env, "group must be positive"), env.Undefined();
+  const size_t words = rows * ((cols + 7) / 8), groups = rows * ((cols + group - 1) / group);
+  if (!getReference(info, 5, words * 4, groups * 2, rp, rs) || !getTyped(info, 7, "packed", napi_uint32_array, packed) ||
+      !getTyped(info, 8, "scales", napi_uint16_array, scales) || !getBytes(info, 9, "badMask", mask))
+    return env.Undefined();
+  if (packed.len < words * 4 || scales.len < groups * 2 || mask.len < groups) return fail(env, "outputs too small for rows x cols"), env.Undefined();
+  return encodeCounts(env, ckpt::int4_encode(v, rows, cols, group, d, rp.p, rs.p, reinterpret_cast<uint32_t*>(packed.p),
+                                             reinterpret_cast<uint16_t*>(scales.p), mask.p));
+}
+
 Napi::Value IsaFn(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), ckpt::isa_name(ckpt::current_isa()));
 }
@@ -381,6 +470,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New(env, StatsFn, "stats"));
   exports.Set("mxfp4Decode", Napi::Function::New(env, Mxfp4Decode, "mxfp4Decode"));
   exports.Set("int4Decode", Napi::Function::New(env, Int4Decode, "int4Decode"));
+  exports.Set("mxfp4Encode", Napi::Function::New(env, Mxfp4Encode, "mxfp4Encode"));
+  exports.Set("mxfp4Scales", Napi::Function::New(env, Mxfp4Scales, "mxfp4Scales"));
+  exports.Set("int4Encode", Napi::Function::New(env, Int4Encode, "int4Encode"));
   exports.Set("loraMerge", Napi::Function::New(env, LoraMerge, "loraMerge"));
   exports.Set("isa", Napi::Function::New(env, IsaFn, "isa"));
   exports.Set("bestIsa", Napi::Function::New(env, BestIsa, "bestIsa"));

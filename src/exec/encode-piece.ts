@@ -1,13 +1,14 @@
 // Worker side of the encode ops (plan/encode.ts): a piece of a packed tensor computed slab by slab. Each slab's
 // values come from its runs (read and converted exactly as a plain output of that dtype would be), are encoded by
-// kernels/requantize.ts, and the part this piece writes is appended to the piece's output. Groups with no exact
-// encoding are counted, not rounded: the caller refuses the whole output with the count.
+// the kernels' encoders (native, or kernels/requantize.ts: byte-identical), and the part this piece writes is
+// appended to the piece's output. Groups with no exact encoding are counted, not rounded: the caller refuses the
+// whole output with the count.
 import type { DType } from "../dtypes.js";
 import type { Run } from "../plan/runs.js";
 import { encodeSlabs, groupOf, type EncodeSlab } from "../plan/encode.js";
 import type { Box } from "../plan/runs.js";
 import type { EncodeRecipe, LeafInfo } from "../plan/recipe.js";
-import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "../kernels/requantize.js";
+import { getKernels, type Kernels } from "../kernels/index.js";
 
 export interface EncodeTask {
   op: "mxfp4_encode" | "int4_encode";
@@ -46,16 +47,16 @@ export function encodeTask(tensor: string, r: EncodeRecipe, shape: number[], box
 type ValuesOf = (runs: Run[], elems: number, dtype: DType) => Buffer;
 
 /** Values of a BF16 / F32 buffer as f32 (exact; a copy: the buffer is scratch). */
-function toF32(b: Buffer, dtype: "BF16" | "F32", n: number): Float32Array {
+function toF32(k: Kernels, b: Buffer, dtype: "BF16" | "F32", n: number): Float32Array {
   if (dtype === "F32") return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + 4 * n));
-  const bits = new Uint32Array(n);
-  for (let i = 0; i < n; i++) bits[i] = (b[2 * i]! | (b[2 * i + 1]! << 8)) << 16;
-  return new Float32Array(bits.buffer);
+  const out = new Float32Array(n);
+  k.cast(b, "BF16", new Uint8Array(out.buffer), "F32", n); // widening: exact
+  return out;
 }
 
 const bytesOf = (a: Uint8Array | Uint16Array | Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask, valuesOf: ValuesOf): { bytes: Buffer; result: RequantizeCount } {
+export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask, valuesOf: ValuesOf, k: Kernels = getKernels()): { bytes: Buffer; result: RequantizeCount } {
   const count: RequantizeCount = { bad: 0, adopted: 0 };
   if (e.part === "shape") {
     // int4 weight_shape: the values' [rows, cols] in the source's integer dtype
@@ -67,7 +68,7 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
   const parts: Uint8Array[] = [];
   for (const s of e.slabs) {
     const n = s.rows * cols;
-    const v = toF32(valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
+    const v = toF32(k, valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
     let ref: [Uint8Array, Uint8Array] | undefined;
     if (s.reference && e.referenceDtypes) {
       const elems = (runs: Run[]) => runs.reduce((a, r) => a + r.rows * r.cols, 0);
@@ -76,16 +77,16 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
     }
     let bad: Uint8Array, adopted: number, firstBad: number, perRow: number;
     if (e.op === "mxfp4_encode" && e.part === "scales") {
-      parts.push(mxfp4ScalesKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
+      parts.push(k.mxfp4Scales(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
       continue;
     }
     if (e.op === "mxfp4_encode") {
-      const enc = mxfp4EncodeKeeping(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] });
+      const enc = k.mxfp4Encode(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] });
       parts.push(e.part === "blocks" ? enc.blocks : enc.scales);
       ({ badMask: bad, adopted, firstBad } = enc);
       perRow = cols / 32;
     } else {
-      const enc = int4EncodeKeeping(v, s.rows, cols, e.group, e.valuesDtype, ref && { packed: ref[0], scale: ref[1] });
+      const enc = k.int4Encode(v, s.rows, cols, e.group, e.valuesDtype, ref && { packed: ref[0], scale: ref[1] });
       parts.push(e.part === "packed" ? enc.packed : bytesOf(enc.scales));
       ({ badMask: bad, adopted, firstBad } = enc);
       perRow = Math.ceil(cols / e.group);

@@ -54,5 +54,8 @@ export function cudaKernels(): Kernels {
     stats: cpu.stats,
     mxfp4Decode: cpu.mxfp4Decode,
     int4Decode: cpu.int4Decode,
+    mxfp4Encode: cpu.mxfp4Encode,
+    mxfp4Scales: cpu.mxfp4Scales,
+    int4Encode: cpu.int4Encode,
   });
 }

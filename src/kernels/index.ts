@@ -1,13 +1,15 @@
 // The kernel interface every tensor transform goes through: cast, row gather (q/k permutation, Shard(1)
-// column slices), FP8 block dequant, statistics, and (native only) the LoRA merge. Two implementations,
-// bit-identical on every output byte: the native addon (C++ SIMD; CUDA for cast/dequant on request) and the
-// pure-TypeScript reference (the LoRA merge's reference is mergeWeight's own TypeScript path).
+// column slices), FP8 block dequant, statistics, MXFP4 / INT4 decode and encode, and (native only) the LoRA merge.
+// Two implementations, bit-identical on every output byte: the native addon (C++ SIMD; CUDA for cast/dequant on
+// request) and the pure-TypeScript reference (the LoRA merge's reference is mergeWeight's own TypeScript path; the
+// encoders' is kernels/requantize.ts).
 
 import { isMainThread } from "node:worker_threads";
 import type { CastableDType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { cudaAvailable, cudaKernels, cudaUnavailableReason } from "./cuda.js";
 import { loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
+import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "./requantize.js";
 import { CAST_SIZE, castRef, dequantBlockRef, gatherRowsRef, int4DecodeRef, mxfp4DecodeRef, statsRef } from "./reference.js";
 
 export interface Stats {
@@ -26,6 +28,28 @@ export interface Stats {
   f16Underflow: number;
   /** ±0 elements. */
   zeros: number;
+}
+
+/** An MXFP4 encode (kernels/requantize.ts mxfp4EncodeKeeping): blocks [rows, G, 16], E8M0 scales [rows, G]. */
+export interface Mxfp4Encoded {
+  blocks: Uint8Array;
+  scales: Uint8Array;
+  /** Groups with no exact encoding (after the reference), the first of them (−1: none), one byte per group. */
+  bad: number;
+  firstBad: number;
+  badMask: Uint8Array;
+  /** Groups taken from the reference. */
+  adopted: number;
+}
+
+/** An INT4 encode (kernels/requantize.ts int4EncodeKeeping): packed I32 words' bytes, BF16 scale bits. */
+export interface Int4Encoded {
+  packed: Uint8Array;
+  scales: Uint16Array;
+  bad: number;
+  firstBad: number;
+  badMask: Uint8Array;
+  adopted: number;
 }
 
 export interface Kernels {
@@ -55,6 +79,16 @@ export interface Kernels {
   int4Decode(packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, group: number,
     packedStride: number, scaleStride: number, dst: Uint8Array, dstDtype: CastableDType): number;
   /**
+   * MXFP4 encode of f32 values [rows, cols] (cols a multiple of 32) by OpenAI's quantizer's scale rule; groups
+   * whose encoding differs from the reference's (the source checkpoint's blocks and scales of the same rows) keep
+   * the reference's when it decodes to the values in `dtype`. Rules: kernels/requantize.ts.
+   */
+  mxfp4Encode(values: Float32Array, rows: number, cols: number, dtype: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }): Mxfp4Encoded;
+  /** The scales alone of mxfp4Encode (the same byte for every group it encodes). */
+  mxfp4Scales(values: Float32Array, rows: number, cols: number, dtype: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }): Uint8Array;
+  /** INT4 (compressed-tensors pack-quantized, symmetric) encode with groups of `group` along cols; reference as mxfp4Encode. */
+  int4Encode(values: Float32Array, rows: number, cols: number, group: number, dtype: "F32" | "BF16", ref?: { packed: Uint8Array; scale: Uint8Array }): Int4Encoded;
+  /**
    * LoRA/DoRA merge into res (W's shape, not overlapping an input), bit-identical to mergeWeight's TypeScript path
    * in src/lora/merge.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
    */
@@ -70,6 +104,9 @@ export const referenceKernels: Kernels = Object.freeze({
   stats: statsRef,
   mxfp4Decode: mxfp4DecodeRef,
   int4Decode: int4DecodeRef,
+  mxfp4Encode: mxfp4EncodeKeeping,
+  mxfp4Scales: mxfp4ScalesKeeping,
+  int4Encode: int4EncodeKeeping,
 });
 
 let cpuKernels: Kernels | undefined;

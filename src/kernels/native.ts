@@ -7,8 +7,9 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { CastableDType } from "../dtypes.js";
-import type { Kernels, Stats } from "./index.js";
+import type { Int4Encoded, Kernels, Mxfp4Encoded, Stats } from "./index.js";
 import { int4DecodeRef, mxfp4DecodeRef } from "./reference.js";
+import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "./requantize.js";
 
 /** Dtype codes of native/include/ckpt_convert.h (enum ckpt_dtype). */
 export const DTYPE_CODE: Record<CastableDType, number> = { F32: 0, BF16: 1, F16: 2, F8_E4M3: 3, F8_E5M2: 4 };
@@ -17,6 +18,8 @@ export interface NativeStats {
   count: number; min: number; max: number; sum: number; sumSq: number; nan: number; inf: number;
   f16Overflow: number; f16Underflow: number; zeros: number;
 }
+
+export interface EncodeCounts { bad: number; firstBad: number; adopted: number }
 
 /** The raw addon surface (dtype arguments are DTYPE_CODE numbers). */
 export interface NativeAddon {
@@ -32,6 +35,16 @@ export interface NativeAddon {
   /** Absent from addons built before it existed. */
   int4Decode?(packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, skip: number, group: number, packedStride: number,
     scaleStride: number, dst: Uint8Array, dstDtype: number): number;
+  /**
+   * Requantization encoders (native/src/encode.h); valuesDtype is F32 or BF16's code; the reference pair is both
+   * given or both undefined; outputs are overwritten whole. Absent from addons built before they existed.
+   */
+  mxfp4Encode?(values: Float32Array, rows: number, cols: number, valuesDtype: number, refBlocks: Uint8Array | undefined,
+    refScales: Uint8Array | undefined, blocks: Uint8Array, scales: Uint8Array, badMask: Uint8Array): EncodeCounts;
+  mxfp4Scales?(values: Float32Array, rows: number, cols: number, valuesDtype: number, refBlocks: Uint8Array | undefined,
+    refScales: Uint8Array | undefined, scales: Uint8Array): void;
+  int4Encode?(values: Float32Array, rows: number, cols: number, valuesDtype: number, group: number, refPacked: Uint8Array | undefined,
+    refScales: Uint8Array | undefined, packed: Uint32Array, scales: Uint16Array, badMask: Uint8Array): EncodeCounts;
   /** Absent from addons built before it existed. */
   loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
     m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;
@@ -111,7 +124,42 @@ export function nativeKernelsFrom(addon: NativeAddon): Kernels {
       ? (p: Uint8Array, s: Uint8Array, rows: number, cols: number, skip: number, g: number, ps: number, ss: number, dst: Uint8Array, d: CastableDType) =>
         addon.int4Decode!(p, s, rows, cols, skip, g, ps, ss, dst, C[d])
       : int4DecodeRef,
+    // Addons built before the encoders existed fall back to the (byte-identical) TypeScript ones.
+    mxfp4Encode: addon.mxfp4Encode ? mxfp4EncodeNative(addon) : mxfp4EncodeKeeping,
+    mxfp4Scales: addon.mxfp4Scales
+      ? (v: Float32Array, rows: number, cols: number, d: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }) => {
+        mxfp4Columns(cols);
+        const scales = new Uint8Array(rows * (cols / 32));
+        addon.mxfp4Scales!(v, rows, cols, C[d], ref?.blocks, ref?.scales, scales);
+        return scales;
+      }
+      : mxfp4ScalesKeeping,
+    int4Encode: addon.int4Encode ? int4EncodeNative(addon) : int4EncodeKeeping,
     ...(addon.loraMerge ? { loraMerge: addon.loraMerge.bind(addon) } : {}),
   });
 }
 
+
+/** The TypeScript encoder's error for columns that are not whole groups. */
+function mxfp4Columns(cols: number): void {
+  if (cols % 32 !== 0) throw new Error(`mxfp4 encode: ${cols} columns is not a multiple of 32`);
+}
+
+function mxfp4EncodeNative(addon: NativeAddon) {
+  return (v: Float32Array, rows: number, cols: number, d: "F32" | "BF16", ref?: { blocks: Uint8Array; scales: Uint8Array }): Mxfp4Encoded => {
+    mxfp4Columns(cols);
+    const G = rows * (cols / 32);
+    const blocks = new Uint8Array(G * 16), scales = new Uint8Array(G), badMask = new Uint8Array(G);
+    const n = addon.mxfp4Encode!(v, rows, cols, DTYPE_CODE[d], ref?.blocks, ref?.scales, blocks, scales, badMask);
+    return { blocks, scales, badMask, ...n };
+  };
+}
+
+function int4EncodeNative(addon: NativeAddon) {
+  return (v: Float32Array, rows: number, cols: number, group: number, d: "F32" | "BF16", ref?: { packed: Uint8Array; scale: Uint8Array }): Int4Encoded => {
+    const words = new Uint32Array(rows * Math.ceil(cols / 8)), S = rows * Math.ceil(cols / group);
+    const scales = new Uint16Array(S), badMask = new Uint8Array(S);
+    const n = addon.int4Encode!(v, rows, cols, DTYPE_CODE[d], group, ref?.packed, ref?.scale, words, scales, badMask);
+    return { packed: new Uint8Array(words.buffer), scales, badMask, ...n };
+  };
+}

@@ -107,9 +107,10 @@ export function int4Encode(values: Values, rows: number, cols: number, group: nu
       let amax = 0, at = 0;
       for (let i = 0; i < n; i++) { const a = Math.abs(values[base + i]!); if (a > amax) { amax = a; at = i; } }
       let sBits = -1;
-      let negZero = false;
-      for (let i = 0; i < n; i++) if (Object.is(values[base + i], -0)) negZero = true; // q·s > 0 never makes −0
-      if (negZero) { /* refused below (or taken from the source) */ } else if (amax === 0) {
+      // q·s never makes −0, and a NaN has no q (and must not pass for an all-zero group: amax skips it)
+      let refused = false;
+      for (let i = 0; i < n; i++) if (Object.is(values[base + i], -0) || Number.isNaN(values[base + i])) refused = true;
+      if (refused) { /* refused below (or taken from the source) */ } else if (amax === 0) {
         sBits = BF16_EPS;
         for (let i = 0; i < n; i++) q[i] = 0;
       } else if (Number.isFinite(amax)) {
