@@ -16,6 +16,12 @@ const addon = loadNative();
 const SKIP = addon?.mxfp4Encode ? false : `native encoders not built (${nativeLoadError() ?? "addon predates them"}); run npm run build:native`;
 const native = (): Kernels => nativeKernelsFrom(addon!);
 const ts = referenceKernels;
+/** The addon's ISA tiers on this CPU (the encoders have a plain and an AVX2 pass; both must agree). */
+const TIERS = addon ? ["scalar", "avx2", "avx512"].slice(0, ["scalar", "avx2", "avx512"].indexOf(addon.bestIsa()) + 1) : [];
+/** fn under every ISA tier. */
+function eachTier(fn: (isa: string) => void): void {
+  try { for (const isa of TIERS) { assert.equal(addon!.setIsa(isa), isa); fn(isa); } } finally { addon?.setIsa("auto"); }
+}
 
 const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
 type Dtype = "F32" | "BF16";
@@ -44,15 +50,17 @@ function sameEncoding(what: string, a: Mxfp4Encoded | Int4Encoded, b: Mxfp4Encod
 
 /** Native == TypeScript for an MXFP4 encode (full and scales-only), returning the TypeScript result. */
 function mx(what: string, v: Float32Array, rows: number, cols: number, d: Dtype, ref?: { blocks: Uint8Array; scales: Uint8Array }): Mxfp4Encoded {
-  const a = ts.mxfp4Encode(v, rows, cols, d, ref), b = native().mxfp4Encode(v, rows, cols, d, ref);
-  sameEncoding(`mxfp4 ${what} ${d}${ref ? " ref" : ""}`, a, b);
-  assert.deepEqual(native().mxfp4Scales(v, rows, cols, d, ref), ts.mxfp4Scales(v, rows, cols, d, ref), `mxfp4 scales ${what}`);
+  const a = ts.mxfp4Encode(v, rows, cols, d, ref), scales = ts.mxfp4Scales(v, rows, cols, d, ref);
+  eachTier((isa) => {
+    sameEncoding(`mxfp4 ${what} ${d}${ref ? " ref" : ""} (${isa})`, a, native().mxfp4Encode(v, rows, cols, d, ref));
+    assert.deepEqual(native().mxfp4Scales(v, rows, cols, d, ref), scales, `mxfp4 scales ${what} (${isa})`);
+  });
   return a;
 }
 
 function i4(what: string, v: Float32Array, rows: number, cols: number, group: number, d: Dtype, ref?: { packed: Uint8Array; scale: Uint8Array }): Int4Encoded {
-  const a = ts.int4Encode(v, rows, cols, group, d, ref), b = native().int4Encode(v, rows, cols, group, d, ref);
-  sameEncoding(`int4 ${what} g${group} ${d}${ref ? " ref" : ""}`, a, b);
+  const a = ts.int4Encode(v, rows, cols, group, d, ref);
+  eachTier((isa) => sameEncoding(`int4 ${what} g${group} ${d}${ref ? " ref" : ""} (${isa})`, a, native().int4Encode(v, rows, cols, group, d, ref)));
   return a;
 }
 
@@ -137,6 +145,8 @@ test("mxfp4 encode: edge groups (±0, −0 nibbles, subnormal amax, NaN, ±inf, 
     [3.4028234663852886e38, ...Array(31).fill(0)], [1.5 * 2 ** 127, -(2 ** 127), 2 ** 126, ...Array(29).fill(0)],
     [4 * 2 ** 125, 6 * 2 ** 125, ...Array(30).fill(0)], [2 ** 127 * 1.75, ...Array(31).fill(0)],
     [6, 4, 3, 2, 1.5, 1, 0.5, 0, -6, -4, -3, -2, -1.5, -1, -0.5, -0, ...Array(16).fill(0.5)],
+    // one binade below the grid, between its points, past its largest point (6 sets the scale 2^0)
+    ...[0.25, 0.125, 0.375, 0.75, 1.25, 2.5, 5, 1.75].map((x) => [6, x, -x, ...Array(29).fill(0)]),
     [6.000000476837158, ...Array(31).fill(0)], [5.999999523162842, ...Array(31).fill(0)], [3.0000002384185791, ...Array(31).fill(1)],
   ];
   const v = new Float32Array(groups.flat());
@@ -196,6 +206,8 @@ test("int4 encode: edge groups (zero → BF16 eps, −0, NaN, ±inf, negative am
     z(8), [-0, ...z(7)], [NaN, ...z(7)], [NaN, s, ...z(6)], [Infinity, ...z(7)], [-Infinity, s, ...z(6)],
     [-8 * s, 7 * s, ...z(6)], [8 * s, ...z(7)], [-7 * s, 7 * s, ...z(6)], [7 * s, -7 * s, ...z(6)], [-3 * s, 5 * s, -6 * s, ...z(5)],
     [2 ** -149, ...z(7)], [2 ** -133 * 7, 2 ** -133, ...z(6)], [7 * fromBits(0x7f7f0000), ...z(7)], [fromBits(0x7f7fffff), ...z(7)],
+    // s = 2^-130: 1/s is no f32, a smaller k's s (7 · 2^-130, q = 1) would also fit; the quantizer's is q = 7
+    [7 * 2 ** -130, ...z(7)], [7 * 2 ** -130, -(2 ** -130), ...z(6)],
     [0.1, ...z(7)], [7 * s, nextUp(3 * s), ...z(6)], [1, 2, 3, 4, 5, 6, 7, -8],
   ];
   const v = new Float32Array(groups.flat());

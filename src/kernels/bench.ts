@@ -1,5 +1,6 @@
 // Kernel throughput next to memcpy (Buffer.copy) of the same traffic, measured in the same run.
 // Throughput counts bytes read + bytes written per second; memcpy of k bytes moves 2k. ratio = kernel / memcpy.
+// Kernels over values (the requantization encoders) also report ns per value encoded.
 
 import type { CastableDType } from "../dtypes.js";
 import { referenceKernels, ropeRowIndex, type Kernels } from "./index.js";
@@ -12,6 +13,8 @@ export interface BenchRow {
   gbps: number;
   memcpyGbps: number;
   ratio: number;
+  /** Nanoseconds per value, for kernels measured per value (the encoders). */
+  nsPerValue?: number;
 }
 
 export interface BenchOptions {
@@ -27,6 +30,8 @@ interface Case {
   kernel: string;
   /** Bytes read + written by one run. */
   traffic: number;
+  /** Values one run processes, when ns per value is reported. */
+  values?: number;
   run(k: Kernels): void;
 }
 
@@ -135,6 +140,42 @@ function cases(bytes: number): Case[] {
     const src32 = randomTensor("F32", n32, 13);
     out.push({ kernel: "stats f32", traffic: src32.byteLength, run: (k) => void k.stats(src32, "F32", n32) });
   }
+  out.push(...encodeCases(bytes));
+  return out;
+}
+
+/**
+ * The requantization encoders on f32 values that hold only quantized values (the `--requantize` case: every group
+ * encodes), `bytes` of values each: gpt-oss expert rows (2880 wide) in MXFP4, Kimi K2 rows (7168 wide, group 32) in
+ * INT4; each also with the source's encoding as the reference (compared group by group, nothing to adopt).
+ */
+function encodeCases(bytes: number): Case[] {
+  const rand = (seed: number) => () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const out: Case[] = [];
+  {
+    const cols = 2880, rows = Math.max(1, Math.floor(bytes / 4 / cols)), G = rows * (cols / 32), r = rand(17);
+    const blocks = new Uint8Array(G * 16).map(() => Math.floor(r() * 256)), scales = new Uint8Array(G).map(() => 110 + Math.floor(r() * 20));
+    const v = new Float32Array(rows * cols);
+    referenceKernels.mxfp4Decode(blocks, scales, rows, cols, 0, cols / 2, cols / 32, new Uint8Array(v.buffer), "F32");
+    const traffic = v.byteLength + G * 17;
+    out.push({ kernel: `mxfp4 encode f32 [${rows}x${cols}]`, traffic, values: v.length, run: (k) => void k.mxfp4Encode(v, rows, cols, "F32") });
+    out.push({ kernel: "mxfp4 encode f32, reference", traffic: traffic + G * 17, values: v.length, run: (k) => void k.mxfp4Encode(v, rows, cols, "F32", { blocks, scales }) });
+  }
+  {
+    const cols = 7168, group = 32, rows = Math.max(1, Math.floor(bytes / 4 / cols)), W = cols / 8, S = cols / group, r = rand(19);
+    const words = new Uint32Array(rows * W).map(() => Math.floor(r() * 2 ** 32));
+    const sc = new Uint16Array(rows * S).map(() => ((118 + Math.floor(r() * 8)) << 7) | Math.floor(r() * 128));
+    const sf = new Float32Array(new Uint32Array(sc).map((b) => b << 16).buffer); // the BF16 scales as f32
+    const v = new Float32Array(rows * cols);
+    for (let i = 0; i < v.length; i++) {
+      const row = Math.floor(i / cols), c = i % cols;
+      v[i] = (((words[row * W + (c >> 3)]! >>> (4 * (c & 7))) & 15) - 8) * sf[row * S + Math.floor(c / group)]!;
+    }
+    const ref = { packed: new Uint8Array(words.buffer), scale: new Uint8Array(sc.buffer) };
+    const traffic = v.byteLength + rows * (W * 4 + S * 3);
+    out.push({ kernel: `int4 encode f32 [${rows}x${cols}] g${group}`, traffic, values: v.length, run: (k) => void k.int4Encode(v, rows, cols, group, "F32") });
+    out.push({ kernel: "int4 encode f32, reference", traffic: traffic + rows * (W * 4 + S * 2), values: v.length, run: (k) => void k.int4Encode(v, rows, cols, group, "F32", ref) });
+  }
   return out;
 }
 
@@ -168,7 +209,7 @@ export async function benchKernels(opts: BenchOptions = {}): Promise<BenchRow[]>
       // The TypeScript kernels are slow; one short measurement is enough for a ratio.
       const t = k.name === "typescript" ? timeBest(() => c.run(k), Math.min(seconds, 0.2), 1) : timeBest(() => c.run(k), seconds);
       const gbps = c.traffic / t / 1e9;
-      rows.push({ kernel: c.kernel, impl: label, gbps, memcpyGbps: mc, ratio: gbps / mc });
+      rows.push({ kernel: c.kernel, impl: label, gbps, memcpyGbps: mc, ratio: gbps / mc, ...(c.values ? { nsPerValue: (t * 1e9) / c.values } : {}) });
     }
     await new Promise((r) => setImmediate(r)); // let the event loop breathe between kernels
   }
@@ -176,8 +217,8 @@ export async function benchKernels(opts: BenchOptions = {}): Promise<BenchRow[]>
 }
 
 export function formatBenchTable(rows: BenchRow[]): string {
-  const head = ["kernel", "impl", "GB/s", "memcpy GB/s", "ratio"];
-  const body = rows.map((r) => [r.kernel, r.impl, r.gbps.toFixed(2), r.memcpyGbps.toFixed(2), `${(r.ratio * 100).toFixed(0)}%`]);
+  const head = ["kernel", "impl", "GB/s", "memcpy GB/s", "ratio", "ns/value"];
+  const body = rows.map((r) => [r.kernel, r.impl, r.gbps.toFixed(2), r.memcpyGbps.toFixed(2), `${(r.ratio * 100).toFixed(0)}%`, r.nsPerValue !== undefined ? r.nsPerValue.toFixed(2) : ""]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i >= 2 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join("  ");
   return [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
