@@ -4,10 +4,17 @@
 // the rules: ±0 groups, −0 nibbles, f32-subnormal amax, values one ulp off the grid, NaN / ±inf, amax near the
 // f32 maximum, negative INT4 amax, zero groups, with and without a reference encoding to keep. A few expected
 // values come from the formats' definitions (OCP MX E2M1 / E8M0; compressed-tensors' nibble = q + 8, BF16 eps),
-// computed here by hand, so a change both tiers share cannot pass unnoticed.
+// computed here by hand, so a change both tiers share cannot pass unnoticed. End to end, `--to hf --requantize`
+// writes the same files on both tiers (and refuses with the same line).
 
 import test from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeTinyGptOss } from "../src/fixtures/tiny-gpt-oss.js";
+import { writeTinyKimi } from "../src/fixtures/tiny-kimi.js";
 import { nativeKernelsFrom, referenceKernels, type Int4Encoded, type Kernels, type Mxfp4Encoded } from "../src/kernels/index.js";
 import { loadNative, nativeLoadError, type NativeAddon } from "../src/kernels/native.js";
 import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "../src/kernels/requantize.js";
@@ -254,4 +261,50 @@ test("native kernels fall back to the TypeScript encoders with an addon that pre
   assert.notEqual(native().mxfp4Encode, mxfp4EncodeKeeping);
   assert.throws(() => native().mxfp4Encode(new Float32Array(48), 1, 48, "F32"), /48 columns is not a multiple of 32/);
   assert.throws(() => native().int4Encode(new Float32Array(8), 2, 8, 8, "F32"), /values too small/);
+});
+
+// ---- end to end: `--to hf --requantize` writes the same bytes (and refuses with the same line) on both tiers ----
+
+const CLI = join(process.cwd(), "bin", "ckpt.js");
+function ckpt(args: string[], tsTier: boolean): { status: number | null; stderr: string } {
+  const env = { ...process.env, CKPT_NATIVE: tsTier ? "0" : "1" };
+  const r = spawnSync(process.execPath, [CLI, ...args, "--quiet"], { encoding: "utf8", env });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/** `ckpt convert <tt> <out> --to hf --requantize <kind> --config <cfg>` on each tier: same exit, stderr and tensor files. */
+function sameOnBothTiers(dir: string, tt: string, cfg: string, kind: "mxfp4" | "int4"): { status: number | null; stderr: string } {
+  const runs = [false, true].map((tsTier) => {
+    const out = join(dir, `out-${kind}-${tsTier ? "ts" : "native"}-${Math.random().toString(36).slice(2, 8)}`);
+    const r = ckpt(["convert", tt, out, "--to", "hf", "--config", cfg, "--requantize", kind], tsTier);
+    const files = existsSync(out) ? readdirSync(out).filter((f) => f.endsWith(".safetensors")).sort() : [];
+    return { ...r, out, files };
+  });
+  const [n, t] = runs as [typeof runs[0], typeof runs[0]];
+  assert.equal(n.status, t.status, `exit: native ${n.stderr} / typescript ${t.stderr}`);
+  assert.equal(n.stderr, t.stderr);
+  assert.deepEqual(n.files, t.files);
+  for (const f of n.files) assert.ok(readFileSync(join(n.out, f)).equals(readFileSync(join(t.out, f))), `${f} differs between tiers`);
+  return n;
+}
+
+test("--to hf --requantize: native and TypeScript tiers write the same files and refuse with the same line (gpt-oss, Kimi)", { skip: SKIP }, () => {
+  const dir = mkdtempSync(join(tmpdir(), "ckpt-enc-tiers-"));
+  try {
+    const gpt = join(dir, "gpt-oss"), kimi = join(dir, "kimi");
+    writeTinyGptOss(gpt); // edge scales: refused from values alone, kept from the source checkpoint
+    writeTinyKimi(kimi, { layout: "k2", edgeScales: true });
+    const cfgOnly = (src: string, to: string) => { mkdirSync(to); copyFileSync(join(src, "config.json"), join(to, "config.json")); return to; };
+    for (const [src, kind] of [[gpt, "mxfp4"], [kimi, "int4"]] as const) {
+      for (const dtype of ["f32", "bf16"]) {
+        const tt = join(dir, `${kind}-tt-${dtype}`);
+        assert.equal(ckpt(["convert", src, tt, "--dtype", dtype], false).status, 0);
+        const refused = sameOnBothTiers(dir, tt, cfgOnly(src, join(dir, `${kind}-cfg-${dtype}`)), kind);
+        assert.notEqual(refused.status, 0);
+        assert.match(refused.stderr, /REQUANTIZE: --requantize (mxfp4|int4): \d+ /);
+        const kept = sameOnBothTiers(dir, tt, src, kind);
+        if (dtype === "f32") assert.equal(kept.status, 0, kept.stderr);
+      }
+    }
+  } finally { rmSync(dir, { recursive: true, force: true }); }
 });

@@ -1,8 +1,9 @@
-// Requantization encoders (the inverses of the mxfp4 / int4 decode ops, for `--to hf --requantize`): TypeScript
-// only (no native tier; a pass over the expert tensors after they are written, cost ~ a decode in JS). Each group's
-// scale is recovered by the rule the source's own quantizer uses, so a checkpoint whose values still hold only
-// quantized values comes back byte-identical; a group no scale of that rule can express exactly is counted, never
-// rounded.
+// Requantization encoders (the inverses of the mxfp4 / int4 decode ops, for `--to hf --requantize`): the TypeScript
+// tier and the reference of the native one (native/src/encode.cc, byte-identical on every output byte, bad groups'
+// bytes and counts included; test/encode-native.test.ts), picked like every kernel by kernels/index.ts getKernels()
+// (CKPT_NATIVE=0 or a missing addon: these). Each group's scale is recovered by the rule the source's own quantizer
+// uses, so a checkpoint whose values still hold only quantized values comes back byte-identical; a group no scale
+// of that rule can express exactly is counted, never rounded.
 //
 // MXFP4 (transformers' quantize_to_mxfp4 → triton_kernels downcast_to_mxfp_torch, the OpenAI quantizer): per 32
 // values, amax/6 rounded UP to a power of two (f32 bits (x + 0x7FFFFF) & 0x7F800000), byte = its biased exponent:
@@ -14,7 +15,7 @@
 // clamped to [−8, 7]; a zero group gets BF16 eps (2^−7, 0x3C00). Recovery: the positive BF16 s with the largest
 // |q| (8 down to 1, −8 only for a negative amax value) such that every w / s is an integer in [−8, 7]; with F32
 // ckpt output (the exact products) any group compressed-tensors wrote is recovered. Negative or zero source scales
-// over non-zero values (which that quantizer never writes) are refused.
+// over non-zero values (which that quantizer never writes), −0 and NaN values are refused.
 
 const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
 /** Code of an E2M1 magnitude by twice its value (0, 1, 2, 3, 4, 6, 8, 12 → 0 … 7), −1 for the others. */
