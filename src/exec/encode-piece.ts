@@ -46,9 +46,12 @@ export function encodeTask(tensor: string, r: EncodeRecipe, shape: number[], box
 
 type ValuesOf = (runs: Run[], elems: number, dtype: DType) => Buffer;
 
-/** Values of a BF16 / F32 buffer as f32 (exact; a copy: the buffer is scratch). */
+/**
+ * Values of a BF16 / F32 buffer as f32 (exact). F32 values are a view of the (scratch) buffer when it is aligned:
+ * they are encoded before the next valuesOf call reuses it.
+ */
 function toF32(k: Kernels, b: Buffer, dtype: "BF16" | "F32", n: number): Float32Array {
-  if (dtype === "F32") return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + 4 * n));
+  if (dtype === "F32") return b.byteOffset % 4 === 0 ? new Float32Array(b.buffer, b.byteOffset, n) : new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + 4 * n));
   const out = new Float32Array(n);
   k.cast(b, "BF16", new Uint8Array(out.buffer), "F32", n); // widening: exact
   return out;
@@ -68,13 +71,14 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
   const parts: Uint8Array[] = [];
   for (const s of e.slabs) {
     const n = s.rows * cols;
-    const v = toF32(k, valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
     let ref: [Uint8Array, Uint8Array] | undefined;
     if (s.reference && e.referenceDtypes) {
+      // copies, read first: valuesOf reuses one buffer, and the values' view below must be the last use of it
       const elems = (runs: Run[]) => runs.reduce((a, r) => a + r.rows * r.cols, 0);
       const a = Uint8Array.from(valuesOf(s.reference.a, elems(s.reference.a), e.referenceDtypes[0]));
       ref = [a, Uint8Array.from(valuesOf(s.reference.b, elems(s.reference.b), e.referenceDtypes[1]))];
     }
+    const v = toF32(k, valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
     let bad: Uint8Array, adopted: number, firstBad: number, perRow: number;
     if (e.op === "mxfp4_encode" && e.part === "scales") {
       parts.push(k.mxfp4Scales(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
