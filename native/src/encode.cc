@@ -318,14 +318,6 @@ ENC_AVX2 int64_t int4_pass_avx2(const float* v, size_t rows, size_t cols, size_t
 }
 #endif
 
-bool use_avx2() {
-#ifdef ENC_HAVE_AVX2
-  return current_isa() >= ISA_AVX2;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 EncodeCounts mxfp4_encode(const float* values, size_t rows, size_t cols, int values_dtype, const uint8_t* ref_blocks,
@@ -336,7 +328,7 @@ EncodeCounts mxfp4_encode(const float* values, size_t rows, size_t cols, int val
   memset(bad_mask, 0, groups);
   EncodeCounts n = {0, -1, 0};
 #ifdef ENC_HAVE_AVX2
-  n.bad = use_avx2() ? mxfp4_pass_avx2(values, groups, blocks, scales, bad_mask) : mxfp4_pass_plain(values, groups, blocks, scales, bad_mask);
+  n.bad = current_isa() >= ISA_AVX2 ? mxfp4_pass_avx2(values, groups, blocks, scales, bad_mask) : mxfp4_pass_plain(values, groups, blocks, scales, bad_mask);
 #else
   n.bad = mxfp4_pass_plain(values, groups, blocks, scales, bad_mask);
 #endif
@@ -379,7 +371,7 @@ EncodeCounts int4_encode(const float* values, size_t rows, size_t cols, size_t g
   std::vector<uint8_t> nib(group), pairs(group / 2 + 4);
   EncodeCounts n = {0, -1, 0};
 #ifdef ENC_HAVE_AVX2
-  n.bad = use_avx2() ? int4_pass_avx2(values, rows, cols, group, packed, scales, bad_mask, q.data(), nib.data(), pairs.data())
+  n.bad = current_isa() >= ISA_AVX2 ? int4_pass_avx2(values, rows, cols, group, packed, scales, bad_mask, q.data(), nib.data(), pairs.data())
                      : int4_pass_plain(values, rows, cols, group, packed, scales, bad_mask, q.data(), nib.data(), pairs.data());
 #else
   n.bad = int4_pass_plain(values, rows, cols, group, packed, scales, bad_mask, q.data(), nib.data(), pairs.data());
