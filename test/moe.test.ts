@@ -19,6 +19,8 @@ import { writeHfFolder, type GeneratedTensor } from "../src/fixtures/tiny-llama.
 import { tinyQwen3Tensors, writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { tinyDeepSeekTensors, writeTinyDeepSeek } from "../src/fixtures/tiny-deepseek.js";
 import { readFolder as readHf, type FullTensor } from "./helpers/read-folder.js";
+import { readDcpFull } from "./helpers/dcp-full.js";
+import { dequantBf16 } from "./helpers/fp8.js";
 
 type Full = FullTensor;
 
@@ -27,66 +29,6 @@ function tmp(): { dir: string; cleanup(): void } {
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-
-/** Every tensor of a DCP folder assembled from its chunks (which must tile it exactly). */
-async function readDcpFull(dir: string): Promise<{ tensors: Map<string, Full>; chunks: Map<string, { offsets: number[]; sizes: number[]; file: string }[]> }> {
-  const { metadata, chunks } = await openDcp(dir);
-  const tensors = new Map<string, Full>();
-  const boxes = new Map<string, { offsets: number[]; sizes: number[]; file: string }[]>();
-  for (const [fqn, t] of metadata.tensors) {
-    tensors.set(fqn, { dtype: t.dtype, shape: t.size, data: Buffer.alloc(numelOf(t.size) * elementSize(t.dtype)) });
-    boxes.set(fqn, []);
-  }
-  const filled = new Map<string, number>();
-  for (const c of chunks) {
-    const t = tensors.get(c.fqn)!;
-    boxes.get(c.fqn)!.push({ offsets: c.offsets, sizes: c.sizes, file: c.file });
-    const n = numelOf(c.sizes);
-    if (n === 0) continue;
-    const data = await readStoredChunk(dir, c);
-    const es = elementSize(t.dtype);
-    const strides = t.shape.map((_, i) => t.shape.slice(i + 1).reduce((a, b) => a * b, 1));
-    const idx = new Array<number>(c.sizes.length).fill(0);
-    const rowLen = c.sizes[c.sizes.length - 1] ?? 1;
-    for (let i = 0; i < n; i += rowLen) {
-      let dst = 0;
-      for (let d = 0; d < idx.length; d++) dst += (c.offsets[d]! + idx[d]!) * strides[d]!;
-      data.copy(t.data, dst * es, i * es, (i + rowLen) * es);
-      for (let d = idx.length - 2; d >= 0; d--) {
-        if (++idx[d]! < c.sizes[d]!) break;
-        idx[d] = 0;
-      }
-    }
-    filled.set(c.fqn, (filled.get(c.fqn) ?? 0) + n);
-  }
-  for (const [fqn, t] of tensors) assert.equal(filled.get(fqn) ?? 0, numelOf(t.shape), `chunks of ${fqn} cover it exactly`);
-  return { tensors, chunks: boxes };
-}
-
-// Independent FP8 E4M3 block dequant (torchtitan-layout.md §7.1): f32(fp8) × scale, one f32 rounding, then bf16 RNE.
-function e4m3(b: number): number {
-  const s = b & 0x80 ? -1 : 1;
-  const e = (b >> 3) & 0xf;
-  const m = b & 7;
-  if (e === 0xf && m === 7) return NaN;
-  return e === 0 ? s * (m / 8) * 2 ** -6 : s * (1 + m / 8) * 2 ** (e - 7);
-}
-function dequantBf16(w: Full, scale: Full, block = 128): Buffer {
-  const [R, C] = w.shape as [number, number];
-  const sc = new Float32Array(scale.data.buffer.slice(scale.data.byteOffset, scale.data.byteOffset + scale.data.byteLength));
-  const scols = scale.shape[1]!;
-  const out = Buffer.alloc(R * C * 2);
-  const f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
-  for (let r = 0; r < R; r++) {
-    for (let c = 0; c < C; c++) {
-      f[0] = e4m3(w.data[r * C + c]!) * sc[Math.floor(r / block) * scols + Math.floor(c / block)]!;
-      const bits = u[0]!;
-      out.writeUInt16LE(((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff, (r * C + c) * 2);
-    }
-  }
-  return out;
-}
 
 function catalogOf(tensors: GeneratedTensor[]) {
   let off = 0;

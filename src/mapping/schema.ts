@@ -201,6 +201,54 @@ export interface Mapping {
    * flattened, with `architectures` mapped through `text_only` (the wrapper's architecture → the CausalLM's).
    */
   hf_output?: { prefix: { from: string; to: string }; tower: string; text_only: Record<string, string> };
+  /**
+   * The tiny checkpoint src/fixtures/generate.ts writes for this architecture and test/mappings.test.ts converts
+   * (HF → TorchTitan → HF, sharded, and a dry run at the published size). Every mapping file has its own: it is never
+   * inherited through `extends`, since a derived architecture's published layout is what its fixture must show.
+   */
+  fixture?: FixtureSpec;
+}
+
+/**
+ * What the tensor rules cannot say about a tiny checkpoint: the names, shapes and value ops come from the rules;
+ * this says which config, which optional rules hold in which layers, and how the publisher lays the files out.
+ */
+export interface FixtureSpec {
+  /** config.json of the tiny checkpoint (dims and every field the conversion reads, e.g. quantization_config). */
+  config: Record<string, unknown>;
+  /** Seed of the deterministic values (default 1). */
+  seed?: number;
+  /** dtype of plain tensors (default BF16); a rule's `dtype` wins. */
+  dtype?: CastableDType;
+  /** safetensors files to split the tensors over (default 1; an index beside several). */
+  files?: number;
+  /** The source layout to write (one of `layouts`; default the first). */
+  layout?: string;
+  /** The folder of a pipeline repo holding the model (diffusers' `transformer`), and JSON files at the repo root. */
+  folder?: string;
+  root_files?: Record<string, unknown>;
+  /** Extra named sizes for `shapes` and `optional`: expressions over dims and numeric config fields. */
+  dims?: Record<string, string>;
+  /** Shapes of rules that have none (by the rule's `hf`), as dims expressions. */
+  shapes?: Record<string, string[]>;
+  /**
+   * Which optional rules the checkpoint holds: those whose `hf` matches the regex `hf`, in layers [from, to) when
+   * `layers` gives them (dims expressions: `["0", "first_k_dense_replace"]`), else in every layer. Others are absent.
+   */
+  optional?: { hf: string; layers?: [string | number, string | number] }[];
+  /** `one_of` group → the `hf` pattern written (default the group's first rule). */
+  pick?: Record<string, string>;
+  /** Layers after the main stack (MTP), a dims expression: {L} of `layers` rules also runs over them. */
+  extra_layers?: string | number;
+  /** Names written under this `from` of the mapping's `prefixes` (a multimodal wrapper's language model). */
+  prefix?: string;
+  /** Rules (regex on `hf`) whose 2-D weights are FP8 E4M3 with `dequant` block scales, as the publisher ships them. */
+  fp8?: string;
+  /**
+   * The published checkpoint, for a dry run on real-sized headers: a header-corpus entry (test/corpus-headers/<id>.json)
+   * or a published config.json (then this generator writes its headers, over `files` files).
+   */
+  real: { corpus: string } | { config: Record<string, unknown>; files?: number; source?: string };
 }
 
 /**
@@ -228,7 +276,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output"]);
+  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output", "fixture"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -326,9 +374,41 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
     if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
   }
+  if (m.fixture !== undefined) validateFixture(m.fixture, file);
   if (m.linears !== undefined) validateLinears(m.linears, m.tensors as Record<string, unknown>[], dims, file);
   if (m.requires !== undefined) validateRequires(m.requires, m.tensors as Record<string, unknown>[], dims, m.targets as string[], file);
   return m as unknown as Mapping;
+}
+
+function validateFixture(raw: unknown, file: string): void {
+  const f = raw as Record<string, unknown>;
+  const at = "$.fixture";
+  if (!f || typeof f !== "object" || Array.isArray(f)) fail(file, at, "must be an object");
+  const keys = ["config", "seed", "dtype", "files", "layout", "folder", "root_files", "dims", "shapes", "optional", "pick", "extra_layers", "prefix", "fp8", "real"];
+  for (const k of Object.keys(f)) if (!keys.includes(k)) fail(file, `${at}.${k}`, `unknown field (known: ${keys.join(", ")})`);
+  const isObj = (v: unknown) => !!v && typeof v === "object" && !Array.isArray(v);
+  if (!isObj(f.config)) fail(file, `${at}.config`, "must be the tiny checkpoint's config.json object");
+  if (f.seed !== undefined && !Number.isInteger(f.seed)) fail(file, `${at}.seed`, "must be an integer");
+  if (f.dtype !== undefined && !(isStr(f.dtype) && isDType(f.dtype) && isCastable(f.dtype))) fail(file, `${at}.dtype`, "must be a float dtype code");
+  if (f.files !== undefined && !(Number.isInteger(f.files) && (f.files as number) >= 1)) fail(file, `${at}.files`, "must be an integer ≥ 1");
+  for (const k of ["layout", "folder", "prefix", "fp8"]) if (f[k] !== undefined && typeof f[k] !== "string") fail(file, `${at}.${k}`, "must be a string");
+  if (f.fp8 !== undefined) try { new RegExp(f.fp8 as string); } catch (e) { fail(file, `${at}.fp8`, (e as Error).message); }
+  if (f.root_files !== undefined && !isObj(f.root_files)) fail(file, `${at}.root_files`, "must map file names to JSON bodies");
+  if (f.dims !== undefined && !(isObj(f.dims) && Object.values(f.dims as object).every(isStr))) fail(file, `${at}.dims`, "must map names to expressions");
+  if (f.shapes !== undefined && !(isObj(f.shapes) && Object.values(f.shapes as object).every(isStrArr))) fail(file, `${at}.shapes`, "must map rule hf patterns to lists of expressions");
+  if (f.pick !== undefined && !(isObj(f.pick) && Object.values(f.pick as object).every(isStr))) fail(file, `${at}.pick`, "must map one_of groups to hf patterns");
+  const expr = (v: unknown) => isStr(v) || Number.isInteger(v);
+  if (f.extra_layers !== undefined && !expr(f.extra_layers)) fail(file, `${at}.extra_layers`, "must be a dims expression or an integer");
+  if (f.optional !== undefined) {
+    if (!Array.isArray(f.optional)) fail(file, `${at}.optional`, "must be a list of { hf, layers? }");
+    f.optional.forEach((o: Record<string, unknown>, i: number) => {
+      if (!isObj(o) || !isStr(o.hf) || !Object.keys(o).every((k) => k === "hf" || k === "layers")) fail(file, `${at}.optional[${i}]`, "must be { hf: regex, layers?: [from, to] }");
+      try { new RegExp(o.hf as string); } catch (e) { fail(file, `${at}.optional[${i}].hf`, (e as Error).message); }
+      if (o.layers !== undefined && !(Array.isArray(o.layers) && o.layers.length === 2 && o.layers.every(expr))) fail(file, `${at}.optional[${i}].layers`, "must be [from, to], dims expressions or integers");
+    });
+  }
+  const real = f.real as Record<string, unknown> | undefined;
+  if (!isObj(real) || !(isStr(real!.corpus) || isObj(real!.config))) fail(file, `${at}.real`, "must be { corpus: <test/corpus-headers id> } or { config: <published config.json>, files? }");
 }
 
 function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, file: string): void {
