@@ -233,9 +233,10 @@ export interface FixtureSpec {
   shapes?: Record<string, string[]>;
   /**
    * Which optional rules the checkpoint holds: those whose `hf` matches the regex `hf`, in layers [from, to) when
-   * `layers` gives them (dims expressions: `["0", "first_k_dense_replace"]`), else in every layer. Others are absent.
+   * `layers` gives them (dims expressions: `["0", "first_k_dense_replace"]`), else in every layer; `in` / `not_in`
+   * narrow that to the layers a config list names or does not (Qwen3-MoE's dense `mlp_only_layers`). Others are absent.
    */
-  optional?: { hf: string; layers?: [string | number, string | number] }[];
+  optional?: { hf: string; layers?: [string | number, string | number]; in?: string; not_in?: string }[];
   /** `one_of` group → the `hf` pattern written (default the group's first rule). */
   pick?: Record<string, string>;
   /** Layers after the main stack (MTP), a dims expression: {L} of `layers` rules also runs over them. */
@@ -402,7 +403,8 @@ function validateFixture(raw: unknown, file: string): void {
   if (f.optional !== undefined) {
     if (!Array.isArray(f.optional)) fail(file, `${at}.optional`, "must be a list of { hf, layers? }");
     f.optional.forEach((o: Record<string, unknown>, i: number) => {
-      if (!isObj(o) || !isStr(o.hf) || !Object.keys(o).every((k) => k === "hf" || k === "layers")) fail(file, `${at}.optional[${i}]`, "must be { hf: regex, layers?: [from, to] }");
+      if (!isObj(o) || !isStr(o.hf) || !Object.keys(o).every((k) => ["hf", "layers", "in", "not_in"].includes(k))) fail(file, `${at}.optional[${i}]`, "must be { hf: regex, layers?: [from, to], in?: field, not_in?: field }");
+      for (const k of ["in", "not_in"]) if (o[k] !== undefined && !isStr(o[k])) fail(file, `${at}.optional[${i}].${k}`, "must name a config field holding a list of layer indices");
       try { new RegExp(o.hf as string); } catch (e) { fail(file, `${at}.optional[${i}].hf`, (e as Error).message); }
       if (o.layers !== undefined && !(Array.isArray(o.layers) && o.layers.length === 2 && o.layers.every(expr))) fail(file, `${at}.optional[${i}].layers`, "must be [from, to], dims expressions or integers");
     });
