@@ -220,6 +220,8 @@ export interface FixtureSpec {
   seed?: number;
   /** Magnitude of plain tensors' uniform values by regex on the rule's `hf` (first match; default 0.5). */
   scales?: Record<string, number>;
+  /** `string`: a layer's experts written in the string order of their ids (0, 1, 10, 11, 2, …), as some exporters do. */
+  expert_order?: "string";
   /** dtype of plain tensors (default BF16); a rule's `dtype` wins. */
   dtype?: CastableDType;
   /** safetensors files to split the tensors over (default 1; an index beside several). */
@@ -387,7 +389,7 @@ function validateFixture(raw: unknown, file: string): void {
   const f = raw as Record<string, unknown>;
   const at = "$.fixture";
   if (!f || typeof f !== "object" || Array.isArray(f)) fail(file, at, "must be an object");
-  const keys = ["config", "seed", "scales", "dtype", "files", "layout", "folder", "root_files", "dims", "shapes", "optional", "pick", "extra_layers", "prefix", "fp8", "real"];
+  const keys = ["config", "seed", "scales", "expert_order", "dtype", "files", "layout", "folder", "root_files", "dims", "shapes", "optional", "pick", "extra_layers", "prefix", "fp8", "real"];
   for (const k of Object.keys(f)) if (!keys.includes(k)) fail(file, `${at}.${k}`, `unknown field (known: ${keys.join(", ")})`);
   const isObj = (v: unknown) => !!v && typeof v === "object" && !Array.isArray(v);
   if (!isObj(f.config)) fail(file, `${at}.config`, "must be the tiny checkpoint's config.json object");
@@ -397,6 +399,7 @@ function validateFixture(raw: unknown, file: string): void {
   for (const k of ["layout", "folder", "prefix", "fp8"]) if (f[k] !== undefined && typeof f[k] !== "string") fail(file, `${at}.${k}`, "must be a string");
   if (f.fp8 !== undefined) try { new RegExp(f.fp8 as string); } catch (e) { fail(file, `${at}.fp8`, (e as Error).message); }
   if (f.scales !== undefined && !(isObj(f.scales) && Object.entries(f.scales as object).every(([k, v]) => { try { new RegExp(k); } catch { return false; } return typeof v === "number" && v > 0; }))) fail(file, `${at}.scales`, "must map hf regexes to positive magnitudes");
+  if (f.expert_order !== undefined && f.expert_order !== "string") fail(file, `${at}.expert_order`, "must be string (or left out: numeric order)");
   if (f.root_files !== undefined && !isObj(f.root_files)) fail(file, `${at}.root_files`, "must map file names to JSON bodies");
   if (f.dims !== undefined && !(isObj(f.dims) && Object.values(f.dims as object).every(isStr))) fail(file, `${at}.dims`, "must map names to expressions");
   if (f.shapes !== undefined && !(isObj(f.shapes) && Object.values(f.shapes as object).every(isStrArr))) fail(file, `${at}.shapes`, "must map rule hf patterns to lists of expressions");
