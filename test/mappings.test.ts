@@ -26,6 +26,8 @@ function fixtureOf(file: string): FixtureSpec {
     throw new Error(`${file} has no "fixture" entry: add one as its last key (the tiny config.json, the optional rules present per layer, ` +
       `shapes of rules without one, packed/FP8/prefix layout data, and "real": the published checkpoint for a dry run); see docs/adding-a-model.md §2`);
   }
+  const keys = Object.keys(raw);
+  if (keys[keys.length - 1] !== "fixture") throw new Error(`${file}: "fixture" must be the last key (it follows the rules it describes)`);
   return raw.fixture as FixtureSpec;
 }
 
