@@ -9,7 +9,9 @@ export type { InspectOptions, InspectResult, InspectTensor, TensorStats } from "
 export type { ProgressEvent } from "./exec/executor.js";
 export { runVerify as verify } from "./commands/verify.js";
 export { runHealth as health, formatHealth, type HealthReport } from "./health/index.js";
-export { loraConvert, loraExport, loraMerge, type LoraModelSummary, type LoraSettings } from "./lora/index.js";
+export { loraConvert, loraExport } from "./commands/lora-convert.js";
+export { loraMerge } from "./commands/lora-merge.js";
+export type { LoraModelSummary, LoraSettings } from "./lora/index.js";
 export { openSource } from "./sources/resolve.js";
 export { buildCatalog } from "./catalog.js";
 export { getKernels, referenceKernels } from "./kernels/index.js";

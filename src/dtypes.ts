@@ -51,6 +51,12 @@ export const DTYPE_ALIASES: Record<string, CastableDType> = {
   f8_e4m3: "F8_E4M3", fp8: "F8_E4M3", f8_e5m2: "F8_E5M2",
 };
 
+/** Floating-point dtypes: values that can be NaN, infinite or out of another float's range (the health checks). */
+export const FLOAT_DTYPES: readonly DType[] = ["F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"];
+export function isFloatDType(d: DType): boolean {
+  return FLOAT_DTYPES.includes(d);
+}
+
 export function numelOf(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;

@@ -9,7 +9,7 @@ import { tinyLlamaTensors, writeHfFolder, type GeneratedTensor } from "../src/fi
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
 import { formatHealth, layerKind, median, runHealth, type HealthReport } from "../src/health/index.js";
 import { referenceKernels } from "../src/kernels/index.js";
-import { loraConvert } from "../src/lora/index.js";
+import { loraConvert } from "../src/commands/lora-convert.js";
 import { runConvert } from "../src/commands/convert.js";
 
 const CLI = join(process.cwd(), "bin", "ckpt.js");

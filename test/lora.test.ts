@@ -15,9 +15,11 @@ import { writeTinyQwen3 } from "../src/fixtures/tiny-qwen3.js";
 import { getKernels, nativeKernelsFrom, referenceKernels, resetKernelsForTests } from "../src/kernels/index.js";
 import { loadNative, nativeLoadError } from "../src/kernels/native.js";
 import {
-  ModuleResolver, isTargetModule, loraConvert, loraExport, loraMerge, loraScale, mergeWeight, parsePeftConfig, parsePeftName,
-  parseTtName, patternKey, type PeftLoraConfig,
+  ModuleResolver, isTargetModule, loraScale, mergeWeight, parsePeftConfig, parsePeftName, parseTtName, patternKey,
+  type PeftLoraConfig,
 } from "../src/lora/index.js";
+import { loraConvert, loraExport } from "../src/commands/lora-convert.js";
+import { loraMerge } from "../src/commands/lora-merge.js";
 import { readTensorBytes } from "../src/lora/tensors.js";
 import { mappingByName } from "../src/mapping/load.js";
 import { runConvert } from "../src/commands/convert.js";

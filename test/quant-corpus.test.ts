@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { runConvert, type ConvertOptions } from "../src/commands/convert.js";
-import { loraConvert } from "../src/lora/index.js";
+import { loraConvert } from "../src/commands/lora-convert.js";
 import { CkptError, type ErrorCode } from "../src/errors.js";
 import type { DType } from "../src/dtypes.js";
 import { buildSafetensors } from "../src/formats/safetensors/index.js";

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { writeSyntheticLlama } from "./bench/gen.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../src/fixtures/tiny-lora.js";
-import { loraMerge } from "../src/lora/merge.js";
+import { loraMerge } from "../src/commands/lora-merge.js";
 import { runVerify } from "../src/commands/verify.js";
 import { runConvert } from "../src/commands/convert.js";
 import { writeTinyGptOss } from "../src/fixtures/tiny-gpt-oss.js";

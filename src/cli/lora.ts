@@ -20,7 +20,7 @@ function numberOpt(a: Args, k: string): number | undefined {
 }
 
 async function convertCmd(a: Args, out: Out): Promise<void> {
-  const { loraConvert } = await import("../lora/convert.js"); // loaded when the command runs (see cli/main.ts)
+  const { loraConvert } = await import("../commands/lora-convert.js"); // loaded when the command runs (see cli/main.ts)
   const r = await loraConvert({
     adapter: String(a.adapter), out: String(a.out), base: String(a.base),
     format: a.format as "dcp" | "safetensors" | undefined, target: a.target as string | undefined, force: a.force as boolean | undefined,
@@ -37,7 +37,7 @@ async function convertCmd(a: Args, out: Out): Promise<void> {
 }
 
 async function exportCmd(a: Args, out: Out): Promise<void> {
-  const { loraExport } = await import("../lora/convert.js");
+  const { loraExport } = await import("../commands/lora-convert.js");
   const r = await loraExport({
     input: String(a.input), out: String(a.out), config: a.config as string | undefined,
     alpha: numberOpt(a, "alpha"), rslora: a.rslora as boolean | undefined, baseModel: a["base-model"] as string | undefined,
@@ -54,7 +54,7 @@ async function mergeCmd(a: Args, out: Out): Promise<void> {
   const inBase = adapter === "-" || adapter === "" || resolve(adapter) === resolve(String(a.base));
   const rep = makeReporter("merge", a);
   try {
-    const { loraMerge } = await import("../lora/merge.js");
+    const { loraMerge } = await import("../commands/lora-merge.js");
     const r = await loraMerge({
       base: String(a.base), adapter: inBase ? undefined : adapter, out: String(a.out),
       dtype: a.dtype as string | undefined, config: a.config as string | undefined, format: a.format as "dcp" | "safetensors" | undefined,

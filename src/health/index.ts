@@ -5,79 +5,15 @@
 import { naturalCompare } from "../util/natural-compare.js";
 import { buildCatalog } from "../catalog.js";
 import type { CatalogTensor } from "../catalog-types.js";
-import { isCastable, numelOf, type DType } from "../dtypes.js";
+import { isCastable, isFloatDType, numelOf, type DType } from "../dtypes.js";
 import { getKernels } from "../kernels/index.js";
 import { normalizeTtName } from "../plan/convert-plan.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
-import { aligned, isFloatDType } from "../lora/tensors.js";
+import { aligned } from "../util/aligned.js";
+import type { HealthCode, HealthFinding, HealthLayerKind, HealthLoraPair, HealthReport, HealthTensor, Severity } from "./report.js";
 
-export type Severity = "error" | "warning" | "info";
-export type HealthCode =
-  | "NAN" | "INF" | "F16_OVERFLOW" | "F16_UNDERFLOW" | "LORA_ZERO_B" | "LORA_ZERO_A" | "LORA_RATIO"
-  | "NORM_SPIKE" | "NORM_GROWTH" | "MIXED_DTYPES" | "NOT_CHECKED";
-
-export interface HealthFinding {
-  severity: Severity;
-  code: HealthCode;
-  message: string;
-  tensor?: string;
-  /** The number behind the finding (count, factor, ratio). */
-  value?: number;
-}
-
-export interface HealthTensor {
-  name: string;
-  dtype: DType;
-  shape: number[];
-  checked: boolean;
-  count: number;
-  nan: number;
-  inf: number;
-  zeros: number;
-  /** Finite values that become ±inf in f16 (|x| ≥ 65520). */
-  f16Overflow: number;
-  /** Nonzero finite values that become ±0 in f16 (|x| ≤ 2^-25). */
-  f16Underflow: number;
-  /** Frobenius norm and RMS of the finite values. */
-  norm: number | null;
-  rms: number | null;
-  maxAbs: number | null;
-}
-
-export interface HealthLoraPair {
-  module: string;
-  a: string;
-  b: string;
-  magnitude?: string;
-  normA: number | null;
-  normB: number | null;
-  /** ‖A‖_F / ‖B‖_F (null when B is zero). */
-  ratio: number | null;
-  zeroA: boolean;
-  zeroB: boolean;
-}
-
-export interface HealthLayerKind {
-  /** Tensor name with the layer index replaced by {L}. */
-  kind: string;
-  values: { layer: number; tensor: string; rms: number }[];
-  median: number;
-}
-
-export interface HealthReport {
-  source: string;
-  format: "safetensors" | "dcp";
-  ok: boolean;
-  f16: boolean;
-  growthFactor: number;
-  tensors: HealthTensor[];
-  dtypes: { dtype: DType; tensors: number; params: number }[];
-  lora: HealthLoraPair[];
-  layers: HealthLayerKind[];
-  findings: HealthFinding[];
-  counts: Record<Severity, number>;
-}
+export type { HealthCode, HealthFinding, HealthLayerKind, HealthLoraPair, HealthReport, HealthTensor, Severity } from "./report.js";
 
 export interface HealthOptions extends OpenSourceOptions {
   /** Consider an fp16 target: values beyond the fp16 range are errors, heavy underflow a warning. */

@@ -1,6 +1,74 @@
-// The readable `inspect --health` report.
+// The `inspect --health` report: its data (what --json prints) and its readable form.
+import type { DType } from "../dtypes.js";
 import { table } from "../util/format.js";
-import type { HealthFinding, HealthReport, Severity } from "./index.js";
+
+export type Severity = "error" | "warning" | "info";
+export type HealthCode =
+  | "NAN" | "INF" | "F16_OVERFLOW" | "F16_UNDERFLOW" | "LORA_ZERO_B" | "LORA_ZERO_A" | "LORA_RATIO"
+  | "NORM_SPIKE" | "NORM_GROWTH" | "MIXED_DTYPES" | "NOT_CHECKED";
+
+export interface HealthFinding {
+  severity: Severity;
+  code: HealthCode;
+  message: string;
+  tensor?: string;
+  /** The number behind the finding (count, factor, ratio). */
+  value?: number;
+}
+
+export interface HealthTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  checked: boolean;
+  count: number;
+  nan: number;
+  inf: number;
+  zeros: number;
+  /** Finite values that become ±inf in f16 (|x| ≥ 65520). */
+  f16Overflow: number;
+  /** Nonzero finite values that become ±0 in f16 (|x| ≤ 2^-25). */
+  f16Underflow: number;
+  /** Frobenius norm and RMS of the finite values. */
+  norm: number | null;
+  rms: number | null;
+  maxAbs: number | null;
+}
+
+export interface HealthLoraPair {
+  module: string;
+  a: string;
+  b: string;
+  magnitude?: string;
+  normA: number | null;
+  normB: number | null;
+  /** ‖A‖_F / ‖B‖_F (null when B is zero). */
+  ratio: number | null;
+  zeroA: boolean;
+  zeroB: boolean;
+}
+
+export interface HealthLayerKind {
+  /** Tensor name with the layer index replaced by {L}. */
+  kind: string;
+  values: { layer: number; tensor: string; rms: number }[];
+  median: number;
+}
+
+export interface HealthReport {
+  source: string;
+  format: "safetensors" | "dcp";
+  ok: boolean;
+  f16: boolean;
+  growthFactor: number;
+  tensors: HealthTensor[];
+  dtypes: { dtype: DType; tensors: number; params: number }[];
+  lora: HealthLoraPair[];
+  layers: HealthLayerKind[];
+  findings: HealthFinding[];
+  counts: Record<Severity, number>;
+}
+
 
 const MAX_PER_CODE = 12;
 

@@ -4,8 +4,7 @@
 import { packageRoot } from "../util/package-root.js";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import type { CastableDType } from "../dtypes.js";
 import type { Int4Encoded, Kernels, Mxfp4Encoded, Stats } from "./index.js";
 import { int4DecodeRef, mxfp4DecodeRef } from "./reference.js";

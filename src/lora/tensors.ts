@@ -1,18 +1,11 @@
-// Small tensor helpers shared by the LoRA tools and the health check: whole-tensor reads (assembling DCP chunks),
+// Small tensor helpers of the LoRA tools: whole-tensor reads (assembling DCP chunks),
 // byte-level row gathers (dtype-agnostic, bit-exact), and widening to f32/f64 through the kernels.
 import type { CatalogTensor } from "../catalog-types.js";
 import { elementSize, isCastable, numelOf, type DType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
 import { getKernels } from "../kernels/index.js";
 import type { Source } from "../sources/types.js";
-
-/** A copy of `b` whose byteOffset is a multiple of 8 (typed-array views need aligned memory). */
-export function aligned(b: Uint8Array): Uint8Array {
-  if (b.byteOffset % 8 === 0) return b;
-  const c = new Uint8Array(new ArrayBuffer(b.byteLength));
-  c.set(b);
-  return c;
-}
+import { aligned } from "../util/aligned.js";
 
 /**
  * The whole tensor as row-major little-endian bytes. Safetensors tensors are one piece; DCP tensors may be several
@@ -93,9 +86,4 @@ export function castBytesTo(bytes: Uint8Array, from: DType, to: DType, n: number
     return out;
   }
   return fromF32(toF32(bytes, from, n), to);
-}
-
-export const FLOAT_DTYPES: readonly DType[] = ["F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"];
-export function isFloatDType(d: DType): boolean {
-  return FLOAT_DTYPES.includes(d);
 }

@@ -1,7 +1,6 @@
 // Loads mappings/*.json, picks the one matching a config.json, and evaluates its named dimensions.
-import { readFileSync, readdirSync, existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { CkptError } from "../errors.js";
 import { packageRoot } from "../util/package-root.js";
 import { validateMapping, type Mapping } from "./schema.js";

@@ -4,7 +4,6 @@
 import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 import { parseCheck, type Requirement } from "./requirements.js";
-import { validateConcatGroups } from "../plan/concat.js";
 
 export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
 export type Target = (typeof TARGETS)[number];
@@ -462,4 +461,49 @@ function validateRequires(raw: unknown, tensors: Record<string, unknown>[], dims
     }
     if (parsed.kind === "compare") for (const n of parsed.names) if (!(n in dims)) fail(file, `${p}.check`, `unknown dims name '${n}'`);
   });
+}
+
+// The `concat` op as rules state it: which rules are parts of one joined TorchTitan tensor, and the checks a
+// mapping file's concat groups pass when it is loaded. Planning the join and the split back is plan/concat.ts.
+
+export type ConcatStep = Extract<Transform, { op: "concat" }>;
+
+/** The rule's concat step: this HF tensor is part `index` of a TorchTitan tensor joined along `dim`. */
+export function concatStep(rule: { transform?: Transform | Transform[] }): ConcatStep | undefined {
+  const t = rule.transform;
+  return t && !Array.isArray(t) && t.op === "concat" ? t : undefined;
+}
+
+/** The TorchTitan pattern a concat rule names for `target` (the group key: parts share it). */
+export function ttOf(rule: TensorRule, target: Target): string | undefined {
+  return typeof rule.tt === "string" ? rule.tt : rule.tt?.[target];
+}
+
+/**
+ * Mapping validation of every concat group: indices 0..n-1 once each, n ≥ 2, one dim, each part with its HF `shape`
+ * (the split back needs it) and no other transform or RoPE (which would apply per part, not to the joined tensor).
+ */
+export function validateConcatGroups(tensors: TensorRule[], targets: readonly Target[], fail: (path: string, what: string) => never): void {
+  for (const target of targets) {
+    const groups = new Map<string, { rule: TensorRule; i: number }[]>();
+    tensors.forEach((rule, i) => {
+      if (!concatStep(rule)) return;
+      const tt = ttOf(rule, target);
+      if (!tt) return;
+      const key = `${rule.layout ?? ""}|${tt}`;
+      groups.set(key, [...(groups.get(key) ?? []), { rule, i }]);
+    });
+    for (const [key, members] of groups) {
+      const at = (i: number) => `$.tensors[${i}]`;
+      const idx = members.map((m) => concatStep(m.rule)!.index).sort((a, b) => a - b);
+      if (members.length < 2 || idx.some((v, k) => v !== k)) fail(at(members[0]!.i), `concat parts of ${key.split("|")[1]} must have indices 0..n-1 once each (n ≥ 2), found [${idx.join(", ")}]`);
+      const dim = concatStep(members[0]!.rule)!.dim;
+      for (const m of members) {
+        if (concatStep(m.rule)!.dim !== dim) fail(`${at(m.i)}.transform.dim`, `every part of ${key.split("|")[1]} must join along dim ${dim}`);
+        if (!m.rule.shape) fail(`${at(m.i)}.shape`, "a concat part needs its HF shape (dims expressions): --to hf splits by it");
+        if (m.rule.rope) fail(`${at(m.i)}.rope`, "a concat part cannot carry its own RoPE permutation");
+        if (m.rule.experts) fail(`${at(m.i)}.experts`, "a concat part cannot be a stacked expert");
+      }
+    }
+  }
 }

@@ -10,16 +10,10 @@
 import { CkptError } from "../errors.js";
 import { evalDimExpr } from "../mapping/load.js";
 import type { DType } from "../dtypes.js";
-import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
+import { concatStep, ttOf, type Mapping, type Target, type TensorRule, type Transform } from "../mapping/schema.js";
 import type { Recipe } from "./recipe.js";
 
-export type ConcatStep = Extract<Transform, { op: "concat" }>;
-
-/** The rule's concat step: this HF tensor is part `index` of a TorchTitan tensor joined along `dim`. */
-export function concatStep(rule: { transform?: Transform | Transform[] }): ConcatStep | undefined {
-  const t = rule.transform;
-  return t && !Array.isArray(t) && t.op === "concat" ? t : undefined;
-}
+export { concatStep, type ConcatStep } from "../mapping/schema.js";
 
 /** The dim whose halves a rule's swap_halves step exchanges, if it has one. */
 export function swapHalvesDim(rule: { transform?: Transform | Transform[] }): number | undefined {
@@ -27,45 +21,11 @@ export function swapHalvesDim(rule: { transform?: Transform | Transform[] }): nu
   return t && !Array.isArray(t) && t.op === "swap_halves" ? t.dim : undefined;
 }
 
-/** The TorchTitan pattern a concat rule names for `target` (the group key: parts share it). */
-function ttOf(rule: TensorRule, target: Target): string | undefined {
-  return typeof rule.tt === "string" ? rule.tt : rule.tt?.[target];
-}
-
 /** The parts of the concat group `rule` belongs to (same TorchTitan pattern and layout), in `index` order. */
 export function concatGroup(mapping: Mapping, rule: TensorRule, target: Target): TensorRule[] {
   const tt = ttOf(rule, target);
   const parts = mapping.tensors.filter((r) => concatStep(r) && ttOf(r, target) === tt && r.layout === rule.layout);
   return parts.sort((a, b) => concatStep(a)!.index - concatStep(b)!.index);
-}
-
-/**
- * Mapping validation of every concat group: indices 0..n-1 once each, n ≥ 2, one dim, each part with its HF `shape`
- * (the split back needs it) and no other transform or RoPE (which would apply per part, not to the joined tensor).
- */
-export function validateConcatGroups(tensors: TensorRule[], targets: readonly Target[], fail: (path: string, what: string) => never): void {
-  for (const target of targets) {
-    const groups = new Map<string, { rule: TensorRule; i: number }[]>();
-    tensors.forEach((rule, i) => {
-      if (!concatStep(rule)) return;
-      const tt = ttOf(rule, target);
-      if (!tt) return;
-      const key = `${rule.layout ?? ""}|${tt}`;
-      groups.set(key, [...(groups.get(key) ?? []), { rule, i }]);
-    });
-    for (const [key, members] of groups) {
-      const at = (i: number) => `$.tensors[${i}]`;
-      const idx = members.map((m) => concatStep(m.rule)!.index).sort((a, b) => a - b);
-      if (members.length < 2 || idx.some((v, k) => v !== k)) fail(at(members[0]!.i), `concat parts of ${key.split("|")[1]} must have indices 0..n-1 once each (n ≥ 2), found [${idx.join(", ")}]`);
-      const dim = concatStep(members[0]!.rule)!.dim;
-      for (const m of members) {
-        if (concatStep(m.rule)!.dim !== dim) fail(`${at(m.i)}.transform.dim`, `every part of ${key.split("|")[1]} must join along dim ${dim}`);
-        if (!m.rule.shape) fail(`${at(m.i)}.shape`, "a concat part needs its HF shape (dims expressions): --to hf splits by it");
-        if (m.rule.rope) fail(`${at(m.i)}.rope`, "a concat part cannot carry its own RoPE permutation");
-        if (m.rule.experts) fail(`${at(m.i)}.experts`, "a concat part cannot be a stacked expert");
-      }
-    }
-  }
 }
 
 /** Evaluated `shape` of a part rule, or a MAPPING/CONFIG error naming what is missing. */

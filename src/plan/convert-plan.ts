@@ -9,11 +9,11 @@ import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from 
 import { failedCheck, parseCheck } from "../mapping/requirements.js";
 import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
 import { splitStep, TARGETS, towerFlag, transformSteps, valueOp } from "../mapping/schema.js";
-import type { LeafInfo, Recipe } from "./recipe.js";
+import type { LeafInfo, Recipe, StoredShapeCheck } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
-import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves, type StoredShapeCheck } from "./quant-checks.js";
+import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves } from "./quant-checks.js";
 import { detectLayout, effectiveConfig, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
 import { checkShape, rulesForShape, type ShapeCtx } from "./layouts.js";

@@ -7,8 +7,7 @@ import type { CatalogTensor } from "../catalog-types.js";
 import { evalDimExpr } from "../mapping/load.js";
 import { fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { valueOp, type TensorRule } from "../mapping/schema.js";
-import type { Recipe } from "./recipe.js";
-import type { StoredShapeCheck } from "./quant-checks.js";
+import type { Recipe, StoredShapeCheck } from "./recipe.js";
 
 interface WeightArgs {
   num_bits?: unknown; symmetric?: unknown; strategy?: unknown; group_size?: unknown; type?: unknown; actorder?: unknown;

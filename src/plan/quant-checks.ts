@@ -11,7 +11,7 @@ import type { Source } from "../sources/types.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { valueOp, type Mapping, type TensorRule } from "../mapping/schema.js";
 import { isIgnored } from "./int4.js";
-import type { Recipe } from "./recipe.js";
+import type { Recipe, StoredShapeCheck } from "./recipe.js";
 
 interface Rule { rule: TensorRule; hf?: CompiledPattern }
 type Tensors = Map<string, CatalogTensor>;
@@ -185,16 +185,6 @@ export function checkWholeByteLeaves(leaves: Record<string, { dtype: DType }>): 
 
 /** Dtypes a weight's values may be stored in (FP8 only with a scale: checkFp8). */
 const VALUE_DTYPES: readonly DType[] = ["F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2"];
-
-/** A stored integer tensor whose values the plan relies on (INT4 weight_shape = [out, in] of the decoded weight). */
-export interface StoredShapeCheck {
-  tensor: string;
-  /** The packed tensor the shape describes. */
-  of: string;
-  expect: number[];
-  dtype: DType;
-  pieces: StoredPiece[];
-}
 
 /**
  * Reads each weight_shape (a few bytes each, never a whole file) and refuses one whose values contradict the packed

@@ -89,3 +89,16 @@ export function describeRecipe(r: Recipe): string {
     case "int4_encode": return `int4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype}, group ${r.group})`;
   }
 }
+
+/**
+ * A stored integer tensor whose values a recipe relies on (INT4 weight_shape = [out, in] of the decoded weight): they
+ * are tensor bytes, not headers, so checkStoredShapes (plan/quant-checks.ts) reads them once the plan exists.
+ */
+export interface StoredShapeCheck {
+  tensor: string;
+  /** The packed tensor the shape describes. */
+  of: string;
+  expect: number[];
+  dtype: DType;
+  pieces: StoredPiece[];
+}

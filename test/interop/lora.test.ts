@@ -15,7 +15,8 @@ import { join } from "node:path";
 import { writeTinyLlama } from "../../src/fixtures/tiny-llama.js";
 import { tinyPeftAdapter, writePeftAdapter } from "../../src/fixtures/tiny-lora.js";
 import { runHealth } from "../../src/health/index.js";
-import { loraConvert, loraExport, loraMerge } from "../../src/lora/index.js";
+import { loraConvert, loraExport } from "../../src/commands/lora-convert.js";
+import { loraMerge } from "../../src/commands/lora-merge.js";
 import { runConvert } from "../../src/commands/convert.js";
 import { availableSuites } from "./torch.js";
 

@@ -11,14 +11,14 @@ import { buildSafetensors } from "../formats/safetensors/writer.js";
 import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
 
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
-import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "./adapter.js";
+import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "../lora/adapter.js";
 import {
   LORA_CONFIG_FILE, LORA_FORMAT, loraScale, peftAdapterConfigJson, sortedJson, stableStringify,
   type PeftLoraConfig, type TtLoraMetadata,
-} from "./config.js";
-import { lastSegment, peftName, ttName } from "./names.js";
-import { joinRowSplits, withoutPeftUnsupported } from "./tt-linears.js";
-import { baseTensors, validateAdapterAgainstBase } from "./validate.js";
+} from "../lora/config.js";
+import { lastSegment, peftName, ttName } from "../lora/names.js";
+import { joinRowSplits, withoutPeftUnsupported } from "../lora/peft-export.js";
+import { baseTensors, validateAdapterAgainstBase } from "../lora/validate.js";
 
 export interface OutTensor { name: string; dtype: DType; shape: number[]; data: Uint8Array }
 

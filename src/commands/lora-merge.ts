@@ -19,17 +19,15 @@ import { detectTarget, normalizeTtName, parseDTypeChoice, sideOf, type Conversio
 import { layoutDcp, layoutSafetensors } from "../plan/output-layout.js";
 import type { Recipe } from "../plan/recipe.js";
 import type { Box } from "../plan/runs.js";
-import { copyAssets } from "../commands/assets.js";
-import { writeOutput } from "../commands/write-output.js";
+import { copyAssets } from "./assets.js";
+import { writeOutput } from "./write-output.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { VERSION } from "../version.js";
-import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type Layout, type OpenedAdapter } from "./adapter.js";
-import type { LoraPieceUpdate } from "./merge-kernel.js";
-import { ModuleResolver } from "./names.js";
-import { toF32 } from "./tensors.js";
-
-export { mergeWeight } from "./merge-kernel.js";
+import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type Layout, type OpenedAdapter } from "../lora/adapter.js";
+import type { LoraPieceUpdate } from "../lora/merge-kernel.js";
+import { ModuleResolver } from "../lora/names.js";
+import { toF32 } from "../lora/tensors.js";
 
 export interface LoraMergeOptions extends OpenSourceOptions {
   /** HF checkpoint (folder / repo) or TorchTitan checkpoint (DCP folder or safetensors). */
