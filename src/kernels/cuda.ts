@@ -1,10 +1,10 @@
-// Optional CUDA path (`--device cuda`): cast and FP8 dequant run on the GPU through native/cuda (an nvcc-built
+// Optional CUDA path (getKernels({ device: "cuda" }); no command selects it): cast and FP8 dequant run on the GPU through native/cuda (an nvcc-built
 // shared library the addon dlopens); gather and stats stay on the CPU kernels. Same header, same bits.
 
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { CastableDType } from "../dtypes.js";
-import type { Kernels } from "./index.js";
+import type { Kernels } from "./types.js";
 import { DTYPE_CODE, loadNative, nativeKernelsFrom, nativeLoadError } from "./native.js";
 import { packageRoot } from "../util/package-root.js";
 

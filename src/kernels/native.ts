@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import type { CastableDType } from "../dtypes.js";
-import type { Int4Encoded, Kernels, Mxfp4Encoded, Stats } from "./index.js";
+import type { Int4Encoded, Kernels, Mxfp4Encoded, Stats } from "./types.js";
 import { int4DecodeRef, mxfp4DecodeRef } from "./reference.js";
 import { int4EncodeKeeping, mxfp4EncodeKeeping, mxfp4ScalesKeeping } from "./requantize.js";
 

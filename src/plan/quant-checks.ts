@@ -6,7 +6,7 @@
 // The formats' rules are in docs/quantized-sources.md.
 import { CkptError } from "../errors.js";
 import { DTYPE_BITS, type DType } from "../dtypes.js";
-import type { CatalogTensor, StoredPiece } from "../catalog-types.js";
+import type { CatalogTensor } from "../catalog-types.js";
 import type { Source } from "../sources/types.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { valueOp, type Mapping, type TensorRule } from "../mapping/schema.js";
