@@ -38,8 +38,33 @@ function ttRowSource(r: number, hd: number): number {
   return h * hd + (i % 2) * (hd / 2) + Math.floor(i / 2);
 }
 
-export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: string) => void }): Promise<void> {
+/** One step of the demo with the figures it checked (what `ckpt demo --json` prints). */
+export interface DemoStep {
+  step: number;
+  title: string;
+  figures: Record<string, unknown>;
+}
+
+export interface DemoResult {
+  ok: true;
+  /** Where the demo files are, when they are kept (--out or --keep). */
+  dir?: string;
+  steps: DemoStep[];
+  /** TorchTitan config lines that load the converted tiny Llama 3 (when the files are kept). */
+  torchtitanConfig?: string;
+}
+
+/** Runs the demo, logging each step as text through `log` (a no-op for --json); throws VERIFY on a mismatch. */
+export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: string) => void }): Promise<DemoResult> {
+  const steps: DemoStep[] = [];
   const log = opts.log;
+  /** Logs a step's title and records it; its figures are filled in as the step checks them. */
+  const step = (title: string): Record<string, unknown> => {
+    const figures: Record<string, unknown> = {};
+    steps.push({ step: steps.length + 1, title, figures });
+    log(`${steps.length}. ${title}`);
+    return figures;
+  };
   const base = opts.out ? resolve(opts.out) : mkdtempSync(join(tmpdir(), "ckpt-demo-"));
   mkdirSync(base, { recursive: true });
   const hf = join(base, "tiny-llama3-hf");
@@ -51,16 +76,18 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
   const ossW4 = join(base, "tiny-gpt-oss-fsdp4");
   for (const p of [hf, tt, sharded, back, oss, ossTt, ossW4]) rmSync(p, { recursive: true, force: true });
   try {
-    log("1. generating a tiny Llama 3 (GQA 4/2 heads, head_dim 16 ≠ hidden/heads, 2 layers, 2 safetensors files)");
+    const generated = step("generating a tiny Llama 3 (GQA 4/2 heads, head_dim 16 ≠ hidden/heads, 2 layers, 2 safetensors files)");
     const gen = writeTinyLlama(hf, { files: 2, layers: 2 });
     const ins = await runInspect(hf);
+    Object.assign(generated, { tensors: ins.tensors.length, bytes: ins.totalBytes, params: ins.totalParams, dtypes: ins.totals.map((t) => t.dtype) });
     log(`   ${ins.tensors.length} tensors, ${fmtBytes(ins.totalBytes)}, ${ins.totalParams.toLocaleString("en-US")} params, ${ins.totals.map((t) => t.dtype).join("/")}`);
 
-    log("2. ckpt convert → TorchTitan DCP (torchtitan@main names, q/k rows permuted for ComplexRoPE)");
+    const converted = step("ckpt convert → TorchTitan DCP (torchtitan@main names, q/k rows permuted for ComplexRoPE)");
     const conv = await runConvert({ source: hf, out: tt, threads: 0 });
+    Object.assign(converted, { files: conv.plan.files.length, tensors: conv.plan.tensors.length, bytes: conv.bytesWritten });
     log(`   wrote ${conv.plan.files.length} data file(s) + .metadata, ${conv.plan.tensors.length} tensors, ${fmtBytes(conv.bytesWritten)}`);
 
-    log("3. reading the DCP back with our own reader and checking every tensor against the HF bytes");
+    const readBack = step("reading the DCP back with our own reader and checking every tensor against the HF bytes");
     const { chunks } = await openDcp(tt);
     const hfByName = new Map(gen.tensors.map((t) => [t.name, t]));
     const cfg = gen.config as { num_attention_heads: number; num_key_value_heads: number; head_dim?: number; hidden_size: number };
@@ -89,15 +116,17 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
       if (Buffer.compare(Buffer.from(data), Buffer.from(expect)) !== 0) throw new CkptError("VERIFY", `demo: ${c.fqn} differs from the expected bytes`);
       checked++;
     }
+    Object.assign(readBack, { bitExact: checked, heads: cfg.num_attention_heads, kvHeads: cfg.num_key_value_heads, headDim: hd });
     log(`   ${checked} tensors bit-exact (q/k permuted with ${cfg.num_attention_heads}/${cfg.num_key_value_heads} heads, head_dim ${hd})`);
 
-    log("4. ckpt shard --world-size 8 → one __{rank}_0.distcp per rank (FSDP2 Shard(0), uneven rows split like torch.chunk)");
+    const shardStep = step("ckpt shard --world-size 8 → one __{rank}_0.distcp per rank (FSDP2 Shard(0), uneven rows split like torch.chunk)");
     // torchtitan@main: this model's head_dim (16) ≠ hidden / heads (12), which TorchTitan 0.2's llama3 cannot express
     const sh = await runConvert({ source: hf, out: sharded, worldSize: 8, threads: 0 });
     const ranks = sh.plan.perRank ?? [];
+    Object.assign(shardStep, { worldSize: 8, perRank: ranks.map((r) => ({ rank: r.rank, chunks: r.chunks, bytes: r.bytes })) });
     log(table(["rank", "chunks", "bytes"], ranks.map((r) => [String(r.rank), String(r.chunks), fmtBytes(r.bytes)]), [0, 1, 2]).split("\n").map((l) => "   " + l).join("\n"));
 
-    log("5. ckpt convert --to hf → back to HF safetensors; checking the round trip is byte-identical");
+    const roundTrip = step("ckpt convert --to hf → back to HF safetensors; checking the round trip is byte-identical");
     await runConvert({ source: tt, out: back, to: "hf", threads: 0 });
     const cat = await buildCatalog(await openLocal(back));
     let same = 0;
@@ -109,11 +138,15 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
       if (Buffer.compare(Buffer.from(bytes), Buffer.from(t.data)) !== 0) throw new CkptError("VERIFY", `demo: round trip changed ${t.name}`);
       same++;
     }
+    Object.assign(roundTrip, { identical: same, tensors: gen.tensors.length });
     log(`   ${same}/${gen.tensors.length} tensors identical after HF → TorchTitan → HF`);
-    log("6. a tiny gpt-oss with MXFP4 experts (every nibble, edge scales) → TorchTitan's gpt_oss names, and shard for 4");
-    await checkMxfp4Demo(oss, ossTt, ossW4, log);
+    const mxfp4 = step("a tiny gpt-oss with MXFP4 experts (every nibble, edge scales) → TorchTitan's gpt_oss names, and shard for 4");
+    Object.assign(mxfp4, await checkMxfp4Demo(oss, ossTt, ossW4, log));
     if (conv.torchtitanConfig) log(`\nTorchTitan config for the converted checkpoint:\n${conv.torchtitanConfig}`);
-    log(`\ndemo OK${opts.keep || opts.out ? `; files in ${base}` : ""}`);
+    const kept = opts.keep || opts.out;
+    log(`\ndemo OK${kept ? `; files in ${base}` : ""}`);
+    // the config names the converted folder: only worth returning when the folder is kept
+    return { ok: true, ...(kept ? { dir: base, torchtitanConfig: conv.torchtitanConfig } : {}), steps };
   } finally {
     if (!opts.keep && !opts.out) rmSync(base, { recursive: true, force: true });
   }
@@ -128,7 +161,7 @@ function bf16Bits(v: number): number {
 }
 
 /** Converts the MXFP4 fixture and checks every expert value against E2M1[nibble] · 2^(scale − 127), worked longhand. */
-async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: string) => void): Promise<void> {
+async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: string) => void): Promise<{ values: number; perRankBytes: number[] }> {
   const gen = writeTinyGptOss(hf, { layout: "mxfp4" });
   await runConvert({ source: hf, out: tt, format: "safetensors", threads: 0 });
   const src = new Map(gen.tensors.map((t) => [t.name, t]));
@@ -153,5 +186,7 @@ async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: strin
   if (values === 0) throw new CkptError("VERIFY", "demo: no gpt-oss expert tensors were written");
   log(`   ${values.toLocaleString("en-US")} MXFP4 expert values decoded bit-exact to bf16 (mlp1_weight_EGD / mlp2_weight_EDF, gate/up interleaved)`);
   const sh = await runConvert({ source: hf, out: w4, worldSize: 4, threads: 0 });
-  log(`   sharded for 4 ranks: ${(sh.plan.perRank ?? []).map((r) => fmtBytes(r.bytes)).join(", ")}`);
+  const perRankBytes = (sh.plan.perRank ?? []).map((r) => r.bytes);
+  log(`   sharded for 4 ranks: ${perRankBytes.map((b) => fmtBytes(b)).join(", ")}`);
+  return { values, perRankBytes };
 }

@@ -175,10 +175,8 @@ function commonConvertOptions<T>(y: Argv<T>) {
     // named `no-…` could never be passed.
     .option("expert-bias", { type: "boolean", default: true, describe: "MoE: write the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack (Qwen3-MoE, GPT-OSS); --no-expert-bias leaves them out, like TorchTitan's convert_from_hf.py" })
     .option("mtp", { type: "boolean", describe: "DeepSeek-V3 / Kimi: convert the MTP layers (HF layers ≥ num_hidden_layers) into TorchTitan's mtp_layers (torchtitan@main); without it they are skipped and reported. Qwen3.5/3.6's MTP head (mtp.*) has no TorchTitan module and is always skipped and reported" })
-    .option("requantize", { choices: ["mxfp4", "int4"] as const, describe: "--to hf: write the experts in the source's packed layout (gpt-oss MXFP4 *_blocks/*_scales, Kimi compressed-tensors INT4 weight_packed/weight_scale/weight_shape) with its quantization_config; byte-identical when the values still hold only quantized values, refused with a count otherwise" })
     .option("text-only", { type: "boolean", describe: "multimodal checkpoints (Qwen3.5/3.6 VLMs, Kimi K2.5 / Kimi-VL, Muse Glimmer): convert the language model alone, skipping (and reporting) the vision tower and projector; --to hf of such a conversion writes the text-only CausalLM (Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, DeepseekV3ForCausalLM) with the text config" })
     .option("drop", { type: "string", array: true, describe: "leave out a part the TorchTitan model has no module for, recorded in the manifest: guidance_embedder (FLUX.1-dev's guidance embedder; refused without it)" })
-    .option("hf-layout", { type: "string", describe: "--to hf of a model with several HF layouts: FLUX diffusers (default: the transformer/ folder's names) or bfl (Black Forest Labs' single-file names)" })
     .option("force", { type: "boolean", describe: "replace an existing output" })
     .option("resume", { type: "boolean", describe: "continue an interrupted run from <out>.partial (with --ranks a-b: <out>/.ckpt-ranks-a-b.partial); journaled pieces are re-hashed, then skipped" })
     .option("fsync", { type: "boolean", default: true, describe: "fsync files and folder before the atomic rename; --no-fsync leaves the output in the page cache like cp (faster; a power loss soon after can truncate it: ckpt verify <out> tells)" })
@@ -208,6 +206,8 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       .option("health", { type: "boolean", describe: "check NaN/Inf, fp16 range, LoRA pairs, layer norm growth, mixed dtypes; exit 1 on problems" })
       .option("f16", { type: "boolean", describe: "with --health: consider an fp16 target (overflow is an error)" }),
     async (a) => {
+      if (a.f16 && !a.health) throw new CkptError("USAGE", "--f16 goes with --health (it makes fp16 overflow an error of the health check); --stats counts values beyond the fp16 range");
+      if (a.stats && a.health) throw new CkptError("USAGE", "--health runs its own statistics pass and prints no --stats table; drop --stats (or run inspect --stats on its own)");
       if (a.health) { const { healthCommand } = await import("./health.js"); await healthCommand(a, out); return; }
       const { runInspect } = await import("../commands/inspect.js");
       const rep = makeReporter("stats", a);
@@ -219,7 +219,11 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
     .command("convert <src> <out>", "HF → TorchTitan (DCP or safetensors), or TorchTitan → HF with --to hf", (y) => commonConvertOptions(y
       .positional("src", { type: "string", demandOption: true })
       .positional("out", { type: "string", demandOption: true })
-      .option("to", { choices: ["torchtitan", "hf"] as const, default: "torchtitan" as const, describe: "direction" })),
+      .option("to", { choices: ["torchtitan", "hf"] as const, default: "torchtitan" as const, describe: "direction" })
+      // --to hf only: shard writes TorchTitan shards, so it does not offer them
+      .option("hf-layout", { type: "string", describe: "--to hf of a model with several HF layouts: FLUX diffusers (default: the transformer/ folder's names) or bfl (Black Forest Labs' single-file names)" })
+      .option("requantize", { choices: ["mxfp4", "int4"] as const, describe: "--to hf: write the experts in the source's packed layout (gpt-oss MXFP4 *_blocks/*_scales, Kimi compressed-tensors INT4 weight_packed/weight_scale/weight_shape) with its quantization_config; byte-identical when the values still hold only quantized values, refused with a count otherwise" })),
+
     (a) => doConvert(a as Record<string, unknown>, {}))
     .command("shard <src> <out>", "write per-rank FSDP2 (× TP) shards that PyTorch DCP loads without resharding", (y) => commonConvertOptions(y
       .positional("src", { type: "string", demandOption: true, describe: "HF checkpoint, or a TorchTitan/DCP checkpoint to reshard" })
@@ -252,10 +256,14 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
       }
     })
     .command(loraCommand(out))
-    .command("demo", "run the whole pipeline on a bundled tiny Llama 3 (no network)", (y) => y
+    .command("demo", "run the whole pipeline on a bundled tiny Llama 3 (no network); --json: each step's checked figures", (y) => y
       .option("out", { type: "string", describe: "folder for the demo files (default: a temp folder)" })
       .option("keep", { type: "boolean", describe: "keep the demo files" }),
-    async (a) => { const { runDemo } = await import("./demo.js"); await runDemo({ out: a.out, keep: a.keep, log: out }); })
+    async (a) => {
+      const { runDemo } = await import("./demo.js");
+      const r = await runDemo({ out: a.out, keep: a.keep, log: a.json ? () => {} : out });
+      if (a.json) out(JSON.stringify({ event: "result", ...r }));
+    })
     .command("bench <what>", "benchmarks: `ckpt bench kernels` (GB/s vs memcpy)", (y) => y
       .positional("what", { choices: ["kernels"] as const, demandOption: true }),
     async (a) => {

@@ -9,13 +9,13 @@ import { readConfig } from "../sources/config.js";
 import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
-import { DEFAULT_TARGET, TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-import { detectTarget, normalizeTtName, sideOf, parseDTypeChoice, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
+import { DEFAULT_TARGET, type Mapping, type Target } from "../mapping/schema.js";
+import { detectTarget, normalizeTtName, sideOf, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkStoredShapes } from "../plan/quant-checks.js";
 import { headerBytes, rankIo } from "../plan/rank-io.js";
-import { checkExpertMesh, parseRanks, worldSize, type Mesh } from "../plan/sharding.js";
+import { checkExpertMesh, worldSize, type Mesh } from "../plan/sharding.js";
 import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
 import { describeFsError, fsyncPath, isDiskFull } from "../exec/output-dir.js";
 import { parseDigest } from "../exec/digest.js";
@@ -25,6 +25,7 @@ import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
 import { copyAssets } from "./assets.js";
+import { checkConvertFlags } from "./convert-options.js";
 import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
 import { checkRequantizable, checkRequantized, planRequantize, type RequantizeKind } from "../plan/requantize.js";
 import { normalizedName } from "../plan/source-names.js";
@@ -155,13 +156,6 @@ function summarize(plan: ConversionPlan, layout: OutputLayout): PlanSummary {
   };
 }
 
-function parseTarget(t: string | undefined): Target | undefined {
-  if (t === undefined) return undefined;
-  const full = t.startsWith("torchtitan@") ? t : `torchtitan@${t}`;
-  if (!(TARGETS as readonly string[]).includes(full)) throw new CkptError("USAGE", `--target ${t}: expected one of ${TARGETS.join(", ")}`);
-  return full as Target;
-}
-
 /** A multimodal wrapper's text config merged over its top level (Kimi K2.5 `text_config`), else the config. */
 function flatTextConfig(cfg: Record<string, unknown>): Record<string, unknown> {
   const t = cfg.text_config as Record<string, unknown> | undefined;
@@ -287,6 +281,7 @@ export function torchtitanConfigLines(out: string, target: Target, hfAssets: boo
 
 export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
+  const flags = checkConvertFlags(opts); // every option on its own, before a source is opened
   let direction: Direction = opts.to === "hf" ? "tt_to_hf" : "hf_to_tt";
   const source = typeof opts.source === "string" ? await openSource(opts.source, opts) : opts.source;
   let lora: Awaited<ReturnType<typeof withLoraModel>>;
@@ -312,12 +307,12 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     if (!config) throw new CkptError("CONFIG", "no config.json found", { file: source.id, hint: direction === "tt_to_hf" ? "pass --config <hf-folder-or-repo>" : "the source needs an HF config.json (or pass --config)" });
     const mapping = selectMapping(config, configFile);
     if (opts.requantize && direction === "tt_to_hf") checkRequantizable(mapping, opts.requantize);
-    let target = parseTarget(opts.target);
+    let target = flags.target;
     // A TorchTitan source asked to become TorchTitan again is an offline reshard.
     if (direction === "hf_to_tt" && sideOf(mapping, [...catalog.tensors.keys()], target ?? DEFAULT_TARGET) === "tt") direction = "tt_to_tt";
     if (direction !== "hf_to_tt" && !target) target = detectTarget(mapping, [...catalog.tensors.keys()].map((n) => normalizeTtName(n).name ?? n));
     loraRequested(opts, direction, target);
-    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: parseDTypeChoice(opts.dtype), allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features, hfLayout: opts.hfLayout });
+    const plan = planConversion(catalog, { mapping, config, direction, target: target ?? DEFAULT_TARGET, dtype: flags.dtype, allowUnmapped: opts.allowUnmapped, omit: opts.omit, configFile, features: opts.features, hfLayout: opts.hfLayout });
     // weight_shape values are data, not headers: a dry run plans from headers alone (a Hub source would need one
     // request per tensor), so they are checked when the run is real, still before the output folder exists
     if (plan.storedShapes && !opts.dryRun) await checkStoredShapes(plan.storedShapes, catalog.source);
@@ -338,27 +333,10 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       }
     }
 
-    const world = opts.worldSize ?? 1;
-    const tp = opts.tp ?? 1;
-    if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
-    if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
-    const ep = opts.ep ?? 1;
-    if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
-    const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
+    const { world, tp, ep, mesh, format, filesPerRank } = flags;
     checkExpertMesh(mesh, plan.tensors.filter((t) => t.policy.experts));
-    if (direction === "tt_to_hf" && world > 1) throw new CkptError("USAGE", "--to hf writes unsharded HF safetensors; drop --world-size");
-    if (opts.requantize && direction !== "tt_to_hf") throw new CkptError("USAGE", "--requantize re-encodes --to hf output; it needs --to hf");
-    const format = direction === "tt_to_hf" ? "safetensors" : opts.format ?? "dcp";
-    if (opts.hfNames) {
-      if (format !== "safetensors" || world === 1) throw new CkptError("USAGE", "--hf-names writes per-rank safetensors: use it with --format safetensors and --world-size > 1");
-      plan.tensors = hfNamedTensors(plan);
-    }
+    if (opts.hfNames) plan.tensors = hfNamedTensors(plan);
     const ttKind = format === "dcp" ? "dcp" as const : opts.hfNames ? "hf-safetensors" as const : "tt-safetensors" as const;
-    // Unsharded DCP is written as two files, so two lanes can write at once (one file's writes serialise on its
-    // inode lock); sharded outputs have a file per rank already.
-    const filesPerRank = opts.filesPerRank ?? (world === 1 ? 2 : 1);
-    if (!Number.isInteger(filesPerRank) || filesPerRank < 1 || filesPerRank > 64) throw new CkptError("USAGE", `--files-per-rank ${opts.filesPerRank}: expected an integer from 1 to 64`);
-    if (opts.filesPerRank !== undefined && format !== "dcp") throw new CkptError("USAGE", "--files-per-rank applies to DCP output; drop it with --format safetensors");
     const layout = format === "dcp" ? layoutDcp(plan.tensors, mesh, filesPerRank)
       : world > 1 ? layoutRankSafetensors(plan.tensors, mesh)
       : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3, prefix: direction === "tt_to_hf" && plan.layout ? mapping.hf_file_prefix?.[plan.layout] : undefined });
@@ -373,9 +351,9 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
       return { out: outAbs, dryRun: true, plan: summary, bytesWritten: 0, seconds: (performance.now() - started) / 1000, f16Overflow: 0, ...(lora ? { lora: lora.summary } : {}) };
     }
 
-    const ranks = opts.ranks !== undefined ? parseRanks(opts.ranks, world) : undefined;
+    const ranks = flags.ranks;
     const pieceBytes = 16 * 1024 * 1024;
-    const digest = parseDigest(opts.digest);
+    const digest = flags.digest;
     const fsync = opts.fsync ?? true;
     const drops = (opts.features ?? []).filter((f) => f.startsWith("drop:")).map((f) => f.slice("drop:".length));
     const optionsRecord = { to: opts.to ?? "torchtitan", target: plan.target, format, dtype: opts.dtype ?? "keep", world_size: world, tp, ...(format === "dcp" ? { files_per_rank: filesPerRank } : {}), ...(ep > 1 ? { ep } : {}), ...(plan.layout ? { layout: plan.layout } : {}), ...(drops.length ? { drop: drops } : {}), pieceBytes, digest, ...(lora ? { lora: lora.record } : {}), ...(opts.allowNonfinite ? { allow_nonfinite: true } : {}) };
@@ -384,7 +362,6 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     const directIo = fsync || layout.files.reduce((s, f) => s + f.size, 0) > unthrottledDirtyBytes();
     const execOpts = { threads: opts.threads, maxMemory: opts.maxMemory, pieceBytes, digest, directIo, allowOverflow: opts.allowOverflow, allowNonfinite: opts.allowNonfinite, onProgress: opts.onProgress, signal: opts.signal };
 
-    if (opts.resume && opts.finalize && !ranks) throw new CkptError("USAGE", "--resume with --finalize: nothing to resume (finalize only checks the rank files and writes .metadata and the manifest)");
     const journalPlan = JSON.stringify({ version: VERSION, options: optionsRecord, source: sourceStampsOf(stamps, plan) });
     if (ranks || opts.finalize) return await runPartial(catalog, plan, layout, summary, { ...opts, outAbs, rankList: ranks, execOpts, optionsRecord, journalPlan, assetSource, started, execSource, loraConfig: lora?.config(outAbs) });
 

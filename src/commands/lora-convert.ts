@@ -8,9 +8,9 @@ import { CkptError } from "../errors.js";
 import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
 import { writeSingleFileDcp } from "../formats/dcp/writer.js";
 import { buildSafetensors } from "../formats/safetensors/writer.js";
-import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-
+import type { Mapping, Target } from "../mapping/schema.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
+import { parseTarget } from "./convert-options.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "../lora/adapter.js";
 import {
   LORA_CONFIG_FILE, LORA_FORMAT, loraScale, peftAdapterConfigJson, sortedJson, stableStringify,
@@ -63,13 +63,6 @@ export interface LoraExportResult {
   adapterConfig: Record<string, unknown>;
   tensors: { name: string; from: string; dtype: DType; shape: number[]; permuted: boolean }[];
   warnings: string[];
-}
-
-export function parseTargetOption(t: string | undefined): Target | undefined {
-  if (t === undefined) return undefined;
-  const full = t.startsWith("torchtitan@") ? t : `torchtitan@${t}`;
-  if (!(TARGETS as readonly string[]).includes(full)) throw new CkptError("USAGE", `--target ${t}: expected one of ${TARGETS.join(", ")}`);
-  return full as Target;
 }
 
 /** ckpt's metadata for a TorchTitan-layout adapter: the PEFT settings plus every module's rank, alpha and scale. */
@@ -177,7 +170,7 @@ export async function loraConvert(opts: LoraConvertOptions): Promise<LoraConvert
   const base = typeof opts.base === "string" ? await loadBaseConfig(opts.base, opts) : opts.base;
   const format = opts.format ?? "dcp";
   if (format !== "dcp" && format !== "safetensors") throw new CkptError("USAGE", `--format ${String(format)}: expected dcp or safetensors`);
-  const target = parseTargetOption(opts.target) ?? "torchtitan@main";
+  const target = parseTarget(opts.target) ?? "torchtitan@main";
   const ad = await openAdapter(opts.adapter, { ...opts, base, target });
   try {
     if (ad.kind !== "peft") throw new CkptError("USAGE", "this adapter is already in TorchTitan layout", { file: ad.source.id, hint: "use `ckpt lora export` to go to PEFT" });
