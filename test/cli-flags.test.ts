@@ -265,3 +265,98 @@ describe("--no-* flags parse and have their effect", () => {
     for (const [flag, check] of Object.entries(flags)) test(`ckpt ${cmd} --no-${flag}`, check);
   }
 });
+
+// ---- options are checked on their own, before a source is opened ----
+
+describe("bad options fail fast with one USAGE line, before the source is opened", () => {
+  // The source does not exist: an option checked after opening it would fail with SOURCE_NOT_FOUND instead.
+  const convert = ["convert", MISSING, join(tmp, "never")];
+  const shard = ["shard", MISSING, join(tmp, "never")];
+  const CASES: { args: string[]; says: RegExp }[] = [
+    { args: [...shard, "--world-size", "4", "--tp", "3"], says: /--tp 3 must divide --world-size 4/ },
+    { args: [...shard, "--world-size", "4", "--ep", "3"], says: /--ep 3 must divide dp_shard · tp = 4/ },
+    { args: [...shard, "--world-size", "0"], says: /--world-size 0: expected a positive integer/ },
+    { args: [...shard, "--world-size", "4", "--ranks", "2-5"], says: /--ranks '2-5': ranks must lie in 0-3/ },
+    { args: [...shard, "--world-size", "2", "--hf-names"], says: /--hf-names writes per-rank safetensors/ },
+    { args: [...shard, "--world-size", "2", "--format", "safetensors", "--files-per-rank", "2"], says: /--files-per-rank applies to DCP output/ },
+    { args: [...shard, "--world-size", "2", "--resume", "--finalize"], says: /--resume with --finalize/ },
+    { args: [...convert, "--dtype", "q4"], says: /--dtype q4: expected keep, bf16, f16 or f32/ },
+    { args: [...convert, "--target", "torchtitan@9"], says: /--target torchtitan@9: expected one of/ },
+    { args: [...convert, "--requantize", "int4"], says: /--requantize re-encodes --to hf output; it needs --to hf/ },
+    { args: [...convert, "--hf-layout", "bfl"], says: /--hf-layout bfl picks the HF layout --to hf writes/ },
+    { args: [...convert, "--to", "hf", "--format", "dcp"], says: /--to hf writes HF safetensors; drop --format dcp/ },
+    { args: [...convert, "--to", "hf", "--lora-rank", "8"], says: /--lora \/ --lora-rank build TorchTitan's LoRA model from an HF checkpoint/ },
+    { args: [...convert, "--lora-alpha", "4"], says: /--lora-alpha, --lora-targets and --seed go with --lora-rank/ },
+    { args: [...convert, "--threads", "-1"], says: /--threads -1: expected a non-negative integer/ },
+    { args: ["inspect", MISSING, "--f16"], says: /--f16 goes with --health/ },
+    { args: ["inspect", MISSING, "--stats", "--health"], says: /--health runs its own statistics pass/ },
+  ];
+  test("each bad option or combination is named on one line, exit 1, nothing written", async () => {
+    const runs = await pool(CASES, 4, (c) => cli([...c.args, "--quiet"]));
+    CASES.forEach((c, i) => {
+      const r = runs[i]!;
+      const where = `${c.args.slice(3).join(" ")}: ${r.stderr}`;
+      assert.equal(r.status, 1, where);
+      const lines = r.stderr.split("\n").filter((l) => l && !/native kernels unavailable|run `ckpt --help`/.test(l));
+      assert.equal(lines.length, 1, where);
+      assert.match(lines[0]!, /USAGE/, where);
+      assert.match(lines[0]!, c.says, where);
+      assert.doesNotMatch(r.stderr, /SOURCE_NOT_FOUND|no such file/i, where);
+    });
+    assert.equal(existsSync(join(tmp, "never")), false);
+  });
+
+  test("control: the same source with valid options fails on the source", async () => {
+    const r = await cli([...shard, "--world-size", "4", "--tp", "2", "--quiet"]);
+    assert.equal(r.status, 1);
+    assert.doesNotMatch(r.stderr, /USAGE/, r.stderr);
+  });
+});
+
+// ---- removed options: refused by yargs, naming the option ----
+
+describe("removed options are refused, naming them", () => {
+  test("shard --requantize and shard --hf-layout (--to hf options; shard writes TorchTitan shards)", async () => {
+    for (const flag of [["--requantize", "int4"], ["--hf-layout", "bfl"]]) {
+      const r = await cli(["shard", MISSING, join(tmp, "never"), "--world-size", "2", ...flag]);
+      assert.equal(r.status, 1, flag.join(" "));
+      assert.match(r.stderr, new RegExp(`Unknown argument.*${flag[0]!.slice(2)}`), r.stderr);
+    }
+    // still offered where they apply
+    const help = helps.get("convert")!.options.map((o) => o.name);
+    for (const f of ["requantize", "hf-layout"]) assert.ok(help.includes(f), `convert --${f}`);
+    for (const f of ["requantize", "hf-layout"]) assert.ok(!helps.get("shard")!.options.some((o) => o.name === f), `shard --${f}`);
+  });
+
+  test("--text-only's help says what it does for Qwen3.5 and for Kimi", () => {
+    const o = helps.get("convert")!.options.find((x) => x.name === "text-only")!;
+    assert.match(o.description, /Qwen3\.5/);
+    assert.match(o.description, /Kimi/);
+    assert.match(o.description, /Qwen3_5ForCausalLM/);
+    assert.match(o.description, /DeepseekV3ForCausalLM/);
+  });
+});
+
+describe("demo --json", () => {
+  test("prints one result with each step's checked figures, and no text", async () => {
+    const r = await cli(["demo", "--json"]);
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n");
+    assert.equal(lines.length, 1, r.stdout);
+    const res = JSON.parse(lines[0]!) as { event: string; ok: boolean; dir?: string; steps: { step: number; figures: Record<string, unknown> }[] };
+    assert.equal(res.event, "result");
+    assert.equal(res.ok, true);
+    assert.equal(res.dir, undefined, "a temp folder is removed, so not named");
+    assert.deepEqual(res.steps.map((s) => s.step), [1, 2, 3, 4, 5, 6]);
+    const [gen, conv, back, sh, round, mx] = res.steps.map((s) => s.figures);
+    // the tiny Llama 3: 2 layers × 9 tensors + embeddings, norm, head
+    assert.equal(gen!.tensors, 21);
+    assert.equal(conv!.tensors, 21);
+    assert.equal(back!.bitExact, 21);
+    assert.deepEqual([back!.heads, back!.kvHeads, back!.headDim], [4, 2, 16]);
+    assert.equal((sh!.perRank as unknown[]).length, 8);
+    assert.deepEqual([round!.identical, round!.tensors], [21, 21]);
+    assert.equal((mx!.perRankBytes as number[]).length, 4);
+    assert.ok((mx!.values as number) > 0);
+  });
+});

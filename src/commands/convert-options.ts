@@ -9,7 +9,7 @@ import { loraRequested, type LoraOptionsLike } from "../lora/tt-model.js";
 import { TARGETS, type Target } from "../mapping/schema.js";
 import { parseDTypeChoice, type DTypeChoice } from "../plan/convert-plan.js";
 import type { RequantizeKind } from "../plan/requantize.js";
-import { parseRanks, type Mesh } from "../plan/sharding.js";
+import { meshOf, parseRanks, type Mesh } from "../plan/sharding.js";
 
 /** The options this module checks (a subset of ConvertOptions, which extends it). */
 export interface ConvertFlags extends LoraOptionsLike {
@@ -78,12 +78,7 @@ export function checkConvertFlags(o: ConvertFlags): CheckedFlags {
   const world = o.worldSize ?? 1;
   const tp = o.tp ?? 1;
   const ep = o.ep ?? 1;
-  positiveInteger("world-size", world);
-  positiveInteger("tp", tp);
-  positiveInteger("ep", ep);
-  if (world % tp !== 0) usage(`--tp ${tp} must divide --world-size ${world}`);
-  if (world % ep !== 0) usage(`--ep ${ep} must divide --world-size ${world} (TorchTitan: expert_parallel_degree must divide dp_shard * cp * tp)`);
-  const mesh: Mesh = ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
+  const mesh = meshOf(world, tp, ep);
 
   if (o.format !== undefined && o.format !== "dcp" && o.format !== "safetensors") usage(`--format ${String(o.format)}: expected dcp or safetensors`);
   if (toHf && world > 1) usage("--to hf writes unsharded HF safetensors; drop --world-size");

@@ -33,6 +33,19 @@ export function sparseMesh(m: Mesh): { efsdp: number; ep: number } {
   return { efsdp: worldSize(m) / ep, ep };
 }
 
+function checkEpDegree(ep: number, world: number): void {
+  if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
+  if (world % ep !== 0) throw new CkptError("USAGE", `--ep ${ep} must divide dp_shard · tp = ${world} (TorchTitan: expert_parallel_degree must divide dp_shard * cp * tp)`);
+}
+
+/** The mesh of --world-size, --tp and --ep: positive integers, tp and ep dividing the world size (USAGE otherwise). */
+export function meshOf(world: number, tp = 1, ep = 1): Mesh {
+  if (!Number.isInteger(world) || world < 1) throw new CkptError("USAGE", `--world-size ${world}: expected a positive integer`);
+  if (!Number.isInteger(tp) || tp < 1 || world % tp !== 0) throw new CkptError("USAGE", `--tp ${tp} must divide --world-size ${world}`);
+  checkEpDegree(ep, world);
+  return ep > 1 ? { fsdp: world / tp, tp, ep } : { fsdp: world / tp, tp };
+}
+
 /**
  * Refuses what TorchTitan main refuses for this mesh (ParallelDims._validate, Decoder.Config.update_from_config,
  * FSDP2's uneven-dim rule), before anything is written. `experts` are the stacked routed-expert tensors.
@@ -40,9 +53,8 @@ export function sparseMesh(m: Mesh): { efsdp: number; ep: number } {
 export function checkExpertMesh(mesh: Mesh, experts: { name: string; shape: readonly number[] }[]): void {
   const ep = mesh.ep ?? 1;
   const world = worldSize(mesh);
-  if (!Number.isInteger(ep) || ep < 1) throw new CkptError("USAGE", `--ep ${ep}: expected a positive integer`);
+  checkEpDegree(ep, world);
   if (ep === 1) return;
-  if (world % ep !== 0) throw new CkptError("USAGE", `--ep ${ep} must divide dp_shard · tp = ${world} (TorchTitan: expert_parallel_degree must divide dp_shard * cp * tp)`);
   if (experts.length === 0) throw new CkptError("USAGE", `--ep ${ep}: this checkpoint has no routed-expert tensors (expert parallelism needs an MoE architecture)`);
   const { efsdp } = sparseMesh(mesh);
   for (const t of experts) {
