@@ -16,7 +16,6 @@ export { openSource } from "./sources/resolve.js";
 export { buildCatalog } from "./catalog.js";
 export { getKernels, referenceKernels } from "./kernels/index.js";
 export { benchKernels } from "./kernels/bench.js";
-export { writeTinyLlama } from "./fixtures/tiny-llama.js";
 
 /** HF → TorchTitan (default) or TorchTitan → HF (`to: "hf"`); `dryRun` returns the plan only. */
 export function convert(opts: ConvertOptions): Promise<ConvertResult> {
