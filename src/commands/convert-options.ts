@@ -11,25 +11,42 @@ import { parseDTypeChoice, type DTypeChoice } from "../plan/convert-plan.js";
 import type { RequantizeKind } from "../plan/requantize.js";
 import { meshOf, parseRanks, type Mesh } from "../plan/sharding.js";
 
-/** The options this module checks (a subset of ConvertOptions, which extends it). */
+/** The options this module checks: ConvertOptions (commands/convert.ts) extends them. */
 export interface ConvertFlags extends LoraOptionsLike {
   to?: "torchtitan" | "hf";
   target?: Target | string;
   format?: "dcp" | "safetensors";
+  /**
+   * Sharded safetensors only: keep the HF names and row order (per-rank files for TorchTitan's
+   * `initial_load_in_hf = true`, which applies from_hf after the load) instead of TorchTitan names.
+   */
+  hfNames?: boolean;
   dtype?: string;
+  /** --to hf: which HF layout to write for a mapping with several (FLUX: diffusers, bfl). */
   hfLayout?: string;
+  /** --to hf: write the experts in the source's packed layout, encoded from their values (plan/requantize.ts). */
   requantize?: RequantizeKind;
+  /** Digest of every output piece in the manifest (default xxh128; or sha256). */
   digest?: string;
   threads?: number;
   maxMemory?: number;
   maxShardBytes?: number;
+  /** DCP: data files per rank (default 2 unsharded, 1 sharded: see layoutDcp). */
   filesPerRank?: number;
+  /** Continue an interrupted run from `<out>.partial/` (its journal); also keeps the partial folder on errors. */
   resume?: boolean;
+  /** Sharding (shard command): FSDP × TP mesh. */
   worldSize?: number;
   tp?: number;
+  /** Expert-parallel degree for routed experts (TorchTitan's sparse mesh (efsdp, ep)); must divide worldSize. */
   ep?: number;
   ranks?: string;
+  /** Write the checkpoint-level files (`.metadata`, manifest) after per-rank runs. */
   finalize?: boolean;
+  /** TorchTitan's LoRA model: base + adapters of this PEFT adapter (src/lora/tt-model.ts). */
+  lora?: string;
+  /** …or fresh adapters of this rank (`loraAlpha`, `loraTargets`, `seed`). */
+  loraRank?: number;
 }
 
 export interface CheckedFlags {

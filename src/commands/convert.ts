@@ -25,25 +25,16 @@ import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
 import { copyAssets } from "./assets.js";
-import { checkConvertFlags } from "./convert-options.js";
+import { checkConvertFlags, type ConvertFlags } from "./convert-options.js";
 import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
-import { checkRequantizable, checkRequantized, planRequantize, type RequantizeKind } from "../plan/requantize.js";
+import { checkRequantizable, checkRequantized, planRequantize } from "../plan/requantize.js";
 import { normalizedName } from "../plan/source-names.js";
 import { withPrefixedSource } from "../sources/overlay.js";
 import type { CatalogTensor } from "../catalog-types.js";
 
-export interface ConvertOptions extends OpenSourceOptions {
+export interface ConvertOptions extends OpenSourceOptions, ConvertFlags {
   source: string | Source;
   out: string;
-  to?: "torchtitan" | "hf";
-  target?: Target | string;
-  format?: "dcp" | "safetensors";
-  /**
-   * Sharded safetensors only: keep the HF names and row order (per-rank files for TorchTitan's
-   * `initial_load_in_hf = true`, which applies from_hf after the load) instead of TorchTitan names.
-   */
-  hfNames?: boolean;
-  dtype?: string;
   /** HF folder or repo id giving config.json (required for --to hf unless the checkpoint carries hf_assets/). */
   config?: string;
   dryRun?: boolean;
@@ -52,43 +43,15 @@ export interface ConvertOptions extends OpenSourceOptions {
   /** Write NaN/inf produced by decoding quantized sources (recorded in the manifest's options) instead of refusing. */
   allowNonfinite?: boolean;
   force?: boolean;
-  threads?: number;
-  maxMemory?: number;
-  maxShardBytes?: number;
-  /** DCP: data files per rank (default 2 unsharded, 1 sharded: see layoutDcp). */
-  filesPerRank?: number;
   omit?: string[];
-  /** --to hf: write the experts in the source's packed layout, encoded from their values (plan/requantize.ts). */
-  requantize?: RequantizeKind;
   /** Opt-in conversions: "mtp" (DeepSeek MTP layers → mtp_layers), "text-only" (skip a vision tower the target cannot take). */
   features?: PlanFeature[];
-  /** --to hf: which HF layout to write for a mapping with several (FLUX: diffusers, bfl). */
-  hfLayout?: string;
-  /** Digest of every output piece in the manifest (default xxh128; or sha256). */
-  digest?: string;
   /**
    * fsync every file and the folder before the atomic rename (default true). `false` leaves the output in the page
    * cache like `cp` does: complete and renamed into place when the call returns, but a power loss before the kernel
    * writes it back can leave it truncated (`ckpt verify <out>` tells).
    */
   fsync?: boolean;
-  /** Continue an interrupted run from `<out>.partial/` (its journal); also keeps the partial folder on errors. */
-  resume?: boolean;
-  /** Sharding (shard command): FSDP × TP mesh. */
-  worldSize?: number;
-  tp?: number;
-  /** Expert-parallel degree for routed experts (TorchTitan's sparse mesh (efsdp, ep)); must divide worldSize. */
-  ep?: number;
-  ranks?: string;
-  /** Write the checkpoint-level files (`.metadata`, manifest) after per-rank runs. */
-  finalize?: boolean;
-  /** TorchTitan's LoRA model: base + adapters of this PEFT adapter (src/lora/tt-model.ts). */
-  lora?: string;
-  /** …or fresh adapters of this rank (`loraAlpha`, `loraTargets`, `seed`). */
-  loraRank?: number;
-  loraAlpha?: number;
-  loraTargets?: string[];
-  seed?: number;
   onProgress?: (e: ProgressEvent) => void;
   onWarning?: (msg: string) => void;
   signal?: AbortSignal;
