@@ -54,7 +54,7 @@ function printLora(l: NonNullable<ConvertResult["lora"]>): void {
   out(table(["TorchTitan Linear", "rank", "adapter"], l.modules.map((m) => [m.module, rank(m.rank), m.init === "fresh" ? `fresh (kaiming-uniform A, seed ${l.seed}; B = 0)` : `PEFT ${m.from.join(" + ")}`]), [1]));
 }
 
-export function printRankTable(r: ConvertResult): void {
+function printRankTable(r: ConvertResult): void {
   const ranks = r.plan.perRank ?? [];
   if (!ranks.length) return;
   const max = Math.max(...ranks.map((x) => x.bytes));
@@ -122,7 +122,7 @@ function omitted(a: Record<string, unknown>): string[] | undefined {
   return off.length ? off : undefined;
 }
 
-export function parseSize(s: string): number {
+function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
   if (!m) throw new CkptError("USAGE", `size '${s}': expected e.g. 512M, 2G`);
   const mult = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];

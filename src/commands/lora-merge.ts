@@ -1,5 +1,5 @@
 // `ckpt lora merge`: W' = W + s·(B @ A); DoRA: V = W + s·(B @ A), W'[i,:] = m_i / ‖V[i,:]‖₂ · V[i,:]
-// (numerics.md §9), in f32 in the order of PEFT's merge on PyTorch's CPU (lora/merge-kernel.ts), then cast to the
+// (numerics.md §9), in f32 in the order of PEFT's merge on PyTorch's CPU (kernels/lora-merge.ts), then cast to the
 // output dtype with round-to-nearest-even by the kernels. Reading (the base's catalog, the adapter, which module
 // adapts which weight) is separate from writing: the merge is a plan (`lora_merge` ops over the base's tensors)
 // written by the executor like any conversion (streamed in pieces, resume journal, manifest, fsync). The output is
@@ -25,7 +25,7 @@ import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { VERSION } from "../version.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type Layout, type OpenedAdapter } from "../lora/adapter.js";
-import type { LoraPieceUpdate } from "../lora/merge-kernel.js";
+import type { LoraPieceUpdate } from "../kernels/lora-merge.js";
 import { ModuleResolver } from "../lora/names.js";
 import { toF32 } from "../lora/tensors.js";
 

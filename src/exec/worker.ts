@@ -12,7 +12,7 @@ import { workerInputError } from "../errors.js";
 import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
 import { encodePiece, type EncodeTask, type RequantizeCount } from "./encode-piece.js";
-import { mergePiece, type LoraPieceUpdate } from "../lora/merge-kernel.js";
+import { mergePiece, type LoraPieceUpdate } from "../kernels/lora-merge.js";
 
 export interface PieceTask {
   outPath: string;

@@ -81,7 +81,7 @@ export interface Kernels {
   int4Encode(values: Float32Array, rows: number, cols: number, group: number, dtype: "F32" | "BF16", ref?: { packed: Uint8Array; scale: Uint8Array }): Int4Encoded;
   /**
    * LoRA/DoRA merge into res (W's shape, not overlapping an input), bit-identical to mergeWeight's TypeScript path
-   * in src/lora/merge-kernel.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
+   * in src/kernels/lora-merge.ts, which is the reference; only the native kernels have it. Throws on a length mismatch.
    */
   loraMerge?(W: Float32Array, out: number, inn: number, A: Float32Array, B: Float32Array, r: number, s: number,
     m: Float32Array | undefined, transposed: boolean, res: Float32Array): void;

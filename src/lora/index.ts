@@ -1,7 +1,7 @@
 // LoRA / DoRA adapters between PEFT and TorchTitan layouts: reading them, their names and configs, TorchTitan's
 // Linears, and the merge arithmetic. The commands built on them (lora convert / export / merge) are in
 // src/commands/lora-convert.ts and src/commands/lora-merge.ts.
-export { mergeWeight } from "./merge-kernel.js";
+export { mergeWeight } from "../kernels/lora-merge.js";
 export { openAdapter, loadBaseConfig, readEntry, bRowIndex, type OpenedAdapter, type AdapterEntry, type BaseConfig, type Layout } from "./adapter.js";
 export {
   loraScale, parsePeftConfig, peftAdapterConfigJson, parseTtLoraMetadata, isTargetModule, moduleRankAlpha, patternKey,

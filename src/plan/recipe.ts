@@ -24,7 +24,7 @@ export type Recipe =
   | { op: "stack"; inputs: Recipe[] }
   | { op: "select"; index: number; input: Recipe }
   /**
-   * The input (a base weight) with a LoRA / DoRA update merged in (lora/merge-kernel.ts): same shape, elements of
+   * The input (a base weight) with a LoRA / DoRA update merged in (kernels/lora-merge.ts): same shape, elements of
    * each stored row from that row alone. `update` names the adapter module whose A / B (/ m) the writer supplies.
    */
   | { op: "lora_merge"; update: string; input: Recipe }

@@ -2,7 +2,7 @@
 // piece form the executor runs for a `lora_merge` output: a slab of the base weight's stored rows merged with the
 // adapter rows (or columns, for a transposed base) it needs. Rows merge independently, except DoRA's row norm over a
 // transposed (fan_in_fan_out) base, which needs every stored row and is refused before planning.
-import { getKernels } from "../kernels/index.js";
+import { getKernels } from "./index.js";
 
 /** Lanes of PyTorch's CPU f32 `linalg.norm(x, dim=-1)` fast path (`Vectorized<float>` accumulators). */
 const NORM_LANES = 8;
