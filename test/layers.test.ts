@@ -132,6 +132,21 @@ function describeCycles(graph: Map<string, Map<string, string>>): string[] {
 
 const files = importGraph();
 
+/**
+ * The layers of src/, top to bottom (docs/architecture.md, "Folders and layers"): a unit imports only units after it.
+ * A new folder or file directly in src/ is placed here, in the layer its imports allow.
+ */
+const LAYERS = [
+  "cli/", "api.ts", "commands/", "health/", "lora/", "exec/", "plan/", "mapping/", "catalog.ts", "catalog-types.ts",
+  "fixtures/", "formats/", "sources/", "kernels/", "dtypes.ts", "errors.ts", "version.ts", "util/",
+];
+
+/** Imports from a unit to one at or above it in LAYERS, each with the file import that makes it. */
+function upwardImports(units: Map<string, Map<string, string>>): string[] {
+  return [...units].flatMap(([from, edges]) =>
+    [...edges].filter(([to]) => LAYERS.indexOf(to) <= LAYERS.indexOf(from)).map(([to, why]) => `${from} → ${to} (${why})`));
+}
+
 describe("layers of src/", () => {
   test("the graph is read: every file is parsed and the known edges are there", () => {
     assert.ok(files.size > 80, `only ${files.size} files under src/`);
@@ -141,12 +156,21 @@ describe("layers of src/", () => {
     assert.ok(files.get("exec/worker-entry.cts")?.size, "the worker entry's require() is seen");
   });
 
-  test("the cycle finder finds a planted cycle (control)", () => {
+  test("a planted upward import is found, as a cycle and against the layer order (control)", () => {
     const planted = new Map(files);
     planted.set("dtypes.ts", new Set([...(planted.get("dtypes.ts") ?? []), "cli/main.ts"]));
     const found = describeCycles(unitGraph(planted, "top"));
     assert.ok(found.some((c) => c.includes("cli/") && c.includes("dtypes.ts")), found.join("\n"));
+    assert.deepEqual(upwardImports(unitGraph(planted, "top")), ["dtypes.ts → cli/ (src/dtypes.ts → src/cli/main.ts)"]);
     assert.deepEqual(cycles(new Map([["a", ["b"]], ["b", ["c"]], ["c", ["a"]], ["d", ["a"]]])), [["a", "b", "c"]]);
+  });
+
+  test("every unit of src/ imports only units below it in LAYERS", () => {
+    const units = unitGraph(files, "top");
+    const unplaced = [...units.keys()].filter((u) => !LAYERS.includes(u));
+    assert.deepEqual(unplaced, [], "units of src/ missing from LAYERS in test/layers.test.ts: place each in its layer");
+    const upward = upwardImports(units);
+    assert.deepEqual(upward, [], `imports against the layer order:\n${upward.join("\n")}`);
   });
 
   test("no import cycle between first-level folders of src/ (src/formats/ as one)", () => {
