@@ -1,5 +1,5 @@
 // Small tensor helpers of the LoRA tools: whole-tensor reads (assembling DCP chunks),
-// byte-level row gathers (dtype-agnostic, bit-exact), and widening to f32/f64 through the kernels.
+// byte-level row gathers (dtype-agnostic, bit-exact), and widening to f32 through the kernels.
 import type { CatalogTensor } from "../catalog-types.js";
 import { elementSize, isCastable, numelOf, type DType } from "../dtypes.js";
 import { CkptError } from "../errors.js";
@@ -64,26 +64,4 @@ export function toF32(bytes: Uint8Array, dtype: DType, n: number): Float32Array 
   const out = new Float32Array(n);
   getKernels().cast(b, dtype, new Uint8Array(out.buffer), "F32", n);
   return out;
-}
-
-/** f32 values → bytes of `dtype`, rounding to nearest even through the kernels. */
-export function fromF32(values: Float32Array, dtype: DType): Uint8Array {
-  const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  if (dtype === "F32") return src;
-  if (dtype === "F64") return new Uint8Array(Float64Array.from(values).buffer);
-  if (!isCastable(dtype)) throw new CkptError("DTYPE", `cannot write arithmetic results as ${dtype}`);
-  const out = new Uint8Array(values.length * elementSize(dtype));
-  getKernels().cast(src, "F32", out, dtype, values.length);
-  return out;
-}
-
-/** Casts raw bytes between float dtypes (RNE); identity when the dtypes agree. */
-export function castBytesTo(bytes: Uint8Array, from: DType, to: DType, n: number): Uint8Array {
-  if (from === to) return bytes;
-  if (isCastable(from) && isCastable(to)) {
-    const out = new Uint8Array(n * elementSize(to));
-    getKernels().cast(aligned(bytes), from, out, to, n);
-    return out;
-  }
-  return fromF32(toF32(bytes, from, n), to);
 }
