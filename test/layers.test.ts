@@ -1,5 +1,5 @@
-// The layers of src/ hold: no import cycle between folders, none between files, and command-line code only under
-// src/cli/. Every import counts — static, `import type`, re-exports, dynamic `import("…")` and `require("…")` — as
+// The layers of src/ hold: every import goes down the layer order (LAYERS below, docs/architecture.md), no import
+// cycle between folders, none between files, and command-line code only under src/cli/. Every import counts — static, `import type`, re-exports, dynamic `import("…")` and `require("…")` — as
 // TypeScript's own pre-processor lists them, since a type-only cycle is still two modules that cannot be read apart.
 // A "unit" is a folder of src/ (src/plan/, src/formats/dcp/, …) or a file directly in src/ (src/catalog.ts, …);
 // the graph is checked at two grains: each first-level unit (src/formats/ as one), and each folder on its own.
@@ -29,8 +29,7 @@ function resolveSpecifier(from: string, spec: string): string | undefined {
   if (!spec.startsWith(".")) return undefined; // node: builtins and packages are outside the layering
   const base = join(dirname(join(SRC, from)), spec);
   const candidates = [
-    base.replace(/\.js$/, ".ts"), base.replace(/\.cjs$/, ".cts"), base.replace(/\.mjs$/, ".mts"),
-    base + ".ts", join(base, "index.ts"),
+    base.replace(/\.js$/, ".ts"), base.replace(/\.cjs$/, ".cts"), base + ".ts", join(base, "index.ts"),
   ];
   const hit = candidates.find((c) => c.startsWith(SRC + sep) && existsSync(c) && /\.c?ts$/.test(c));
   if (!hit) throw new Error(`src/${from} imports "${spec}", which names no file under src/`);
