@@ -360,3 +360,23 @@ describe("demo --json", () => {
     assert.ok((mx!.values as number) > 0);
   });
 });
+
+describe("options an input makes moot are said to be ignored", () => {
+  test("lora merge --alpha / --rslora with a PEFT adapter (adapter_config.json gives lora_alpha): a warning, same output", async () => {
+    const base = join(tmp, "moot-llama");
+    const adapter = join(tmp, "moot-peft");
+    writeTinyLlama(base, { layers: 2 });
+    writePeftAdapter(adapter, tinyPeftAdapter(tinyLlamaTensors({ layers: 2 }).tensors));
+    const plain = await cli(["lora", "merge", base, adapter, join(tmp, "moot-plain"), "--threads", "0", "--quiet"]);
+    const moot = await cli(["lora", "merge", base, adapter, join(tmp, "moot-alpha"), "--alpha", "3", "--rslora", "--threads", "0", "--quiet"]);
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.equal(moot.status, 0, moot.stderr);
+    assert.doesNotMatch(plain.stderr, /ignored/, "control: no warning without the options");
+    assert.match(moot.stderr, /warning: --alpha \/ --rslora ignored: .*adapter_config\.json gives this PEFT adapter's lora_alpha and use_rslora/);
+    const a = folderBytes(join(tmp, "moot-plain"));
+    const b = folderBytes(join(tmp, "moot-alpha"));
+    const weights = [...a.keys()].filter((n) => n.endsWith(".safetensors"));
+    assert.ok(weights.length > 0, "the merge wrote safetensors");
+    for (const name of weights) assert.ok(a.get(name)!.equals(b.get(name)!), `${name} differs`);
+  });
+});

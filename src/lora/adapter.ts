@@ -158,6 +158,7 @@ async function openAdapterFrom(source: Source, opts: OpenAdapterOptions): Promis
     try { raw = JSON.parse(configText); } catch (e) { throw new CkptError("CONFIG", `invalid JSON: ${(e as Error).message}`, { file }); }
     const { config: peft, warnings: w, fanInFanOut } = parsePeftConfig(raw, file);
     warnings.push(...w);
+    if (opts.alpha !== undefined || opts.rslora !== undefined) warnings.push(`--alpha / --rslora ignored: ${file} gives this PEFT adapter's lora_alpha and use_rslora`);
     const items: { module: string; part: LoraPart; name: string }[] = [];
     for (const { n, p } of peftNames) {
       if (!p) throw new CkptError("UNMAPPED", "not a LoRA tensor; only lora_A / lora_B / lora_magnitude_vector are supported", { file: source.id, tensor: n });
@@ -245,6 +246,7 @@ async function openAdapterFrom(source: Source, opts: OpenAdapterOptions): Promis
   const hasDora = entries.some((e) => e.m);
   if (metadata) {
     peft = metadata.peft;
+    if (opts.alpha !== undefined || opts.rslora !== undefined) warnings.push("--alpha / --rslora ignored: this adapter's ckpt LoRA metadata gives its alpha and scale");
     for (const e of entries) {
       const ms = metadata.modules[e.module.tt];
       const ra = ms ?? moduleRankAlpha(peft, e.module.hf);
