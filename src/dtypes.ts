@@ -1,4 +1,5 @@
 // The safetensors dtype table (docs/safetensors.md §2) and its torch counterparts.
+import { CkptError } from "./errors.js";
 
 export const DTYPES = [
   "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
@@ -55,6 +56,17 @@ export const DTYPE_ALIASES: Record<string, CastableDType> = {
 export const FLOAT_DTYPES: readonly DType[] = ["F64", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"];
 export function isFloatDType(d: DType): boolean {
   return FLOAT_DTYPES.includes(d);
+}
+
+/** An output dtype option: "keep" each tensor's own, or cast to one castable dtype. */
+export type DTypeChoice = "keep" | CastableDType;
+
+/** `--dtype` as typed (keep, bf16, fp16, F32, …) → the choice; USAGE error for anything else. */
+export function parseDTypeChoice(s: string | undefined): DTypeChoice {
+  if (s === undefined || s === "keep") return "keep";
+  const d = DTYPE_ALIASES[s.toLowerCase()] ?? (isCastable(s as DType) ? (s as CastableDType) : undefined);
+  if (!d) throw new CkptError("USAGE", `--dtype ${s}: expected keep, bf16, f16 or f32`);
+  return d;
 }
 
 export function numelOf(shape: readonly number[]): number {

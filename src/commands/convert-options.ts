@@ -7,7 +7,7 @@ import { parseDigest, type DigestAlgorithm } from "../exec/digest.js";
 import { CkptError } from "../errors.js";
 import { loraRequested, type LoraOptionsLike } from "../lora/tt-model.js";
 import { TARGETS, type Target } from "../mapping/schema.js";
-import { parseDTypeChoice, type DTypeChoice } from "../plan/convert-plan.js";
+import { parseDTypeChoice, type DTypeChoice } from "../dtypes.js";
 import type { RequantizeKind } from "../plan/requantize.js";
 import { meshOf, parseRanks, type Mesh } from "../plan/sharding.js";
 

@@ -2,7 +2,7 @@
 // output tensor with its name, dtype, shape, recipe and TP placement. Nothing here reads tensor bytes.
 import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
-import { isCastable, type CastableDType, type DType, DTYPE_ALIASES } from "../dtypes.js";
+import { DTYPE_ALIASES, isCastable, type CastableDType, type DType, type DTypeChoice } from "../dtypes.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { dimFields, evalDimExpr, resolveDims } from "../mapping/load.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
@@ -19,7 +19,6 @@ import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesD
 import { checkShape, rulesForShape, type ShapeCtx } from "./layouts.js";
 
 export type Direction = "hf_to_tt" | "tt_to_hf" | "tt_to_tt";
-export type DTypeChoice = "keep" | CastableDType;
 export type PlanFeature = "mtp" | "text-only" | `drop:${string}`;
 
 export interface TensorPlan {
@@ -76,13 +75,6 @@ export interface PlanOptions {
 
 export interface CatalogLike {
   tensors: Map<string, CatalogTensor>;
-}
-
-export function parseDTypeChoice(s: string | undefined): DTypeChoice {
-  if (s === undefined || s === "keep") return "keep";
-  const d = DTYPE_ALIASES[s.toLowerCase()] ?? (isCastable(s as DType) ? (s as CastableDType) : undefined);
-  if (!d) throw new CkptError("USAGE", `--dtype ${s}: expected keep, bf16, f16 or f32`);
-  return d;
 }
 
 function ttPattern(rule: TensorRule, target: Target): string | undefined {
