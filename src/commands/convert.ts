@@ -10,7 +10,7 @@ import { describeRecipe } from "../plan/recipe.js";
 import type { Source } from "../sources/types.js";
 import { selectMapping } from "../mapping/load.js";
 import { DEFAULT_TARGET, type Mapping, type Target } from "../mapping/schema.js";
-import { detectTarget, normalizeTtName, sideOf, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
+import { detectTarget, sideOf, planConversion, type ConversionPlan, type Direction, type PlanFeature } from "../plan/convert-plan.js";
 import { layoutDcp, layoutRankSafetensors, layoutSafetensors, type OutputLayout } from "../plan/output-layout.js";
 import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkStoredShapes } from "../plan/quant-checks.js";
@@ -28,7 +28,7 @@ import { copyAssets } from "./assets.js";
 import { checkConvertFlags, type ConvertFlags } from "./convert-options.js";
 import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
 import { checkRequantizable, checkRequantized, planRequantize } from "../plan/requantize.js";
-import { normalizedName } from "../plan/source-names.js";
+import { normalizedName, normalizeTtName } from "../plan/source-names.js";
 import { withPrefixedSource } from "../sources/overlay.js";
 import type { CatalogTensor } from "../catalog-types.js";
 

@@ -7,7 +7,7 @@ import { buildCatalog } from "../catalog.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { isCastable, isFloatDType, numelOf, type DType } from "../dtypes.js";
 import { getKernels } from "../kernels/index.js";
-import { normalizeTtName } from "../plan/convert-plan.js";
+import { normalizeTtName } from "../plan/source-names.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { aligned } from "../util/aligned.js";

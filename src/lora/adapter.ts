@@ -9,7 +9,7 @@ import { CkptError } from "../errors.js";
 import { ropeRowIndex } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
 import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
-import { normalizeTtName } from "../plan/convert-plan.js";
+import { normalizeTtName } from "../plan/source-names.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { elementSize } from "../dtypes.js";

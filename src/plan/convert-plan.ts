@@ -14,7 +14,7 @@ import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
 import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves } from "./quant-checks.js";
-import { detectLayout, effectiveConfig, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, sourceView } from "./source-names.js";
+import { detectLayout, effectiveConfig, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, normalizeTtName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
 import { checkShape, rulesForShape, type ShapeCtx } from "./layouts.js";
 
@@ -607,14 +607,6 @@ function expandExpected(pattern: string, dims: Record<string, number>, expertsDi
   const out: string[] = [];
   for (const L of Ls) for (const E of Es) out.push(fillPattern(pattern, { L, E }));
   return out;
-}
-
-/** Keys of a TorchTitan checkpoint that are model weights: strips the historical `model.` prefix, skips the rest. */
-export function normalizeTtName(name: string): { name?: string; why?: string } {
-  if (/^(optimizer|lr_scheduler|dataloader|train_state|lr_schedulers)(\.|$)/.test(name)) return { why: "training state, not model weights" };
-  const n = name.startsWith("model.") ? name.slice("model.".length) : name;
-  if (n === "freqs_cis" || n.endsWith(".freqs_cis")) return { why: "RoPE cache buffer (pre-0.2 checkpoints)" };
-  return { name: n };
 }
 
 /** Guesses which TorchTitan layout a key set was written for: the target whose patterns match most keys. */

@@ -1,7 +1,8 @@
 // How a mapping reads a source's names and config before its rules apply (docs/torchtitan-layout.md §7, §7.2): prefix normalisation
 // (`language_model.model.layers.` / `language_model.layers.` → `model.layers.`), a nested text config of a multimodal
 // wrapper, towers the target cannot take (refused, or skipped with --text-only), and layers beyond the main stack
-// (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp).
+// (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp); a TorchTitan checkpoint's keys that are
+// model weights (normalizeTtName).
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { towerFlag, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
@@ -148,4 +149,12 @@ export function hfOutputLayout(mapping: Mapping, rawConfig: Record<string, unkno
   const towers = (mapping.towers ?? []).flatMap((t) => t.prefixes);
   const { from, to } = out.prefix;
   return { rename: (n) => (n.startsWith(to) && !towers.some((p) => n.startsWith(p)) ? from + n.slice(to.length) : n), textOnly: false };
+}
+
+/** Keys of a TorchTitan checkpoint that are model weights: strips the historical `model.` prefix, skips the rest. */
+export function normalizeTtName(name: string): { name?: string; why?: string } {
+  if (/^(optimizer|lr_scheduler|dataloader|train_state|lr_schedulers)(\.|$)/.test(name)) return { why: "training state, not model weights" };
+  const n = name.startsWith("model.") ? name.slice("model.".length) : name;
+  if (n === "freqs_cis" || n.endsWith(".freqs_cis")) return { why: "RoPE cache buffer (pre-0.2 checkpoints)" };
+  return { name: n };
 }
