@@ -73,7 +73,8 @@ export function parseTarget(t: string | undefined): Target | undefined {
   return full as Target;
 }
 
-function positiveInteger(flag: string, v: number | undefined, min = 1): void {
+/** Refuses a given `--flag v` that is not an integer ≥ min. */
+function atLeast(flag: string, v: number | undefined, min = 1): void {
   if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new CkptError("USAGE", `--${flag} ${v}: expected ${min === 0 ? "a non-negative" : "a positive"} integer`);
 }
 
@@ -88,9 +89,9 @@ export function checkConvertFlags(o: ConvertFlags): CheckedFlags {
   const target = parseTarget(o.target);
   const dtype = parseDTypeChoice(o.dtype);
   const digest = parseDigest(o.digest);
-  positiveInteger("threads", o.threads, 0);
-  positiveInteger("max-memory", o.maxMemory);
-  positiveInteger("max-shard-bytes", o.maxShardBytes);
+  atLeast("threads", o.threads, 0);
+  atLeast("max-memory", o.maxMemory);
+  atLeast("max-shard-bytes", o.maxShardBytes);
 
   const world = o.worldSize ?? 1;
   const tp = o.tp ?? 1;
