@@ -288,6 +288,7 @@ describe("bad options fail fast with one USAGE line, before the source is opened
     { args: [...convert, "--to", "hf", "--lora-rank", "8"], says: /--lora \/ --lora-rank build TorchTitan's LoRA model from an HF checkpoint/ },
     { args: [...convert, "--lora-alpha", "4"], says: /--lora-alpha, --lora-targets and --seed go with --lora-rank/ },
     { args: [...convert, "--threads", "-1"], says: /--threads -1: expected a non-negative integer/ },
+    { args: ["lora", "merge", MISSING, MISSING, join(tmp, "never"), "--dtype", "q4"], says: /--dtype q4: expected keep, bf16, f16 or f32/ },
     { args: ["inspect", MISSING, "--f16"], says: /--f16 goes with --health/ },
     { args: ["inspect", MISSING, "--stats", "--health"], says: /--health runs its own statistics pass/ },
   ];

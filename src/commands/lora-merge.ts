@@ -229,6 +229,9 @@ function updateReader(m: MergeInputs): (t: TensorPlan, box: Box) => Promise<{ lo
 
 export async function loraMerge(opts: LoraMergeOptions): Promise<LoraMergeResult> {
   const started = performance.now();
+  // the options on their own, before the base and the adapter are opened
+  const digest = parseDigest(opts.digest);
+  const dtypeChoice = parseDTypeChoice(opts.dtype);
   const base = await openBase(opts);
   let inputs: MergeInputs | undefined;
   try {
@@ -238,8 +241,6 @@ export async function loraMerge(opts: LoraMergeOptions): Promise<LoraMergeResult
     const layout = format === "dcp" ? layoutDcp(plan.tensors, { fsdp: 1, tp: 1 }, 2) : layoutSafetensors(plan.tensors, { maxShardBytes: opts.maxShardBytes ?? 5 * 1024 ** 3 });
     const outAbs = resolve(opts.out);
     const pieceBytes = 16 * 1024 * 1024;
-    const digest = parseDigest(opts.digest);
-    const dtypeChoice = parseDTypeChoice(opts.dtype);
     const stamps = stampFiles(base.source.files(), (f) => base.source.localPath(f));
     const adapterId = inputs.adapterInBase ? base.source.id : inputs.ad.source.id;
     const optionsRecord = { command: "lora merge", adapter: adapterId, format, dtype: opts.dtype ?? "keep", pieceBytes, digest };
