@@ -1,9 +1,9 @@
 // Loads mappings/*.json, picks the one matching a config.json, and evaluates its named dimensions.
-import { readFileSync, readdirSync, existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { CkptError } from "../errors.js";
 import { packageRoot } from "../util/package-root.js";
+import { resolveExtends } from "./extends.js";
 import { validateMapping, type Mapping } from "./schema.js";
 
 export function mappingsDir(): string {
@@ -12,20 +12,23 @@ export function mappingsDir(): string {
 
 let cache: Mapping[] | undefined;
 
+/** The JSON Schema of mapping files (editors validate against it through each file's `$schema`), not a mapping. */
+export const MAPPING_SCHEMA_FILE = "mapping.schema.json";
+
+/** Every mapping file of the folder, `extends` resolved, validated; each error names its file and field. */
 export function loadMappings(): Mapping[] {
   if (cache) return cache;
   const dir = mappingsDir();
   const files = readdirSync(dir).filter((f) => f.endsWith(".json") && !f.endsWith(".schema.json")).sort();
-  cache = files.map((f) => {
+  const raws = files.map((f) => {
     const path = join(dir, f);
-    let raw: unknown;
     try {
-      raw = JSON.parse(readFileSync(path, "utf8"));
+      return { path, raw: JSON.parse(readFileSync(path, "utf8")) as unknown };
     } catch (e) {
       throw new CkptError("MAPPING", `invalid JSON: ${(e as Error).message}`, { file: path });
     }
-    return validateMapping(raw, path);
   });
+  cache = resolveExtends(raws).map(({ path, raw }) => validateMapping(raw, path));
   return cache;
 }
 

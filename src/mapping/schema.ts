@@ -340,8 +340,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
         const bad = check(t);
         if (bad) fail(file, at, bad);
         if (list.length > 1 && !STRUCTURAL.has(t.op as string)) fail(file, at, `${t.op as string} does not compose: only ${[...STRUCTURAL].join(", ")} may form a list`);
-        if (t.op === "reshape") for (const e of t.shape as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.shape`, `unknown dims name '${n}'`);
-        if (t.op === "split") for (const e of t.sizes as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.sizes`, `unknown dims name '${n}'`);
+        if (t.op === "reshape") checkDimExprs(t.shape as string[], dims, file, `${at}.shape`);
+        if (t.op === "split") checkDimExprs(t.sizes as string[], dims, file, `${at}.sizes`);
       });
       if (list.filter((x) => ["split", "chunk"].includes((x as { op?: string }).op ?? "")).length > 1) fail(file, `${p}.transform`, "at most one split or chunk per rule");
       if (list.filter((x) => (x as { op?: string }).op === "transpose").length > 1) fail(file, `${p}.transform`, "at most one transpose per rule");
@@ -354,10 +354,10 @@ export function validateMapping(raw: unknown, file: string): Mapping {
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
       if (s.omit_option !== undefined && !(OMIT_OPTIONS as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the CLI's omit flags: ${OMIT_OPTIONS.join(", ")}`);
     }
-    for (const f of ["rope", "shape"] as const) {
-      const names = f === "rope" ? [(rule.rope as { heads?: string } | undefined)?.heads] : [];
-      for (const n of names) if (n && !(n in dims)) fail(file, `${p}.${f}`, `unknown dims name '${n}'`);
-    }
+    if (rule.shape !== undefined) checkDimExprs(rule.shape as string[], dims, file, `${p}.shape`);
+    if (rule.synth !== undefined) checkDimExprs((rule.synth as { zeros: string[] }).zeros, dims, file, `${p}.synth.zeros`);
+    const rope = rule.rope as { heads?: string; head_dim?: string } | undefined;
+    for (const f of ["heads", "head_dim"] as const) if (rope?.[f] !== undefined && !(rope[f] in dims)) fail(file, `${p}.rope.${f}`, `unknown dims name '${rope[f]}'`);
   });
   validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
   if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
@@ -417,6 +417,22 @@ function validateFixture(raw: unknown, file: string): void {
   }
   const real = f.real as Record<string, unknown> | undefined;
   if (!isObj(real) || !(isStr(real!.corpus) || isObj(real!.config))) fail(file, `${at}.real`, "must be { corpus: <test/corpus-headers id> } or { config: <published config.json>, files? }");
+}
+
+/**
+ * A dims expression as evalDimExpr reads it: a sum (`+`) of products (`*`) of integers and dims names. Refused with
+ * the file and the rule's path when it names something `dims` lacks or is not of that form.
+ */
+function checkDimExprs(exprs: string[], dims: Record<string, unknown>, file: string, path: string): void {
+  exprs.forEach((e, i) => {
+    for (const term of e.split("+")) {
+      for (const n of term.split("*").map((z) => z.trim())) {
+        if (/^\d+$/.test(n)) continue;
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) fail(file, `${path}[${i}]`, `'${e}' is not a dims expression (a sum of products of integers and dims names, e.g. "2 * kd + vd")`);
+        if (!(n in dims)) fail(file, `${path}[${i}]`, `'${e}' names '${n}', which is not in $.dims (${Object.keys(dims).join(", ")})`);
+      }
+    }
+  });
 }
 
 function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, file: string): void {
