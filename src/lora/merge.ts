@@ -19,8 +19,8 @@ import { detectTarget, normalizeTtName, parseDTypeChoice, sideOf, type Conversio
 import { layoutDcp, layoutSafetensors } from "../plan/output-layout.js";
 import type { Recipe } from "../plan/recipe.js";
 import type { Box } from "../plan/runs.js";
-import { copyAssets } from "../commands/assets.js";
-import { writeOutput } from "../commands/write-output.js";
+import { copyAssets } from "../finalize/assets.js";
+import { writeOutput } from "../finalize/write-output.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
 import { VERSION } from "../version.js";

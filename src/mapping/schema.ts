@@ -5,6 +5,7 @@ import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 import { parseCheck, type Requirement } from "./requirements.js";
 import { validateConcatGroups } from "../plan/concat.js";
+import type { HfConfigRewrite } from "./hf-config.js";
 
 export const TARGETS = ["torchtitan@main", "torchtitan@0.2"] as const;
 export type Target = (typeof TARGETS)[number];
@@ -196,11 +197,13 @@ export interface Mapping {
   /**
    * --to hf of a checkpoint whose config.json nests the language model's config (`nested_config`: a multimodal
    * wrapper). With the tower converted (TorchTitan names under `tower`) the output is the wrapper again: names under
-   * `prefix.to` (not a tower's) written back under `prefix.from`, config as is. Without it (a --text-only
-   * conversion) the output is the text-only model: names as the rules spell them, config.json the nested config
-   * flattened, with `architectures` mapped through `text_only` (the wrapper's architecture → the CausalLM's).
+   * `prefix.to` (not a tower's) written back under `prefix.from`, config as is. Without it (a text-only conversion)
+   * the output is the text-only model: names as the rules spell them, config.json as the `hf_config` rules marked
+   * `text_only` rewrite it (their `map.architectures` lists the wrappers whose text-only model is known).
    */
-  hf_output?: { prefix: { from: string; to: string }; tower: string; text_only: Record<string, string> };
+  hf_output?: { prefix: { from: string; to: string }; tower: string };
+  /** How --to hf output's config.json is rewritten so that transformers loads what was written (mapping/hf-config.ts). */
+  hf_config?: HfConfigRewrite[];
   /**
    * The tiny checkpoint src/fixtures/generate.ts writes for this architecture and test/mappings.test.ts converts
    * (HF → TorchTitan → HF, sharded, and a dry run at the published size). Every mapping file has its own: it is never
@@ -281,7 +284,7 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output", "fixture"]);
+  const known = new Set(["$schema", "hf_config", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output", "fixture"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
@@ -365,11 +368,14 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   if (m.hf_output !== undefined) {
     const o = m.hf_output as Record<string, unknown>;
     const pre = o.prefix as Record<string, unknown> | undefined;
-    const textOnly = o.text_only as Record<string, unknown> | undefined;
-    if (!isStr(m.nested_config) || !pre || !isStr(pre.from) || typeof pre.to !== "string" || !isStr(o.tower) || !textOnly || typeof textOnly !== "object" || !Object.values(textOnly).every(isStr)) {
-      fail(file, "$.hf_output", "needs nested_config, prefix { from, to }, tower (a TorchTitan name prefix) and text_only (architecture → text-only architecture)");
+    if (!isStr(m.nested_config) || !pre || !isStr(pre.from) || typeof pre.to !== "string" || !isStr(o.tower) || !onlyKeys(o, ["prefix", "tower"])) {
+      fail(file, "$.hf_output", "needs nested_config, prefix { from, to } and tower (a TorchTitan name prefix)");
+    }
+    if (!(Array.isArray(m.hf_config) && m.hf_config.some((r) => r && r.text_only === true && r.map && typeof r.map.architectures === "object"))) {
+      fail(file, "$.hf_output", "needs an hf_config rule with text_only and map.architectures (the wrapper's architecture → its text-only model's)");
     }
   }
+  if (m.hf_config !== undefined) validateHfConfig(m.hf_config, file);
   if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
     fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option), config_flag?: field }");
   }
@@ -432,6 +438,29 @@ function checkDimExprs(exprs: string[], dims: Record<string, unknown>, file: str
         if (!(n in dims)) fail(file, `${path}[${i}]`, `'${e}' names '${n}', which is not in $.dims (${Object.keys(dims).join(", ")})`);
       }
     }
+  });
+}
+
+function validateHfConfig(raw: unknown, file: string): void {
+  if (!Array.isArray(raw)) fail(file, "$.hf_config", "must be a list of rewrites");
+  const keys = ["why", "when", "tensors", "text_only", "map", "flatten", "delete", "set"];
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
+  raw.forEach((r: unknown, i: number) => {
+    const p = `$.hf_config[${i}]`;
+    if (!isObj(r)) fail(file, p, "must be an object");
+    for (const k of Object.keys(r)) if (!keys.includes(k)) fail(file, `${p}.${k}`, `unknown field (a rewrite has ${keys.join(", ")})`);
+    if (!isStr(r.why)) fail(file, `${p}.why`, "must say why transformers needs this rewrite");
+    if (r.when !== undefined && !(isObj(r.when) && Object.values(r.when).every((v) => Array.isArray(v) && v.length > 0))) fail(file, `${p}.when`, "must map config fields (dotted paths) to non-empty lists of values");
+    if (r.tensors !== undefined && r.tensors !== "decoded" && r.tensors !== "requantized") fail(file, `${p}.tensors`, "must be decoded or requantized");
+    if (r.text_only !== undefined && r.text_only !== true) fail(file, `${p}.text_only`, "must be true (or left out)");
+    if (r.map !== undefined && !(isObj(r.map) && Object.values(r.map).every((t) => isObj(t) && Object.values(t).every(isStr)))) fail(file, `${p}.map`, "must map fields to { old value: new value } tables of strings");
+    const f = r.flatten as Record<string, unknown> | undefined;
+    if (f !== undefined && !(isObj(f) && isStr(f.field) && onlyKeys(f, ["field", "inherit", "carry"]) && (f.inherit === undefined || isStrArr(f.inherit)) && (f.carry === undefined || isStrArr(f.carry)))) {
+      fail(file, `${p}.flatten`, "needs field (the nested config) and optionally inherit / carry (lists of top-level fields)");
+    }
+    if (r.delete !== undefined && !isStrArr(r.delete)) fail(file, `${p}.delete`, "must be a list of field names");
+    if (r.set !== undefined && !isObj(r.set)) fail(file, `${p}.set`, "must be an object of fields");
+    if (r.map === undefined && f === undefined && r.delete === undefined && r.set === undefined) fail(file, p, "rewrites nothing: give map, flatten, delete or set");
   });
 }
 

@@ -4,6 +4,7 @@
 // (DeepSeek MTP: HF layer L ≥ n → TorchTitan `mtp_layers.{L − n}` with --mtp).
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
+import { textOnlyArchitectures } from "../mapping/hf-config.js";
 import { towerFlag, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
 
 /** The config the mapping's dims and checks read: the nested config's fields over the top level's. */
@@ -140,8 +141,9 @@ export function hfOutputLayout(mapping: Mapping, rawConfig: Record<string, unkno
     return same;
   }
   if (!tower) {
-    if (!archs.length || !archs.every((a) => out.text_only[a])) {
-      throw new CkptError("UNSUPPORTED", `the checkpoint has no ${out.tower}* tensors (a --text-only conversion), and ckpt knows no text-only model for ${archs.join(", ") || "a config without architectures"}`, { file, hint: `text-only counterparts known: ${Object.keys(out.text_only).join(", ")}` });
+    const textOnly = textOnlyArchitectures(mapping);
+    if (!archs.length || !archs.every((a) => textOnly[a])) {
+      throw new CkptError("UNSUPPORTED", `the checkpoint has no ${out.tower}* tensors (a --text-only conversion), and ckpt knows no text-only model for ${archs.join(", ") || "a config without architectures"}`, { file, hint: `text-only counterparts known: ${Object.keys(textOnly).join(", ")}` });
     }
     return { rename: same.rename, textOnly: true };
   }
