@@ -94,20 +94,20 @@ const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).
 const STRUCTURAL = new Set(["transpose", "split", "chunk"]);
 
 /**
- * The `omit_option` names a synth rule may use. Each is the spelling of a negatable CLI flag (`--no-expert-bias`
- * is yargs' `expert-bias = false`) that src/cli/main.ts declares; a mapping naming any other would describe a flag
- * nobody can pass.
+ * What a synth rule's `omit_option` may name: a group of synthesised tensors the user may choose to leave out
+ * (`expert_bias`: the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack). The CLI offers
+ * each as a negatable flag (`--no-expert-bias`).
  */
-export const OMIT_OPTIONS = ["no-expert-bias"] as const;
+export const OMITTABLE = ["expert_bias"] as const;
+export type Omittable = (typeof OMITTABLE)[number];
 
 /**
- * A tower's opt-in: `text-only` (--text-only), or `drop:<name>` (--drop <name>: tensors the target has no module for,
- * left out only when the user says so, and recorded in the manifest).
+ * A tower's opt-in: `text-only` (convert the language model alone, skipping the towers with this option), or
+ * `drop:<name>` (tensors the target has no module for, left out only when the user names them, and recorded in the
+ * manifest).
  */
 export type TowerOption = "text-only" | `drop:${string}`;
 export const isTowerOption = (v: unknown): v is TowerOption => v === "text-only" || (typeof v === "string" && /^drop:[a-z0-9_]+$/.test(v));
-/** The CLI spelling of a tower option. */
-export const towerFlag = (o: TowerOption): string => (o.startsWith("drop:") ? `--drop ${o.slice(5)}` : `--${o}`);
 
 export interface TensorRule {
   /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
@@ -126,7 +126,7 @@ export interface TensorRule {
   /** Present only in some layers (e.g. MoE vs dense): absence is not an error. */
   optional?: boolean;
   /** A TorchTitan tensor with no HF source, synthesised as zeros of this shape/dtype whenever `with` exists in the output. */
-  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: (typeof OMIT_OPTIONS)[number] };
+  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: Omittable };
   /** Stacked expert tensors: which dims name holds the expert count. */
   experts?: string;
   /** Output dtype whatever --dtype asks (e.g. float32 buffers such as the MoE expert bias). */
@@ -173,7 +173,7 @@ export interface Mapping {
   tensors: TensorRule[];
   /**
    * HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). With `tt_prefix`
-   * and the user's `option` (`--mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
+   * and the user's opt-in `option` (`mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
    * `layers.{L}.` (TorchTitan deepseek_v3 `mtp_layers`); rules without a target name there are reported as shared.
    */
   extra_layers?: { from: string; skip_for?: Target[]; note?: string; tt_prefix?: Partial<Record<Target, string>>; option?: "mtp"; shared_note?: string };
@@ -185,7 +185,7 @@ export interface Mapping {
    * HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's
    * `option`; a tower without `option` is always skipped and reported (e.g. MTP heads the target has no module for).
    * With `convert: true` the tower's tensors go through the rules (the target has the module), and its `option`
-   * skips and reports them instead (Qwen3.5's vision tower under --text-only). `config_flag`: the config field that
+   * skips and reports them instead (Qwen3.5's vision tower in a text-only conversion). `config_flag`: the config field that
    * says the HF model has the tower (FLUX `guidance_embeds`); --to hf warns when it is set, since the output cannot
    * hold the tower the target never had.
    */
@@ -355,7 +355,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
       if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
-      if (s.omit_option !== undefined && !(OMIT_OPTIONS as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the CLI's omit flags: ${OMIT_OPTIONS.join(", ")}`);
+      if (s.omit_option !== undefined && !(OMITTABLE as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the groups a user may leave out: ${OMITTABLE.join(", ")}`);
     }
     if (rule.shape !== undefined) checkDimExprs(rule.shape as string[], dims, file, `${p}.shape`);
     if (rule.synth !== undefined) checkDimExprs((rule.synth as { zeros: string[] }).zeros, dims, file, `${p}.synth.zeros`);
@@ -383,7 +383,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     const x = m.extra_layers as Record<string, unknown>;
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
-    if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
+    if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the opt-in that converts these layers)");
   }
   if (m.fixture !== undefined) validateFixture(m.fixture, file);
   if (m.linears !== undefined) validateLinears(m.linears, m.tensors as Record<string, unknown>[], dims, file);

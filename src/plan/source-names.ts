@@ -5,9 +5,12 @@
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import { textOnlyArchitectures } from "../mapping/hf-config.js";
-import { towerFlag, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
+import { type Mapping, type TowerOption, type Target, type TensorRule } from "../mapping/schema.js";
 
 /** The config the mapping's dims and checks read: the nested config's fields over the top level's. */
+/** How the user asks for a tower option, as messages spell it (the CLI's flag). */
+export const towerFlag = (o: TowerOption): string => (o.startsWith("drop:") ? `--drop ${o.slice(5)}` : `--${o}`);
+
 export function effectiveConfig(mapping: Mapping, config: Record<string, unknown>): Record<string, unknown> {
   const key = mapping.nested_config;
   const inner = key ? config[key] : undefined;
