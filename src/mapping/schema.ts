@@ -1,6 +1,8 @@
-// The shape of mappings/*.json, and a validator with errors that name the file and the field. This file is the
-// schema's documentation: every field is described on the interfaces below and checked by validateMapping (there is
-// no separate JSON Schema file; a second description could only drift from the one that runs).
+// The shape of mappings/*.json, and a validator with errors that name the file and the field. Every field is
+// described on the interfaces below and checked by validateMapping, which the loader runs on each mapping (after
+// `extends` is resolved, mapping/extends.ts). mappings/mapping.schema.json publishes the same structure as a JSON
+// Schema for editors; it cannot express the cross-field checks here (dims names inside expressions, rules named by
+// requires / linears, concat groups), and test/mapping-schema.test.ts keeps the two in agreement.
 import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 import { parseCheck, type Requirement } from "./requirements.js";
@@ -80,17 +82,18 @@ const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string
   mxfp4: (t) => (isStr(t.scales) && Object.keys(t).every((k) => k === "op" || k === "scales") ? undefined : "mxfp4 needs exactly `scales` (the HF pattern of the E8M0 scales)"),
   transpose: (t) => (Object.keys(t).every((k) => k === "op") ? undefined : "transpose takes no fields"),
   int4: (t) => (isStr(t.scale) && isStr(t.shape) && Object.keys(t).every((k) => k === "op" || k === "scale" || k === "shape") ? undefined : "int4 needs exactly `scale` and `shape` (the HF patterns of weight_scale and weight_shape)"),
-  split: (t) => (isDim(t.dim) && isStrArr(t.sizes) && t.sizes.length >= 2 && isIndex(t.index, t.sizes.length) && onlyKeys(t, ["dim", "sizes", "index"]) ? undefined
+  split: (t) => (isDim(t.dim) && isStrArr(t.sizes) && t.sizes.length >= 2 && isIndex(t.index, t.sizes.length) && opKeys(t, ["dim", "sizes", "index"]) ? undefined
     : "split needs exactly `dim` (an integer ≥ 0), `sizes` (two or more dims expressions) and `index` (this rule's part, < sizes.length)"),
-  chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && onlyKeys(t, ["dim", "chunks", "index"]) ? undefined
+  chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && opKeys(t, ["dim", "chunks", "index"]) ? undefined
     : "chunk needs exactly `dim` (an integer ≥ 0), `chunks` (an integer ≥ 2) and `index` (this rule's part, < chunks)"),
-  reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && onlyKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
-  concat: (t) => (isDim(t.dim) && isDim(t.index) && onlyKeys(t, ["dim", "index"]) ? undefined : "concat needs exactly `dim` (an integer ≥ 0) and `index` (this HF tensor's place among the parts, ≥ 0)"),
-  swap_halves: (t) => (isDim(t.dim) && onlyKeys(t, ["dim"]) ? undefined : "swap_halves needs exactly `dim` (an integer ≥ 0)"),
+  reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && opKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
+  concat: (t) => (isDim(t.dim) && isDim(t.index) && opKeys(t, ["dim", "index"]) ? undefined : "concat needs exactly `dim` (an integer ≥ 0) and `index` (this HF tensor's place among the parts, ≥ 0)"),
+  swap_halves: (t) => (isDim(t.dim) && opKeys(t, ["dim"]) ? undefined : "swap_halves needs exactly `dim` (an integer ≥ 0)"),
 };
 const isDim = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
 const isIndex = (v: unknown, n: number) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < n;
-const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).every((k) => k === "op" || keys.includes(k));
+const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).every((k) => keys.includes(k));
+const opKeys = (t: Record<string, unknown>, keys: string[]) => onlyKeys(t, ["op", ...keys]);
 const STRUCTURAL = new Set(["transpose", "split", "chunk"]);
 
 /**
@@ -288,7 +291,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
-  if (!match || typeof match !== "object") fail(file, "$.match", "must be an object");
+  if (!match || typeof match !== "object" || Array.isArray(match)) fail(file, "$.match", "must be an object");
+  for (const k of Object.keys(match)) if (!["architectures", "model_type", "class_name"].includes(k)) fail(file, `$.match.${k}`, "unknown field (match has architectures, model_type, class_name)");
   for (const k of ["architectures", "model_type", "class_name"]) if (match[k] !== undefined && !isStrArr(match[k])) fail(file, `$.match.${k}`, "must be a list of strings");
   const dims = m.dims as Record<string, unknown> | undefined;
   if (!dims || typeof dims !== "object") fail(file, "$.dims", "must be an object");
@@ -296,11 +300,11 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   if (!Array.isArray(m.targets) || !m.targets.every((t) => (TARGETS as readonly string[]).includes(t))) fail(file, "$.targets", `must list targets among ${TARGETS.join(", ")}`);
   if (m.tied !== undefined) {
     const t = m.tied as Record<string, unknown>;
-    if (!isStr(t.flag) || !isStr(t.hf) || !isStr(t.from)) fail(file, "$.tied", "needs flag, hf and from strings");
+    if (!isStr(t.flag) || !isStr(t.hf) || !isStr(t.from) || !onlyKeys(t, ["flag", "hf", "from"])) fail(file, "$.tied", "needs exactly flag, hf and from strings");
   }
   if (m.dequant !== undefined) {
     const d = m.dequant as Record<string, unknown>;
-    if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
+    if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0 || !onlyKeys(d, ["scale_suffix", "block"])) fail(file, "$.dequant", "needs exactly scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
   if (m.layouts !== undefined && !(isStrArr(m.layouts) && m.layouts.length >= 2)) fail(file, "$.layouts", "must list two or more layout names (the first is --to hf's default)");
@@ -316,6 +320,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.hf !== undefined && !isStr(rule.hf)) fail(file, `${p}.hf`, "must be a string");
     if (rule.layers !== undefined && (!isStr(rule.layers) || !(rule.layers in dims))) fail(file, `${p}.layers`, "must name a dims entry");
     if (rule.layout !== undefined && !(Array.isArray(m.layouts) && m.layouts.includes(rule.layout))) fail(file, `${p}.layout`, "must name one of $.layouts");
+    for (const f of ["drop", "optional"]) if (rule[f] !== undefined && typeof rule[f] !== "boolean") fail(file, `${p}.${f}`, "must be true or false");
+    if (rule.full_chunk !== undefined && !(Array.isArray(rule.full_chunk) && rule.full_chunk.every((t) => (TARGETS as readonly unknown[]).includes(t)))) fail(file, `${p}.full_chunk`, `must list targets among ${TARGETS.join(", ")}`);
     if (rule.drop === true) {
       if (!isStr(rule.hf)) fail(file, p, "a dropped rule needs hf");
       return;
@@ -329,7 +335,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     } else fail(file, `${p}.tt`, "must be a string or an object keyed by target");
     if (rule.shape !== undefined && !isStrArr(rule.shape)) fail(file, `${p}.shape`, "must be a list of expressions");
     if (rule.tp !== undefined && !(TP_PLACEMENTS as readonly unknown[]).includes(rule.tp)) fail(file, `${p}.tp`, `must be one of ${TP_PLACEMENTS.join(", ")}`);
-    if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
+    if (rule.rope !== undefined && !(isStr((rule.rope as Record<string, unknown>).heads) && onlyKeys(rule.rope as Record<string, unknown>, ["heads", "head_dim"]))) fail(file, `${p}.rope`, "needs heads (and optionally head_dim), dims names");
     if (rule.dtype !== undefined && (!isStr(rule.dtype) || !isDType(rule.dtype) || !isCastable(rule.dtype))) fail(file, `${p}.dtype`, "must be a float dtype code (F32, BF16, F16, F8_E4M3, F8_E5M2)");
     if (rule.experts !== undefined && (!isStr(rule.experts) || !(rule.experts in dims))) fail(file, `${p}.experts`, "must name a dims entry");
     if (rule.transform !== undefined) {
@@ -354,7 +360,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.written_by !== undefined && !isStr(rule.written_by)) fail(file, `${p}.written_by`, "must say who writes this layout");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
-      if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
+      if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with) || !onlyKeys(s, ["zeros", "dtype", "with", "omit_option"])) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with (and optionally omit_option)");
       if (s.omit_option !== undefined && !(OMITTABLE as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the groups a user may leave out: ${OMITTABLE.join(", ")}`);
     }
     if (rule.shape !== undefined) checkDimExprs(rule.shape as string[], dims, file, `${p}.shape`);
@@ -363,7 +369,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     for (const f of ["heads", "head_dim"] as const) if (rope?.[f] !== undefined && !(rope[f] in dims)) fail(file, `${p}.rope.${f}`, `unknown dims name '${rope[f]}'`);
   });
   validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
-  if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
+  if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string" && onlyKeys(x, ["from", "to"])))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
   if (m.hf_output !== undefined) {
     const o = m.hf_output as Record<string, unknown>;
@@ -376,12 +382,15 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     }
   }
   if (m.hf_config !== undefined) validateHfConfig(m.hf_config, file);
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && onlyKeys(x, ["prefixes", "why", "option", "convert", "config_flag"]) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
     fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option), config_flag?: field }");
   }
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
+    for (const k of Object.keys(x)) if (!["from", "skip_for", "note", "tt_prefix", "option", "shared_note"].includes(k)) fail(file, `$.extra_layers.${k}`, "unknown field");
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");
+    if (x.skip_for !== undefined && !(Array.isArray(x.skip_for) && x.skip_for.every((t) => (TARGETS as readonly unknown[]).includes(t)))) fail(file, "$.extra_layers.skip_for", `must list targets among ${TARGETS.join(", ")}`);
+    for (const k of ["note", "shared_note"]) if (x[k] !== undefined && typeof x[k] !== "string") fail(file, `$.extra_layers.${k}`, "must be a string");
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
     if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the opt-in that converts these layers)");
   }
@@ -478,7 +487,7 @@ function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims:
   if (!Array.isArray(l.fused)) fail(file, "$.linears.fused", "must be a list");
   l.fused.forEach((f: Record<string, unknown>, i: number) => {
     const p = `$.linears.fused[${i}]`;
-    if (!f || typeof f !== "object" || !isStr(f.module) || !isStr(f.groups) || !isStrArr(f.parts) || f.parts.length < 2) fail(file, p, "needs module, groups (a dims name) and two or more parts");
+    if (!f || typeof f !== "object" || !isStr(f.module) || !isStr(f.groups) || !isStrArr(f.parts) || f.parts.length < 2 || !onlyKeys(f, ["module", "groups", "parts"])) fail(file, p, "needs exactly module, groups (a dims name) and two or more parts");
     if (!(f.groups in dims)) fail(file, `${p}.groups`, `unknown dims name '${f.groups}'`);
     f.parts.forEach((m, j) => known(m, `${p}.parts[${j}]`));
   });
