@@ -177,7 +177,7 @@ export interface Mapping {
   /**
    * HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). With `tt_prefix`
    * and the user's opt-in `option` (`mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
-   * `layers.{L}.` (TorchTitan deepseek_v3 `mtp_layers`); rules without a target name there are reported as shared.
+   * `layers.{L}.` (TorchTitan's `mtp_layers`); rules without a target name there are reported as shared.
    */
   extra_layers?: { from: string; skip_for?: Target[]; note?: string; tt_prefix?: Partial<Record<Target, string>>; option?: "mtp"; shared_note?: string };
   /** HF name prefixes read as others before matching (first match wins): `language_model.model.` → `model.`. */
