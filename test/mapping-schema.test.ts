@@ -224,6 +224,8 @@ test("extends: rules are replaced in place by hf, removed, or appended; what is 
   assert.deepEqual(c!.dims, { hidden: ["hidden_size"], vocab: ["text_config.vocab_size"], experts: ["n_experts"] });
   assert.equal(c!.targets, undefined, "null removes an inherited field");
   assert.equal(c!.fixture, undefined, "fixture is never inherited");
+  const own = resolveExtends([{ path: "base.json", raw: base }, { path: "child.json", raw: { ...child, fixture: { name: "child" } } }])[1]!.raw as Record<string, unknown>;
+  assert.deepEqual(own.fixture, { name: "child" }, "a file's own fixture is its own");
   assert.equal(c!.description, undefined, "description is never inherited");
   assert.deepEqual(c!.match, { model_type: ["c"] });
   assert.equal(c!.extends, undefined);

@@ -4,8 +4,8 @@
 //
 // The rules (docs/adding-a-model.md "Extending a mapping"):
 // - `extends` names the `architecture` of another mapping file in the same folder; chains are allowed, cycles refused.
-// - Never inherited: `architecture`, `description`, `match` (two files matching the same configs would be ambiguous),
-//   `$schema`, `fixture` (each file's own test fixture), `extends` itself.
+// - Never inherited (each file has its own, or none): `architecture`, `description`, `match` (two files matching the
+//   same configs would be ambiguous), `$schema`, `fixture` (the file's own test checkpoint), `extends` itself.
 // - `dims`, `hf_file_prefix`: merged key by key, the extending file's entry winning.
 // - `tensors`: edits of the base's rules, keyed by `hf` pattern (a synth rule, which has no `hf`, by its `tt`). An
 //   entry whose key names base rules replaces all of them (several rules may share one `hf`: split parts, alternative
@@ -62,7 +62,7 @@ export function mergeMapping(base: Json, child: Json, file: string): Json {
   const out: Json = {};
   for (const [k, v] of Object.entries(base)) if (!NOT_INHERITED.has(k)) out[k] = v;
   for (const [k, v] of Object.entries(child)) {
-    if (k === "extends" || k === "fixture" || k === "$schema") continue;
+    if (k === "extends") continue;
     if (v === null) { delete out[k]; continue; }
     if (MERGED_BY_KEY.has(k) && isObject(v) && isObject(out[k])) out[k] = { ...(out[k] as Json), ...v };
     else if (k === "tensors" && Array.isArray(v) && Array.isArray(out[k])) out[k] = mergeRules(out[k] as Json[], v as unknown[], file);
