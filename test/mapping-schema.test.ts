@@ -198,7 +198,9 @@ test("extends: kimi_k2.json is deepseek_v3.json plus its differences, at every r
   assert.deepEqual(kimi.targets, ["torchtitan@main"]);
   assert.equal(kimi.nested_config, "text_config");
   assert.notDeepEqual(kimi.match, ds.match);
-  assert.notDeepEqual(kimi.hf_config, ds.hf_config);
+  // its config rewrites unwrap K2.5's nested config, then deepseek_v3's (model_type kimi_k2 → deepseek_v3) apply
+  assert.deepEqual(kimi.hf_config?.slice(2), ds.hf_config);
+  assert.equal(kimi.hf_config?.length, (own.hf_config as unknown[]).length + ds.hf_config!.length);
   assert.equal(kimi.linears?.torchtitan_module, "kimi_k2_7");
 });
 

@@ -11,6 +11,8 @@
 //   entry whose key names base rules replaces all of them (several rules may share one `hf`: split parts, alternative
 //   layouts) at the place of the first; `{ "hf": …, "remove": true }` removes them; entries with a new key are appended
 //   in order. Rule order matters (the first matching layout wins), hence replacement in place.
+// - `hf_config`: the extending file's rewrites, then the base's (a wrapper's config is unwrapped first, then fixed
+//   as the base's would be).
 // - Any other field: the extending file's value replaces the base's whole; `null` removes it.
 import { CkptError } from "../errors.js";
 
@@ -66,6 +68,7 @@ export function mergeMapping(base: Json, child: Json, file: string): Json {
     if (v === null) { delete out[k]; continue; }
     if (MERGED_BY_KEY.has(k) && isObject(v) && isObject(out[k])) out[k] = { ...(out[k] as Json), ...v };
     else if (k === "tensors" && Array.isArray(v) && Array.isArray(out[k])) out[k] = mergeRules(out[k] as Json[], v as unknown[], file);
+    else if (k === "hf_config" && Array.isArray(v) && Array.isArray(out[k])) out[k] = [...v, ...(out[k] as unknown[])];
     else out[k] = v;
   }
   return out;
