@@ -9,7 +9,7 @@ import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from 
 import { failedCheck, parseCheck } from "../mapping/requirements.js";
 import { targetSpec } from "../mapping/targets.js";
 import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
-import { splitStep, TARGETS, transformSteps, valueOp } from "../mapping/schema.js";
+import { DEFAULT_TARGET, splitStep, TARGETS, transformSteps, valueOp } from "../mapping/schema.js";
 import type { LeafInfo, Recipe } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
@@ -181,7 +181,7 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
 }
 
 export function planConversion(catalog: CatalogLike, opts: PlanOptions): ConversionPlan {
-  const target = opts.target ?? "torchtitan@main";
+  const target = opts.target ?? DEFAULT_TARGET;
   if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
   const raw = opts.config;
   opts = { ...opts, config: effectiveConfig(opts.mapping, opts.config) };
