@@ -12,13 +12,11 @@ export function mappingsDir(): string {
 
 let cache: Mapping[] | undefined;
 
-/** The JSON Schema of mapping files (editors validate against it through each file's `$schema`), not a mapping. */
-export const MAPPING_SCHEMA_FILE = "mapping.schema.json";
-
 /** Every mapping file of the folder, `extends` resolved, validated; each error names its file and field. */
 export function loadMappings(): Mapping[] {
   if (cache) return cache;
   const dir = mappingsDir();
+  // mapping.schema.json / target.schema.json are the JSON Schemas editors validate against, not mappings
   const files = readdirSync(dir).filter((f) => f.endsWith(".json") && !f.endsWith(".schema.json")).sort();
   const raws = files.map((f) => {
     const path = join(dir, f);
