@@ -44,7 +44,9 @@ export function formatMapping(text) {
 const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "mappings");
 const check = process.argv.includes("--check");
 let bad = 0;
-for (const f of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
+// the mappings, their JSON Schemas, and the per-target data in targets/
+const files = [...readdirSync(dir).filter((f) => f.endsWith(".json")), ...readdirSync(join(dir, "targets")).filter((f) => f.endsWith(".json")).map((f) => `targets/${f}`)].sort();
+for (const f of files) {
   const p = join(dir, f);
   const text = readFileSync(p, "utf8");
   const want = formatMapping(text);

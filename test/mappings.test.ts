@@ -40,7 +40,7 @@ function readSafetensors(dir: string): Map<string, FullTensor> {
 
 const ttName = (rule: TensorRule | undefined) => (rule?.tt === undefined ? undefined : typeof rule.tt === "string" ? rule.tt : rule.tt[DEFAULT_TARGET]);
 
-const files = readdirSync(mappingsDir()).filter((f) => f.endsWith(".json")).sort();
+const files = readdirSync(mappingsDir()).filter((f) => f.endsWith(".json") && !f.endsWith(".schema.json")).sort(); // the *.schema.json are JSON Schemas, not mappings
 
 test("every mapping file has a fixture; a file without one is refused with what to add", () => {
   assert.ok(files.length > 0, `no mapping files in ${mappingsDir()}`);

@@ -93,7 +93,7 @@ test("qwen3-moe plan: names per target, shapes, dense + MoE layers, expert bias 
   for (const n of ["layers.1.attention.wq.weight", "layers.1.moe.experts.w1", "layers.1.moe.experts.w2", "layers.1.moe.experts.w3", "layers.1.moe.expert_bias", "output.weight"]) assert.ok(oldNames.has(n), n);
   assert.ok(![...oldNames].some((n) => n.includes("qkv_linear") || n.includes("routed_experts") || n.endsWith("_E")));
 
-  const omitted = planConversion(cat, { mapping, config: g.config, direction: "hf_to_tt", omit: ["no-expert-bias"] });
+  const omitted = planConversion(cat, { mapping, config: g.config, direction: "hf_to_tt", omit: ["expert_bias"] });
   assert.ok(!omitted.tensors.some((t) => t.name.includes("expert_bias")));
   // --dtype f32 leaves the bias f32 and casts the rest
   const f32 = planConversion(cat, { mapping, config: g.config, direction: "hf_to_tt", dtype: "F32" });

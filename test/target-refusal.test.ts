@@ -193,8 +193,8 @@ describe("the requires data", () => {
     for (const [requires, re] of bad) {
       assert.throws(() => validateMapping({ ...base, requires }, "x.json"), (e: unknown) => e instanceof CkptError && e.code === "MAPPING" && re.test(e.message), String(re));
     }
-    // omit_option must be a flag the CLI declares
+    // omit_option must be a group the user can leave out
     assert.throws(() => validateMapping({ ...base, tensors: [{ hf: "a.weight", tt: "b.weight" }, { tt: "c", synth: { zeros: ["hidden"], dtype: "F32", with: "b.weight", omit_option: "no-such-thing" } }] }, "x.json"),
-      (e: unknown) => e instanceof CkptError && /omit_option: must be one of the CLI's omit flags: no-expert-bias/.test(e.message));
+      (e: unknown) => e instanceof CkptError && /omit_option: must be one of the groups a user may leave out: expert_bias/.test(e.message));
   });
 });

@@ -14,6 +14,9 @@ import { fmtBytes, table } from "../util/format.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { buildCatalog } from "../catalog.js";
 import { openLocal } from "../sources/local.js";
+import { selectMapping } from "../mapping/load.js";
+import { compilePattern, fillPattern, matchPattern } from "../mapping/patterns.js";
+import { valueOp, type Mapping, type Target } from "../mapping/schema.js";
 
 /** `length` bytes of `path` at `offset` (a tensor's bytes, never the whole file). */
 function readRange(path: string, offset: number, length: number): Buffer {
@@ -92,22 +95,18 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
     const hfByName = new Map(gen.tensors.map((t) => [t.name, t]));
     const cfg = gen.config as { num_attention_heads: number; num_key_value_heads: number; head_dim?: number; hidden_size: number };
     const hd = cfg.head_dim ?? cfg.hidden_size / cfg.num_attention_heads;
-    let checked = 0;
+    // which HF tensor each output comes from, and which are q/k-permuted, is the llama3 mapping's; the bytes are
+    // recomputed here longhand
+    const llama = selectMapping(gen.config);
+    let checked = 0, permuted = 0;
     for (const c of chunks) {
       const data = readRange(join(tt, c.file), c.dataOffset, c.dataLength);
-      const hfName = c.fqn
-        .replace("tok_embeddings.weight", "model.embed_tokens.weight").replace(/^norm\.weight$/, "model.norm.weight")
-        .replace(/^layers\.(\d+)\.attention\.qkv_linear\.w([qkv])\.weight$/, "model.layers.$1.self_attn.$2_proj.weight")
-        .replace(/^layers\.(\d+)\.attention\.wo\.weight$/, "model.layers.$1.self_attn.o_proj.weight")
-        .replace(/^layers\.(\d+)\.feed_forward\.w1\.weight$/, "model.layers.$1.mlp.gate_proj.weight")
-        .replace(/^layers\.(\d+)\.feed_forward\.w3\.weight$/, "model.layers.$1.mlp.up_proj.weight")
-        .replace(/^layers\.(\d+)\.feed_forward\.w2\.weight$/, "model.layers.$1.mlp.down_proj.weight")
-        .replace(/^layers\.(\d+)\.attention_norm\.weight$/, "model.layers.$1.input_layernorm.weight")
-        .replace(/^layers\.(\d+)\.ffn_norm\.weight$/, "model.layers.$1.post_attention_layernorm.weight");
-      const src = hfByName.get(hfName);
-      if (!src) throw new CkptError("VERIFY", `demo: no HF tensor for ${c.fqn}`);
+      const rule = hfRuleOf(llama, conv.plan.target, c.fqn);
+      if (!rule) throw new CkptError("VERIFY", `demo: no ${llama.architecture} rule names ${c.fqn}`);
+      const src = hfByName.get(rule.hf);
+      if (!src) throw new CkptError("VERIFY", `demo: no HF tensor ${rule.hf} for ${c.fqn}`);
       let expect = src.data;
-      if (/\.(q|k)_proj\./.test(hfName)) {
+      if (rule.rope) {
         const rowBytes = (numelOf(src.shape) / src.shape[0]!) * elementSize(src.dtype);
         const perm = new Uint8Array(expect.length);
         for (let r = 0; r < src.shape[0]!; r++) perm.set(expect.subarray(ttRowSource(r, hd) * rowBytes, (ttRowSource(r, hd) + 1) * rowBytes), r * rowBytes);
@@ -115,9 +114,10 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
       }
       if (Buffer.compare(Buffer.from(data), Buffer.from(expect)) !== 0) throw new CkptError("VERIFY", `demo: ${c.fqn} differs from the expected bytes`);
       checked++;
+      if (rule.rope) permuted++;
     }
     Object.assign(readBack, { bitExact: checked, heads: cfg.num_attention_heads, kvHeads: cfg.num_key_value_heads, headDim: hd });
-    log(`   ${checked} tensors bit-exact (q/k permuted with ${cfg.num_attention_heads}/${cfg.num_key_value_heads} heads, head_dim ${hd})`);
+    log(`   ${checked} tensors bit-exact (${permuted} q/k permuted with ${cfg.num_attention_heads}/${cfg.num_key_value_heads} heads, head_dim ${hd})`);
 
     const shardStep = step("ckpt shard --world-size 8 → one __{rank}_0.distcp per rank (FSDP2 Shard(0), uneven rows split like torch.chunk)");
     // torchtitan@main: this model's head_dim (16) ≠ hidden / heads (12), which TorchTitan 0.2's llama3 cannot express
@@ -152,6 +152,22 @@ export async function runDemo(opts: { out?: string; keep?: boolean; log: (s: str
   }
 }
 
+/**
+ * The HF tensor a TorchTitan output name comes from by the mapping's rules (with `op`, only rules decoding with it,
+ * and the HF name of its scales).
+ */
+function hfRuleOf(mapping: Mapping, target: Target, tt: string, op?: "mxfp4"): { hf: string; rope: boolean; scales?: string } | undefined {
+  for (const r of mapping.tensors) {
+    const pat = typeof r.tt === "string" ? r.tt : r.tt?.[target];
+    if (!pat || !r.hf || r.drop) continue;
+    const decode = op ? valueOp(r, op) : undefined;
+    if (op && !decode) continue;
+    const vals = matchPattern(compilePattern(pat), tt);
+    if (vals) return { hf: fillPattern(r.hf, vals), rope: r.rope !== undefined, ...(decode ? { scales: fillPattern(decode.scales, vals) } : {}) };
+  }
+  return undefined;
+}
+
 const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
 
 /** bf16 bits of a value MXFP4 gives exactly (every E2M1 × 2^k with a normal scale is a bf16 value). */
@@ -163,15 +179,17 @@ function bf16Bits(v: number): number {
 /** Converts the MXFP4 fixture and checks every expert value against E2M1[nibble] · 2^(scale − 127), worked longhand. */
 async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: string) => void): Promise<{ values: number; perRankBytes: number[] }> {
   const gen = writeTinyGptOss(hf, { layout: "mxfp4" });
-  await runConvert({ source: hf, out: tt, format: "safetensors", threads: 0 });
+  const conv = await runConvert({ source: hf, out: tt, format: "safetensors", threads: 0 });
   const src = new Map(gen.tensors.map((t) => [t.name, t]));
   const cat = await buildCatalog(await openLocal(tt));
   let values = 0;
+  const mapping = selectMapping(gen.config);
+  const names = new Set<string>();
   for (const [name, t] of cat.tensors) {
-    const m = /^layers\.(\d+)\.moe\.routed_experts\.inner_experts\.(mlp1_weight_EGD|mlp2_weight_EDF)$/.exec(name);
-    if (!m) continue;
-    const hfName = `model.layers.${m[1]}.mlp.experts.${m[2] === "mlp1_weight_EGD" ? "gate_up_proj" : "down_proj"}`;
-    const blocks = src.get(hfName + "_blocks")!, scales = src.get(hfName + "_scales")!;
+    const rule = hfRuleOf(mapping, conv.plan.target, name, "mxfp4");
+    if (!rule) continue;
+    names.add(name.slice(name.lastIndexOf(".") + 1));
+    const blocks = src.get(rule.hf)!, scales = src.get(rule.scales!)!;
     const p = t.pieces[0]!;
     const out = readRange(join(tt, p.file), p.byteOffset, p.byteLength);
     const cols = t.shape[t.shape.length - 1]!;
@@ -184,7 +202,7 @@ async function checkMxfp4Demo(hf: string, tt: string, w4: string, log: (s: strin
     }
   }
   if (values === 0) throw new CkptError("VERIFY", "demo: no gpt-oss expert tensors were written");
-  log(`   ${values.toLocaleString("en-US")} MXFP4 expert values decoded bit-exact to bf16 (mlp1_weight_EGD / mlp2_weight_EDF, gate/up interleaved)`);
+  log(`   ${values.toLocaleString("en-US")} MXFP4 expert values decoded bit-exact to bf16 (${[...names].join(" / ")}, gate/up interleaved)`);
   const sh = await runConvert({ source: hf, out: w4, worldSize: 4, threads: 0 });
   const perRankBytes = (sh.plan.perRank ?? []).map((r) => r.bytes);
   log(`   sharded for 4 ranks: ${perRankBytes.map((b) => fmtBytes(b)).join(", ")}`);

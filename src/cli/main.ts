@@ -10,7 +10,7 @@ import { fmtBytes, fmtNum, table } from "../util/format.js";
 import { makeReporter } from "./progress.js";
 import { VERSION } from "../version.js";
 import { loraCommand } from "./lora.js";
-import { OMIT_OPTIONS } from "../mapping/schema.js";
+import { OMITTABLE } from "../mapping/schema.js";
 
 interface GlobalArgs { json?: boolean; debug?: boolean; quiet?: boolean }
 
@@ -94,7 +94,7 @@ function convertOptionsFrom(a: Record<string, unknown>): Omit<ConvertOptions, "s
     threads: a.threads as number | undefined,
     filesPerRank: a["files-per-rank"] as number | undefined,
     maxMemory: a["max-memory"] !== undefined ? parseSize(String(a["max-memory"])) : undefined,
-    // `--no-X` reaches us as X = false (yargs' boolean negation); OMIT_OPTIONS are spelled as the flag
+    // `--no-X` reaches us as X = false (yargs' boolean negation)
     omit: omitted(a),
     features: [...(a.mtp ? ["mtp" as const] : []), ...(a["text-only"] ? ["text-only" as const] : []), ...dropped(a)],
     hfLayout: a["hf-layout"] as string | undefined,
@@ -116,9 +116,9 @@ function dropped(a: Record<string, unknown>): `drop:${string}`[] {
   return names.map((n) => `drop:${n}` as const);
 }
 
-/** The OMIT_OPTIONS whose negatable option (`no-expert-bias` → `expert-bias`) the user turned off. */
+/** The OMITTABLE groups whose negatable flag (`expert_bias` → `--expert-bias`, `--no-expert-bias`) the user turned off. */
 function omitted(a: Record<string, unknown>): string[] | undefined {
-  const off = OMIT_OPTIONS.filter((o) => a[o.slice("no-".length)] === false);
+  const off = OMITTABLE.filter((o) => a[o.replace(/_/g, "-")] === false);
   return off.length ? off : undefined;
 }
 

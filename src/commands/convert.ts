@@ -1,5 +1,5 @@
 // convert / shard: Source → Catalog → Plan → Execute → Finalize. The CLI is a thin layer over this.
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { buildCatalog } from "../catalog.js";
 import type { Catalog } from "../catalog-types.js";
@@ -16,7 +16,7 @@ import { hfNamedTensors } from "../plan/hf-names.js";
 import { checkStoredShapes } from "../plan/quant-checks.js";
 import { headerBytes, rankIo } from "../plan/rank-io.js";
 import { checkExpertMesh, worldSize, type Mesh } from "../plan/sharding.js";
-import { executeLayout, writeExtras, type ExecResult, type ProgressEvent } from "../exec/executor.js";
+import { executeLayout, type ProgressEvent } from "../exec/executor.js";
 import { describeFsError, fsyncPath, isDiskFull } from "../exec/output-dir.js";
 import { parseDigest } from "../exec/digest.js";
 import { unthrottledDirtyBytes } from "../exec/page-cache.js";
@@ -24,11 +24,14 @@ import { stampFiles, type SourceStamp } from "../exec/journal.js";
 import { elementSize, numelOf } from "../dtypes.js";
 import { VERSION } from "../version.js";
 import { loraRequested, withLoraModel, type LoraModelSummary } from "../lora/tt-model.js";
-import { copyAssets } from "./assets.js";
-import { checkConvertFlags, type ConvertFlags } from "./convert-options.js";
-import { manifestOf, MANIFEST, sourceIdentity, warnNonfinite, warnResumed, withKeptHint, writeOutput } from "./write-output.js";
+import { copyAssets } from "../finalize/assets.js";
+import { finalizeHfConfig } from "../finalize/hf-config.js";
+import { finalizeRanks, RANK_DIGEST_PREFIX } from "../finalize/ranks.js";
+import { torchtitanConfigLines } from "../finalize/torchtitan-config.js";
+import { warnNonfinite, warnResumed, withKeptHint, writeOutput } from "../finalize/write-output.js";
 import { checkRequantizable, checkRequantized, planRequantize } from "../plan/requantize.js";
-import { normalizedName, normalizeTtName } from "../plan/source-names.js";
+import { effectiveConfig, normalizedName, normalizeTtName } from "../plan/source-names.js";
+import { checkConvertFlags, type ConvertFlags } from "./convert-options.js";
 import { withPrefixedSource } from "../sources/overlay.js";
 import type { CatalogTensor } from "../catalog-types.js";
 
@@ -119,55 +122,6 @@ function summarize(plan: ConversionPlan, layout: OutputLayout): PlanSummary {
   };
 }
 
-/** A multimodal wrapper's text config merged over its top level (Kimi K2.5 `text_config`), else the config. */
-function flatTextConfig(cfg: Record<string, unknown>): Record<string, unknown> {
-  const t = cfg.text_config as Record<string, unknown> | undefined;
-  return t && typeof t === "object" ? { ...t } : cfg;
-}
-
-/**
- * --to hf writes the DeepSeek-V3 decoder of a Kimi checkpoint (names model.* / lm_head.*): its config.json must load
- * in transformers' DeepseekV3ForCausalLM, which has no kimi_k2 model_type. K2.5 nested configs are flattened to the
- * text config; model_type kimi_k2 becomes deepseek_v3 (the architecture Kimi K2's own config names). With
- * --requantize a flat config is kept as it is (its quantization_config describes the packed experts) and a nested
- * one becomes its text config (quantization_config included), architectures DeepseekV3ForCausalLM.
- */
-function hfLoadableConfig(configPath: string, requantized: boolean): void {
-  let cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
-  const nested = cfg.text_config && typeof cfg.text_config === "object" && (cfg.text_config as { model_type?: string }).model_type === "kimi_k2";
-  if (!nested && (cfg.model_type !== "kimi_k2" || requantized)) return;
-  if (nested && requantized) {
-    // the decoder's names are model.* / lm_head.*: its own (flat K2-style) config, quantization_config kept
-    cfg = { ...(cfg.text_config as Record<string, unknown>), architectures: ["DeepseekV3ForCausalLM"] };
-    writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
-    return;
-  }
-  if (nested) {
-    const t = { ...(cfg.text_config as Record<string, unknown>) };
-    if (t.tie_word_embeddings === undefined && cfg.tie_word_embeddings !== undefined) t.tie_word_embeddings = cfg.tie_word_embeddings;
-    if (t.torch_dtype === undefined && cfg.torch_dtype !== undefined) t.torch_dtype = cfg.torch_dtype;
-    cfg = t;
-    delete cfg.quantization_config; // INT4 experts were written as values
-  }
-  cfg.model_type = "deepseek_v3";
-  cfg.architectures = ["DeepseekV3ForCausalLM"];
-  delete cfg.auto_map;
-  writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
-}
-
-/**
- * --to hf of a multimodal wrapper's --text-only conversion: config.json becomes the text-only model's (mapping
- * `hf_output.text_only`), the nested text config flattened with the wrapper's architecture mapped to its CausalLM,
- * so the config describes exactly the tensors written (no tower, names of the text-only model).
- */
-function textOnlyConfig(configPath: string, mapping: Mapping): void {
-  const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
-  const text = { ...(cfg[mapping.nested_config!] as Record<string, unknown>) };
-  for (const k of ["tie_word_embeddings", "torch_dtype", "dtype"]) if (text[k] === undefined && cfg[k] !== undefined) text[k] = cfg[k];
-  text.architectures = (cfg.architectures as string[]).map((a) => mapping.hf_output!.text_only[a]!);
-  writeFileSync(configPath, JSON.stringify(text, null, 2) + "\n");
-}
-
 /**
  * The source checkpoint of --to hf --requantize (the --config folder, when it holds safetensors): its tensors by
  * mapping-normalised name, their files under REFERENCE_FILES of the executed source. Headers only.
@@ -192,54 +146,6 @@ const REFERENCE_FILES = "reference:";
 function shapeDtypeOf(reference: Map<string, CatalogTensor> | undefined): "I32" | "I64" {
   for (const [k, t] of reference ?? []) if (k.endsWith(".weight_shape") && (t.dtype === "I32" || t.dtype === "I64")) return t.dtype;
   return "I64";
-}
-
-/** The tensors that carry each quantization method's packed values: without any, the output holds decoded values. */
-const PACKED_BY_METHOD: Record<string, (name: string) => boolean> = {
-  "compressed-tensors": (n) => n.endsWith(".weight_packed"), // INT4 experts: compressed-tensors pack-quantized (docs/numerics.md §11)
-  mxfp4: (n) => n.endsWith("_blocks"),
-  fp8: (n) => n.endsWith("_scale_inv"), // DeepSeek-V3 block FP8: transformers would re-quantize bf16 weights on load
-};
-
-/**
- * HF output whose weights were dequantized on the way in (FP8 weights, MXFP4 or INT4 experts written as values) must
- * not claim the source's quantization: transformers would look for packed tensors that are not there, or quantize the
- * decoded values again.
- */
-function dropDecodedQuantization(configPath: string, plan: { tensors: { name: string }[] }): void {
-  const cfg = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
-  const method = (cfg.quantization_config as { quant_method?: string } | undefined)?.quant_method;
-  const packed = method !== undefined ? PACKED_BY_METHOD[method] : undefined;
-  if (!packed || plan.tensors.some((t) => packed(t.name))) return;
-  delete cfg.quantization_config;
-  writeFileSync(configPath, JSON.stringify(cfg, null, 2) + "\n");
-}
-
-/**
- * TorchTitan config that loads an output: `dcp` (initial_load_in_hf = false: dcp.load through FileSystemReader),
- * `hf-safetensors` (per-rank HF-named files, initial_load_in_hf = true: HuggingFaceStorageReader + from_hf), or
- * `tt-safetensors` (per-rank TorchTitan-named files: no TorchTitan config reads them, only a plain dcp.load with
- * HuggingFaceStorageReader; said as comments).
- */
-export function torchtitanConfigLines(out: string, target: Target, hfAssets: boolean, kind: "dcp" | "hf-safetensors" | "tt-safetensors" = "dcp"): string {
-  if (kind === "tt-safetensors") {
-    return [
-      "# TorchTitan has no config that reads per-rank safetensors with TorchTitan names (initial_load_in_hf expects HF",
-      "# names and applies from_hf). Load it with dcp.load(state_dict, storage_reader=HuggingFaceStorageReader(path)),",
-      "# or write it with --hf-names for TorchTitan's initial_load_in_hf = true, or as DCP (the default).",
-    ].join("\n");
-  }
-  const hf = kind === "hf-safetensors";
-  const lines = [
-    "[checkpoint]",
-    "enable = true",
-    `initial_load_path = "${out}"`,
-    "initial_load_model_only = true",
-    `initial_load_in_hf = ${hf}`,
-  ];
-  if (hfAssets) lines.push("", "[model]", `hf_assets_path = "${join(out, "hf_assets")}"`);
-  lines.push("", `# layout: ${target}${hf ? ", HF names per rank (TorchTitan's from_hf runs after the load)" : ""}; CLI: --checkpoint.enable --checkpoint.initial_load_path ${out}${hf ? " --checkpoint.initial_load_in_hf" : ""}`);
-  return lines.join("\n");
 }
 
 export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
@@ -288,7 +194,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
     let reference: Map<string, CatalogTensor> | undefined;
     if (opts.requantize && direction === "tt_to_hf") {
       reference = await referenceTensors(assetSource, source, mapping, opts.onWarning);
-      planRequantize(plan, mapping, opts.requantize, { config: flatTextConfig(config), shapeDtype: shapeDtypeOf(reference), reference });
+      planRequantize(plan, mapping, opts.requantize, { config: effectiveConfig(mapping, config), shapeDtype: shapeDtypeOf(reference), reference });
       if (reference && assetSource) {
         execSource = withPrefixedSource(execSource, REFERENCE_FILES, assetSource);
         // the reference's bytes decide groups of the output: its files are stamped like the source's
@@ -337,9 +243,7 @@ export async function runConvert(opts: ConvertOptions): Promise<ConvertResult> {
         if (!assetSource) return;
         const assets = copyAssets(assetSource, direction !== "tt_to_hf" ? join(partial, "hf_assets") : partial);
         hfAssets = direction !== "tt_to_hf" && assets.length > 0;
-        if (direction === "tt_to_hf" && assets.includes("config.json") && !opts.requantize) dropDecodedQuantization(join(partial, "config.json"), plan);
-        if (direction === "tt_to_hf" && assets.includes("config.json")) hfLoadableConfig(join(partial, "config.json"), !!opts.requantize);
-        if (direction === "tt_to_hf" && assets.includes("config.json") && plan.hfConfig === "text-only") textOnlyConfig(join(partial, "config.json"), mapping);
+        if (direction === "tt_to_hf" && assets.includes("config.json")) finalizeHfConfig(join(partial, "config.json"), mapping, plan, { requantized: !!opts.requantize });
       },
     });
     return {
@@ -406,7 +310,7 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       if (ctx.fsync !== false) for (const f of wanted) fsyncPath(join(tmp, f));
       for (const f of wanted) renameSync(join(tmp, f), join(out, f));
       if (ctx.fsync !== false) fsyncPath(out);
-      writeFileSync(join(out, `.ckpt-digest-${rl[0]}-${rl[rl.length - 1]}.json`), JSON.stringify(exec.chunks));
+      writeFileSync(join(out, `${RANK_DIGEST_PREFIX}${rl[0]}-${rl[rl.length - 1]}.json`), JSON.stringify(exec.chunks));
       bytesWritten = exec.bytesWritten;
     } catch (e) {
       let err = describeFsError(e, tmp);
@@ -418,22 +322,8 @@ async function runPartial(catalog: Catalog, plan: ConversionPlan, layout: Output
       if (!keep) rmSync(tmp, { recursive: true, force: true });
     }
   }
-  if (ctx.finalize) {
-    for (const f of layout.files) {
-      const p = join(out, f.name);
-      if (!existsSync(p) || statSync(p).size !== f.size) throw new CkptError("MISSING_TENSOR", `rank file ${f.name} is missing or has the wrong size; run the remaining --ranks first`, { file: p });
-    }
-    const digests = readdirSync(out).filter((f) => f.startsWith(".ckpt-digest-")).flatMap((f) => JSON.parse(readFileSync(join(out, f), "utf8")) as ExecResult["chunks"]);
-    const order = new Map(layout.chunks.map((c, i) => [`${c.tensor}|${c.box.offsets.join(",")}|${c.file}`, i]));
-    digests.sort((a, b) => order.get(`${a.tensor}|${a.offsets.join(",")}|${a.file}`)! - order.get(`${b.tensor}|${b.offsets.join(",")}|${b.file}`)!);
-    const unique = digests.filter((d, i) => i === 0 || `${d.tensor}|${d.offsets}|${d.file}` !== `${digests[i - 1]!.tensor}|${digests[i - 1]!.offsets}|${digests[i - 1]!.file}`);
-    if (unique.length !== layout.chunks.length) throw new CkptError("MISSING_TENSOR", `digests cover ${unique.length} of ${layout.chunks.length} chunks; run every rank range first`, { file: out });
-    writeExtras(layout, out);
-    const exec: ExecResult = { bytesWritten: 0, files: [], chunks: unique, f16Overflow: 0, threads: 0 };
-    writeFileSync(join(out, MANIFEST), await manifestOf(catalog, plan, layout, exec, await sourceIdentity(catalog), ctx.optionsRecord, parseDigest(ctx.digest)));
-    if (ctx.assetSource) copyAssets(ctx.assetSource, join(out, "hf_assets"));
-    for (const f of readdirSync(out).filter((f) => f.startsWith(".ckpt-digest-"))) rmSync(join(out, f));
-  }
+  if (ctx.finalize) await finalizeRanks(out, catalog, plan, layout, { optionsRecord: ctx.optionsRecord, digest: parseDigest(ctx.digest), assetSource: ctx.assetSource });
+
   return {
     out, dryRun: false, plan: summary, bytesWritten, seconds: (performance.now() - ctx.started) / 1000, f16Overflow: overflow,
     torchtitanConfig: ctx.finalize && ctx.loraConfig && layout.format === "dcp" ? ctx.loraConfig : ctx.finalize ? torchtitanConfigLines(out, plan.target, !!ctx.assetSource, layout.format === "dcp" ? "dcp" : ctx.hfNames ? "hf-safetensors" : "tt-safetensors") : undefined,

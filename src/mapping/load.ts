@@ -3,6 +3,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { CkptError } from "../errors.js";
 import { packageRoot } from "../util/package-root.js";
+import { resolveExtends } from "./extends.js";
 import { validateMapping, type Mapping } from "./schema.js";
 
 export function mappingsDir(): string {
@@ -11,20 +12,21 @@ export function mappingsDir(): string {
 
 let cache: Mapping[] | undefined;
 
+/** Every mapping file of the folder, `extends` resolved, validated; each error names its file and field. */
 export function loadMappings(): Mapping[] {
   if (cache) return cache;
   const dir = mappingsDir();
+  // mapping.schema.json / target.schema.json are the JSON Schemas editors validate against, not mappings
   const files = readdirSync(dir).filter((f) => f.endsWith(".json") && !f.endsWith(".schema.json")).sort();
-  cache = files.map((f) => {
+  const raws = files.map((f) => {
     const path = join(dir, f);
-    let raw: unknown;
     try {
-      raw = JSON.parse(readFileSync(path, "utf8"));
+      return { path, raw: JSON.parse(readFileSync(path, "utf8")) as unknown };
     } catch (e) {
       throw new CkptError("MAPPING", `invalid JSON: ${(e as Error).message}`, { file: path });
     }
-    return validateMapping(raw, path);
   });
+  cache = resolveExtends(raws).map(({ path, raw }) => validateMapping(raw, path));
   return cache;
 }
 

@@ -1,6 +1,8 @@
-// The shape of mappings/*.json, and a validator with errors that name the file and the field. This file is the
-// schema's documentation: every field is described on the interfaces below and checked by validateMapping (there is
-// no separate JSON Schema file; a second description could only drift from the one that runs).
+// The shape of mappings/*.json, and a validator with errors that name the file and the field. Every field is
+// described on the interfaces below and checked by validateMapping, which the loader runs on each mapping (after
+// `extends` is resolved, mapping/extends.ts). mappings/mapping.schema.json publishes the same structure as a JSON
+// Schema for editors; it cannot express the cross-field checks here (dims names inside expressions, rules named by
+// requires / linears, concat groups), and test/mapping-schema.test.ts keeps the two in agreement.
 import { CkptError } from "../errors.js";
 import { isCastable, isDType, type CastableDType, type DType } from "../dtypes.js";
 import { parseCheck, type Requirement } from "./requirements.js";
@@ -78,34 +80,35 @@ const TRANSFORMS: Record<Transform["op"], (t: Record<string, unknown>) => string
   mxfp4: (t) => (isStr(t.scales) && Object.keys(t).every((k) => k === "op" || k === "scales") ? undefined : "mxfp4 needs exactly `scales` (the HF pattern of the E8M0 scales)"),
   transpose: (t) => (Object.keys(t).every((k) => k === "op") ? undefined : "transpose takes no fields"),
   int4: (t) => (isStr(t.scale) && isStr(t.shape) && Object.keys(t).every((k) => k === "op" || k === "scale" || k === "shape") ? undefined : "int4 needs exactly `scale` and `shape` (the HF patterns of weight_scale and weight_shape)"),
-  split: (t) => (isDim(t.dim) && isStrArr(t.sizes) && t.sizes.length >= 2 && isIndex(t.index, t.sizes.length) && onlyKeys(t, ["dim", "sizes", "index"]) ? undefined
+  split: (t) => (isDim(t.dim) && isStrArr(t.sizes) && t.sizes.length >= 2 && isIndex(t.index, t.sizes.length) && opKeys(t, ["dim", "sizes", "index"]) ? undefined
     : "split needs exactly `dim` (an integer ≥ 0), `sizes` (two or more dims expressions) and `index` (this rule's part, < sizes.length)"),
-  chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && onlyKeys(t, ["dim", "chunks", "index"]) ? undefined
+  chunk: (t) => (isDim(t.dim) && Number.isInteger(t.chunks) && (t.chunks as number) >= 2 && isIndex(t.index, t.chunks as number) && opKeys(t, ["dim", "chunks", "index"]) ? undefined
     : "chunk needs exactly `dim` (an integer ≥ 0), `chunks` (an integer ≥ 2) and `index` (this rule's part, < chunks)"),
-  reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && onlyKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
-  concat: (t) => (isDim(t.dim) && isDim(t.index) && onlyKeys(t, ["dim", "index"]) ? undefined : "concat needs exactly `dim` (an integer ≥ 0) and `index` (this HF tensor's place among the parts, ≥ 0)"),
-  swap_halves: (t) => (isDim(t.dim) && onlyKeys(t, ["dim"]) ? undefined : "swap_halves needs exactly `dim` (an integer ≥ 0)"),
+  reshape: (t) => (isStrArr(t.shape) && t.shape.length >= 1 && opKeys(t, ["shape"]) ? undefined : "reshape needs exactly `shape` (the TorchTitan shape, a list of dims expressions)"),
+  concat: (t) => (isDim(t.dim) && isDim(t.index) && opKeys(t, ["dim", "index"]) ? undefined : "concat needs exactly `dim` (an integer ≥ 0) and `index` (this HF tensor's place among the parts, ≥ 0)"),
+  swap_halves: (t) => (isDim(t.dim) && opKeys(t, ["dim"]) ? undefined : "swap_halves needs exactly `dim` (an integer ≥ 0)"),
 };
 const isDim = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
 const isIndex = (v: unknown, n: number) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < n;
-const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).every((k) => k === "op" || keys.includes(k));
+const onlyKeys = (t: Record<string, unknown>, keys: string[]) => Object.keys(t).every((k) => keys.includes(k));
+const opKeys = (t: Record<string, unknown>, keys: string[]) => onlyKeys(t, ["op", ...keys]);
 const STRUCTURAL = new Set(["transpose", "split", "chunk"]);
 
 /**
- * The `omit_option` names a synth rule may use. Each is the spelling of a negatable CLI flag (`--no-expert-bias`
- * is yargs' `expert-bias = false`) that src/cli/main.ts declares; a mapping naming any other would describe a flag
- * nobody can pass.
+ * What a synth rule's `omit_option` may name: a group of synthesised tensors the user may choose to leave out
+ * (`expert_bias`: the zero expert-bias buffers TorchTitan's MoE keeps but these HF checkpoints lack). The CLI offers
+ * each as a negatable flag (`--no-expert-bias`).
  */
-export const OMIT_OPTIONS = ["no-expert-bias"] as const;
+export const OMITTABLE = ["expert_bias"] as const;
+export type Omittable = (typeof OMITTABLE)[number];
 
 /**
- * A tower's opt-in: `text-only` (--text-only), or `drop:<name>` (--drop <name>: tensors the target has no module for,
- * left out only when the user says so, and recorded in the manifest).
+ * A tower's opt-in: `text-only` (convert the language model alone, skipping the towers with this option), or
+ * `drop:<name>` (tensors the target has no module for, left out only when the user names them, and recorded in the
+ * manifest).
  */
 export type TowerOption = "text-only" | `drop:${string}`;
 export const isTowerOption = (v: unknown): v is TowerOption => v === "text-only" || (typeof v === "string" && /^drop:[a-z0-9_]+$/.test(v));
-/** The CLI spelling of a tower option. */
-export const towerFlag = (o: TowerOption): string => (o.startsWith("drop:") ? `--drop ${o.slice(5)}` : `--${o}`);
 
 export interface TensorRule {
   /** HF name pattern; `{L}` = layer index, `{E}` = expert index (stacked into a new dim 0 on the TorchTitan side). */
@@ -124,7 +127,7 @@ export interface TensorRule {
   /** Present only in some layers (e.g. MoE vs dense): absence is not an error. */
   optional?: boolean;
   /** A TorchTitan tensor with no HF source, synthesised as zeros of this shape/dtype whenever `with` exists in the output. */
-  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: (typeof OMIT_OPTIONS)[number] };
+  synth?: { zeros: string[]; dtype: DType; with: string; omit_option?: Omittable };
   /** Stacked expert tensors: which dims name holds the expert count. */
   experts?: string;
   /** Output dtype whatever --dtype asks (e.g. float32 buffers such as the MoE expert bias). */
@@ -153,6 +156,26 @@ export interface TensorRule {
   written_by?: string;
 }
 
+/**
+ * One rewrite of `hf_config`. Conditions (all must hold): `when` (config fields, dotted paths, each holding one of the
+ * listed values), `tensors` ("decoded": quantized tensors written as values; "requantized": --requantize wrote them
+ * packed again) and `text_only` (a wrapper's checkpoint written without its tower, as `hf_output` decides). Actions, in
+ * this order: `map` (a field's values renamed, each value or list element through the table), `flatten` (the nested
+ * config `field` becomes the config; `inherit`: top-level fields copied when the nested config lacks them; `carry`:
+ * top-level fields copied over it), `delete`, `set`. The rules apply in order, each reading the config as the
+ * earlier ones left it.
+ */
+export interface HfConfigRewrite {
+  why: string;
+  when?: Record<string, unknown[]>;
+  tensors?: "decoded" | "requantized";
+  text_only?: true;
+  map?: Record<string, Record<string, string>>;
+  flatten?: { field: string; inherit?: string[]; carry?: string[] };
+  delete?: string[];
+  set?: Record<string, unknown>;
+}
+
 export interface Mapping {
   architecture: string;
   description?: string;
@@ -171,8 +194,8 @@ export interface Mapping {
   tensors: TensorRule[];
   /**
    * HF layer indices at or above this dims value have no target at some versions (e.g. MTP layers). With `tt_prefix`
-   * and the user's `option` (`--mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
-   * `layers.{L}.` (TorchTitan deepseek_v3 `mtp_layers`); rules without a target name there are reported as shared.
+   * and the user's opt-in `option` (`mtp`), such a layer L maps at that target to `{tt_prefix}.{L − from}.` in place of
+   * `layers.{L}.` (TorchTitan's `mtp_layers`); rules without a target name there are reported as shared.
    */
   extra_layers?: { from: string; skip_for?: Target[]; note?: string; tt_prefix?: Partial<Record<Target, string>>; option?: "mtp"; shared_note?: string };
   /** HF name prefixes read as others before matching (first match wins): `language_model.model.` → `model.`. */
@@ -183,7 +206,7 @@ export interface Mapping {
    * HF tensors (by prefix) the target cannot take: refused with `why`, or skipped and reported with the user's
    * `option`; a tower without `option` is always skipped and reported (e.g. MTP heads the target has no module for).
    * With `convert: true` the tower's tensors go through the rules (the target has the module), and its `option`
-   * skips and reports them instead (Qwen3.5's vision tower under --text-only). `config_flag`: the config field that
+   * skips and reports them instead (Qwen3.5's vision tower in a text-only conversion). `config_flag`: the config field that
    * says the HF model has the tower (FLUX `guidance_embeds`); --to hf warns when it is set, since the output cannot
    * hold the tower the target never had.
    */
@@ -195,11 +218,13 @@ export interface Mapping {
   /**
    * --to hf of a checkpoint whose config.json nests the language model's config (`nested_config`: a multimodal
    * wrapper). With the tower converted (TorchTitan names under `tower`) the output is the wrapper again: names under
-   * `prefix.to` (not a tower's) written back under `prefix.from`, config as is. Without it (a --text-only
-   * conversion) the output is the text-only model: names as the rules spell them, config.json the nested config
-   * flattened, with `architectures` mapped through `text_only` (the wrapper's architecture → the CausalLM's).
+   * `prefix.to` (not a tower's) written back under `prefix.from`, config as is. Without it (a text-only conversion)
+   * the output is the text-only model: names as the rules spell them, config.json as the `hf_config` rules marked
+   * `text_only` rewrite it (their `map.architectures` lists the wrappers whose text-only model is known).
    */
-  hf_output?: { prefix: { from: string; to: string }; tower: string; text_only: Record<string, string> };
+  hf_output?: { prefix: { from: string; to: string }; tower: string };
+  /** How --to hf output's config.json is rewritten so that transformers loads what was written (mapping/hf-config.ts). */
+  hf_config?: HfConfigRewrite[];
   /**
    * The tiny checkpoint src/fixtures/generate.ts writes for this architecture and test/mappings.test.ts converts
    * (HF → TorchTitan → HF, sharded, and a dry run at the published size). Every mapping file has its own: it is never
@@ -280,11 +305,12 @@ const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every(isSt
 export function validateMapping(raw: unknown, file: string): Mapping {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(file, "$", "must be an object");
   const m = raw as Record<string, unknown>;
-  const known = new Set(["$schema", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output", "fixture"]);
+  const known = new Set(["$schema", "hf_config", "architecture", "description", "match", "dims", "tied", "dequant", "targets", "tensors", "extra_layers", "requires", "prefixes", "nested_config", "towers", "linears", "layouts", "hf_file_prefix", "hf_output", "fixture"]);
   for (const k of Object.keys(m)) if (!known.has(k)) fail(file, `$.${k}`, "unknown field");
   if (!isStr(m.architecture)) fail(file, "$.architecture", "must be a non-empty string");
   const match = m.match as Record<string, unknown> | undefined;
-  if (!match || typeof match !== "object") fail(file, "$.match", "must be an object");
+  if (!match || typeof match !== "object" || Array.isArray(match)) fail(file, "$.match", "must be an object");
+  for (const k of Object.keys(match)) if (!["architectures", "model_type", "class_name"].includes(k)) fail(file, `$.match.${k}`, "unknown field (match has architectures, model_type, class_name)");
   for (const k of ["architectures", "model_type", "class_name"]) if (match[k] !== undefined && !isStrArr(match[k])) fail(file, `$.match.${k}`, "must be a list of strings");
   const dims = m.dims as Record<string, unknown> | undefined;
   if (!dims || typeof dims !== "object") fail(file, "$.dims", "must be an object");
@@ -292,11 +318,11 @@ export function validateMapping(raw: unknown, file: string): Mapping {
   if (!Array.isArray(m.targets) || !m.targets.every((t) => (TARGETS as readonly string[]).includes(t))) fail(file, "$.targets", `must list targets among ${TARGETS.join(", ")}`);
   if (m.tied !== undefined) {
     const t = m.tied as Record<string, unknown>;
-    if (!isStr(t.flag) || !isStr(t.hf) || !isStr(t.from)) fail(file, "$.tied", "needs flag, hf and from strings");
+    if (!isStr(t.flag) || !isStr(t.hf) || !isStr(t.from) || !onlyKeys(t, ["flag", "hf", "from"])) fail(file, "$.tied", "needs exactly flag, hf and from strings");
   }
   if (m.dequant !== undefined) {
     const d = m.dequant as Record<string, unknown>;
-    if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0) fail(file, "$.dequant", "needs scale_suffix and a positive integer block");
+    if (!isStr(d.scale_suffix) || !Number.isInteger(d.block) || (d.block as number) <= 0 || !onlyKeys(d, ["scale_suffix", "block"])) fail(file, "$.dequant", "needs exactly scale_suffix and a positive integer block");
   }
   if (!Array.isArray(m.tensors) || m.tensors.length === 0) fail(file, "$.tensors", "must be a non-empty list");
   if (m.layouts !== undefined && !(isStrArr(m.layouts) && m.layouts.length >= 2)) fail(file, "$.layouts", "must list two or more layout names (the first is --to hf's default)");
@@ -312,6 +338,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.hf !== undefined && !isStr(rule.hf)) fail(file, `${p}.hf`, "must be a string");
     if (rule.layers !== undefined && (!isStr(rule.layers) || !(rule.layers in dims))) fail(file, `${p}.layers`, "must name a dims entry");
     if (rule.layout !== undefined && !(Array.isArray(m.layouts) && m.layouts.includes(rule.layout))) fail(file, `${p}.layout`, "must name one of $.layouts");
+    for (const f of ["drop", "optional"]) if (rule[f] !== undefined && typeof rule[f] !== "boolean") fail(file, `${p}.${f}`, "must be true or false");
+    if (rule.full_chunk !== undefined && !(Array.isArray(rule.full_chunk) && rule.full_chunk.every((t) => (TARGETS as readonly unknown[]).includes(t)))) fail(file, `${p}.full_chunk`, `must list targets among ${TARGETS.join(", ")}`);
     if (rule.drop === true) {
       if (!isStr(rule.hf)) fail(file, p, "a dropped rule needs hf");
       return;
@@ -325,7 +353,7 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     } else fail(file, `${p}.tt`, "must be a string or an object keyed by target");
     if (rule.shape !== undefined && !isStrArr(rule.shape)) fail(file, `${p}.shape`, "must be a list of expressions");
     if (rule.tp !== undefined && !(TP_PLACEMENTS as readonly unknown[]).includes(rule.tp)) fail(file, `${p}.tp`, `must be one of ${TP_PLACEMENTS.join(", ")}`);
-    if (rule.rope !== undefined && !isStr((rule.rope as Record<string, unknown>).heads)) fail(file, `${p}.rope.heads`, "must name a dims entry");
+    if (rule.rope !== undefined && !(isStr((rule.rope as Record<string, unknown>).heads) && onlyKeys(rule.rope as Record<string, unknown>, ["heads", "head_dim"]))) fail(file, `${p}.rope`, "needs heads (and optionally head_dim), dims names");
     if (rule.dtype !== undefined && (!isStr(rule.dtype) || !isDType(rule.dtype) || !isCastable(rule.dtype))) fail(file, `${p}.dtype`, "must be a float dtype code (F32, BF16, F16, F8_E4M3, F8_E5M2)");
     if (rule.experts !== undefined && (!isStr(rule.experts) || !(rule.experts in dims))) fail(file, `${p}.experts`, "must name a dims entry");
     if (rule.transform !== undefined) {
@@ -339,8 +367,8 @@ export function validateMapping(raw: unknown, file: string): Mapping {
         const bad = check(t);
         if (bad) fail(file, at, bad);
         if (list.length > 1 && !STRUCTURAL.has(t.op as string)) fail(file, at, `${t.op as string} does not compose: only ${[...STRUCTURAL].join(", ")} may form a list`);
-        if (t.op === "reshape") for (const e of t.shape as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.shape`, `unknown dims name '${n}'`);
-        if (t.op === "split") for (const e of t.sizes as string[]) for (const n of e.split(/[*+]/).map((z) => z.trim())) if (!/^\d+$/.test(n) && !(n in dims)) fail(file, `${at}.sizes`, `unknown dims name '${n}'`);
+        if (t.op === "reshape") checkDimExprs(t.shape as string[], dims, file, `${at}.shape`);
+        if (t.op === "split") checkDimExprs(t.sizes as string[], dims, file, `${at}.sizes`);
       });
       if (list.filter((x) => ["split", "chunk"].includes((x as { op?: string }).op ?? "")).length > 1) fail(file, `${p}.transform`, "at most one split or chunk per rule");
       if (list.filter((x) => (x as { op?: string }).op === "transpose").length > 1) fail(file, `${p}.transform`, "at most one transpose per rule");
@@ -350,33 +378,39 @@ export function validateMapping(raw: unknown, file: string): Mapping {
     if (rule.written_by !== undefined && !isStr(rule.written_by)) fail(file, `${p}.written_by`, "must say who writes this layout");
     if (rule.synth !== undefined) {
       const s = rule.synth as Record<string, unknown>;
-      if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with)) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with");
-      if (s.omit_option !== undefined && !(OMIT_OPTIONS as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the CLI's omit flags: ${OMIT_OPTIONS.join(", ")}`);
+      if (!isStrArr(s.zeros) || !isStr(s.dtype) || !isDType(s.dtype) || !isStr(s.with) || !onlyKeys(s, ["zeros", "dtype", "with", "omit_option"])) fail(file, `${p}.synth`, "needs zeros (shape), dtype and with (and optionally omit_option)");
+      if (s.omit_option !== undefined && !(OMITTABLE as readonly unknown[]).includes(s.omit_option)) fail(file, `${p}.synth.omit_option`, `must be one of the groups a user may leave out: ${OMITTABLE.join(", ")}`);
     }
-    for (const f of ["rope", "shape"] as const) {
-      const names = f === "rope" ? [(rule.rope as { heads?: string } | undefined)?.heads] : [];
-      for (const n of names) if (n && !(n in dims)) fail(file, `${p}.${f}`, `unknown dims name '${n}'`);
-    }
+    if (rule.shape !== undefined) checkDimExprs(rule.shape as string[], dims, file, `${p}.shape`);
+    if (rule.synth !== undefined) checkDimExprs((rule.synth as { zeros: string[] }).zeros, dims, file, `${p}.synth.zeros`);
+    const rope = rule.rope as { heads?: string; head_dim?: string } | undefined;
+    for (const f of ["heads", "head_dim"] as const) if (rope?.[f] !== undefined && !(rope[f] in dims)) fail(file, `${p}.rope.${f}`, `unknown dims name '${rope[f]}'`);
   });
   validateConcatGroups(m.tensors as TensorRule[], m.targets as Target[], (path, what) => fail(file, path, what));
-  if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string"))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
+  if (m.prefixes !== undefined && !(Array.isArray(m.prefixes) && m.prefixes.every((x) => x && typeof x === "object" && isStr(x.from) && typeof x.to === "string" && onlyKeys(x, ["from", "to"])))) fail(file, "$.prefixes", "must be a list of { from, to } strings");
   if (m.nested_config !== undefined && !isStr(m.nested_config)) fail(file, "$.nested_config", "must be a config field name");
   if (m.hf_output !== undefined) {
     const o = m.hf_output as Record<string, unknown>;
     const pre = o.prefix as Record<string, unknown> | undefined;
-    const textOnly = o.text_only as Record<string, unknown> | undefined;
-    if (!isStr(m.nested_config) || !pre || !isStr(pre.from) || typeof pre.to !== "string" || !isStr(o.tower) || !textOnly || typeof textOnly !== "object" || !Object.values(textOnly).every(isStr)) {
-      fail(file, "$.hf_output", "needs nested_config, prefix { from, to }, tower (a TorchTitan name prefix) and text_only (architecture → text-only architecture)");
+    if (!isStr(m.nested_config) || !pre || !isStr(pre.from) || typeof pre.to !== "string" || !isStr(o.tower) || !onlyKeys(o, ["prefix", "tower"])) {
+      fail(file, "$.hf_output", "needs nested_config, prefix { from, to } and tower (a TorchTitan name prefix)");
+    }
+    if (!(Array.isArray(m.hf_config) && m.hf_config.some((r) => r && r.text_only === true && r.map && typeof r.map.architectures === "object"))) {
+      fail(file, "$.hf_output", "needs an hf_config rule with text_only and map.architectures (the wrapper's architecture → its text-only model's)");
     }
   }
-  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
+  if (m.hf_config !== undefined) validateHfConfig(m.hf_config, file);
+  if (m.towers !== undefined && !(Array.isArray(m.towers) && m.towers.every((x) => x && typeof x === "object" && isStrArr(x.prefixes) && isStr(x.why) && (x.option === undefined || isTowerOption(x.option)) && onlyKeys(x, ["prefixes", "why", "option", "convert", "config_flag"]) && (x.convert === undefined || (x.convert === true && x.option !== undefined)) && (x.config_flag === undefined || isStr(x.config_flag))))) {
     fail(file, "$.towers", "must be a list of { prefixes, why, option?: text-only | drop:<name>, convert?: true (with an option), config_flag?: field }");
   }
   if (m.extra_layers !== undefined) {
     const x = m.extra_layers as Record<string, unknown>;
+    for (const k of Object.keys(x)) if (!["from", "skip_for", "note", "tt_prefix", "option", "shared_note"].includes(k)) fail(file, `$.extra_layers.${k}`, "unknown field");
     if (!isStr(x.from) || !(x.from in dims)) fail(file, "$.extra_layers.from", "must name a dims entry");
+    if (x.skip_for !== undefined && !(Array.isArray(x.skip_for) && x.skip_for.every((t) => (TARGETS as readonly unknown[]).includes(t)))) fail(file, "$.extra_layers.skip_for", `must list targets among ${TARGETS.join(", ")}`);
+    for (const k of ["note", "shared_note"]) if (x[k] !== undefined && typeof x[k] !== "string") fail(file, `$.extra_layers.${k}`, "must be a string");
     if (x.tt_prefix !== undefined && (typeof x.tt_prefix !== "object" || !Object.entries(x.tt_prefix as object).every(([t, v]) => (TARGETS as readonly string[]).includes(t) && isStr(v)))) fail(file, "$.extra_layers.tt_prefix", "must map targets to prefixes");
-    if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the CLI's --mtp)");
+    if (x.option !== undefined && x.option !== "mtp") fail(file, "$.extra_layers.option", "must be mtp (the opt-in that converts these layers)");
   }
   if (m.fixture !== undefined) validateFixture(m.fixture, file);
   if (m.linears !== undefined) validateLinears(m.linears, m.tensors as Record<string, unknown>[], dims, file);
@@ -418,6 +452,45 @@ function validateFixture(raw: unknown, file: string): void {
   if (!isObj(real) || !(isStr(real!.corpus) || isObj(real!.config))) fail(file, `${at}.real`, "must be { corpus: <test/corpus-headers id> } or { config: <published config.json>, files? }");
 }
 
+/**
+ * A dims expression as evalDimExpr reads it: a sum (`+`) of products (`*`) of integers and dims names. Refused with
+ * the file and the rule's path when it names something `dims` lacks or is not of that form.
+ */
+function checkDimExprs(exprs: string[], dims: Record<string, unknown>, file: string, path: string): void {
+  exprs.forEach((e, i) => {
+    for (const term of e.split("+")) {
+      for (const n of term.split("*").map((z) => z.trim())) {
+        if (/^\d+$/.test(n)) continue;
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(n)) fail(file, `${path}[${i}]`, `'${e}' is not a dims expression (a sum of products of integers and dims names, e.g. "2 * kd + vd")`);
+        if (!(n in dims)) fail(file, `${path}[${i}]`, `'${e}' names '${n}', which is not in $.dims (${Object.keys(dims).join(", ")})`);
+      }
+    }
+  });
+}
+
+function validateHfConfig(raw: unknown, file: string): void {
+  if (!Array.isArray(raw)) fail(file, "$.hf_config", "must be a list of rewrites");
+  const keys = ["why", "when", "tensors", "text_only", "map", "flatten", "delete", "set"];
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
+  raw.forEach((r: unknown, i: number) => {
+    const p = `$.hf_config[${i}]`;
+    if (!isObj(r)) fail(file, p, "must be an object");
+    for (const k of Object.keys(r)) if (!keys.includes(k)) fail(file, `${p}.${k}`, `unknown field (a rewrite has ${keys.join(", ")})`);
+    if (!isStr(r.why)) fail(file, `${p}.why`, "must say why transformers needs this rewrite");
+    if (r.when !== undefined && !(isObj(r.when) && Object.values(r.when).every((v) => Array.isArray(v) && v.length > 0))) fail(file, `${p}.when`, "must map config fields (dotted paths) to non-empty lists of values");
+    if (r.tensors !== undefined && r.tensors !== "decoded" && r.tensors !== "requantized") fail(file, `${p}.tensors`, "must be decoded or requantized");
+    if (r.text_only !== undefined && r.text_only !== true) fail(file, `${p}.text_only`, "must be true (or left out)");
+    if (r.map !== undefined && !(isObj(r.map) && Object.values(r.map).every((t) => isObj(t) && Object.values(t).every(isStr)))) fail(file, `${p}.map`, "must map fields to { old value: new value } tables of strings");
+    const f = r.flatten as Record<string, unknown> | undefined;
+    if (f !== undefined && !(isObj(f) && isStr(f.field) && onlyKeys(f, ["field", "inherit", "carry"]) && (f.inherit === undefined || isStrArr(f.inherit)) && (f.carry === undefined || isStrArr(f.carry)))) {
+      fail(file, `${p}.flatten`, "needs field (the nested config) and optionally inherit / carry (lists of top-level fields)");
+    }
+    if (r.delete !== undefined && !isStrArr(r.delete)) fail(file, `${p}.delete`, "must be a list of field names");
+    if (r.set !== undefined && !isObj(r.set)) fail(file, `${p}.set`, "must be an object of fields");
+    if (r.map === undefined && f === undefined && r.delete === undefined && r.set === undefined) fail(file, p, "rewrites nothing: give map, flatten, delete or set");
+  });
+}
+
 function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims: Record<string, unknown>, file: string): void {
   const l = raw as Record<string, unknown>;
   if (!l || typeof l !== "object" || Array.isArray(l)) fail(file, "$.linears", "must be an object");
@@ -432,7 +505,7 @@ function validateLinears(raw: unknown, tensors: Record<string, unknown>[], dims:
   if (!Array.isArray(l.fused)) fail(file, "$.linears.fused", "must be a list");
   l.fused.forEach((f: Record<string, unknown>, i: number) => {
     const p = `$.linears.fused[${i}]`;
-    if (!f || typeof f !== "object" || !isStr(f.module) || !isStr(f.groups) || !isStrArr(f.parts) || f.parts.length < 2) fail(file, p, "needs module, groups (a dims name) and two or more parts");
+    if (!f || typeof f !== "object" || !isStr(f.module) || !isStr(f.groups) || !isStrArr(f.parts) || f.parts.length < 2 || !onlyKeys(f, ["module", "groups", "parts"])) fail(file, p, "needs exactly module, groups (a dims name) and two or more parts");
     if (!(f.groups in dims)) fail(file, `${p}.groups`, `unknown dims name '${f.groups}'`);
     f.parts.forEach((m, j) => known(m, `${p}.parts[${j}]`));
   });

@@ -7,14 +7,15 @@ import type { CatalogTensor } from "../catalog-types.js";
 import { dimFields, evalDimExpr, resolveDims } from "../mapping/load.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import { failedCheck, parseCheck } from "../mapping/requirements.js";
+import { targetSpec } from "../mapping/targets.js";
 import type { Mapping, Target, TensorRule, Transform } from "../mapping/schema.js";
-import { splitStep, TARGETS, towerFlag, transformSteps, valueOp } from "../mapping/schema.js";
+import { DEFAULT_TARGET, splitStep, TARGETS, transformSteps, valueOp } from "../mapping/schema.js";
 import type { LeafInfo, Recipe, StoredShapeCheck } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
 import { int4CompanionNames, int4Leaf } from "./int4.js";
 import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves } from "./quant-checks.js";
-import { detectLayout, effectiveConfig, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, normalizeTtName, sourceView } from "./source-names.js";
+import { detectLayout, effectiveConfig, towerFlag, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, normalizeTtName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
 import { checkShape, rulesForShape, type ShapeCtx } from "./layouts.js";
 
@@ -56,7 +57,7 @@ export interface PlanOptions {
   target?: Target;
   dtype?: DTypeChoice;
   allowUnmapped?: boolean;
-  /** Synth rules' omit_option names the user set (e.g. "no-expert-bias" for --no-expert-bias): those tensors are left out. */
+  /** Synth rules' omit_option groups the user leaves out (e.g. "expert_bias", the CLI's --no-expert-bias). */
   omit?: string[];
   configFile?: string;
   /**
@@ -84,8 +85,9 @@ function ttPattern(rule: TensorRule, target: Target): string | undefined {
 
 function policyOf(rule: TensorRule, target: Target): ShardPolicy {
   const experts = rule.experts !== undefined;
-  // torchtitan@main without EP picks FSDP Shard(1) for experts by the dense storage mesh, dp_shard · tp (fsdp.py)
-  return { tp: rule.tp ?? "replicate", fullChunk: rule.full_chunk?.includes(target) ?? false, experts, ...(experts && target === "torchtitan@main" ? { expertsShard1Mesh: "dp_shard_tp" as const } : {}) };
+  // which mesh picks FSDP Shard(1) for experts without EP is the target's (mappings/targets/<target>.json)
+  const mesh = experts ? targetSpec(target).experts_shard1_mesh : undefined;
+  return { tp: rule.tp ?? "replicate", fullChunk: rule.full_chunk?.includes(target) ?? false, experts, ...(mesh === "dp_shard_tp" ? { expertsShard1Mesh: mesh } : {}) };
 }
 
 const FLOAT_KEEP_DEFAULT: CastableDType = "BF16";
@@ -171,7 +173,7 @@ function finish(plan: Omit<ConversionPlan, "leaves">, catalog: CatalogLike): Con
 }
 
 export function planConversion(catalog: CatalogLike, opts: PlanOptions): ConversionPlan {
-  const target = opts.target ?? "torchtitan@main";
+  const target = opts.target ?? DEFAULT_TARGET;
   if (!opts.mapping.targets.includes(target)) throw new CkptError("USAGE", `--target ${target} is not supported for ${opts.mapping.architecture} (supported: ${opts.mapping.targets.join(", ")})`);
   const raw = opts.config;
   opts = { ...opts, config: effectiveConfig(opts.mapping, opts.config) };

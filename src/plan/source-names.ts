@@ -5,9 +5,13 @@
 // model weights (normalizeTtName).
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
-import { towerFlag, type Mapping, type Target, type TensorRule } from "../mapping/schema.js";
+import { textOnlyArchitectures } from "../mapping/hf-config.js";
+import { type Mapping, type TowerOption, type Target, type TensorRule } from "../mapping/schema.js";
 
 /** The config the mapping's dims and checks read: the nested config's fields over the top level's. */
+/** How the user asks for a tower option, as messages spell it (the CLI's flag). */
+export const towerFlag = (o: TowerOption): string => (o.startsWith("drop:") ? `--drop ${o.slice(5)}` : `--${o}`);
+
 export function effectiveConfig(mapping: Mapping, config: Record<string, unknown>): Record<string, unknown> {
   const key = mapping.nested_config;
   const inner = key ? config[key] : undefined;
@@ -141,8 +145,9 @@ export function hfOutputLayout(mapping: Mapping, rawConfig: Record<string, unkno
     return same;
   }
   if (!tower) {
-    if (!archs.length || !archs.every((a) => out.text_only[a])) {
-      throw new CkptError("UNSUPPORTED", `the checkpoint has no ${out.tower}* tensors (a --text-only conversion), and ckpt knows no text-only model for ${archs.join(", ") || "a config without architectures"}`, { file, hint: `text-only counterparts known: ${Object.keys(out.text_only).join(", ")}` });
+    const textOnly = textOnlyArchitectures(mapping);
+    if (!archs.length || !archs.every((a) => textOnly[a])) {
+      throw new CkptError("UNSUPPORTED", `the checkpoint has no ${out.tower}* tensors (a --text-only conversion), and ckpt knows no text-only model for ${archs.join(", ") || "a config without architectures"}`, { file, hint: `text-only counterparts known: ${Object.keys(textOnly).join(", ")}` });
     }
     return { rename: same.rename, textOnly: true };
   }

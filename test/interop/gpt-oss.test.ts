@@ -10,7 +10,7 @@
 //   the HF MXFP4 layout (HF side: transformers' own dequantized model) and the HF bf16 layout; controls: experts
 //   rolled by one fails the comparison, and a conversion to the stale state_dict_adapter names fails to load strictly.
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { writeTinyGptOss } from "../../src/fixtures/tiny-gpt-oss.js";
@@ -103,7 +103,7 @@ for (const env of suites) {
       // 4. the stale adapter names (torchtitan/models/gpt_oss/state_dict_adapter.py) as a mapping: must not load
       const stale = h("maps-stale");
       mkdirSync(stale, { recursive: true });
-      for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(stale, f));
+      cpSync(REPO_MAPPINGS, stale, { recursive: true });
       const m = JSON.parse(readFileSync(join(stale, "gpt_oss.json"), "utf8")) as { tensors: { tt?: unknown }[] };
       for (const r of m.tensors) if (typeof r.tt === "string") r.tt = r.tt.replace(/(mlp[12]_(weight|bias))_E[A-Z]+$/, "$1");
       writeFileSync(join(stale, "gpt_oss.json"), JSON.stringify(m));

@@ -3,7 +3,7 @@
 // transformers; controls fail the comparison itself, or — where a case says so — a strict load).
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { installPy } from "./py-files.js";
 import { hasJudgeKit, JUDGE_ENV, type TorchEnv } from "./torch.js";
@@ -47,7 +47,7 @@ export function safetensorsOf(dir: string): Map<string, Buffer> {
 /** A copy of mappings/ with one architecture's rules edited: a deliberately wrong converter (CKPT_MAPPINGS_DIR). */
 export function wrongMappings(dir: string, arch: string, edit: (rule: Record<string, unknown>) => void): string {
   mkdirSync(dir, { recursive: true });
-  for (const f of readdirSync(REPO_MAPPINGS)) copyFileSync(join(REPO_MAPPINGS, f), join(dir, f));
+  cpSync(REPO_MAPPINGS, dir, { recursive: true });
   const p = join(dir, `${arch}.json`);
   const m = JSON.parse(readFileSync(p, "utf8")) as { tensors: Record<string, unknown>[] };
   m.tensors.forEach(edit);

@@ -257,7 +257,7 @@ for (const env of suites) {
       const v02 = "torchtitan@0.2";
       await convert({ name: "qwen3-moe@main", kind: "qwen3", hf: h("qwen3-moe"), dcp: h("o/qm-main"), target: main, back: h("o/qm-main-back") }, 1);
       await convert({ name: "qwen3-moe@0.2", kind: "qwen3", hf: h("qwen3-moe"), dcp: h("o/qm-02"), target: v02, back: h("o/qm-02-back") }, 1);
-      await convert({ name: "qwen3-moe@main no-expert-bias", kind: "qwen3", hf: h("qwen3-moe"), dcp: h("o/qm-nobias"), target: main, expert_bias: false }, 1, ["no-expert-bias"]);
+      await convert({ name: "qwen3-moe@main no-expert-bias", kind: "qwen3", hf: h("qwen3-moe"), dcp: h("o/qm-nobias"), target: main, expert_bias: false }, 1, ["expert_bias"]);
       await convert({ name: "qwen3-dense-tied@main", kind: "qwen3", hf: h("qwen3-dense"), dcp: h("o/qd-main"), target: main, back: h("o/qd-back") }, 1);
       await convert({ name: "qwen3-dense-tied@0.2", kind: "qwen3", hf: h("qwen3-dense"), dcp: h("o/qd-02"), target: v02 }, 1);
       const ds = await convert({ name: "deepseek@main", kind: "deepseek_v3", hf: h("deepseek"), dcp: h("o/ds-main"), target: main, back: h("o/ds-main-back") }, 1);
