@@ -59,11 +59,14 @@ test("every target has its data file, valid for target.schema.json and for the l
     const raw = JSON.parse(readFileSync(join(DIR, "targets", `${t}.json`), "utf8")) as Record<string, unknown>;
     assert.ok(targetValid(raw), `${t}: ${ajv.errorsText(targetValid.errors)}`);
     assert.equal(targetSpec(t).target, t);
-    for (const bad of [{ ...raw, extra: 1 }, { ...raw, experts_shard1_mesh: "tp" }, { ...raw, description: "" }]) assert.ok(!targetValid(bad), JSON.stringify(bad));
+    for (const bad of [{ ...raw, extra: 1 }, { ...raw, experts_shard1_mesh: "tp" }, { ...raw, description: "" }, { ...raw, lora_converter: "yes" }]) assert.ok(!targetValid(bad), JSON.stringify(bad));
   }
   // TorchTitan main compares the whole dense mesh (dp_shard · tp) with the expert count, 0.2 the FSDP degree
   assert.equal(targetSpec("torchtitan@main").experts_shard1_mesh, "dp_shard_tp");
   assert.equal(targetSpec("torchtitan@0.2").experts_shard1_mesh, "dp_shard");
+  // components/lora.py (LoRAConverter) exists on TorchTitan main (b5bcd76), not in 0.2
+  assert.equal(targetSpec("torchtitan@main").lora_converter, true);
+  assert.equal(targetSpec("torchtitan@0.2").lora_converter, false);
 });
 
 test("the schema's closed vocabularies are the code's", () => {

@@ -8,7 +8,8 @@ import { CkptError } from "../errors.js";
 import { commitOutputDir, discardOutputDir, prepareOutputDir } from "../exec/output-dir.js";
 import { writeSingleFileDcp } from "../formats/dcp/writer.js";
 import { buildSafetensors } from "../formats/safetensors/writer.js";
-import type { Mapping, Target } from "../mapping/schema.js";
+import { DEFAULT_TARGET, type Mapping, type Target } from "../mapping/schema.js";
+import { targetSpec } from "../mapping/targets.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import { parseTarget } from "./convert-options.js";
 import { closeAdapter, loadBaseConfig, openAdapter, readEntry, type AdapterEntry, type BaseConfig, type OpenedAdapter } from "../lora/adapter.js";
@@ -78,7 +79,7 @@ export function buildTtMetadata(peft: PeftLoraConfig, entries: AdapterEntry[], t
     if (peft.use_rslora) notes.push(`rsLoRA: alpha ${e.alpha} / √${e.rank} becomes alpha' = alpha·√r for TorchTitan's alpha / rank`);
     if (peft.use_dora) notes.push("TorchTitan's LoRA has no DoRA: merge it (ckpt lora merge) to train on");
     const fusedParts = new Set((mapping?.linears?.fused ?? []).flatMap((f) => f.parts.map(lastSegment)));
-    if (target === "torchtitan@main" && entries.some((x) => fusedParts.has(lastSegment(x.module.tt)))) {
+    if (targetSpec(target).lora_converter && entries.some((x) => fusedParts.has(lastSegment(x.module.tt)))) {
       notes.push("TorchTitan main builds q/k/v as one fused Linear (qkv_linear.wqkv): these separate wq/wk/wv adapters do not reach its LoRA model; `ckpt convert <hf> <out> --lora <peft>` writes base + adapters as its LoRAConverter model holds them");
     }
     torchtitan = {
@@ -170,7 +171,7 @@ export async function loraConvert(opts: LoraConvertOptions): Promise<LoraConvert
   const base = typeof opts.base === "string" ? await loadBaseConfig(opts.base, opts) : opts.base;
   const format = opts.format ?? "dcp";
   if (format !== "dcp" && format !== "safetensors") throw new CkptError("USAGE", `--format ${String(format)}: expected dcp or safetensors`);
-  const target = parseTarget(opts.target) ?? "torchtitan@main";
+  const target = parseTarget(opts.target) ?? DEFAULT_TARGET;
   const ad = await openAdapter(opts.adapter, { ...opts, base, target });
   try {
     if (ad.kind !== "peft") throw new CkptError("USAGE", "this adapter is already in TorchTitan layout", { file: ad.source.id, hint: "use `ckpt lora export` to go to PEFT" });

@@ -8,7 +8,7 @@ import type { Catalog, CatalogTensor } from "../catalog-types.js";
 import { CkptError } from "../errors.js";
 import { ropeRowIndex } from "../kernels/index.js";
 import { selectMapping } from "../mapping/load.js";
-import { TARGETS, type Mapping, type Target } from "../mapping/schema.js";
+import { DEFAULT_TARGET, TARGETS, type Mapping, type Target } from "../mapping/schema.js";
 import { normalizeTtName } from "../plan/source-names.js";
 import { openSource, type OpenSourceOptions } from "../sources/resolve.js";
 import type { Source } from "../sources/types.js";
@@ -165,7 +165,7 @@ async function openAdapterFrom(source: Source, opts: OpenAdapterOptions): Promis
       if ("unsupported" in p) throw new CkptError("UNMAPPED", `${p.unsupported} is not supported`, { file: source.id, tensor: n });
       items.push({ module: p.module, part: p.part, name: n });
     }
-    const target = opts.target ?? "torchtitan@main";
+    const target = opts.target ?? DEFAULT_TARGET;
     const resolver = new ModuleResolver(mapping, opts.base.config, target, opts.base.file);
     const entries: AdapterEntry[] = [];
     for (const [mod, parts] of group(items)) {

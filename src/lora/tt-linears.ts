@@ -7,6 +7,7 @@ import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
 import { compilePattern, fillPattern, matchPattern, type CompiledPattern } from "../mapping/patterns.js";
 import type { Mapping, TpPlacement } from "../mapping/schema.js";
+import { loraTarget } from "../mapping/targets.js";
 import { lastSegment, ModuleResolver, type LoraModule } from "./names.js";
 
 export interface LinearPart {
@@ -41,7 +42,7 @@ interface BaseWeight { name: string; shape: number[]; policy: { tp: TpPlacement 
 export function ttLinears(mapping: Mapping, config: Record<string, unknown>, weights: BaseWeight[], configFile = "config.json"): TtLinear[] | undefined {
   const spec = mapping.linears;
   if (!spec) return undefined;
-  const resolver = new ModuleResolver(mapping, config, "torchtitan@main", configFile);
+  const resolver = new ModuleResolver(mapping, config, loraTarget(), configFile);
   const plain: CompiledPattern[] = spec.modules.map((m) => compilePattern(m + ".weight"));
   const fused = (spec.fused ?? []).map((f) => ({ f, parts: f.parts.map((p) => compilePattern(p + ".weight")) }));
   const out = new Map<string, TtLinear>();

@@ -21,6 +21,8 @@ import type { Source } from "../sources/types.js";
 import { closeAdapter, openAdapter, type AdapterEntry, type BaseConfig } from "./adapter.js";
 import { lastSegment } from "./names.js";
 import { baseTensors, validateAdapterAgainstBase } from "./validate.js";
+import type { Target } from "../mapping/schema.js";
+import { loraTarget, targetSpec } from "../mapping/targets.js";
 import { isLoraTarget, linearNames, ttLinears, type TtLinear } from "./tt-linears.js";
 
 /** TorchTitan's LoRAConverter.Config fields that build this model (target_modules null = every Linear). */
@@ -97,7 +99,7 @@ export async function addLoraModel(plan: ConversionPlan, base: Source, opts: Lor
 async function fromPeft(spec: string, linears: TtLinear[], b: PlanBuilder, init: InitFile, opts: LoraModelOptions, baseSource: Source): Promise<{ summary: Omit<LoraModelSummary, "seed">; source: Source }> {
   let ad;
   try {
-    ad = await openAdapter(spec, { base: opts.base, target: "torchtitan@main" });
+    ad = await openAdapter(spec, { base: opts.base, target: loraTarget() });
   } catch (e) {
     // what PEFT can hold and TorchTitan's LoRALinear cannot (embeddings, lora bias, modules_to_save, routed experts)
     if (isCkptError(e) && (e.code === "UNMAPPED" || e.code === "CONFIG") && /not supported|experts|embedding|bias|modules_to_save/i.test(e.message)) {
@@ -384,7 +386,7 @@ export interface LoraOptionsLike {
 }
 
 /** Checks the LoRA options before anything is planned; true when TorchTitan's LoRA model was asked for. */
-export function loraRequested(o: LoraOptionsLike, direction: string, target: string | undefined): boolean {
+export function loraRequested(o: LoraOptionsLike, direction: string, target: Target | undefined): boolean {
   if (o.lora === undefined && o.loraRank === undefined) {
     if (o.loraAlpha !== undefined || o.loraTargets !== undefined || o.seed !== undefined) throw new CkptError("USAGE", "--lora-alpha, --lora-targets and --seed go with --lora-rank");
     return false;
@@ -393,7 +395,7 @@ export function loraRequested(o: LoraOptionsLike, direction: string, target: str
   if (o.lora !== undefined && (o.loraAlpha !== undefined || o.loraTargets !== undefined)) throw new CkptError("USAGE", "--lora-alpha / --lora-targets are for fresh adapters (--lora-rank); --lora takes the PEFT adapter's");
   if (o.hfNames) throw new CkptError("USAGE", "--hf-names has no HF names for TorchTitan's fused adapters; write DCP (the default) with --lora / --lora-rank");
   if (direction !== "hf_to_tt") throw new CkptError("USAGE", "--lora / --lora-rank build TorchTitan's LoRA model from an HF checkpoint");
-  if (target !== undefined && target !== "torchtitan@main") throw new CkptError("USAGE", `--lora / --lora-rank: TorchTitan's LoRAConverter is in torchtitan@main, not ${target}`);
+  if (target !== undefined && !targetSpec(target).lora_converter) throw new CkptError("USAGE", `--lora / --lora-rank: TorchTitan's LoRAConverter is in ${loraTarget()}, not ${target}`);
   return true;
 }
 
