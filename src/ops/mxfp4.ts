@@ -5,8 +5,7 @@
 // source checkpoint's scale when it is given). Sharding: any box of the values; a run starts at the group holding
 // the box's first column (reading whole groups) and skips into it. Encoded parts are computed from whole groups,
 // so a box of a packed part spans its trailing dims.
-import { CkptError } from "../errors.js";
-import { workerInputError } from "../errors.js";
+import { CkptError, workerInputError } from "../errors.js";
 import { compilePattern, fillPattern, matchPattern } from "../mapping/patterns.js";
 import { transformSteps, valueOp } from "../mapping/schema.js";
 import { nonfiniteDecodeError } from "./nonfinite.js";
