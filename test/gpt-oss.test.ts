@@ -102,9 +102,11 @@ test("MXFP4 runs: a rank's expert box reads only its own experts' blocks and sca
   ]);
   const win = runsForBox(recipe, [4, 128, 64], { offsets: [2, 5, 40], sizes: [1, 1, 10] }, leaves);
   assert.equal(win.length, 1);
-  assert.equal(win[0]!.mxfp4!.skip, 8);
+  const dec = win[0]!.decode!;
+  assert.ok(dec.op === "mxfp4");
+  assert.equal(dec.skip, 8);
   assert.equal(win[0]!.src!.byteOffset, 1000 + (2 * 128 + 5) * 32 + 16);
-  assert.equal(win[0]!.mxfp4!.byteOffset, 50000 + (2 * 128 + 5) * 2 + 1);
+  assert.equal(dec.byteOffset, 50000 + (2 * 128 + 5) * 2 + 1);
 });
 
 test("MXFP4 scale 0xFF (E8M0 NaN) is refused with a clear error and leaves no output", () => {

@@ -136,7 +136,7 @@ const files = importGraph();
  * A new folder or file directly in src/ is placed here, in the layer its imports allow.
  */
 const LAYERS = [
-  "cli/", "api.ts", "commands/", "health/", "finalize/", "lora/", "exec/", "fixtures/", "plan/", "mapping/", "catalog.ts",
+  "cli/", "api.ts", "commands/", "health/", "finalize/", "lora/", "exec/", "fixtures/", "plan/", "ops/", "mapping/", "catalog.ts",
   "catalog-types.ts", "formats/", "sources/", "kernels/", "dtypes.ts", "errors.ts", "version.ts", "util/",
 ];
 

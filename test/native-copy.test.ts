@@ -157,7 +157,7 @@ test("native lane declines what it does not compute (transposes, column windows,
   const run0 = base.runs[0]!;
   assert.equal(nativeEligible({ ...base, runs: [{ ...run0, transpose: true }] }, paths), false);
   assert.equal(nativeEligible({ ...base, runs: [{ ...run0, src: { ...run0.src!, stride: 3 } }] }, paths), false);
-  assert.equal(nativeEligible({ ...base, runs: [{ ...run0, dequant: { scale: "s", rowStart: 0, colStart: 0, block: 128 } }] }, paths), false);
+  assert.equal(nativeEligible({ ...base, runs: [{ ...run0, decode: { op: "dequant", scale: "s", rowStart: 0, colStart: 0, block: 128 } }] }, paths), false);
   assert.equal(nativeEligible(base, {}), false);
   assert.equal(nativeEligible({ ...base, digest: "sha256" }, paths), false);
   assert.equal(nativeEligible({ ...base, runs: [{ ...run0, src: { ...run0.src!, dtype: "I64" } }] }, paths), false);

@@ -18,6 +18,7 @@ import { DEFAULT_TARGET } from "../mapping/schema.js";
 import { detectTarget, hfLayoutOf, planConversion, sideOf, type ConversionPlan, type Direction, type TensorPlan } from "../plan/convert-plan.js";
 import { normalizeTtName } from "../plan/source-names.js";
 import type { LeafInfo, Recipe } from "../plan/recipe.js";
+import { quantOp } from "../ops/index.js";
 import { runsForBox, type Box, type Run } from "../plan/runs.js";
 import { fetchRunSpans, sourceAccess } from "../exec/executor.js";
 import { valuesOfRuns } from "../exec/worker.js";
@@ -334,7 +335,7 @@ async function materialize(src: Source, access: ReturnType<typeof sourceAccess>,
   const runs: Run[] = runsForBox(t.recipe, t.shape, box, leaves);
   const spans = access.remote.size ? await fetchRunSpans(runs, access.scales, access.remote, src) : undefined;
   for (const r of runs) {
-    if (r.src && !r.mxfp4 && !r.int4 && !r.dequant && r.src.dtype !== outDtype && !(isCastable(r.src.dtype) && isCastable(outDtype))) {
+    if (r.src && !r.decode && r.src.dtype !== outDtype && !(isCastable(r.src.dtype) && isCastable(outDtype))) {
       throw new CkptError("DTYPE", `cannot compare ${r.src.dtype} with ${outDtype}`, { tensor: t.name });
     }
   }
@@ -348,16 +349,10 @@ async function materialize(src: Source, access: ReturnType<typeof sourceAccess>,
 
 /** How a planned tensor's values are compared: decoded (and from what), cast, or byte for byte. */
 function comparedHow(r: Recipe, dtype: DType, other: DType): string {
-  const ops = new Set<string>();
-  const walk = (x: Recipe): void => {
-    if (x.op === "dequant" || x.op === "mxfp4" || x.op === "int4") ops.add(x.op);
-    if ("input" in x) walk(x.input);
-    if ("inputs" in x) x.inputs.forEach(walk);
-  };
-  walk(r);
-  if (ops.has("mxfp4")) return "decoded from MXFP4 (E2M1 blocks × E8M0 scales)";
-  if (ops.has("int4")) return "decoded from INT4 (compressed-tensors pack-quantized, × BF16 group scales)";
-  if (ops.has("dequant")) return "decoded from FP8 with block scales";
+  const decoded = (x: Recipe): string | undefined =>
+    quantOp(x.op)?.compared ?? ("input" in x ? decoded(x.input) : "inputs" in x ? x.inputs.map(decoded).find((d) => d) : undefined);
+  const how = decoded(r);
+  if (how) return how;
   return dtype === other ? "compared byte for byte" : `cast ${dtype} → ${other}, then compared byte for byte`;
 }
 

@@ -1,17 +1,18 @@
 // Worker side of the encode ops (plan/encode.ts): a piece of a packed tensor computed slab by slab. Each slab's
 // values come from its runs (read and converted exactly as a plain output of that dtype would be), are encoded by
-// the kernels' encoders (native, or kernels/requantize.ts: byte-identical), and the part this piece writes is
-// appended to the piece's output. Groups with no exact encoding are counted, not rounded: the caller refuses the
-// whole output with the count.
+// the op's `encodeSlab` (ops/<op>.ts) through the kernels' encoders (native, or kernels/requantize.ts:
+// byte-identical), and the part this piece writes is appended to the piece's output. Groups with no exact encoding
+// are counted, not rounded: the caller refuses the whole output with the count.
 import type { DType } from "../dtypes.js";
 import type { Run } from "../plan/runs.js";
-import { encodeSlabs, groupOf, type EncodeSlab } from "../plan/encode.js";
+import { encodeSlabs, groupOf, referenceNames, type EncodeSlab } from "../plan/encode.js";
+import { encodeOp } from "../ops/index.js";
 import type { Box } from "../plan/runs.js";
 import type { EncodeRecipe, LeafInfo } from "../plan/recipe.js";
 import { getKernels, type Kernels } from "../kernels/index.js";
 
 export interface EncodeTask {
-  op: "mxfp4_encode" | "int4_encode";
+  op: EncodeRecipe["op"];
   part: "blocks" | "scales" | "packed" | "scale" | "shape";
   valuesDtype: "BF16" | "F32";
   /** Shape of the encoded values (the decode's output shape). */
@@ -35,12 +36,12 @@ export interface RequantizeCount {
 
 /** The task of one piece (`box`) of encoded tensor `tensor` (built on the main thread, run by encodePiece). */
 export function encodeTask(tensor: string, r: EncodeRecipe, shape: number[], box: Box, leaves: Record<string, LeafInfo>): EncodeTask {
-  const ref = r.reference && (r.op === "mxfp4_encode" ? [r.reference.blocks, r.reference.scales] : [r.reference.packed, r.reference.scale]);
+  const ref = referenceNames(r);
   return {
     op: r.op, part: r.part, valuesDtype: r.valuesDtype, values: r.values, group: groupOf(r), tensor,
     slabs: encodeSlabs(r, shape, box, leaves),
     ...(ref ? { referenceDtypes: [leaves[ref[0]!]!.dtype, leaves[ref[1]!]!.dtype] as [DType, DType] } : {}),
-    counts: r.part === "blocks" || r.part === "packed",
+    counts: encodeOp(r.op)!.counts(r),
   };
 }
 
@@ -57,16 +58,11 @@ function toF32(k: Kernels, b: Buffer, dtype: "BF16" | "F32", n: number): Float32
   return out;
 }
 
-const bytesOf = (a: Uint8Array | Uint16Array | Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-
 export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask, valuesOf: ValuesOf, k: Kernels = getKernels()): { bytes: Buffer; result: RequantizeCount } {
   const count: RequantizeCount = { bad: 0, adopted: 0 };
-  if (e.part === "shape") {
-    // int4 weight_shape: the values' [rows, cols] in the source's integer dtype
-    const b = Buffer.alloc(p.elems * (p.outDtype === "I64" ? 8 : 4));
-    e.values.forEach((v, i) => (p.outDtype === "I64" ? b.writeBigInt64LE(BigInt(v), 8 * i) : b.writeInt32LE(v, 4 * i)));
-    return { bytes: b, result: count };
-  }
+  const op = encodeOp(e.op)!;
+  // a part with no values to read (INT4 weight_shape) is a constant of the values' shape
+  if (!op.readsValues(e)) return { bytes: Buffer.from(op.constant!(e, p.outDtype, p.elems)), result: count };
   const cols = e.values[e.values.length - 1]!;
   const parts: Uint8Array[] = [];
   for (const s of e.slabs) {
@@ -79,27 +75,14 @@ export function encodePiece(p: { elems: number; outDtype: DType }, e: EncodeTask
       ref = [a, Uint8Array.from(valuesOf(s.reference.b, elems(s.reference.b), e.referenceDtypes[1]))];
     }
     const v = toF32(k, valuesOf(s.runs, n, e.valuesDtype), e.valuesDtype, n);
-    let bad: Uint8Array, adopted: number, firstBad: number, perRow: number;
-    if (e.op === "mxfp4_encode" && e.part === "scales") {
-      parts.push(k.mxfp4Scales(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] }));
-      continue;
-    }
-    if (e.op === "mxfp4_encode") {
-      const enc = k.mxfp4Encode(v, s.rows, cols, e.valuesDtype, ref && { blocks: ref[0], scales: ref[1] });
-      parts.push(e.part === "blocks" ? enc.blocks : enc.scales);
-      ({ badMask: bad, adopted, firstBad } = enc);
-      perRow = cols / 32;
-    } else {
-      const enc = k.int4Encode(v, s.rows, cols, e.group, e.valuesDtype, ref && { packed: ref[0], scale: ref[1] });
-      parts.push(e.part === "packed" ? enc.packed : bytesOf(enc.scales));
-      ({ badMask: bad, adopted, firstBad } = enc);
-      perRow = Math.ceil(cols / e.group);
-    }
-    if (!e.counts) continue;
+    const enc = op.encodeSlab(k, e, v, s.rows, cols, ref);
+    parts.push(enc.bytes);
+    if (!enc.count || !e.counts) continue;
+    const { badMask, adopted, firstBad, groupsPerRow } = enc.count;
     count.adopted += adopted;
     if (firstBad >= 0) {
-      for (const x of bad) count.bad += x;
-      count.first ??= `${e.tensor} group ${s.firstRow * perRow + firstBad}`;
+      for (const x of badMask) count.bad += x;
+      count.first ??= `${e.tensor} group ${s.firstRow * groupsPerRow + firstBad}`;
     }
   }
   return { bytes: Buffer.concat(parts), result: count };

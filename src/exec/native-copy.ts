@@ -36,7 +36,7 @@ export function nativeEligible(p: PieceTask, paths: Record<string, string>): boo
   if (p.encode || p.lora) return false;
   for (const r of p.runs) {
     if (!r.src) continue;
-    if (r.dequant || r.mxfp4 || r.int4 || r.transpose || r.src.stride !== r.cols) return false;
+    if (r.decode || r.transpose || r.src.stride !== r.cols) return false;
     if (paths[r.src.file] === undefined) return false;
     if (r.src.dtype !== p.outDtype && !(isCastable(r.src.dtype) && isCastable(p.outDtype))) return false;
   }

@@ -9,8 +9,10 @@ import { elementSize, isCastable, type CastableDType, type DType } from "../dtyp
 import { getKernels, type Kernels } from "../kernels/index.js";
 import { loadNative } from "../kernels/native.js";
 import { workerInputError } from "../errors.js";
-import { checkScaleFinite, decodedNonfinite, nonfiniteDecodeError } from "./decode-checks.js";
+import { decodedNonfinite } from "./decode-checks.js";
 import { runSourceRanges, type Run } from "../plan/runs.js";
+import { quantOp, type RunDecode } from "../ops/index.js";
+import type { DecodeContext, DecodingRun, WholeTensor } from "../ops/quant-op.js";
 import { encodePiece, type EncodeTask, type RequantizeCount } from "./encode-piece.js";
 import { mergePiece, type LoraPieceUpdate } from "../kernels/lora-merge.js";
 
@@ -161,26 +163,6 @@ function scratchTranspose(bytes: number): Buffer {
   return transposeBuf.subarray(0, bytes);
 }
 
-/** A value MXFP4 cannot give as a finite number: name the scale byte and where it is (never write it as inf). */
-function mxfp4Error(r: Run, bad: number, blocks: Uint8Array, scales: Uint8Array, outPath: string, tensor = "?"): Error {
-  const row = Math.floor(bad / r.cols), col = bad % r.cols;
-  const v = r.mxfp4!.skip + col;
-  const at = { file: r.mxfp4!.file, offset: r.mxfp4!.byteOffset + row * r.mxfp4!.stride + (v >>> 5) };
-  const scale = scales[row * r.mxfp4!.stride + (v >>> 5)]!;
-  const byte = blocks[row * r.src!.stride + (v >>> 1)]!;
-  const nibble = v & 1 ? byte >>> 4 : byte & 15;
-  const what = scale === 0xff ? "scale 0xFF is the E8M0 NaN" : `E2M1 nibble 0x${nibble.toString(16)} x 2^(${scale} - 127) overflows float32`;
-  return workerInputError("VALUE", `MXFP4 value is not finite: ${what} (scale byte at offset ${at.offset} of ${at.file}: row ${row}, 32-value block ${v >>> 5} of the run; writing ${tensor} into ${outPath}); the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, at);
-}
-
-/** An INT4 value that is not finite: name the BF16 scale and where it is (never write it as inf). */
-function int4Error(r: Run, bad: number, scales: Uint8Array, outPath: string, tensor = "?"): Error {
-  const row = Math.floor(bad / r.cols), col = bad % r.cols;
-  const at = row * r.int4!.stride + 2 * Math.floor((r.int4!.skip + col) / r.int4!.group);
-  const s = scales[at]! | (scales[at + 1]! << 8);
-  return workerInputError("VALUE", `INT4 value is not finite: BF16 scale 0x${s.toString(16).padStart(4, "0")} (at byte ${r.int4!.byteOffset + at} of ${r.int4!.file}: row ${row}, group ${Math.floor((r.int4!.skip + col) / r.int4!.group)} of the run; writing ${tensor} into ${outPath}) is not finite or overflows float32 when multiplied by the int4 value; the checkpoint's scales are corrupt (--allow-nonfinite writes them)`, { file: r.int4!.file, offset: r.int4!.byteOffset + at });
-}
-
 function copyRows(src: Uint8Array, stride: number, rows: number, cols: number, es: number, dst: Uint8Array): void {
   for (let r = 0; r < rows; r++) dst.set(src.subarray(r * stride * es, (r * stride + cols) * es), r * cols * es);
 }
@@ -223,44 +205,35 @@ function computeRuns(task: WorkerTask, p: PieceTask, fds: (path: string) => numb
     if (task.allowNonfinite) nonfinite += bad;
     else throw why();
   };
+  const whole = (name: string, check: (bytes: Uint8Array, at: WholeTensor) => void) => {
+    const at = task.scales[name]!;
+    let bytes = scaleCache.get(name);
+    if (!bytes) {
+      bytes = Buffer.allocUnsafe(at.byteLength);
+      readSource(task, fds, at.file, bytes, at.byteOffset);
+      if (!task.allowNonfinite) check(bytes, at);
+      scaleCache.set(name, bytes);
+    }
+    return { bytes, at };
+  };
   const { staging, where } = stageSources(task, p.runs, fds);
   p.runs.forEach((r, i) => {
     const dst = out.subarray(r.dst * oes, (r.dst + r.rows * r.cols) * oes);
     if (!r.src) { dst.fill(0); return; }
     const ses = elementSize(r.src.dtype);
     const ranges = runSourceRanges(r);
-    const src = staging.subarray(where[i]![0]!, where[i]![0]! + (ranges[0]!.end - ranges[0]!.start));
-    if (r.mxfp4) {
-      const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
-      const bad = k.mxfp4Decode(src, scales, r.rows, r.cols, r.mxfp4.skip, r.src.stride, r.mxfp4.stride, dst, p.outDtype as CastableDType);
-      decoded(r, dst, () => (bad >= 0 ? mxfp4Error(r, bad, src, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "MXFP4")));
-      return;
-    }
-    if (r.int4) {
-      const scales = staging.subarray(where[i]![1]!, where[i]![1]! + (ranges[1]!.end - ranges[1]!.start));
-      const bad = k.int4Decode(src, scales, r.rows, r.cols, r.int4.skip, r.int4.group, r.src.stride, r.int4.stride, dst, p.outDtype as CastableDType);
-      decoded(r, dst, () => (bad >= 0 ? int4Error(r, bad, scales, p.outPath, p.tensor) : nonfiniteDecodeError(p, r, dst, "INT4")));
+    const staged = (j: number) => staging.subarray(where[i]![j]!, where[i]![j]! + (ranges[j]!.end - ranges[j]!.start));
+    const src = staged(0);
+    if (r.decode) {
+      const ctx: DecodeContext = {
+        k, src: ranges.map((_, j) => staged(j)), dst, outDtype: p.outDtype as CastableDType, piece: p, whole,
+        finite: (why) => decoded(r, dst, why),
+      };
+      quantOp(r.decode.op)!.decode(r as DecodingRun<RunDecode>, ctx);
       return;
     }
     if (r.transpose) {
       transposeCast(k, src, r.src.dtype, r.rows, r.cols, r.src.stride, dst, p.outDtype);
-      return;
-    }
-    if (r.dequant) {
-      let scale = scaleCache.get(r.dequant.scale);
-      const s = task.scales[r.dequant.scale]!;
-      if (!scale) {
-        scale = Buffer.allocUnsafe(s.byteLength);
-        readSource(task, fds, s.file, scale, s.byteOffset);
-        if (!task.allowNonfinite) checkScaleFinite(scale, r.dequant.scale, s, r.dequant.block, p);
-        scaleCache.set(r.dequant.scale, scale);
-      }
-      for (let row = 0; row < r.rows; row++) {
-        const wrow = src.subarray(row * r.src.stride * ses, (row * r.src.stride + r.cols) * ses);
-        const drow = dst.subarray(row * r.cols * oes, (row + 1) * r.cols * oes);
-        k.dequantBlock(wrow, r.src.dtype as "F8_E4M3" | "F8_E5M2", 1, r.cols, r.dequant.rowStart + row, r.dequant.colStart, scale, s.cols, r.dequant.block, drow, p.outDtype as CastableDType);
-      }
-      decoded(r, dst, () => nonfiniteDecodeError(p, r, dst, "FP8", src, scale, s.cols));
       return;
     }
     if (r.src.dtype === p.outDtype || !isCastable(r.src.dtype) || !isCastable(p.outDtype)) {
@@ -516,7 +489,7 @@ function streamable(p: PieceTask): boolean {
   let srcElems = 0;
   for (const r of p.runs) {
     if (!r.src) continue;
-    if (r.dequant || r.mxfp4 || r.int4 || r.transpose || r.src.stride !== r.cols) return false;
+    if (r.decode || r.transpose || r.src.stride !== r.cols) return false;
     if (r.src.dtype !== p.outDtype && !(isCastable(r.src.dtype) && isCastable(p.outDtype))) return false;
     srcRuns++;
     srcElems += r.rows * r.cols;

@@ -13,7 +13,8 @@ import { DEFAULT_TARGET, splitStep, TARGETS, transformSteps, valueOp } from "../
 import type { LeafInfo, Recipe, StoredShapeCheck } from "./recipe.js";
 import { recipeLeaves } from "./recipe.js";
 import type { ShardPolicy } from "./sharding.js";
-import { int4CompanionNames, int4Leaf } from "./int4.js";
+import { QUANT_OPS, transformOf } from "../ops/index.js";
+import type { PlanContext, PlannedLeaf, QuantOp } from "../ops/quant-op.js";
 import { checkQuantizedSources, checkValueLeaves, checkWholeByteLeaves } from "./quant-checks.js";
 import { detectLayout, effectiveConfig, towerFlag, extraLayer, hfOutputLayout, inLayout, mainStackName, normalizedName, normalizeTtName, sourceView } from "./source-names.js";
 import { concatGroup, concatStep, joinParts, splitParts, swapHalves, swapHalvesDim, type ConcatMember } from "./concat.js";
@@ -250,34 +251,31 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   checkQuantizedSources(catalog.tensors, mapping, config, rules, file, view.stored);
   const storedShapes: StoredShapeCheck[] = [];
   const dtypeChoice = opts.dtype ?? "keep";
-  const scaleSuffix = mapping.dequant?.scale_suffix;
   const tensors: TensorPlan[] = [];
   const unmapped: string[] = [];
   const skipped: { name: string; why: string }[] = [...view.skipped];
   const stacks = new Map<string, { rule: TensorRule; members: Map<number, string>; vals: Map<string, Record<string, number>> }>();
   const fused = new Map<string, { rule: TensorRule; members: Map<number, ConcatMember>; dequantized?: boolean }>();
-  let int4Outputs = 0;
+  /** Outputs written in a decode's keepDtype under --dtype keep, by op (each op's note says why). */
+  const kept = new Map<QuantOp, number>();
+  const keep = (rule: TensorRule) => {
+    const op = transformOf(rule);
+    if (op) kept.set(op, (kept.get(op) ?? 0) + 1);
+  };
   const produced = new Set<string>();
   /** Outputs whose dtype the mapping fixes (float32 buffers): not FSDP parameters, so left out of the mixed-dtype warning. */
   const pinned = new Set<string>();
 
+  // a stored tensor, or a quantized op's decode of it when it carries that op's companion (FP8 block scales)
   const leafRecipe = (name: string): { recipe: Recipe; dequantized: boolean } => {
-    if (scaleSuffix && catalog.tensors.has(name + scaleSuffix)) {
-      const w = catalog.tensors.get(name)!;
-      if (w.dtype !== "F8_E4M3" && w.dtype !== "F8_E5M2") throw new CkptError("DTYPE", `has a ${scaleSuffix} companion but dtype ${w.dtype}, not FP8`, { tensor: name });
-      if (w.shape.length !== 2) throw new CkptError("SHAPE", `FP8 block dequantization needs a 2-D weight, got [${w.shape}]`, { tensor: name });
-      const s = catalog.tensors.get(name + scaleSuffix)!;
-      const block = mapping.dequant!.block;
-      const want = [Math.ceil(w.shape[0]! / block), Math.ceil(w.shape[1]! / block)];
-      if (s.dtype !== "F32" || s.shape.length !== 2 || s.shape[0] !== want[0] || s.shape[1] !== want[1]) {
-        throw new CkptError("SHAPE", `scale must be F32 [${want}] for a [${w.shape}] weight with ${block}×${block} blocks, got ${s.dtype} [${s.shape}]`, { tensor: name + scaleSuffix });
-      }
-      return { recipe: { op: "dequant", tensor: name, scale: name + scaleSuffix, block }, dequantized: true };
+    for (const op of QUANT_OPS) {
+      const leaf = op.planStored?.(name, catalog, mapping);
+      if (leaf) return leaf;
     }
     return { recipe: { op: "source", tensor: name }, dequantized: false };
   };
 
-  const transformCtx = { dims, config, file, stored: view.stored };
+  const transformCtx: PlanContext = { mapping, dims, config, file, stored: view.stored };
   const emit = (rule: TensorRule, ttName: string, hfName: string, vals: Record<string, number> = {}) => {
     const src = catalog.tensors.get(hfName)!;
     const t = rule.transform ? transformedLeaf(rule, hfName, vals, catalog, () => leafRecipe(hfName), transformCtx) : undefined;
@@ -288,14 +286,14 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       recipe = { op: "rope", heads, headDim, direction: "hf_to_tt", input: recipe };
     }
     const dtype = t?.keepDtype && dtypeChoice === "keep" && !rule.dtype ? t.keepDtype : ruleDType(rule, dtypeChoice, src.dtype, dequantized, config);
-    if (t?.keepDtype) int4Outputs++;
+    if (t?.keepDtype) keep(rule);
     if (t?.shapeCheck) storedShapes.push(t.shapeCheck);
     tensors.push({ name: ttName, dtype, shape: [...(t?.shape ?? src.shape)], recipe, policy: policyOf(rule, target) });
     if (rule.dtype) pinned.add(ttName);
     produced.add(ttName);
   };
-  const consumed = mxfp4ScaleNames(rules, catalog);
-  for (const n of int4CompanionNames(rules, catalog.tensors.keys())) if (catalog.tensors.has(n)) consumed.add(n); // INT4 weight_scale / weight_shape
+  const consumed = new Set<string>();
+  for (const op of QUANT_OPS) for (const n of op.companions({ tensors: catalog.tensors, mapping, rules })) consumed.add(n);
 
   /** Layouts a tensor's shape could not tell apart (they coincide for this config) → the tensors read as the first. */
   const ambiguous = new Map<string, string[]>();
@@ -303,8 +301,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   for (const r of rules) if (r.hf) rulesByHf.set(r.rule.hf!, [...(rulesByHf.get(r.rule.hf!) ?? []), r]);
   const names = [...catalog.tensors.keys()].sort(naturalCompare);
   for (const name of names) {
-    if (scaleSuffix && name.endsWith(scaleSuffix) && catalog.tensors.has(name.slice(0, -scaleSuffix.length))) continue; // consumed by dequant
-    if (consumed.has(name)) continue; // MXFP4 scales, read with their blocks
+    if (consumed.has(name)) continue; // scales (and INT4 shapes), read with their weight
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
       if (!r.hf) continue;
@@ -386,7 +383,7 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
       inputs.push(lr.recipe);
     }
     const stackDtype = keepDtype && dtypeChoice === "keep" && !g.rule.dtype ? keepDtype : ruleDType(g.rule, dtypeChoice, first.dtype, dequantized, config);
-    if (keepDtype) int4Outputs++;
+    if (keepDtype) keep(g.rule);
     tensors.push({ name: ttName, dtype: stackDtype, shape: [count, ...memberShape], recipe: { op: "stack", inputs }, policy: policyOf(g.rule, target) });
     produced.add(ttName);
     if (g.rule.dtype) pinned.add(ttName);
@@ -472,60 +469,31 @@ function planHfToTt(source: CatalogLike, opts: PlanOptions & { target: Target })
   for (const [layouts, names] of ambiguous) {
     warnings.push(`${names.length} tensor(s) (${names.slice(0, 2).join(", ")}${names.length > 2 ? ", …" : ""}) fit several layouts with this config (${layouts}): read as the first; if the checkpoint was written in another, the conversion is wrong`);
   }
-  if (int4Outputs && dtypeChoice === "keep") {
-    warnings.push(`${int4Outputs} INT4 (compressed-tensors) tensor(s) decoded to F32, the exact value q · scale (BF16 cannot hold every product); --dtype bf16 writes compressed-tensors' own BF16 decompression bit for bit at half the size`);
-  }
+  if (dtypeChoice === "keep") for (const [op, n] of kept) warnings.push(op.keepNote!(n));
   checkValueLeaves({ tensors }, catalog.tensors, file);
   const kinds = new Set(tensors.filter((t) => isCastable(t.dtype) && !pinned.has(t.name)).map((t) => t.dtype));
   if (kinds.size > 1) warnings.push(`output mixes float dtypes (${[...kinds].join(", ")}); FSDP2 flat parameters need one dtype: consider --dtype`);
   return finish({ direction: "hf_to_tt", mapping: mapping.architecture, target, tensors, unmapped, skipped, warnings, dims, ...(storedShapes.length ? { storedShapes } : {}) }, catalog);
 }
 
-/** HF names of MXFP4 scales whose blocks are in the catalog: read through the blocks' rule, not converted alone. */
-function mxfp4ScaleNames(rules: CompiledRule[], catalog: CatalogLike): Set<string> {
-  const out = new Set<string>();
-  for (const r of rules) {
-    const t = valueOp(r.rule, "mxfp4");
-    if (!t || !r.hf) continue;
-    for (const name of catalog.tensors.keys()) {
-      const vals = matchPattern(r.hf, name);
-      if (vals) out.add(fillPattern(t.scales, vals));
-    }
-  }
-  return out;
-}
-
 /**
- * The recipe, logical HF shape (what `shape` in the mapping describes) and output shape of a rule's transform:
- * MXFP4 blocks U8 [..., G, 16] + scales U8 [..., G] decode to [..., G·32]; transpose swaps the last two dims.
+ * The recipe, logical HF shape (what `shape` in the mapping describes) and output shape of a rule's transform: a
+ * quantized op's decode (its module in ops/ plans it), a reshape view, or structural steps (transpose swaps the last
+ * two dims, split/chunk slice).
  */
 function transformedLeaf(rule: TensorRule, name: string, vals: Record<string, number>, catalog: CatalogLike, plain: () => { recipe: Recipe; dequantized: boolean },
-  ctx?: { dims: Record<string, number>; config: Record<string, unknown>; file: string; stored: Map<string, string> }):
-  { recipe: Recipe; dequantized: boolean; hfShape: number[]; shape: number[]; keepDtype?: DType; shapeCheck?: StoredShapeCheck } {
+  ctx?: PlanContext): PlannedLeaf<Recipe> {
   const src = catalog.tensors.get(name)!;
   const sw = swapHalvesDim(rule);
   if (sw !== undefined) {
     const inner = plain();
     return { recipe: swapHalves(inner.recipe, src.shape, sw, name), dequantized: inner.dequantized, hfShape: [...src.shape], shape: [...src.shape] };
   }
-  if (valueOp(rule, "int4")) {
-    if (!ctx) throw new CkptError("INTERNAL", `int4 transform of ${name} without a config`);
-    return int4Leaf(rule, name, vals, catalog, ctx.dims, ctx.config, ctx.file, ctx.stored.get(name) ?? name);
-  }
-  const t = valueOp(rule, "mxfp4");
-  if (t) {
-    {
-      const scales = fillPattern(t.scales, vals);
-      const s = catalog.tensors.get(scales);
-      if (src.dtype !== "U8" || src.shape.length < 3 || src.shape[src.shape.length - 1] !== 16) {
-        throw new CkptError("SHAPE", `MXFP4 blocks must be U8 [..., G, 16], got ${src.dtype} [${src.shape}]`, { tensor: name });
-      }
-      if (!s) throw new CkptError("MISSING_TENSOR", `MXFP4 blocks without their scales ${scales}`, { tensor: name });
-      const want = src.shape.slice(0, -1);
-      if (s.dtype !== "U8" || s.shape.join() !== want.join()) throw new CkptError("SHAPE", `MXFP4 scales must be U8 [${want}] (one E8M0 byte per 32 values of ${name}), got ${s.dtype} [${s.shape}]`, { tensor: scales });
-      const shape = [...src.shape.slice(0, -2), src.shape[src.shape.length - 2]! * 32];
-      return { recipe: { op: "mxfp4", blocks: name, scales }, dequantized: true, hfShape: shape, shape };
-    }
+  // a quantized op's decode (ops/)
+  const q = transformOf(rule);
+  if (q) {
+    if (!ctx) throw new CkptError("INTERNAL", `${q.op} transform of ${name} without a config`);
+    return q.planRule!(rule, name, vals, catalog, ctx);
   }
   const rs = valueOp(rule, "reshape");
   if (rs) {
@@ -650,7 +618,7 @@ function planTtToHf(catalog: CatalogLike, opts: PlanOptions & { target: Target }
     let hit: { r: CompiledRule; vals: Record<string, number> } | undefined;
     for (const r of rules) {
       // MXFP4 rules describe the packed HF layout; --to hf writes the decoded one (the rule's `transpose` sibling)
-      if (!r.tt || r.rule.drop || valueOp(r.rule, "mxfp4") || valueOp(r.rule, "int4")) continue;
+      if (!r.tt || r.rule.drop || transformOf(r.rule)) continue;
       const vals = matchPattern(r.tt, mainStackName(mapping, target, norm.name, dims));
       if (vals) { hit = { r, vals }; break; }
     }

@@ -1,4 +1,4 @@
-// The encode ops (`mxfp4_encode`, `int4_encode`: the inverses of the `mxfp4` / `int4` decodes) as the executor runs
+// The encode ops (the inverses of the decodes, each defined with its decode in ops/<op>.ts) as the executor runs
 // them. An encoded tensor is a function of whole groups of values along the last dim, so a box of it maps to a box
 // of values covering whole rows of groups: boxes of encoded tensors must span their trailing dims (the layouts
 // cut pieces along dim 0 only, and --to hf output is never sharded). A piece's values are computed and encoded in
@@ -7,21 +7,24 @@
 import { CkptError } from "../errors.js";
 import type { EncodeRecipe, LeafInfo } from "./recipe.js";
 import { runsForBox, type Box, type Run } from "./runs.js";
+import { encodeOp } from "../ops/index.js";
 
 /** Values per slab: 256 Ki values are 1 MiB as f32 (and the encoded parts far less). */
 export const SLAB_VALUES = 1 << 18;
 
 /** The shape of the tensor an encode op writes, from the shape of the values it encodes. */
 export function encodedShape(r: EncodeRecipe): number[] {
-  const lead = r.values.slice(0, -1), cols = r.values[r.values.length - 1]!;
-  if (r.op === "mxfp4_encode") return r.part === "blocks" ? [...lead, cols / 32, 16] : [...lead, cols / 32];
-  if (r.part === "shape") return [r.values.length];
-  return [...lead, r.part === "packed" ? Math.ceil(cols / 8) : Math.ceil(cols / r.group)];
+  return encodeOp(r.op)!.shape(r);
+}
+
+/** The reference's two packed tensors (leaf names), in the order the encoder takes them, when the recipe has one. */
+export function referenceNames(r: EncodeRecipe): [string, string] | undefined {
+  return encodeOp(r.op)!.references(r);
 }
 
 /** Values per group: the unit an encode computes (and the reference is adopted) in. */
 export function groupOf(r: EncodeRecipe): number {
-  return r.op === "mxfp4_encode" ? 32 : r.group;
+  return encodeOp(r.op)!.group(r);
 }
 
 /** One slab of an encoded piece: `rows` rows of values, their runs, and the reference's runs over the same rows. */
@@ -64,14 +67,14 @@ export function rowSlabs(box: Box, maxRows: number): Box[] {
  * of the values (all of an encoded tensor's trailing dims); the `shape` part of int4 has no values to read.
  */
 export function encodeSlabs(r: EncodeRecipe, shape: readonly number[], box: Box, leaves: Record<string, LeafInfo>, maxValues = SLAB_VALUES): EncodeSlab[] {
-  if (r.op === "int4_encode" && r.part === "shape") return [];
+  if (!encodeOp(r.op)!.readsValues(r)) return [];
   const lead = r.values.length - 1, cols = r.values[lead]!;
   for (let d = lead; d < shape.length; d++) {
     if (box.offsets[d] !== 0 || box.sizes[d] !== shape[d]) throw new CkptError("INTERNAL", `${r.op} ${r.part}: an output box must span dim ${d} (whole groups), got [${box.offsets}] + [${box.sizes}]`);
   }
   const valuesBox: Box = { offsets: [...box.offsets.slice(0, lead), 0], sizes: [...box.sizes.slice(0, lead), cols] };
   const strides = r.values.slice(0, lead).map((_, d) => r.values.slice(d + 1, lead).reduce((a, b) => a * b, 1));
-  const ref = r.reference && (r.op === "mxfp4_encode" ? [r.reference.blocks, r.reference.scales] : [r.reference.packed, r.reference.scale]);
+  const ref = referenceNames(r);
   return rowSlabs(valuesBox, Math.max(1, Math.floor(maxValues / Math.max(1, cols)))).map((vb) => {
     const rows = vb.sizes.slice(0, -1).reduce((a, b) => a * b, 1);
     const firstRow = vb.offsets.slice(0, -1).reduce((s, o, d) => s + o * strides[d]!, 0);

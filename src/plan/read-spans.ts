@@ -2,6 +2,7 @@
 // through), so that reads of a remote source can be fetched in as few requests as the worker would issue reads.
 import type { LeafInfo } from "./recipe.js";
 import { runSourceRanges, type Run } from "./runs.js";
+import { quantOp } from "../ops/index.js";
 
 /** Gaps up to this many bytes between two needed ranges of one file are read through (one read beats two). */
 export const READ_THROUGH_GAP = 4096;
@@ -20,8 +21,10 @@ export function rangesOfRuns(runs: readonly Run[], scales: ScaleRanges): ByteSpa
   const out: ByteSpan[] = [];
   for (const r of runs) {
     out.push(...runSourceRanges(r));
-    const sc = r.dequant ? scales[r.dequant.scale] : undefined;
-    if (sc) out.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
+    for (const name of (r.decode && quantOp(r.decode.op)!.wholeTensors?.(r.decode)) || []) {
+      const sc = scales[name];
+      if (sc) out.push({ file: sc.file, start: sc.byteOffset, end: sc.byteOffset + sc.byteLength });
+    }
   }
   return out;
 }

@@ -1,16 +1,13 @@
 // A target tensor's recipe: how its elements derive from stored source tensors. Recipes are plain data (JSON),
-// so a plan can be printed, tested and shipped to worker threads. All ops except `dequant` move whole rows
-// or elements without arithmetic; casting happens once, where elements land in the output buffer.
-import type { DType } from "../dtypes.js";
-import type { StoredPiece } from "../catalog-types.js";
+// so a plan can be printed, tested and shipped to worker threads. The layout ops here move whole rows or elements
+// without arithmetic; the quantized ops (decodes and their encodes) are defined one module each in src/ops/ and
+// dispatched through ops/index.ts. Casting happens once, where elements land in the output buffer.
+import { encodeOp, quantOp, type DecodeRecipe, type OpEncodeRecipes } from "../ops/index.js";
+
+export type { LeafInfo, StoredShapeCheck } from "../ops/quant-op.js";
 
 export type Recipe =
   | { op: "source"; tensor: string }
-  | { op: "dequant"; tensor: string; scale: string; block: number }
-  /** MXFP4 values [..., G·32] of packed `blocks` U8 [..., G, 16] with E8M0 `scales` U8 [..., G]. */
-  | { op: "mxfp4"; blocks: string; scales: string }
-  /** INT4 values [out, in] of compressed-tensors `weight_packed` I32 [out, ceil(in/8)] with BF16 `scale` [out, ceil(in/group)]. */
-  | { op: "int4"; packed: string; scale: string; group: number }
   /** The input with its last two dims swapped. */
   | { op: "transpose"; input: Recipe }
   /** The input narrowed along `dim`: elements [start, start + size) (a split/chunk part). */
@@ -28,54 +25,54 @@ export type Recipe =
    * each stored row from that row alone. `update` names the adapter module whose A / B (/ m) the writer supplies.
    */
   | { op: "lora_merge"; update: string; input: Recipe }
+  /** A quantized op's decode: `dequant` (ops/fp8-block.ts), `mxfp4` (ops/mxfp4.ts), `int4` (ops/int4.ts). */
+  | DecodeRecipe
   | EncodeRecipe;
 
 /**
- * An encoded (quantized) output computed from a value recipe: the inverse of the `mxfp4` / `int4` decodes, for
- * `--to hf --requantize`. One op yields one of the packed tensors (`part`); `values` is the shape of the values it
+ * An encoded (quantized) output computed from a value recipe: the inverse of a decode (`mxfp4_encode`, `int4_encode`),
+ * for `--to hf --requantize`. One op yields one of the packed tensors (`part`); `values` is the shape of the values it
  * encodes (the decode's output shape), `valuesDtype` the dtype they are rounded to first (the plain output's).
  * `reference` names the source checkpoint's packed tensors of the same name and shape, whose encoding is kept for
- * groups that several encodings decode exactly. Defined in plan/encode.ts (shapes, boxes) and kernels/requantize.ts.
+ * groups that several encodings decode exactly. Each is defined with its decode (ops/<op>.ts); plan/encode.ts cuts
+ * its boxes into slabs, exec/encode-piece.ts runs them.
  */
-export type EncodeRecipe =
-  | { op: "mxfp4_encode"; part: "blocks" | "scales"; values: number[]; valuesDtype: "BF16" | "F32"; input: Recipe; reference?: { blocks: string; scales: string } }
-  | { op: "int4_encode"; part: "packed" | "scale" | "shape"; values: number[]; valuesDtype: "BF16" | "F32"; group: number; input: Recipe; reference?: { packed: string; scale: string } };
+export type EncodeRecipe = OpEncodeRecipes & { input: Recipe };
 
-export function isEncode(r: Recipe): r is EncodeRecipe {
-  return r.op === "mxfp4_encode" || r.op === "int4_encode";
+/** Whether `r` is a quantized op's decode. */
+export function isDecode(r: Recipe): r is DecodeRecipe {
+  return quantOp(r.op) !== undefined;
 }
 
-/** What a worker needs to know about each leaf tensor a recipe names. */
-export interface LeafInfo {
-  dtype: DType;
-  shape: number[];
-  pieces: StoredPiece[];
+export function isEncode(r: Recipe): r is EncodeRecipe {
+  return encodeOp(r.op) !== undefined;
 }
 
 export function recipeLeaves(r: Recipe, out: Set<string> = new Set()): Set<string> {
+  if (isDecode(r)) {
+    for (const n of quantOp(r.op)!.leaves(r)) out.add(n);
+    return out;
+  }
+  if (isEncode(r)) {
+    recipeLeaves(r.input, out);
+    for (const n of Object.values(r.reference ?? {})) out.add(n);
+    return out;
+  }
   switch (r.op) {
     case "source": out.add(r.tensor); break;
-    case "dequant": out.add(r.tensor); out.add(r.scale); break;
-    case "mxfp4": out.add(r.blocks); out.add(r.scales); break;
-    case "int4": out.add(r.packed); out.add(r.scale); break;
     case "zeros": break;
     case "rope": case "select": case "transpose": case "slice": case "reshape": case "lora_merge": recipeLeaves(r.input, out); break;
     case "stack": case "concat": for (const i of r.inputs) recipeLeaves(i, out); break;
-    case "mxfp4_encode": case "int4_encode":
-      recipeLeaves(r.input, out);
-      for (const n of Object.values(r.reference ?? {})) out.add(n);
-      break;
   }
   return out;
 }
 
 /** Short human description for --dry-run tables. */
 export function describeRecipe(r: Recipe): string {
+  if (isDecode(r)) return quantOp(r.op)!.describe(r);
+  if (isEncode(r)) return encodeOp(r.op)!.describe(r, describeRecipe(r.input));
   switch (r.op) {
     case "source": return r.tensor;
-    case "dequant": return `dequant(${r.tensor} × ${r.scale}, block ${r.block})`;
-    case "mxfp4": return `mxfp4(${r.blocks} × ${r.scales})`;
-    case "int4": return `int4(${r.packed} × ${r.scale}, group ${r.group})`;
     case "transpose": return `transpose(${describeRecipe(r.input)})`;
     case "zeros": return "zeros";
     case "rope": return `rope_${r.direction}(${describeRecipe(r.input)}, heads=${r.heads}, hd=${r.headDim})`;
@@ -85,20 +82,5 @@ export function describeRecipe(r: Recipe): string {
     case "concat": return `cat[${r.dim}](${r.inputs.map(describeRecipe).join(", ")})`;
     case "reshape": return `${describeRecipe(r.input)}.reshape(${r.shape.join(", ")})`;
     case "lora_merge": return `merge(${describeRecipe(r.input)}, ${r.update})`;
-    case "mxfp4_encode": return `mxfp4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype})`;
-    case "int4_encode": return `int4_encode.${r.part}(${describeRecipe(r.input)} as ${r.valuesDtype}, group ${r.group})`;
   }
-}
-
-/**
- * A stored integer tensor whose values a recipe relies on (INT4 weight_shape = [out, in] of the decoded weight): they
- * are tensor bytes, not headers, so checkStoredShapes (plan/quant-checks.ts) reads them once the plan exists.
- */
-export interface StoredShapeCheck {
-  tensor: string;
-  /** The packed tensor the shape describes. */
-  of: string;
-  expect: number[];
-  dtype: DType;
-  pieces: StoredPiece[];
 }

@@ -1,21 +1,29 @@
 // `--to hf --requantize mxfp4|int4` as a plan: the --to hf plan writes each quantized expert in its decoded HF layout
-// (the mxfp4 rule's `transpose` sibling, the int4 rule's plain `.weight` sibling); here each such output tensor is
-// replaced by the packed tensors of the rule it inverts (mxfp4: `hf` blocks + `scales`; int4: `hf` weight_packed +
-// `scale` + `shape`), each computed by an encode op from the same values. The names and the encoding both come from
-// the rule being inverted; the executor writes them like any other output (streamed, journaled, in the manifest).
+// (the rule its op's `plainSibling` names: mxfp4's `transpose` alternative, int4's plain `.weight`); here each such
+// output tensor is replaced by the packed tensors of the rule it inverts (the op's `plan`: mxfp4 `hf` blocks +
+// `scales`; int4 `hf` weight_packed + `scale` + `shape`), each computed by an encode op from the same values. The
+// names and the encoding both come from the rule being inverted; the executor writes them like any other output
+// (streamed, journaled, in the manifest).
 import { naturalCompare } from "../util/natural-compare.js";
 import { CkptError } from "../errors.js";
 import type { CatalogTensor } from "../catalog-types.js";
 import type { DType } from "../dtypes.js";
 import type { Mapping, TensorRule } from "../mapping/schema.js";
-import { valueOp, transformSteps } from "../mapping/schema.js";
-import { compilePattern, fillPattern, matchPattern } from "../mapping/patterns.js";
+import { valueOp } from "../mapping/schema.js";
+import { compilePattern, matchPattern } from "../mapping/patterns.js";
 import { type ConversionPlan, type TensorPlan } from "./convert-plan.js";
-import type { EncodeRecipe, Recipe } from "./recipe.js";
 import { encodedShape } from "./encode.js";
-import { int4GroupSize } from "./int4.js";
+import { requantizeOp } from "../ops/index.js";
+import type { EncodedPart, ValueTransform } from "../ops/quant-op.js";
+import type { EncodeRecipe, Recipe } from "./recipe.js";
 
-export type RequantizeKind = "mxfp4" | "int4";
+/** The --requantize names: the value transforms whose op has an encode (ops/). */
+export type RequantizeKind = ValueTransform;
+
+/** The recipe with its last two dims swapped (a transpose undone rather than stacked). */
+function transposed(r: Recipe): Recipe {
+  return r.op === "transpose" ? r.input : { op: "transpose", input: r };
+}
 
 /** Leaf names of reference tensors (apart from the source's own leaves, which may share names). */
 const REFERENCE = "reference:";
@@ -25,9 +33,7 @@ function pairs(mapping: Mapping, kind: RequantizeKind): { plain: TensorRule; pac
   const out: { plain: TensorRule; packed: TensorRule }[] = [];
   for (const r of mapping.tensors) {
     if (!r.hf || !valueOp(r, kind)) continue;
-    const sib = kind === "mxfp4"
-      ? mapping.tensors.find((x) => x !== r && x.one_of !== undefined && x.one_of === r.one_of && x.hf && !valueOp(x, "mxfp4"))
-      : mapping.tensors.find((x) => x !== r && x.hf === r.hf!.replace(/_packed$/, "") && transformSteps(x).length === 0);
+    const sib = requantizeOp(kind)!.plainSibling(mapping, r);
     if (sib) out.push({ plain: sib, packed: r });
   }
   return out;
@@ -36,11 +42,6 @@ function pairs(mapping: Mapping, kind: RequantizeKind): { plain: TensorRule; pac
 /** Refuses --requantize up front when the mapping has no rule of that kind to invert (before anything is written). */
 export function checkRequantizable(mapping: Mapping, kind: RequantizeKind): void {
   if (pairs(mapping, kind).length === 0) throw new CkptError("USAGE", `--requantize ${kind}: the ${mapping.architecture} mapping has no ${kind} tensors to re-encode`);
-}
-
-/** The recipe with its last two dims swapped (a transpose undone rather than stacked). */
-function transposed(r: Recipe): Recipe {
-  return r.op === "transpose" ? r.input : { op: "transpose", input: r };
 }
 
 export interface RequantizeOptions {
@@ -75,37 +76,10 @@ export function planRequantize(plan: ConversionPlan, mapping: Mapping, kind: Req
     const { plain, packed } = hit.r, vals = hit.vals!;
     if (t.dtype !== "BF16" && t.dtype !== "F32") throw new CkptError("DTYPE", `--requantize needs BF16 or F32 expert values, ${t.name} is ${t.dtype}`, { tensor: t.name });
     const valuesDtype = t.dtype;
-    const packedName = fillPattern(packed.hf!, vals);
-    let parts: { name: string; dtype: DType; recipe: EncodeRecipe }[];
-    if (kind === "mxfp4") {
-      const flip = transformSteps(plain).some((s) => s.op === "transpose");
-      const input = flip ? transposed(t.recipe) : t.recipe;
-      const values = [...t.shape];
-      if (flip) [values[values.length - 2], values[values.length - 1]] = [values[values.length - 1]!, values[values.length - 2]!];
-      const cols = values[values.length - 1]!;
-      if (values.length < 2 || cols % 32 !== 0) throw new CkptError("SHAPE", `--requantize mxfp4: ${t.name} has ${cols} input columns, not a multiple of 32`, { tensor: t.name });
-      const scalesName = fillPattern(valueOp(packed, "mxfp4")!.scales, vals);
-      const base = { op: "mxfp4_encode" as const, values, valuesDtype, input };
-      const blocks = refOf(packedName, "U8", encodedShape({ ...base, part: "blocks" })), scales = refOf(scalesName, "U8", encodedShape({ ...base, part: "scales" }));
-      const reference = blocks && scales ? { blocks, scales } : undefined;
-      parts = [
-        { name: packedName, dtype: "U8", recipe: { ...base, part: "blocks", reference } },
-        { name: scalesName, dtype: "U8", recipe: { ...base, part: "scales", reference } },
-      ];
-    } else {
-      if (t.shape.length !== 2) throw new CkptError("SHAPE", `--requantize int4: ${t.name} is not 2-D`, { tensor: t.name });
-      const group = int4GroupSize(opts.config, "config.json", t.name);
-      const op = valueOp(packed, "int4")!;
-      const base = { op: "int4_encode" as const, values: [...t.shape], valuesDtype, group, input: t.recipe };
-      const scaleName = fillPattern(op.scale, vals);
-      const p = refOf(packedName, "I32", encodedShape({ ...base, part: "packed" })), s = refOf(scaleName, "BF16", encodedShape({ ...base, part: "scale" }));
-      const reference = p && s ? { packed: p, scale: s } : undefined;
-      parts = [
-        { name: packedName, dtype: "I32", recipe: { ...base, part: "packed", reference } },
-        { name: scaleName, dtype: "BF16", recipe: { ...base, part: "scale", reference } },
-        { name: fillPattern(op.shape, vals), dtype: opts.shapeDtype, recipe: { ...base, part: "shape" } },
-      ];
-    }
+    const parts = requantizeOp(kind)!.plan({
+      tensor: { name: t.name, dtype: valuesDtype, shape: t.shape, recipe: t.recipe }, transposed: (r) => transposed(r as Recipe),
+      plain, packed, vals, config: opts.config, shapeDtype: opts.shapeDtype, reference: refOf,
+    }) as EncodedPart<EncodeRecipe>[]; // each part's input is the recipe given (or its transpose): a Recipe
     for (const x of parts) {
       out.push({ name: x.name, dtype: x.dtype, shape: encodedShape(x.recipe), recipe: x.recipe, policy: t.policy });
       for (const n of Object.values(x.recipe.reference ?? {})) refLeaves.add(n);
@@ -128,8 +102,7 @@ export function planRequantize(plan: ConversionPlan, mapping: Mapping, kind: Req
 export function checkRequantized(kind: RequantizeKind, q: { bad: number; badTensors: number; adopted: number; first?: string } | undefined, referenceId: string | undefined, onWarning?: (msg: string) => void): void {
   if (!q) return;
   if (q.bad) {
-    const what = kind === "mxfp4" ? "32-value group(s) are not MXFP4-representable (E2M1 × the E8M0 scale OpenAI's quantizer picks: amax/6 rounded up to a power of two, 0 for all-zero groups)"
-      : "group(s) are not INT4-representable (integer q in [-8, 7] times one positive BF16 scale per group, as compressed-tensors writes; BF16 rounding of q·s breaks this: convert with --dtype keep for exact F32 products)";
+    const what = requantizeOp(kind)!.exactWhen;
     throw new CkptError("REQUANTIZE", `--requantize ${kind}: ${q.bad} ${what}, in ${q.badTensors} tensor(s), first ${q.first}; nothing written`, { hint: "drop --requantize to write the bf16/f32 layout" });
   }
   if (q.adopted) onWarning?.(`--requantize ${kind}: ${q.adopted} group(s) have several exact encodings (e.g. an all-zero group takes any scale) and keep the source's (${referenceId}), which decodes to the same values`);

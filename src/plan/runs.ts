@@ -2,9 +2,11 @@
 // Every tensor is viewed as rows × columns (columns = last dim; 0-D and 1-D tensors become [n, 1]), so
 // all ops act on whole rows. A box is dense and row-major in the output buffer; consecutive rows whose
 // sources are adjacent in the same file collapse into one run, so the common case is a single large read.
-import { elementSize, type DType } from "../dtypes.js";
+import { elementSize } from "../dtypes.js";
 import { CkptError } from "../errors.js";
-import type { Recipe, LeafInfo } from "./recipe.js";
+import { isDecode, type Recipe, type LeafInfo } from "./recipe.js";
+import { quantOp, type DecodeRecipe, type RunDecode } from "../ops/index.js";
+import { soleWholePiece, type BaseRun, type DecodingRun } from "../ops/quant-op.js";
 
 export interface Box {
   offsets: number[];
@@ -12,53 +14,16 @@ export interface Box {
 }
 
 /** rows × cols elements landing at element offset `dst` of the output box buffer (dst rows are packed). */
-export interface Run {
-  dst: number;
-  rows: number;
-  cols: number;
-  /** Absent for zero-filled runs. */
-  src?: {
-    file: string;
-    byteOffset: number;
-    /** Elements between the starts of consecutive source rows. */
-    stride: number;
-    dtype: DType;
-  };
-  /** FP8 block dequantization of this run: global row/col of its first element and the scale tensor. */
-  dequant?: { scale: string; rowStart: number; colStart: number; block: number };
-  /**
-   * MXFP4 decode: `src` is the packed U8 bytes of the run's first row from the start of its first 32-value group
-   * (`stride` bytes between rows), these its E8M0 scales (`stride` bytes between rows); the run starts `skip`
-   * values into the group.
-   */
-  mxfp4?: { file: string; byteOffset: number; stride: number; skip: number };
-  /**
-   * INT4 decode (compressed-tensors pack-quantized): `src` is the packed bytes (little-endian I32 words) of the run's
-   * first row from the start of its first `group`-value group (`stride` bytes between rows), these its BF16 scales
-   * (`stride` bytes between rows); the run starts `skip` values into the group.
-   */
-  int4?: { file: string; byteOffset: number; stride: number; skip: number; group: number };
-  /** Transposed source: output element (i, j) of the run is source element j·stride + i (from src.byteOffset). */
-  transpose?: boolean;
+export interface Run extends BaseRun {
+  /** A quantized op's decode of the run (ops/<op>.ts): which op, and what it reads besides `src`. */
+  decode?: RunDecode;
 }
 
-/** Byte ranges of source files a run reads (its values, and an MXFP4 run's scales). */
+/** Byte ranges of source files a run reads (its values, and a quantized op's scales). */
 export function runSourceRanges(r: Run): { file: string; start: number; end: number }[] {
   if (!r.src) return [];
-  if (r.mxfp4) {
-    const groups = Math.ceil((r.mxfp4.skip + r.cols) / 32);
-    return [
-      { file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + (r.rows - 1) * r.src.stride + groups * 16 },
-      { file: r.mxfp4.file, start: r.mxfp4.byteOffset, end: r.mxfp4.byteOffset + (r.rows - 1) * r.mxfp4.stride + groups },
-    ];
-  }
-  if (r.int4) {
-    const groups = Math.ceil((r.int4.skip + r.cols) / r.int4.group);
-    return [
-      { file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + (r.rows - 1) * r.src.stride + Math.ceil((r.int4.skip + r.cols) / 2) },
-      { file: r.int4.file, start: r.int4.byteOffset, end: r.int4.byteOffset + (r.rows - 1) * r.int4.stride + groups * 2 },
-    ];
-  }
+  const ranges = r.decode && quantOp(r.decode.op)!.ranges;
+  if (ranges) return ranges(r as DecodingRun<RunDecode>);
   const es = elementSize(r.src.dtype);
   const elems = r.transpose ? (r.cols - 1) * r.src.stride + r.rows : (r.rows - 1) * r.src.stride + r.cols;
   return [{ file: r.src.file, start: r.src.byteOffset, end: r.src.byteOffset + elems * es }];
@@ -80,9 +45,7 @@ export function viewBox(box: Box, ndim: number): Box {
 interface Resolved {
   leaf?: string;
   coords: number[];
-  dequant?: { scale: string; block: number };
-  mxfp4?: { scales: string };
-  int4?: { scale: string; group: number };
+  decode?: DecodeRecipe;
   transpose?: boolean;
 }
 
@@ -124,11 +87,12 @@ function resolve(r: Recipe, coords: number[], colStart: number, cols: number, tr
   const plainOnly = (what: string) => {
     if (transposed) throw new CkptError("INTERNAL", `${what} below a transpose`);
   };
+  if (isDecode(r)) {
+    plainOnly(r.op);
+    return one({ coords, decode: r });
+  }
   switch (r.op) {
     case "source": return one(transposed ? { leaf: r.tensor, coords, transpose: true } : { leaf: r.tensor, coords });
-    case "dequant": plainOnly("dequant"); return one({ leaf: r.tensor, coords, dequant: { scale: r.scale, block: r.block } });
-    case "mxfp4": plainOnly("mxfp4"); return one({ leaf: r.blocks, coords, mxfp4: { scales: r.scales } });
-    case "int4": plainOnly("int4"); return one({ leaf: r.packed, coords, int4: { scale: r.scale, group: r.group } });
     case "transpose":
       plainOnly("a second transpose");
       return resolve(r.input, coords, colStart, cols, true);
@@ -242,94 +206,61 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
   let dst = 0;
   const push = (run: Run) => {
     const last = runs[runs.length - 1];
-    if (last && (last.int4 || run.int4)) {
-      // INT4 rows merge when both their packed bytes and their scales continue row after row
-      const l = last.src!, s = run.src!, a = last.int4, b = run.int4;
-      if (a && b && a.file === b.file && a.skip === b.skip && a.group === b.group && a.stride === b.stride && l.file === s.file && l.stride === s.stride
-        && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst
-        && l.byteOffset + last.rows * l.stride === s.byteOffset && a.byteOffset + last.rows * a.stride === b.byteOffset) last.rows += run.rows;
+    if (last && continues(last, run)) last.rows += run.rows;
+    else runs.push(run);
+  };
+  // a run narrower than the window (a column piece of the source) is never merged: the next row's is not adjacent
+  const pushAll = (out: Run[], cols: number) => {
+    for (const run of out) {
+      if (run.cols === cols) push(run);
       else runs.push(run);
-      return;
     }
-    if (last && (!last.mxfp4 !== !run.mxfp4 || !last.transpose !== !run.transpose)) { runs.push(run); return; }
-    if (last && (run.mxfp4 || run.transpose)) {
-      // MXFP4 rows merge when both their bytes and their scales continue; transposed rows when the next output
-      // row is the next source element.
-      const l = last.src!, s = run.src!;
-      const next = run.mxfp4
-        ? l.byteOffset + last.rows * l.stride === s.byteOffset && last.mxfp4!.file === run.mxfp4.file && last.mxfp4!.skip === run.mxfp4.skip
-          && last.mxfp4!.stride === run.mxfp4.stride && last.mxfp4!.byteOffset + last.rows * last.mxfp4!.stride === run.mxfp4.byteOffset
-        : l.byteOffset + last.rows * elementSize(l.dtype) === s.byteOffset;
-      if (next && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst && l.file === s.file && l.stride === s.stride && l.dtype === s.dtype) last.rows += run.rows;
-      else runs.push(run);
-      return;
-    }
-    if (last && last.cols === run.cols && last.dst + last.rows * last.cols === run.dst) {
-      if (!last.src && !run.src) { last.rows += run.rows; return; }
-      if (last.src && run.src && last.src.file === run.src.file && last.src.stride === run.src.stride && last.src.dtype === run.src.dtype
-        && !last.dequant === !run.dequant
-        && last.src.byteOffset + last.rows * last.src.stride * elementSize(last.src.dtype) === run.src.byteOffset
-        && (!last.dequant || (last.dequant.scale === run.dequant!.scale && last.dequant.colStart === run.dequant!.colStart && last.dequant.rowStart + last.rows === run.dequant!.rowStart))) {
-        last.rows += run.rows;
-        return;
+  };
+
+  /** Plain runs of columns [colStart, colStart + cols) of row `coords` of a stored tensor: one per stored piece it crosses. */
+  const storedRuns = (name: string, coords: number[], colStart: number, cols: number, dst: number): Run[] => {
+    const lv = viewOf(name);
+    const leaf = leaves[name]!;
+    if (coords.length !== lv.shape.length - 1) throw new CkptError("INTERNAL", `rank mismatch resolving ${name}: ${coords.length + 1}-D view vs ${lv.shape.length}-D`);
+    // the leaf's own row dims: a stack input has one fewer than the output, a select source one more
+    const lp = coords.length;
+    const out: Run[] = [];
+    let covered = 0;
+    for (const p of lv.pieces) {
+      let inside = true;
+      for (let d = 0; d < lp; d++) {
+        if (coords[d]! < p.offsets[d]! || coords[d]! >= p.offsets[d]! + p.sizes[d]!) { inside = false; break; }
       }
+      if (!inside) continue;
+      const pc0 = p.offsets[lp]!;
+      const pc1 = pc0 + p.sizes[lp]!;
+      const a = Math.max(colStart, pc0);
+      const b = Math.min(colStart + cols, pc1);
+      if (a >= b) continue;
+      // linear element index inside the piece (row-major over the piece's own sizes)
+      let lin = 0;
+      for (let d = 0; d < lp; d++) lin = lin * p.sizes[d]! + (coords[d]! - p.offsets[d]!);
+      lin = lin * p.sizes[lp]! + (a - pc0);
+      const es = elementSize(leaf.dtype);
+      out.push({ dst: dst + (a - colStart), rows: 1, cols: b - a, src: { file: p.file, byteOffset: p.byteOffset + lin * es, stride: p.sizes[lp]!, dtype: leaf.dtype } });
+      covered += b - a;
     }
-    runs.push(run);
+    if (covered !== cols) {
+      throw new CkptError("DCP", `stored pieces of '${name}' do not cover row ${JSON.stringify(coords)} columns [${colStart}, ${colStart + cols})`, { tensor: name });
+    }
+    return out;
   };
 
   const emit = (res: Resolved, colStart: number, cols: number, dst: number) => {
-    if (!res.leaf) {
+    if (res.decode) {
+      // an op's runs carry its own side-info (RunDecode)
+      pushAll(quantOp(res.decode.op)!.runs(res.decode, res.coords, colStart, cols, dst, leaves, (name) => storedRuns(name, res.coords, colStart, cols, dst)) as Run[], cols);
+    } else if (!res.leaf) {
       push({ dst, rows: 1, cols });
-    } else if (res.mxfp4) {
-      push(mxfp4Run(res.leaf, res.mxfp4.scales, res.coords, colStart, cols, dst, leaves));
-    } else if (res.int4) {
-      push(int4Run(res.leaf, res.int4.scale, res.int4.group, res.coords, colStart, cols, dst, leaves));
     } else if (res.transpose) {
-      for (const run of transposedRuns(res.leaf, res.coords, colStart, cols, dst, leaves)) {
-        if (run.cols === cols) push(run);
-        else runs.push(run);
-      }
+      pushAll(transposedRuns(res.leaf, res.coords, colStart, cols, dst, leaves), cols);
     } else {
-      const lv = viewOf(res.leaf);
-      const leaf = leaves[res.leaf]!;
-      const coords = res.coords;
-      if (coords.length !== lv.shape.length - 1) throw new CkptError("INTERNAL", `rank mismatch resolving ${res.leaf}: ${coords.length + 1}-D view vs ${lv.shape.length}-D`);
-      // the leaf's own row dims: a stack input has one fewer than the output, a select source one more
-      const lp = coords.length;
-      let covered = 0;
-      for (const p of lv.pieces) {
-        let inside = true;
-        for (let d = 0; d < lp; d++) {
-          if (coords[d]! < p.offsets[d]! || coords[d]! >= p.offsets[d]! + p.sizes[d]!) { inside = false; break; }
-        }
-        if (!inside) continue;
-        const pc0 = p.offsets[lp]!;
-        const pc1 = pc0 + p.sizes[lp]!;
-        const a = Math.max(colStart, pc0);
-        const b = Math.min(colStart + cols, pc1);
-        if (a >= b) continue;
-        // linear element index inside the piece (row-major over the piece's own sizes)
-        let lin = 0;
-        for (let d = 0; d < lp; d++) lin = lin * p.sizes[d]! + (coords[d]! - p.offsets[d]!);
-        lin = lin * p.sizes[lp]! + (a - pc0);
-        const es = elementSize(leaf.dtype);
-        const run: Run = {
-          dst: dst + (a - colStart),
-          rows: 1,
-          cols: b - a,
-          src: { file: p.file, byteOffset: p.byteOffset + lin * es, stride: p.sizes[lp]!, dtype: leaf.dtype },
-        };
-        if (res.dequant) {
-          if (coords.length !== 1) throw new CkptError("INTERNAL", `dequant needs a 2-D weight (${res.leaf})`);
-          run.dequant = { scale: res.dequant.scale, rowStart: coords[0]!, colStart: a, block: res.dequant.block };
-        }
-        if (b - a === cols) push(run);
-        else runs.push(run);
-        covered += b - a;
-      }
-      if (covered !== cols) {
-        throw new CkptError("DCP", `stored pieces of '${res.leaf}' do not cover row ${JSON.stringify(coords)} columns [${colStart}, ${colStart + cols})`, { tensor: res.leaf });
-      }
+      pushAll(storedRuns(res.leaf, res.coords, colStart, cols, dst), cols);
     }
   };
 
@@ -346,6 +277,20 @@ export function runsForBox(recipe: Recipe, shape: readonly number[], box: Box, l
     if (d < 0) break;
   }
   return runs;
+}
+
+/**
+ * Whether run b (the next output rows of a box) continues run a, so that one run reads both: the same columns, the
+ * next rows of the output and of the source (the next element of a transposed source), and a decode's side-info
+ * continuing too.
+ */
+function continues(a: Run, b: Run): boolean {
+  if (a.cols !== b.cols || a.dst + a.rows * a.cols !== b.dst) return false;
+  if (!a.src || !b.src) return !a.src && !b.src;
+  if (!a.transpose !== !b.transpose || a.decode?.op !== b.decode?.op) return false;
+  if (a.src.file !== b.src.file || a.src.stride !== b.src.stride || a.src.dtype !== b.src.dtype) return false;
+  if (a.src.byteOffset + a.rows * (a.transpose ? 1 : a.src.stride) * elementSize(a.src.dtype) !== b.src.byteOffset) return false;
+  return !a.decode || quantOp(a.decode.op)!.continues(a.decode, b.decode!, a.rows);
 }
 
 /**
@@ -367,60 +312,6 @@ function wholeLeafRun(recipe: Recipe, vshape: number[], vbox: Box, leaves: Recor
     rows: vbox.sizes[0]!,
     cols: vbox.sizes[1]!,
     src: { file: p.file, byteOffset: p.byteOffset + (vbox.offsets[0]! * C + vbox.offsets[1]!) * es, stride: C, dtype: leaf.dtype },
-  };
-}
-
-/** The leaf's only stored piece when it holds the whole tensor (as safetensors stores it), else undefined. */
-function soleWholePiece(leaf: LeafInfo): LeafInfo["pieces"][number] | undefined {
-  const p = leaf.pieces[0];
-  if (leaf.pieces.length !== 1 || !p || p.offsets.some((o) => o !== 0) || p.sizes.some((n, d) => n !== leaf.shape[d])) return undefined;
-  return p;
-}
-
-/** The one stored piece of a tensor that must be read whole-tensor-addressed (safetensors sources). */
-function wholePiece(name: string, leaves: Record<string, LeafInfo>, why: string): { file: string; byteOffset: number; shape: number[] } {
-  const leaf = leaves[name];
-  if (!leaf) throw new CkptError("INTERNAL", `recipe names unknown tensor ${name}`);
-  const p = soleWholePiece(leaf);
-  if (!p) throw new CkptError("SHAPE", `${why} needs the tensor stored whole (one piece), as safetensors stores it`, { tensor: name });
-  return { file: p.file, byteOffset: p.byteOffset, shape: leaf.shape };
-}
-
-/** One output row of MXFP4 values: columns [colStart, colStart + cols) of the row at `coords` (the blocks' prefix dims). */
-function mxfp4Run(blocks: string, scales: string, coords: number[], colStart: number, cols: number, dst: number, leaves: Record<string, LeafInfo>): Run {
-  const b = wholePiece(blocks, leaves, "MXFP4 decoding");
-  const s = wholePiece(scales, leaves, "MXFP4 decoding");
-  const prefix = b.shape.slice(0, -2);
-  const G = b.shape[b.shape.length - 2]!;
-  if (coords.length !== prefix.length) throw new CkptError("INTERNAL", `rank mismatch resolving MXFP4 ${blocks}`);
-  let lin = 0;
-  coords.forEach((c, d) => (lin = lin * prefix[d]! + c));
-  const g0 = Math.floor(colStart / 32);
-  return {
-    dst, rows: 1, cols,
-    src: { file: b.file, byteOffset: b.byteOffset + (lin * G + g0) * 16, stride: G * 16, dtype: "U8" },
-    mxfp4: { file: s.file, byteOffset: s.byteOffset + lin * G + g0, stride: G, skip: colStart - g0 * 32 },
-  };
-}
-
-/**
- * One output row of INT4 values: columns [colStart, colStart + cols) of row `coords` of packed I32 [..., P] with BF16
- * scales [..., ceil(in / group)]; reads start at the group holding colStart.
- */
-function int4Run(packed: string, scale: string, group: number, coords: number[], colStart: number, cols: number, dst: number, leaves: Record<string, LeafInfo>): Run {
-  const p = wholePiece(packed, leaves, "INT4 decoding");
-  const s = wholePiece(scale, leaves, "INT4 decoding");
-  const prefix = p.shape.slice(0, -1);
-  if (coords.length !== prefix.length) throw new CkptError("INTERNAL", `rank mismatch resolving INT4 ${packed}`);
-  const P = p.shape[p.shape.length - 1]!;
-  const S = s.shape[s.shape.length - 1]!;
-  let lin = 0;
-  coords.forEach((c, d) => (lin = lin * prefix[d]! + c));
-  const g0 = Math.floor(colStart / group);
-  return {
-    dst, rows: 1, cols,
-    src: { file: p.file, byteOffset: p.byteOffset + lin * P * 4 + (g0 * group) / 2, stride: P * 4, dtype: "U8" },
-    int4: { file: s.file, byteOffset: s.byteOffset + (lin * S + g0) * 2, stride: S * 2, skip: colStart - g0 * group, group },
   };
 }
 
