@@ -184,7 +184,7 @@ function commonConvertOptions<T>(y: Argv<T>) {
     .option("threads", { type: "number", describe: "worker threads (default: CPU count; 0 = in-process)" })
     .option("files-per-rank", { type: "number", describe: "DCP: data files per rank, __{rank}_{k}.distcp, written in parallel (default 2 unsharded, 1 sharded)" })
     .option("max-memory", { type: "string", describe: "bound on bytes in flight, e.g. 512M (default)" })
-    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download. Hub requests retry resets, timeouts, 429 and 5xx: tune with CKPT_HUB_TRIES, CKPT_HUB_DEADLINE, CKPT_HUB_TIMEOUT, CKPT_HUB_BACKOFF, CKPT_HUB_CONCURRENCY (docs/multi-machine.md)" })
+    .option("ranged", { type: "boolean", describe: "Hub source: fetch only the byte ranges this run needs (HTTP Range), no full download (a local source is always read by ranges, so it changes nothing there). Hub requests retry resets, timeouts, 429 and 5xx: tune with CKPT_HUB_TRIES, CKPT_HUB_DEADLINE, CKPT_HUB_TIMEOUT, CKPT_HUB_BACKOFF, CKPT_HUB_CONCURRENCY (docs/multi-machine.md)" })
     .option("lora", { type: "string", describe: "TorchTitan's LoRA model: base + this PEFT adapter's weights under the names and shapes of its LoRAConverter model (q/k/v stacked into the fused wqkv adapter), one checkpoint for a strict initial load; prints the LoRAConverter settings" })
     .option("lora-rank", { type: "number", describe: "TorchTitan's LoRA model with fresh adapters of this rank (lora_a kaiming-uniform, lora_b zeros, as LoRALinear initialises them)" })
     .option("lora-alpha", { type: "number", describe: "with --lora-rank: LoRAConverter alpha (default 16.0; scale alpha / rank)" })
@@ -258,7 +258,7 @@ export async function main(argv = hideBin(process.argv)): Promise<number> {
     .command(loraCommand(out))
     .command("demo", "run the whole pipeline on a bundled tiny Llama 3 (no network); --json: each step's checked figures", (y) => y
       .option("out", { type: "string", describe: "folder for the demo files (default: a temp folder)" })
-      .option("keep", { type: "boolean", describe: "keep the demo files" }),
+      .option("keep", { type: "boolean", describe: "keep the demo files in the temp folder (files under --out are always kept)" }),
     async (a) => {
       const { runDemo } = await import("./demo.js");
       const r = await runDemo({ out: a.out, keep: a.keep, log: a.json ? () => {} : out });
