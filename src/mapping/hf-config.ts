@@ -5,8 +5,6 @@
 import { compilePattern, matchPattern } from "./patterns.js";
 import { valueOp, type HfConfigRewrite, type Mapping } from "./schema.js";
 
-export type { HfConfigRewrite };
-
 export interface HfConfigContext {
   /** --requantize wrote the quantized tensors packed. */
   requantized: boolean;
